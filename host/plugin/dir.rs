@@ -1,0 +1,254 @@
+//! The plugin folder: drop-in loading and hot reload.
+//!
+//! Every `*.wasm` file in the folder is a plugin; its file stem is its key and
+//! composition follows the keys' order (prefix files with numbers to order them).
+//! A watcher notices changes, waits until the folder has been quiet for the
+//! debounce period (editors and `cp` write in several steps), then compiles what
+//! changed on its own thread and swaps the new set in atomically. Calls in flight
+//! finish on the set they started with; a file that fails to load leaves the
+//! previous version of that plugin serving.
+
+use super::bindings::WIT_VERSION;
+use super::engine::PluginEngine;
+use super::set::{hook_names, LoadedPolicy, PluginKey, PluginReport, PolicySet};
+use super::Policy;
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+/// A plugin file that could not be loaded, and why.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoadFailure {
+    /// The file.
+    pub file: String,
+    /// Why it was refused.
+    pub error: String,
+}
+
+/// What a rescan changed.
+#[derive(Clone, Debug, Default)]
+pub struct RescanSummary {
+    /// Keys (re)loaded.
+    pub loaded: Vec<String>,
+    /// Keys whose file disappeared.
+    pub removed: Vec<String>,
+    /// Files that failed to load.
+    pub failed: Vec<LoadFailure>,
+}
+
+/// The plugins of one folder, kept current.
+pub struct PluginHost {
+    engine: PluginEngine,
+    dir: PathBuf,
+    active: ArcSwap<PolicySet>,
+    state: Mutex<DirState>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct DirState {
+    /// Loaded plugins by key, with the sha256 of the bytes they came from.
+    loaded: BTreeMap<String, (String, LoadedPolicy)>,
+    failures: BTreeMap<String, LoadFailure>,
+}
+
+impl PluginHost {
+    /// Loads every plugin in `dir` (creating it if missing). Failures are logged and
+    /// reported, not fatal: the host serves what did load.
+    pub fn open(engine: PluginEngine, dir: impl Into<PathBuf>) -> std::io::Result<Arc<Self>> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        let host = Arc::new(PluginHost {
+            engine,
+            dir,
+            active: ArcSwap::from_pointee(PolicySet::default()),
+            state: Mutex::new(DirState::default()),
+            generation: tokio::sync::watch::channel(0).0,
+        });
+        host.rescan();
+        Ok(host)
+    }
+
+    /// The folder watched.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The engine the plugins run on.
+    pub fn engine(&self) -> &PluginEngine {
+        &self.engine
+    }
+
+    /// The active policies. Cheap; hold the `Arc` for the length of one decision.
+    pub fn current(&self) -> Arc<PolicySet> {
+        self.active.load_full()
+    }
+
+    /// Reports on the active plugins.
+    pub fn reports(&self) -> Vec<PluginReport> {
+        self.current().reports()
+    }
+
+    /// Files that failed to load at the last attempt.
+    pub fn failures(&self) -> Vec<LoadFailure> {
+        self.state.lock().map(|s| s.failures.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Counts rescans that changed something; `changed().await` on it to wait for a reload.
+    pub fn generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Reads the folder and loads what changed. Synchronous: compiles on the caller's thread.
+    pub fn rescan(&self) -> RescanSummary {
+        let mut summary = RescanSummary::default();
+        let files = match plugin_files(&self.dir) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "cannot read the plugin folder");
+                return summary;
+            }
+        };
+        let Ok(mut state) = self.state.lock() else { return summary };
+        let present: Vec<String> = files.keys().cloned().collect();
+        let gone: Vec<String> = state.loaded.keys().filter(|k| !present.contains(k)).cloned().collect();
+        for key in gone {
+            state.loaded.remove(&key);
+            tracing::info!(plugin = %key, "plugin file removed: unloaded");
+            summary.removed.push(key);
+        }
+        state.failures.retain(|k, _| present.contains(k));
+        for (key, path) in files {
+            let bytes = match read_settled(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    let failure = LoadFailure { file: path.display().to_string(), error: format!("cannot read: {e}") };
+                    state.failures.insert(key, failure.clone());
+                    summary.failed.push(failure);
+                    continue;
+                }
+            };
+            let sha = hex::encode(Sha256::digest(&bytes));
+            if state.loaded.get(&key).is_some_and(|(loaded_sha, _)| *loaded_sha == sha) {
+                continue;
+            }
+            if state.failures.get(&key).is_some_and(|f| f.error.ends_with(&sha[..12])) {
+                continue;
+            }
+            match self.engine.load(&key, &bytes) {
+                Ok(plugin) => {
+                    let loaded = loaded_policy(key.as_str().into(), &path, &sha, Arc::new(plugin));
+                    tracing::info!(plugin = %key, name = %loaded.report.name, version = %loaded.report.version,
+                        sha256 = %sha, hooks = ?loaded.report.hooks, "plugin loaded");
+                    state.failures.remove(&key);
+                    state.loaded.insert(key.clone(), (sha, loaded));
+                    summary.loaded.push(key);
+                }
+                Err(e) => {
+                    let keeps = if state.loaded.contains_key(&key) {
+                        "the previous version keeps serving"
+                    } else {
+                        "not loaded"
+                    };
+                    tracing::error!(plugin = %key, file = %path.display(), error = %e, "plugin refused; {keeps}");
+                    crate::metrics::plugin_failure(&key, "load");
+                    let failure =
+                        LoadFailure { file: path.display().to_string(), error: format!("{e} (sha256 {})", &sha[..12]) };
+                    state.failures.insert(key, failure.clone());
+                    summary.failed.push(failure);
+                }
+            }
+        }
+        if !summary.loaded.is_empty() || !summary.removed.is_empty() {
+            let set = PolicySet::new(state.loaded.values().map(|(_, p)| p.clone()).collect());
+            self.active.store(Arc::new(set));
+            self.generation.send_modify(|g| *g += 1);
+        }
+        summary
+    }
+
+    /// Watches the folder and rescans after each burst of changes has been quiet for
+    /// `debounce`. Watching stops when the returned guard is dropped.
+    pub fn watch(self: &Arc<Self>, debounce: Duration) -> notify::Result<WatchGuard> {
+        use notify::Watcher;
+        let (tx, rx) = mpsc::channel::<()>();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = tx.send(());
+            }
+        })?;
+        watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
+        let host = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("eligo-plugin-watch".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    // Wait for the folder to be quiet: a file being written fires many events.
+                    while rx.recv_timeout(debounce).is_ok() {}
+                    match host.upgrade() {
+                        Some(host) => {
+                            host.rescan();
+                        }
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| notify::Error::generic(&e.to_string()))?;
+        Ok(WatchGuard { _watcher: Box::new(watcher) })
+    }
+}
+
+/// Keeps a plugin folder watched; dropping it stops the watching.
+pub struct WatchGuard {
+    _watcher: Box<dyn notify::Watcher + Send>,
+}
+
+/// Wraps a policy for a [`PolicySet`], with its report.
+pub fn loaded_policy(key: PluginKey, path: &Path, sha256: &str, policy: Arc<dyn Policy>) -> LoadedPolicy {
+    let info = policy.info();
+    let report = PluginReport {
+        key: key.to_string(),
+        file: path.display().to_string(),
+        name: info.name.clone(),
+        version: info.version.clone(),
+        wit: WIT_VERSION.to_string(),
+        sha256: sha256.to_string(),
+        loaded_at: chrono::Utc::now().to_rfc3339(),
+        hooks: hook_names(&info.hooks),
+    };
+    LoadedPolicy { key, policy, report }
+}
+
+/// `*.wasm` files of `dir` by key (file stem). Hidden files are skipped.
+fn plugin_files(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+        if path.extension().is_some_and(|e| e == "wasm") && !stem.starts_with('.') && path.is_file() {
+            files.insert(stem.to_string(), path);
+        }
+    }
+    Ok(files)
+}
+
+/// Reads a file whose size and modification time stay the same across the read,
+/// so a file still being written is not taken.
+fn read_settled(path: &Path) -> std::io::Result<Vec<u8>> {
+    for _ in 0..20 {
+        let before = std::fs::metadata(path)?;
+        let bytes = std::fs::read(path)?;
+        let after = std::fs::metadata(path)?;
+        if before.len() == after.len()
+            && before.modified().ok() == after.modified().ok()
+            && bytes.len() as u64 == after.len()
+        {
+            return Ok(bytes);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(std::io::Error::other("the file kept changing while it was read"))
+}

@@ -1,0 +1,157 @@
+//! The wasmtime engine every plugin runs on, and the limits of each call.
+
+use super::bindings::{Policy as PolicyWorld, PolicyPre, DECISIONS_INTERFACE};
+use super::host_state::HostState;
+use super::wasm::WasmPlugin;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Limits applied to every plugin call.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock budget of one call, in milliseconds (epoch interruption).
+    pub deadline_ms: u64,
+    /// Fuel (roughly, wasm instructions) one call may use.
+    pub fuel: u64,
+    /// Linear memory one plugin instance may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Largest string or state blob passed to or accepted from a plugin, in bytes.
+    pub max_blob_bytes: usize,
+    /// Most workers or nodes passed to one `offer-*` call.
+    pub max_batch: usize,
+    /// Log lines per second a plugin may write before they are dropped.
+    pub log_lines_per_second: u32,
+    /// Idle instances kept per plugin for reuse.
+    pub idle_instances: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline_ms: 100,
+            fuel: 200_000_000,
+            memory_bytes: 32 << 20,
+            max_blob_bytes: 256 << 10,
+            max_batch: 200_000,
+            log_lines_per_second: 50,
+            idle_instances: 8,
+        }
+    }
+}
+
+/// How often the epoch advances; deadlines are rounded up to it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a valid WebAssembly component (or the file was cut short).
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// The component is built against another version of the contract.
+    #[error("built against {found}; this eligo speaks {expected}: rebuild the plugin against wit/ of this eligo")]
+    IncompatibleVersion {
+        /// What the plugin exports.
+        found: String,
+        /// What this host expects.
+        expected: &'static str,
+    },
+    /// The component does not export the policy interface at all.
+    #[error("exports no {expected} interface (exports: {found}): is this an eligo policy plugin?")]
+    NotAPolicy {
+        /// What the component exports.
+        found: String,
+        /// What this host expects.
+        expected: &'static str,
+    },
+    /// The component imports something the host does not provide (e.g. WASI).
+    #[error("imports something eligo does not provide (plugins get no WASI; only eligo:policy/host): {0}")]
+    Link(String),
+    /// The component instantiated but its `info` call failed.
+    #[error("its info() call failed: {0}")]
+    Info(String),
+}
+
+/// The engine, linker and limits shared by all plugins of a host.
+///
+/// Built once; compiling and instantiating plugins goes through it. An epoch ticker
+/// thread runs for as long as the engine lives, so deadlines are enforced without
+/// the callers doing anything.
+#[derive(Clone)]
+pub struct PluginEngine {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Arc<Linker<HostState>>,
+    pub(crate) limits: Limits,
+}
+
+impl PluginEngine {
+    /// Builds the engine with the pooling allocator, fuel and epoch interruption.
+    pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(512)
+            .total_core_instances(512)
+            .total_memories(512)
+            .total_tables(512)
+            .max_memory_size(limits.memory_bytes.max(1 << 20));
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        PolicyWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        start_epoch_ticker(&engine);
+        Ok(PluginEngine { engine, linker: Arc::new(linker), limits })
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Compiles, checks and pre-instantiates a plugin. `name` is how logs and
+    /// metrics call it (usually its file name).
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<WasmPlugin, LoadError> {
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        check_contract(&self.engine, &component)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = PolicyPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        WasmPlugin::new(self.clone(), name, pre)
+    }
+}
+
+/// Refuses a component whose exported policy interface is missing or of another version.
+fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    if exports.iter().any(|e| e == DECISIONS_INTERFACE) {
+        return Ok(());
+    }
+    let unversioned = DECISIONS_INTERFACE.split('@').next().unwrap_or(DECISIONS_INTERFACE);
+    match exports.iter().find(|e| e.split('@').next() == Some(unversioned)) {
+        Some(found) => Err(LoadError::IncompatibleVersion { found: found.clone(), expected: DECISIONS_INTERFACE }),
+        None => Err(LoadError::NotAPolicy { found: exports.join(", "), expected: DECISIONS_INTERFACE }),
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new().name("eligo-epoch".into()).spawn(move || loop {
+        std::thread::sleep(EPOCH_TICK);
+        match weak.upgrade() {
+            Some(engine) => engine.increment_epoch(),
+            None => return,
+        }
+    });
+    if let Err(e) = spawned {
+        // Without the ticker a looping plugin is still stopped by its fuel budget.
+        tracing::error!(error = %e, "could not start the plugin epoch ticker; deadlines fall back to fuel");
+    }
+}

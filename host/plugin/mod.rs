@@ -1,0 +1,46 @@
+//! The plugin runtime: the `eligo:policy` contract on the host side, the wasmtime
+//! engine that runs plugins under limits, composition of several plugins, the
+//! plugin folder with hot reload, and the runner for plugin unit tests.
+//!
+//! Reading order: [`Policy`] (what a policy decides), [`PluginEngine`] (how a
+//! plugin is compiled and limited), [`WasmPlugin`] (one loaded plugin),
+//! [`PolicySet`] (several composed), [`PluginHost`] (a folder, hot-reloaded).
+
+mod bindings;
+mod dir;
+mod engine;
+mod host_state;
+mod native;
+mod policy;
+pub mod runner;
+mod set;
+mod wasm;
+
+pub use bindings::{
+    ConnectionRequest, Hook, Job, JobAdmission, JobDelivery, JobSubmission, Level, NodeView, PluginInfo, Role,
+    Solution, Welcome, WorkerAdmission, WorkerProfile, WorkerView, DECISIONS_INTERFACE, WIT_VERSION,
+};
+pub use dir::{loaded_policy, LoadFailure, PluginHost, RescanSummary, WatchGuard};
+pub use engine::{Limits, LoadError, PluginEngine};
+pub use native::{NativeSeedRules, NOTHING_SENT, WAIT_MS};
+pub use policy::{Decision, Policy, PolicyError, Reason, Verdict};
+pub use set::{
+    hook_names, LoadedPolicy, NodeState, PluginKey, PluginReport, PolicySet, Refusal, Validation, WorkerState,
+};
+pub use wasm::{Cost, WasmPlugin};
+
+/// Milliseconds since the Unix epoch: the `now` passed to plugins.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Loads one plugin file with default limits: the helper for plugin authors'
+/// `#[test]`s (see the README).
+pub fn load_file(path: impl AsRef<std::path::Path>) -> anyhow::Result<WasmPlugin> {
+    use anyhow::Context;
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let engine = PluginEngine::new(Limits::default())?;
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+    engine.load(name, &bytes).with_context(|| format!("loading {}", path.display()))
+}

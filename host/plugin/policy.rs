@@ -1,0 +1,103 @@
+//! The decisions a policy makes, whether it runs as a WebAssembly plugin or natively.
+
+use super::bindings::{
+    ConnectionRequest, Job, JobAdmission, JobDelivery, JobSubmission, NodeView, PluginInfo, Solution, Welcome,
+    WorkerAdmission, WorkerProfile, WorkerView,
+};
+
+/// A refusal's reason, as the policy gave it.
+pub type Reason = String;
+
+/// A policy's answer to an admission or validation: `Ok` to accept, `Err(reason)` to refuse.
+pub type Verdict<T> = Result<T, Reason>;
+
+/// Why a policy could not decide. The caller fails closed: deny, skip, invalid.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum PolicyError {
+    /// The plugin trapped (panic, `unreachable`, out-of-bounds access, …).
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// The call ran past its deadline.
+    #[error("plugin ran past its deadline of {0} ms")]
+    Deadline(u64),
+    /// The call used up its fuel budget.
+    #[error("plugin used up its fuel budget of {0}")]
+    Fuel(u64),
+    /// The plugin tried to grow its memory past the cap.
+    #[error("plugin tried to use more than {0} bytes of memory")]
+    Memory(usize),
+    /// The input is larger than the host passes to a plugin.
+    #[error("input too large: {0}")]
+    InputTooLarge(String),
+    /// The plugin answered, but with something the contract does not allow.
+    #[error("plugin answered out of contract: {0}")]
+    BadOutput(String),
+    /// No instance could be made to run the call.
+    #[error("plugin could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+impl PolicyError {
+    /// A short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PolicyError::Trap(_) => "trap",
+            PolicyError::Deadline(_) => "deadline",
+            PolicyError::Fuel(_) => "fuel",
+            PolicyError::Memory(_) => "memory",
+            PolicyError::InputTooLarge(_) => "input_too_large",
+            PolicyError::BadOutput(_) => "bad_output",
+            PolicyError::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// The result of one call into a policy.
+pub type Decision<T> = Result<T, PolicyError>;
+
+/// One policy: the six decisions of the pipeline.
+///
+/// Implemented by [`WasmPlugin`](super::WasmPlugin) for plugins and by
+/// [`NativeSeedRules`](super::NativeSeedRules), the native baseline. A policy holds
+/// no per-connection state: the caller passes it in and keeps what comes back.
+pub trait Policy: Send + Sync {
+    /// Name, version and the hooks this policy implements.
+    fn info(&self) -> &PluginInfo;
+
+    /// May this connection open at all?
+    fn admit_connection(&self, request: &ConnectionRequest, now_ms: u64) -> Decision<Verdict<()>>;
+
+    /// Admits a worker from its welcome and derives its profile and initial state.
+    fn admit_worker(&self, welcome: &Welcome, now_ms: u64) -> Decision<Verdict<WorkerAdmission>>;
+
+    /// Admits a node's job; `state` is the node connection's state blob.
+    fn admit_job(&self, job: &JobSubmission, state: &[u8], now_ms: u64) -> Decision<Verdict<JobAdmission>>;
+
+    /// Which of `workers` receive `job`; `workers[i].profile` indexes `profiles`.
+    fn offer_job(
+        &self,
+        job: &Job,
+        profiles: &[WorkerProfile],
+        workers: &[WorkerView],
+        now_ms: u64,
+    ) -> Decision<Vec<JobDelivery>>;
+
+    /// Is `solution` valid for `job`?
+    fn validate_solution(&self, job: &Job, solution: &Solution) -> Decision<Verdict<()>>;
+
+    /// Which of `nodes` receive `solution`.
+    fn offer_solution(&self, job: &Job, solution: &Solution, nodes: &[NodeView], now_ms: u64) -> Decision<Vec<u32>>;
+}
+
+/// Checks that a list of chosen indices is within `0..len` and has no repeats.
+pub(crate) fn check_indices(indices: impl Iterator<Item = u32>, len: usize, what: &str) -> Decision<()> {
+    let mut seen = vec![false; len];
+    for i in indices {
+        match seen.get_mut(i as usize) {
+            Some(s) if !*s => *s = true,
+            Some(_) => return Err(PolicyError::BadOutput(format!("{what} index {i} chosen twice"))),
+            None => return Err(PolicyError::BadOutput(format!("{what} index {i} out of range 0..{len}"))),
+        }
+    }
+    Ok(())
+}

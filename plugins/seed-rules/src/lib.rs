@@ -1,0 +1,111 @@
+//! The rules of the Python system eligo replaces, as a plugin (the default policy).
+//!
+//! - A worker is sent a job only if its height is greater than the last height sent
+//!   on that connection: stale and repeated heights are not sent.
+//! - A node waits on each `(block_height, proof_target)` it submits for 20 minutes
+//!   and receives a solution at that height whose `solution_target` is at least that
+//!   `proof_target`.
+//!
+//! State: a worker's state word is the last height sent (as `i64` bits, `i64::MIN`
+//! when nothing was sent). A node's state blob is a list of 24-byte waits
+//! `(height: i64, target: u64, expires_ms: u64)`, little-endian.
+
+use eligo_plugin_sdk::*;
+
+/// How long a node waits for solutions to a job it submitted.
+pub const WAIT_MS: u64 = 20 * 60 * 1000;
+/// State word of a worker that was sent nothing yet.
+pub const NOTHING_SENT: u64 = i64::MIN as u64;
+const WAIT_LEN: usize = 24;
+
+/// One `(height, target)` a node waits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wait {
+    pub height: i64,
+    pub target: u64,
+    pub expires_ms: u64,
+}
+
+/// Reads a node's waits; a trailing partial record (never written by this plugin) is ignored.
+pub fn decode_waits(state: &[u8]) -> Vec<Wait> {
+    state
+        .chunks_exact(WAIT_LEN)
+        .map(|c| Wait {
+            height: i64::from_le_bytes(c[0..8].try_into().unwrap_or_default()),
+            target: u64::from_le_bytes(c[8..16].try_into().unwrap_or_default()),
+            expires_ms: u64::from_le_bytes(c[16..24].try_into().unwrap_or_default()),
+        })
+        .collect()
+}
+
+/// Writes a node's waits.
+pub fn encode_waits(waits: &[Wait]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(waits.len() * WAIT_LEN);
+    for w in waits {
+        out.extend_from_slice(&w.height.to_le_bytes());
+        out.extend_from_slice(&w.target.to_le_bytes());
+        out.extend_from_slice(&w.expires_ms.to_le_bytes());
+    }
+    out
+}
+
+/// The seed rules.
+pub struct SeedRules;
+
+impl Guest for SeedRules {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "seed-rules".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            hooks: vec![Hook::AdmitWorker, Hook::AdmitJob, Hook::OfferJob, Hook::OfferSolution],
+        }
+    }
+
+    fn admit_connection(_: ConnectionRequest, _: TimestampMs) -> Result<(), Reason> {
+        unused::admit_connection()
+    }
+
+    fn admit_worker(_: Welcome, _: TimestampMs) -> Result<WorkerAdmission, Reason> {
+        Ok(WorkerAdmission { profile: WorkerProfile { tags: Vec::new(), limits: Vec::new() }, state: NOTHING_SENT })
+    }
+
+    fn admit_job(job: JobSubmission, state: Vec<u8>, now: TimestampMs) -> Result<JobAdmission, Reason> {
+        let mut waits: Vec<Wait> = decode_waits(&state).into_iter().filter(|w| w.expires_ms >= now).collect();
+        let expires_ms = now.saturating_add(WAIT_MS);
+        match waits.iter_mut().find(|w| w.height == job.block_height && w.target == job.proof_target) {
+            Some(w) => w.expires_ms = expires_ms,
+            None => waits.push(Wait { height: job.block_height, target: job.proof_target, expires_ms }),
+        }
+        Ok(JobAdmission { state: encode_waits(&waits), job })
+    }
+
+    fn offer_job(job: Job, _: Vec<WorkerProfile>, workers: Vec<WorkerView>, _: TimestampMs) -> Vec<JobDelivery> {
+        let height = job.block_height;
+        let new_state = height as u64;
+        workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| height > w.state as i64)
+            .map(|(i, _)| JobDelivery { worker: i as u32, state: new_state })
+            .collect()
+    }
+
+    fn validate_solution(_: Job, _: Solution) -> Result<(), Reason> {
+        unused::validate_solution()
+    }
+
+    fn offer_solution(job: Job, solution: Solution, nodes: Vec<NodeView>, now: TimestampMs) -> Vec<u32> {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                decode_waits(&n.state).iter().any(|w| {
+                    w.height == job.block_height && solution.solution_target >= w.target && w.expires_ms >= now
+                })
+            })
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+}
+
+export!(SeedRules with_types_in eligo_plugin_sdk);

@@ -1,0 +1,100 @@
+//! TEST FIXTURE — never deploy. A plugin that misbehaves on demand, so the host's
+//! limits can be tested against a real component:
+//!
+//! | `block_height` of the job (or the worker's caption) | what the plugin does |
+//! |---|---|
+//! | 1 / `loop`  | loops forever |
+//! | 2 / `oom`   | allocates until memory runs out |
+//! | 3 / `trap`  | traps (`unreachable`) |
+//! | 4 / `huge`  | returns an output larger than the host accepts (a state blob of 1 MiB, or 4 million deliveries) |
+//! | anything else | refuses, with the reason "misbehave refuses everything" |
+
+use eligo_plugin_sdk::*;
+
+const REFUSAL: &str = "misbehave refuses everything";
+
+fn misbehave(what: &str) -> String {
+    match what {
+        "loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "oom" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "trap" => core::arch::wasm32::unreachable(),
+        "huge" => "x".repeat(8 << 20),
+        _ => REFUSAL.to_string(),
+    }
+}
+
+fn by_height(height: i64) -> &'static str {
+    match height {
+        1 => "loop",
+        2 => "oom",
+        3 => "trap",
+        4 => "huge",
+        _ => "refuse",
+    }
+}
+
+/// The misbehaving plugin.
+pub struct Misbehave;
+
+impl Guest for Misbehave {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "testing-misbehave".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            hooks: vec![
+                Hook::AdmitConnection,
+                Hook::AdmitWorker,
+                Hook::AdmitJob,
+                Hook::OfferJob,
+                Hook::ValidateSolution,
+                Hook::OfferSolution,
+            ],
+        }
+    }
+
+    fn admit_connection(request: ConnectionRequest, _: TimestampMs) -> Result<(), Reason> {
+        Err(misbehave(request.credential.as_deref().unwrap_or("refuse")))
+    }
+
+    fn admit_worker(welcome: Welcome, _: TimestampMs) -> Result<WorkerAdmission, Reason> {
+        Err(misbehave(&welcome.caption))
+    }
+
+    fn admit_job(job: JobSubmission, _: Vec<u8>, _: TimestampMs) -> Result<JobAdmission, Reason> {
+        if by_height(job.block_height) == "huge" {
+            return Ok(JobAdmission { job, state: vec![7; 1 << 20] });
+        }
+        Err(misbehave(by_height(job.block_height)))
+    }
+
+    fn offer_job(job: Job, _: Vec<WorkerProfile>, workers: Vec<WorkerView>, _: TimestampMs) -> Vec<JobDelivery> {
+        if by_height(job.block_height) == "huge" {
+            return (0..4_000_000u32).map(|worker| JobDelivery { worker, state: 0 }).collect();
+        }
+        misbehave(by_height(job.block_height));
+        std::hint::black_box(workers);
+        Vec::new()
+    }
+
+    fn validate_solution(job: Job, _: Solution) -> Result<(), Reason> {
+        Err(misbehave(by_height(job.block_height)))
+    }
+
+    fn offer_solution(job: Job, _: Solution, _: Vec<NodeView>, _: TimestampMs) -> Vec<u32> {
+        misbehave(by_height(job.block_height));
+        Vec::new()
+    }
+}
+
+export!(Misbehave with_types_in eligo_plugin_sdk);
