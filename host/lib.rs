@@ -2,8 +2,20 @@
 //! through a fixed pipeline in which every decision is made by WebAssembly policy
 //! plugins.
 //!
+//! - [`protocol`]: the wire formats of nodes, workers and the stages.
+//! - [`pipeline`]: the four stages (node server, worker server, job and solution processors).
 //! - [`plugin`]: the plugin runtime (contract, engine, limits, hot reload, runner).
+//! - [`transport`]: the work queue (RabbitMQ or embedded) and event log (Kafka or embedded).
+//! - [`store`]: persistence (PostgreSQL or SQLite).
+//! - [`config`]: settings from file, environment and flags.
+//! - [`app`]: assembling and stopping a running eligo.
 //! - [`metrics`]: process-wide counters.
 
+pub mod app;
+pub mod config;
 pub mod metrics;
+pub mod pipeline;
 pub mod plugin;
+pub mod protocol;
+pub mod store;
+pub mod transport;

@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use eligo::config::{AmqpConfig, Config, KafkaConfig, LogFormat, PostgresConfig, RoleName};
 use eligo::plugin::{self, runner};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,9 +19,114 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the server (the default): every role, or those given with --roles.
+    Serve(ServeArgs),
+    /// Applies the database migrations and exits.
+    Migrate(ServeArgs),
     /// Work with policy plugins: run one hook, run fixture cases, check a file.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+/// Settings of `serve`. Each overrides the configuration file; each can also be
+/// given as the environment variable shown. Without --amqp-url, --kafka-bootstrap-servers
+/// and --postgres-url, eligo runs on embedded backends (in-process queue and log, SQLite).
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// TOML configuration file [default: eligo.toml if present].
+    #[arg(long, env = "ELIGO_CONFIG")]
+    config: Option<PathBuf>,
+    /// Roles to run, comma-separated [default: all].
+    #[arg(long, env = "ELIGO_ROLES", value_delimiter = ',')]
+    roles: Option<Vec<RoleName>>,
+    /// Node WebSocket address [default: 127.0.0.1:8001].
+    #[arg(long, env = "ELIGO_NODE_LISTEN")]
+    node_listen: Option<SocketAddr>,
+    /// Worker WebSocket address [default: 127.0.0.1:8002].
+    #[arg(long, env = "ELIGO_WORKER_LISTEN")]
+    worker_listen: Option<SocketAddr>,
+    /// Health, metrics and plugin reports address [default: 127.0.0.1:8003].
+    #[arg(long, env = "ELIGO_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Folder of policy plugins (*.wasm), watched for changes [default: policies].
+    #[arg(long, env = "ELIGO_PLUGINS_DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// Where the SQLite file lives without PostgreSQL [default: .].
+    #[arg(long, env = "ELIGO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Name of this process in the worker table [default: eligo].
+    #[arg(long, env = "ELIGO_INSTANCE")]
+    instance: Option<String>,
+    /// RabbitMQ URL (amqp:// or amqps://) [default: embedded queue].
+    #[arg(long, env = "ELIGO_AMQP_URL", hide_env_values = true)]
+    amqp_url: Option<String>,
+    /// Kafka bootstrap servers [default: embedded log].
+    #[arg(long, env = "ELIGO_KAFKA_BOOTSTRAP_SERVERS")]
+    kafka_bootstrap_servers: Option<String>,
+    /// Extra librdkafka properties, key=value,key=value (SASL, SSL, …).
+    #[arg(long, env = "ELIGO_KAFKA_PROPERTIES", hide_env_values = true)]
+    kafka_properties: Option<String>,
+    /// PostgreSQL URL [default: SQLite in the data dir].
+    #[arg(long, env = "ELIGO_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "ELIGO_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// The configuration: file, then environment and flags over it.
+    fn config(&self) -> Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None if std::path::Path::new("eligo.toml").is_file() => {
+                Config::from_file(std::path::Path::new("eligo.toml"))?
+            }
+            None => Config::default(),
+        };
+        if let Some(roles) = &self.roles {
+            config.roles = roles.clone();
+        }
+        if let Some(listen) = self.node_listen {
+            config.node.listen = listen;
+        }
+        if let Some(listen) = self.worker_listen {
+            config.worker.listen = listen;
+        }
+        if let Some(listen) = self.admin_listen {
+            config.admin.listen = Some(listen);
+        }
+        if let Some(dir) = &self.plugins_dir {
+            config.plugins.dir = dir.clone();
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(instance) = &self.instance {
+            config.instance = instance.clone();
+        }
+        if let Some(url) = &self.amqp_url {
+            config.amqp = Some(AmqpConfig { url: url.clone() });
+        }
+        if let Some(servers) = &self.kafka_bootstrap_servers {
+            let properties = config.kafka.take().map(|k| k.properties).unwrap_or_default();
+            config.kafka = Some(KafkaConfig { bootstrap_servers: servers.clone(), properties });
+        }
+        if let Some(properties) = &self.kafka_properties {
+            let Some(kafka) = config.kafka.as_mut() else {
+                bail!("--kafka-properties needs --kafka-bootstrap-servers (or [kafka] in the file)");
+            };
+            kafka.properties.extend(eligo::config::parse_properties(properties)?);
+        }
+        if let Some(url) = &self.postgres_url {
+            let max_connections = config.postgres.as_ref().map_or(10, |p| p.max_connections);
+            config.postgres = Some(PostgresConfig { url: url.clone(), max_connections });
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Subcommand)]
@@ -52,10 +159,89 @@ enum PluginCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Plugin(command)) => plugin_command(command),
-        None => bail!("no command given; see --help"),
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => {
+            let config = args.config()?;
+            init_logging(&config.log);
+            runtime()?.block_on(serve(config))
+        }
+        Command::Migrate(args) => {
+            let config = args.config()?;
+            init_logging(&config.log);
+            runtime()?.block_on(async {
+                let (_, _, store) =
+                    eligo::app::connect_backends(&Config { amqp: None, kafka: None, ..config.clone() }).await?;
+                store.migrate().await.context("applying migrations")?;
+                eprintln!("migrations applied ({})", config.describe_backends()[2]);
+                Ok(())
+            })
+        }
+        Command::Plugin(command) => plugin_command(command),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn init_logging(log: &eligo::config::LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let running = eligo::app::start(&config).await?;
+    eprintln!(
+        "eligo {} running roles: {}",
+        env!("CARGO_PKG_VERSION"),
+        config.roles.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ")
+    );
+    if let Some(addr) = running.node_addr {
+        eprintln!("  nodes connect to   ws://{addr}/");
+    }
+    if let Some(addr) = running.worker_addr {
+        eprintln!("  workers connect to ws://{addr}/");
+    }
+    if let Some(addr) = running.admin_addr {
+        eprintln!("  health and metrics http://{addr}/healthz /metrics /plugins /status");
+    }
+    for line in config.describe_backends() {
+        eprintln!("  {line}");
+    }
+    eprintln!("  plugins from {} (watched):", config.plugins.dir.display());
+    for p in running.plugins.reports() {
+        eprintln!("    {} = {} {} [{}] sha256 {}", p.key, p.name, p.version, p.hooks.join(", "), &p.sha256[..12]);
+    }
+    for f in running.plugins.failures() {
+        eprintln!("    FAILED {}: {}", f.file, f.error);
+    }
+    shutdown_signal().await;
+    eprintln!("eligo: shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
 }
 
 fn plugin_command(command: PluginCommand) -> Result<()> {

@@ -1,0 +1,238 @@
+//! Assembling a running eligo from its configuration: backends, plugins, the
+//! roles asked for, and the admin endpoints; and taking it down gracefully.
+
+use crate::config::{Config, RoleName};
+use crate::pipeline::node_server::{NodeServer, NodeServerSettings};
+use crate::pipeline::worker_server::{WorkerServer, WorkerServerSettings};
+use crate::pipeline::{job_processor, solution_processor, Services};
+use crate::plugin::{PluginEngine, PluginHost, WatchGuard};
+use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
+use crate::transport::amqp::AmqpQueue;
+use crate::transport::embedded::{EmbeddedLog, EmbeddedQueue};
+use crate::transport::kafka::{KafkaLog, KafkaSettings};
+use crate::transport::{EventLog, WorkQueue};
+use anyhow::Context;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Connects the backends the configuration names, or the embedded ones.
+pub async fn connect_backends(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn WorkQueue>, Arc<dyn EventLog>, Arc<dyn Store>)> {
+    let queue: Arc<dyn WorkQueue> = match &config.amqp {
+        Some(amqp) => Arc::new(
+            AmqpQueue::connect(&amqp.url)
+                .await
+                .with_context(|| format!("connecting to RabbitMQ at {}", crate::config::redact_url(&amqp.url)))?,
+        ),
+        None => Arc::new(EmbeddedQueue::new()),
+    };
+    let log: Arc<dyn EventLog> = match &config.kafka {
+        Some(kafka) => {
+            let mut settings = KafkaSettings::new(&kafka.bootstrap_servers);
+            settings.properties = kafka.properties.clone();
+            Arc::new(
+                KafkaLog::connect(settings)
+                    .await
+                    .with_context(|| format!("connecting to Kafka at {}", kafka.bootstrap_servers))?,
+            )
+        }
+        None => Arc::new(EmbeddedLog::new()),
+    };
+    let store: Arc<dyn Store> = match &config.postgres {
+        Some(pg) => Arc::new(
+            PgStore::connect(&pg.url, pg.max_connections)
+                .await
+                .with_context(|| format!("connecting to PostgreSQL at {}", crate::config::redact_url(&pg.url)))?,
+        ),
+        None => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+            let path = config.sqlite_path();
+            Arc::new(SqliteStore::open(&path).await.with_context(|| format!("opening SQLite at {}", path.display()))?)
+        }
+    };
+    Ok((queue, log, store))
+}
+
+/// A running eligo.
+pub struct Running {
+    /// Where nodes connect, if this process runs the node server.
+    pub node_addr: Option<SocketAddr>,
+    /// Where workers connect, if this process runs the worker server.
+    pub worker_addr: Option<SocketAddr>,
+    /// Health, metrics and plugin reports.
+    pub admin_addr: Option<SocketAddr>,
+    /// The plugins.
+    pub plugins: Arc<PluginHost>,
+    /// The backends and plugins the stages share.
+    pub services: Services,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    _watch: WatchGuard,
+}
+
+impl Running {
+    /// Stops accepting, closes connections with 1001, lets processors finish the
+    /// message in hand, and waits (bounded) for everything to end.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            tracing::warn!("some tasks did not stop within 10 s; aborting them");
+            self.tasks.abort_all();
+        }
+    }
+
+    /// A token that stops everything when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts every role of `config` over the given backends.
+pub async fn start_with(
+    config: &Config,
+    queue: Arc<dyn WorkQueue>,
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<Running> {
+    if config.migrate_on_start {
+        store.migrate().await.context("applying database migrations")?;
+    }
+    queue.declare().await.context("declaring exchanges and queues")?;
+    log.declare().await.context("declaring topics")?;
+    let engine = PluginEngine::new(config.plugins.limits.clone()).context("starting the plugin engine")?;
+    let plugins = PluginHost::open(engine, &config.plugins.dir)
+        .with_context(|| format!("opening the plugin folder {}", config.plugins.dir.display()))?;
+    let watch = plugins
+        .watch(Duration::from_millis(config.plugins.debounce_ms))
+        .with_context(|| format!("watching the plugin folder {}", config.plugins.dir.display()))?;
+    if plugins.reports().is_empty() {
+        tracing::warn!(dir = %config.plugins.dir.display(),
+            "no policy plugins loaded: every connection, job and solution is admitted and offered to everyone");
+    }
+    let services = Services { queue, log, store, plugins: plugins.clone() };
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let runs = |role| config.roles.contains(&role);
+    let mut node_server = None;
+    let mut worker_server = None;
+    let mut node_addr = None;
+    let mut worker_addr = None;
+
+    if runs(RoleName::NodeServer) {
+        let server = NodeServer::new(
+            services.clone(),
+            NodeServerSettings { outbox_capacity: config.node.outbox },
+            shutdown.clone(),
+        );
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
+        // A node must not submit a job before the solution reader is in place, or
+        // a fast solution could pass unseen.
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        node_addr = Some(serve_http(&mut tasks, config.node.listen, server.router(), &shutdown, "node").await?);
+        node_server = Some(server);
+    }
+    if runs(RoleName::WorkerServer) {
+        let server = WorkerServer::new(
+            services.clone(),
+            WorkerServerSettings {
+                outbox_capacity: config.worker.outbox,
+                welcome_timeout: Duration::from_secs(config.worker.welcome_timeout_secs),
+                instance: config.instance.clone(),
+            },
+            shutdown.clone(),
+        );
+        server.recover().await.context("recovering worker connections")?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        worker_addr = Some(serve_http(&mut tasks, config.worker.listen, server.router(), &shutdown, "worker").await?);
+        worker_server = Some(server);
+    }
+    if runs(RoleName::JobProcessor) {
+        tasks.spawn(job_processor::run(services.clone(), shutdown.clone()));
+    }
+    if runs(RoleName::SolutionProcessor) {
+        tasks.spawn(solution_processor::run(services.clone(), shutdown.clone()));
+    }
+    let admin_addr = match config.admin.listen {
+        Some(listen) => {
+            let router = admin_router(plugins.clone(), node_server, worker_server, config.roles.clone());
+            Some(serve_http(&mut tasks, listen, router, &shutdown, "admin").await?)
+        }
+        None => None,
+    };
+    Ok(Running { node_addr, worker_addr, admin_addr, plugins, services, shutdown, tasks, _watch: watch })
+}
+
+/// Connects the configured backends and starts every role.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let (queue, log, store) = connect_backends(config).await?;
+    start_with(config, queue, log, store).await
+}
+
+async fn serve_http(
+    tasks: &mut JoinSet<()>,
+    listen: SocketAddr,
+    router: Router,
+    shutdown: &CancellationToken,
+    what: &'static str,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the {what} server to {listen}"))?;
+    let addr = listener.local_addr()?;
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        if let Err(e) = served {
+            tracing::error!(server = what, error = %e, "server stopped with an error");
+        }
+    });
+    Ok(addr)
+}
+
+fn admin_router(
+    plugins: Arc<PluginHost>,
+    nodes: Option<Arc<NodeServer>>,
+    workers: Option<Arc<WorkerServer>>,
+    roles: Vec<RoleName>,
+) -> Router {
+    let for_plugins = plugins.clone();
+    let status_plugins = plugins.clone();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/plugins",
+            get(move || {
+                let plugins = for_plugins.clone();
+                async move { Json(serde_json::json!({ "active": plugins.reports(), "failed": plugins.failures() })) }
+            }),
+        )
+        .route(
+            "/status",
+            get(move || {
+                let (plugins, nodes, workers, roles) =
+                    (status_plugins.clone(), nodes.clone(), workers.clone(), roles.clone());
+                async move {
+                    Json(serde_json::json!({
+                        "roles": roles,
+                        "nodes": nodes.map(|n| n.connections()),
+                        "workers": workers.map(|w| w.connections()),
+                        "plugins": plugins.reports().len(),
+                        "plugin_failures": plugins.failures().len(),
+                    }))
+                }
+            }),
+        )
+        .route("/metrics", get(|| async { crate::metrics::render() }))
+}

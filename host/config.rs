@@ -1,0 +1,332 @@
+//! Configuration: a TOML file, overridden by environment variables and flags
+//! (flags > environment > file > defaults). Every setting has a default that runs
+//! eligo on a bare machine: embedded backends, listening on 127.0.0.1.
+
+use crate::plugin::Limits;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The four stages a process can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoleName {
+    /// Accepts nodes' jobs, delivers solutions.
+    NodeServer,
+    /// Accepts workers, delivers jobs, accepts solutions.
+    WorkerServer,
+    /// Stores and broadcasts jobs.
+    JobProcessor,
+    /// Stores, validates and broadcasts solutions.
+    SolutionProcessor,
+}
+
+impl RoleName {
+    /// Every role.
+    pub const ALL: [RoleName; 4] =
+        [RoleName::NodeServer, RoleName::WorkerServer, RoleName::JobProcessor, RoleName::SolutionProcessor];
+}
+
+/// All of eligo's settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Roles this process runs.
+    pub roles: Vec<RoleName>,
+    /// This process's name in the `worker` table; connections it left open are
+    /// finished when it starts again. Give each worker-server process its own.
+    pub instance: String,
+    /// Where SQLite keeps its file when no PostgreSQL is configured.
+    pub data_dir: PathBuf,
+    /// Apply database migrations at start-up.
+    pub migrate_on_start: bool,
+    /// The node WebSocket server.
+    pub node: NodeConfig,
+    /// The worker WebSocket server.
+    pub worker: WorkerConfig,
+    /// Health, metrics and plugin reports over HTTP.
+    pub admin: AdminConfig,
+    /// The policy plugins.
+    pub plugins: PluginsConfig,
+    /// RabbitMQ; without it, an in-process queue.
+    pub amqp: Option<AmqpConfig>,
+    /// Kafka; without it, an in-process log.
+    pub kafka: Option<KafkaConfig>,
+    /// PostgreSQL; without it, SQLite in `data_dir`.
+    pub postgres: Option<PostgresConfig>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            roles: RoleName::ALL.to_vec(),
+            instance: "eligo".into(),
+            data_dir: PathBuf::from("."),
+            migrate_on_start: true,
+            node: NodeConfig::default(),
+            worker: WorkerConfig::default(),
+            admin: AdminConfig::default(),
+            plugins: PluginsConfig::default(),
+            amqp: None,
+            kafka: None,
+            postgres: None,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The node WebSocket server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Solutions queued per connection before it is closed as too slow.
+    pub outbox: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { listen: ([127, 0, 0, 1], 8001).into(), outbox: 1024 }
+    }
+}
+
+/// The worker WebSocket server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Jobs queued per connection; past that, jobs are dropped for it (latest wins).
+    pub outbox: usize,
+    /// Seconds a new connection has to send its welcome.
+    pub welcome_timeout_secs: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig { listen: ([127, 0, 0, 1], 8002).into(), outbox: 16, welcome_timeout_secs: 30 }
+    }
+}
+
+/// Health, metrics and plugin reports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on; `None` turns the admin server off.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: Some(([127, 0, 0, 1], 8003).into()) }
+    }
+}
+
+/// The policy plugins.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// The folder of `*.wasm` plugins, watched for changes.
+    pub dir: PathBuf,
+    /// Quiet time after a change before reloading, in milliseconds.
+    pub debounce_ms: u64,
+    /// Limits of every plugin call.
+    pub limits: Limits,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig { dir: PathBuf::from("policies"), debounce_ms: 250, limits: Limits::default() }
+    }
+}
+
+/// RabbitMQ.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://user:pass@host:5672/vhost`, or `amqps://…` for TLS.
+    pub url: String,
+}
+
+/// Kafka.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub bootstrap_servers: String,
+    /// Any librdkafka client property, passed through: `security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, …
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// PostgreSQL.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:pass@host:5432/db?sslmode=require`.
+    pub url: String,
+    /// Connections in the pool.
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+fn default_pool() -> u32 {
+    10
+}
+
+/// Logging.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `eligo=debug,info`; `RUST_LOG` wins.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {error}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("invalid configuration in {path}: {error}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        error: toml::de::Error,
+    },
+    /// A `key=value` setting is malformed.
+    #[error("{0}")]
+    Setting(String),
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: display.clone(), error })?;
+        toml::from_str(&text).map_err(|error| ConfigError::Parse { path: display, error })
+    }
+
+    /// One line per backend, with secrets hidden, for the start-up banner.
+    pub fn describe_backends(&self) -> Vec<String> {
+        vec![
+            match &self.amqp {
+                Some(a) => format!("queue: RabbitMQ at {}", redact_url(&a.url)),
+                None => "queue: embedded (in-process)".into(),
+            },
+            match &self.kafka {
+                Some(k) => format!("log: Kafka at {}", k.bootstrap_servers),
+                None => "log: embedded (in-process)".into(),
+            },
+            match &self.postgres {
+                Some(p) => format!("store: PostgreSQL at {}", redact_url(&p.url)),
+                None => format!("store: SQLite at {}", self.sqlite_path().display()),
+            },
+        ]
+    }
+
+    /// The SQLite file used without PostgreSQL.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("eligo.db")
+    }
+}
+
+/// Parses `key=value[,key=value…]`.
+pub fn parse_properties(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Setting(format!("expected key=value, got {pair:?}")))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// A URL with its password replaced by `***`, for logs.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "<unparseable url>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_embedded_on_loopback() {
+        let c = Config::default();
+        assert_eq!(c.node.listen.to_string(), "127.0.0.1:8001");
+        assert_eq!(c.worker.listen.to_string(), "127.0.0.1:8002");
+        assert!(c.amqp.is_none() && c.kafka.is_none() && c.postgres.is_none());
+        assert_eq!(c.roles.len(), 4);
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_unknown_keys_are_errors() {
+        let c: Config = toml::from_str(
+            "roles = [\"node-server\"]\n[node]\nlisten = \"0.0.0.0:9001\"\n[kafka]\nbootstrap_servers = \"k:9092\"\n[kafka.properties]\n\"sasl.mechanism\" = \"PLAIN\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.roles, vec![RoleName::NodeServer]);
+        assert_eq!(c.node.listen.port(), 9001);
+        assert_eq!(c.kafka.unwrap().properties["sasl.mechanism"], "PLAIN");
+        assert!(toml::from_str::<Config>("nodes = 1").is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(redact_url("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
+        assert!(!Config {
+            postgres: Some(PostgresConfig { url: "postgres://u:pw@h/db".into(), max_connections: 1 }),
+            ..Config::default()
+        }
+        .describe_backends()
+        .join(" ")
+        .contains("pw"));
+    }
+
+    #[test]
+    fn properties_parse() {
+        let p = parse_properties("security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512").unwrap();
+        assert_eq!(p.len(), 2);
+        assert!(parse_properties("oops").is_err());
+    }
+}

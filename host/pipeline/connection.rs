@@ -1,0 +1,177 @@
+//! What node and worker connections share: a writer task that owns a bounded
+//! outbox, a way to close a connection from anywhere with a code and a reason,
+//! and the pieces of the handshake the policies see.
+
+use crate::plugin::truncate as host_truncate;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::stream::SplitSink;
+use futures::SinkExt;
+use std::net::SocketAddr;
+use tokio::sync::{mpsc, watch};
+
+/// Close codes eligo uses.
+pub mod close_code {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The connection broke a rule (e.g. read too slowly to keep up).
+    pub const POLICY: u16 = 1008;
+    /// An internal error (e.g. storage failed).
+    pub const INTERNAL: u16 = 1011;
+    /// A broker is unavailable: try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// A bad or refused welcome (the original system's code).
+    pub const BAD_WELCOME: u16 = 3000;
+}
+
+/// Why a connection is closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseReason {
+    /// The WebSocket close code.
+    pub code: u16,
+    /// The reason, cut to what a close frame can carry.
+    pub reason: String,
+}
+
+/// The sending half of a connection, shared with the fan-out stages.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<String>,
+    close: watch::Sender<Option<CloseReason>>,
+}
+
+/// The outbox is full: the peer does not read fast enough.
+#[derive(Debug)]
+pub struct Full;
+
+impl Outbox {
+    /// Queues a text frame without waiting.
+    pub fn try_send(&self, text: String) -> Result<(), Full> {
+        self.tx.try_send(text).map_err(|_| Full)
+    }
+
+    /// Queues a text frame, waiting for room.
+    pub async fn send(&self, text: String) -> bool {
+        self.tx.send(text).await.is_ok()
+    }
+
+    /// Closes the connection after the frames already queued. The first reason wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        // Close frames carry at most 123 bytes of reason.
+        let reason = host_truncate(reason, 123).to_string();
+        self.close.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(CloseReason { code, reason });
+            true
+        });
+    }
+
+    /// Resolves once someone asked to close the connection.
+    pub async fn closing(&self) -> CloseReason {
+        let mut rx = self.close.subscribe();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                return CloseReason { code: close_code::NORMAL, reason: String::new() };
+            }
+        }
+    }
+}
+
+/// Starts the writer of a connection: frames from the outbox go out in order; a
+/// close request sends the close frame and ends it.
+pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) -> (Outbox, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<String>(capacity.max(1));
+    let (close, mut close_rx) = watch::channel::<Option<CloseReason>>(None);
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                frame = rx.recv() => match frame {
+                    Some(text) => {
+                        if sink.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                changed = close_rx.changed() => {
+                    let reason = if changed.is_ok() { close_rx.borrow().clone() } else { None };
+                    let Some(reason) = reason else { return };
+                    // Frames queued before the close still go out.
+                    while let Ok(text) = rx.try_recv() {
+                        if sink.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                            return;
+                        }
+                    }
+                    let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(reason.reason) };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    let _ = sink.close().await;
+                    return;
+                }
+            }
+        }
+    });
+    (Outbox { tx, close }, writer)
+}
+
+/// The parts of the WebSocket handshake policies see.
+#[derive(Clone, Debug)]
+pub struct Handshake {
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// `Authorization: Bearer …`, or the `token` query parameter.
+    pub credential: Option<String>,
+    /// The request path.
+    pub path: String,
+}
+
+impl Handshake {
+    /// Reads the handshake from the upgrade request.
+    pub fn read(remote: SocketAddr, uri: &axum::http::Uri, headers: &axum::http::HeaderMap) -> Self {
+        let bearer = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let query_token = uri.query().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+        });
+        Handshake { remote, credential: bearer.or(query_token), path: uri.path().to_string() }
+    }
+}
+
+/// Asks the policies whether a connection may open; the refusal is an HTTP 403
+/// with the reason, before any upgrade.
+pub fn admit_connection(
+    services: &super::Services,
+    role: crate::plugin::Role,
+    remote: SocketAddr,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+) -> Result<Handshake, axum::response::Response> {
+    use axum::response::IntoResponse;
+    let handshake = Handshake::read(remote, uri, headers);
+    let request = crate::plugin::ConnectionRequest {
+        remote_addr: remote.to_string(),
+        role,
+        credential: handshake.credential.clone(),
+        path: handshake.path.clone(),
+    };
+    let label = match role {
+        crate::plugin::Role::Node => "node",
+        crate::plugin::Role::Worker => "worker",
+    };
+    match services.plugins.current().admit_connection(&request, crate::plugin::now_ms()) {
+        Ok(()) => Ok(handshake),
+        Err(refusal) => {
+            crate::metrics::add("eligo_connections_refused_total", &[("role", label)], 1);
+            Err((axum::http::StatusCode::FORBIDDEN, refusal.to_string()).into_response())
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The pipeline's four stages, each a role `eligo serve` can run:
+//!
+//! ```text
+//! node ──ws──▶ node_server ──queue `job`──▶ job_processor ──▶ store, log `job`
+//! worker ◀─ws── worker_server ◀── log `job`
+//! worker ──ws──▶ worker_server ──queue `solution`──▶ solution_processor ──▶ store, log `solution`
+//! node ◀─ws── node_server ◀── log `solution`
+//! ```
+//!
+//! Every decision on the way is asked of the plugins ([`crate::plugin::PolicySet`]).
+
+pub mod connection;
+pub mod consume;
+pub mod fanout;
+pub mod job_processor;
+pub mod node_server;
+pub mod solution_processor;
+pub mod worker_server;
+
+use crate::plugin::PluginHost;
+use crate::store::Store;
+use crate::transport::{EventLog, WorkQueue};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The backends and plugins every stage works with.
+#[derive(Clone)]
+pub struct Services {
+    /// Where nodes' jobs and workers' solutions enter.
+    pub queue: Arc<dyn WorkQueue>,
+    /// Where stored jobs and valid solutions leave.
+    pub log: Arc<dyn EventLog>,
+    /// Where everything is persisted.
+    pub store: Arc<dyn Store>,
+    /// The policies.
+    pub plugins: Arc<PluginHost>,
+}
+
+/// Backoff between retries of a failing broker or database: doubles up to a cap.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Duration::from_millis(100), max: Duration::from_secs(5) }
+    }
+}
+
+impl Backoff {
+    /// Waits the current delay, then doubles it.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+    }
+
+    /// Back to the shortest delay after a success.
+    pub fn reset(&mut self) {
+        *self = Backoff { max: self.max, ..Backoff::default() };
+    }
+}

@@ -1,0 +1,261 @@
+//! The node server: nodes submit jobs here and receive the solutions the
+//! policies offer them.
+//!
+//! A job frame is admitted by the policies (which also record, in the node's
+//! state, what the node now waits for), published to the `job` queue with a
+//! publisher confirm, and answered at once with the solutions already stored for
+//! that height, so a node that reconnects loses nothing found while it was away.
+//! One reader of the `solution` log per process feeds every connection.
+//!
+//! Slow connections: solutions are never dropped silently. A connection whose
+//! outbox is full is closed with code 1008 and a reason.
+
+use super::connection::{admit_connection, close_code, start_writer, Handshake, Outbox};
+use super::solution_processor::solution_event;
+use super::Services;
+use crate::plugin::{now_ms, Job, JobSubmission, NodeState, Role, Solution};
+use crate::protocol::{canonical_json, error_frame, JobFrame, SolutionEvent};
+use crate::transport::{Stream, Topic, TransportError};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
+use futures::StreamExt;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// How many delivered solution keys a connection remembers, to skip repeats.
+const REMEMBERED_DELIVERIES: usize = 10_000;
+
+/// Settings of the node server.
+#[derive(Clone, Debug)]
+pub struct NodeServerSettings {
+    /// Frames queued per connection before it counts as too slow.
+    pub outbox_capacity: usize,
+}
+
+struct NodeConn {
+    state: NodeState,
+    outbox: Outbox,
+    delivered: Delivered,
+}
+
+/// Unique keys a connection was sent, bounded.
+#[derive(Default)]
+struct Delivered {
+    keys: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Delivered {
+    /// `true` if `key` is new to this connection (and remembers it).
+    fn first_time(&mut self, key: &str) -> bool {
+        if self.keys.contains(key) {
+            return false;
+        }
+        if self.order.len() == REMEMBERED_DELIVERIES {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        self.keys.insert(key.to_string());
+        self.order.push_back(key.to_string());
+        true
+    }
+}
+
+/// The node server of one process.
+pub struct NodeServer {
+    services: Services,
+    settings: NodeServerSettings,
+    nodes: Mutex<HashMap<u64, NodeConn>>,
+    next_id: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl NodeServer {
+    /// A node server over `services`; connections close when `shutdown` fires.
+    pub fn new(services: Services, settings: NodeServerSettings, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(NodeServer {
+            services,
+            settings,
+            nodes: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            shutdown,
+        })
+    }
+
+    /// The WebSocket endpoint, at `/` (and any other path, as the original server).
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new().fallback(any(upgrade)).with_state(self.clone())
+    }
+
+    /// Connected nodes.
+    pub fn connections(&self) -> usize {
+        self.nodes.lock().map(|n| n.len()).unwrap_or(0)
+    }
+
+    /// Reads the `solution` log and delivers each solution to the nodes the
+    /// policies offer it to, until shutdown. Reconnects with backoff.
+    pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
+        let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
+        super::fanout::tail_forever(log, Topic::Solution, shutdown, ready, |event: SolutionEvent| {
+            self.deliver(&event, None)
+        })
+        .await
+    }
+
+    /// Offers a solution to every node (or to `only` that one) and queues it to
+    /// those chosen that did not get it yet.
+    fn deliver(&self, event: &SolutionEvent, only: Option<u64>) {
+        let job = Job {
+            task_id: event.task_id.clone(),
+            block_height: event.solution_height,
+            proof_target: event.proof_target,
+            epoch_challenge: canonical_json(&event.epoch_challenge),
+        };
+        let solution = Solution {
+            task_id: event.task_id.clone(),
+            hardware_id: event.hardware_id.clone(),
+            caption: event.caption.clone(),
+            solution: canonical_json(&event.solution),
+            solution_target: event.solution_target,
+            unique_key: event.unique_key.clone(),
+        };
+        let frame = event.solution.to_string();
+        let policies = self.services.plugins.current();
+        let Ok(mut nodes) = self.nodes.lock() else { return };
+        let ids: Vec<u64> = match only {
+            Some(id) if nodes.contains_key(&id) => vec![id],
+            Some(_) => return,
+            None => nodes.keys().copied().collect(),
+        };
+        let chosen = {
+            let states: Vec<&NodeState> = ids.iter().filter_map(|id| nodes.get(id)).map(|n| &n.state).collect();
+            policies.offer_solution(&job, &solution, &states, now_ms())
+        };
+        for i in chosen {
+            let Some(conn) = nodes.get_mut(&ids[i]) else { continue };
+            if !conn.delivered.first_time(&event.unique_key) {
+                continue;
+            }
+            if conn.outbox.try_send(frame.clone()).is_err() {
+                crate::metrics::add("eligo_slow_connections_closed_total", &[("role", "node")], 1);
+                conn.outbox.close(close_code::POLICY, "too slow: the solution queue of this connection is full");
+            } else {
+                crate::metrics::add("eligo_solutions_delivered_total", &[], 1);
+            }
+        }
+    }
+
+    async fn serve(self: Arc<Self>, socket: WebSocket, handshake: Handshake) {
+        let (sink, mut stream) = socket.split();
+        let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = NodeConn { state: NodeState::default(), outbox: outbox.clone(), delivered: Delivered::default() };
+        if let Ok(mut nodes) = self.nodes.lock() {
+            nodes.insert(id, conn);
+        }
+        crate::metrics::add("eligo_connections", &[("role", "node")], 1);
+        tracing::info!(connection = id, remote = %handshake.remote, "node connected");
+        loop {
+            let message = tokio::select! {
+                m = stream.next() => m,
+                _ = outbox.closing() => break,
+                _ = self.shutdown.cancelled() => {
+                    outbox.close(close_code::GOING_AWAY, "server shutting down");
+                    break;
+                }
+            };
+            match message {
+                Some(Ok(Message::Text(text))) => self.on_frame(id, &outbox, text.as_bytes()).await,
+                Some(Ok(Message::Binary(bytes))) => self.on_frame(id, &outbox, &bytes).await,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+        if let Ok(mut nodes) = self.nodes.lock() {
+            nodes.remove(&id);
+        }
+        drop(outbox);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+        crate::metrics::add("eligo_connections", &[("role", "node")], -1);
+        tracing::info!(connection = id, "node disconnected");
+    }
+
+    async fn on_frame(&self, id: u64, outbox: &Outbox, bytes: &[u8]) {
+        let frame = match JobFrame::parse(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                crate::metrics::add("eligo_bad_frames_total", &[("role", "node")], 1);
+                outbox.send(error_frame(&e.to_string())).await;
+                return;
+            }
+        };
+        let submission = JobSubmission {
+            block_height: frame.block_height,
+            proof_target: frame.proof_target,
+            epoch_challenge: canonical_json(&serde_json::Value::Object(frame.epoch_challenge)),
+        };
+        let policies = self.services.plugins.current();
+        let admitted = {
+            let Ok(mut nodes) = self.nodes.lock() else { return };
+            let Some(conn) = nodes.get_mut(&id) else { return };
+            policies.admit_job(&submission, &mut conn.state, now_ms())
+        };
+        let job = match admitted {
+            Ok(job) => job,
+            Err(refusal) => {
+                crate::metrics::add("eligo_jobs_refused_total", &[], 1);
+                outbox.send(error_frame(&refusal.to_string())).await;
+                return;
+            }
+        };
+        let message = serde_json::json!({
+            "epoch_challenge": serde_json::from_str::<serde_json::Value>(&job.epoch_challenge).unwrap_or_default(),
+            "proof_target": job.proof_target,
+            "block_height": job.block_height,
+        });
+        if let Err(e) = self.services.queue.publish(Stream::Job, message.to_string().as_bytes()).await {
+            tracing::warn!(connection = id, error = %e, "publishing a job failed; closing the connection");
+            let code = match e {
+                TransportError::Unavailable { .. } => close_code::TRY_AGAIN_LATER,
+                _ => close_code::INTERNAL,
+            };
+            outbox.close(code, &format!("job not accepted: {e}"));
+            return;
+        }
+        crate::metrics::add("eligo_jobs_published_total", &[], 1);
+        self.catch_up(id, job.block_height).await;
+    }
+
+    /// Sends the node what was already found at `height`.
+    async fn catch_up(&self, id: u64, height: i64) {
+        match self.services.store.broadcast_solutions_at(height).await {
+            Ok(found) => {
+                for (job, solution) in found {
+                    self.deliver(&solution_event(&job, &solution), Some(id));
+                }
+            }
+            Err(e) => tracing::warn!(connection = id, error = %e, "catch-up read failed; live solutions still flow"),
+        }
+    }
+}
+
+async fn upgrade(
+    State(server): State<Arc<NodeServer>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    match admit_connection(&server.services, Role::Node, remote, &uri, &headers) {
+        Ok(handshake) => ws.on_upgrade(move |socket| server.serve(socket, handshake)),
+        Err(refused) => refused,
+    }
+}

@@ -1,0 +1,315 @@
+//! The worker server: workers send their welcome, receive the jobs the policies
+//! offer them, and submit solutions, which go to the `solution` queue with the
+//! welcome's `hardware_id` and `caption` added.
+//!
+//! One reader of the `job` log per process feeds every connection; a worker that
+//! connects is offered the current job at once. Slow connections: jobs are
+//! latest-wins, so a job that finds a connection's outbox full is dropped for
+//! that connection (and counted); the next job still goes.
+
+use super::connection::{admit_connection, close_code, start_writer, Handshake, Outbox};
+use super::solution_processor::job_view;
+use super::Services;
+use crate::plugin::{now_ms, Job, Role, Welcome, WorkerState};
+use crate::protocol::{canonical_json, error_frame, JobEvent, SolutionFrame, SolutionMessage, WelcomeFrame, WorkFrame};
+use crate::store::WorkerConnection;
+use crate::transport::{Stream, Topic, TransportError};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the worker server.
+#[derive(Clone, Debug)]
+pub struct WorkerServerSettings {
+    /// Frames queued per connection; past that, jobs are dropped for it.
+    pub outbox_capacity: usize,
+    /// How long a new connection may take to send its welcome.
+    pub welcome_timeout: Duration,
+    /// This process's name in the `worker` table (for crash recovery).
+    pub instance: String,
+}
+
+struct WorkerConn {
+    state: WorkerState,
+    outbox: Outbox,
+}
+
+/// A job ready to send: the policies' view and the frame.
+#[derive(Clone)]
+struct ReadyJob {
+    job: Job,
+    frame: String,
+}
+
+/// The worker server of one process.
+pub struct WorkerServer {
+    services: Services,
+    settings: WorkerServerSettings,
+    workers: Mutex<HashMap<u64, WorkerConn>>,
+    current: Mutex<Option<ReadyJob>>,
+    next_id: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl WorkerServer {
+    /// A worker server over `services`; connections close when `shutdown` fires.
+    pub fn new(services: Services, settings: WorkerServerSettings, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(WorkerServer {
+            services,
+            settings,
+            workers: Mutex::new(HashMap::new()),
+            current: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            shutdown,
+        })
+    }
+
+    /// The WebSocket endpoint, at `/` (and any other path, as the original server).
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new().fallback(any(upgrade)).with_state(self.clone())
+    }
+
+    /// Connected (welcomed) workers.
+    pub fn connections(&self) -> usize {
+        self.workers.lock().map(|w| w.len()).unwrap_or(0)
+    }
+
+    /// Finishes the connections a previous run of this instance left open, and
+    /// loads the current job, so a worker connecting now gets it at once.
+    pub async fn recover(&self) -> anyhow::Result<()> {
+        let closed = self.services.store.close_connections_of(&self.settings.instance).await?;
+        if closed > 0 {
+            tracing::info!(closed, instance = %self.settings.instance, "finished worker connections left open by a previous run");
+        }
+        if let Some(job) = self.services.store.latest_broadcast_job().await? {
+            let view = job_view(&job);
+            let epoch_challenge = serde_json::from_str(&job.epoch_challenge).unwrap_or_default();
+            let frame = WorkFrame { task_id: job.task_id.clone(), epoch_challenge };
+            self.set_current(ReadyJob { job: view, frame: serde_json::to_string(&frame)? });
+        }
+        Ok(())
+    }
+
+    fn set_current(&self, ready: ReadyJob) {
+        if let Ok(mut current) = self.current.lock() {
+            if current.as_ref().is_none_or(|c| c.job.block_height <= ready.job.block_height) {
+                *current = Some(ready);
+            }
+        }
+    }
+
+    /// Reads the `job` log and offers each job to every worker, until shutdown.
+    pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
+        let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
+        super::fanout::tail_forever(log, Topic::Job, shutdown, ready, |event: JobEvent| self.on_job(event)).await
+    }
+
+    fn on_job(&self, event: JobEvent) {
+        let job = Job {
+            task_id: event.task_id.clone(),
+            block_height: event.block_height,
+            proof_target: event.proof_target,
+            epoch_challenge: canonical_json(&event.epoch_challenge),
+        };
+        let frame = WorkFrame { task_id: event.task_id, epoch_challenge: event.epoch_challenge };
+        let Ok(frame) = serde_json::to_string(&frame) else { return };
+        let ready = ReadyJob { job, frame };
+        self.set_current(ready.clone());
+        self.offer(&ready, None);
+    }
+
+    /// Offers a job to every worker (or to `only` that one) and queues it to the chosen.
+    fn offer(&self, ready: &ReadyJob, only: Option<u64>) {
+        let policies = self.services.plugins.current();
+        let Ok(mut workers) = self.workers.lock() else { return };
+        let mut ids = Vec::with_capacity(workers.len());
+        let mut states = Vec::with_capacity(workers.len());
+        for (id, conn) in workers.iter_mut() {
+            if only.is_none_or(|o| o == *id) {
+                ids.push(*id);
+                states.push(&mut conn.state);
+            }
+        }
+        let chosen = policies.offer_job(&ready.job, &mut states, now_ms());
+        drop(states);
+        for i in chosen {
+            let Some(conn) = workers.get(&ids[i]) else { continue };
+            if conn.outbox.try_send(ready.frame.clone()).is_ok() {
+                crate::metrics::add("eligo_jobs_delivered_total", &[], 1);
+            } else {
+                crate::metrics::add("eligo_jobs_dropped_total", &[("reason", "outbox_full")], 1);
+            }
+        }
+    }
+
+    async fn serve(self: Arc<Self>, socket: WebSocket, handshake: Handshake) {
+        let (sink, mut stream) = socket.split();
+        let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity);
+        if let Some((welcome, state)) = self.welcome(&mut stream, &outbox).await {
+            self.session(&mut stream, &outbox, welcome, state, &handshake).await;
+        }
+        drop(outbox);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
+
+    /// Reads and admits the welcome; on failure the connection is being closed.
+    async fn welcome(
+        &self,
+        stream: &mut futures::stream::SplitStream<WebSocket>,
+        outbox: &Outbox,
+    ) -> Option<(WelcomeFrame, WorkerState)> {
+        let first = tokio::select! {
+            m = tokio::time::timeout(self.settings.welcome_timeout, stream.next()) => m,
+            _ = self.shutdown.cancelled() => return None,
+        };
+        let bytes = match first {
+            Ok(Some(Ok(Message::Text(t)))) => t.as_bytes().to_vec(),
+            Ok(Some(Ok(Message::Binary(b)))) => b.to_vec(),
+            Ok(Some(Ok(_))) => {
+                outbox.close(close_code::BAD_WELCOME, "expected a welcome text frame first");
+                return None;
+            }
+            Ok(_) => return None,
+            Err(_) => {
+                outbox.close(close_code::BAD_WELCOME, "no welcome within the time limit");
+                return None;
+            }
+        };
+        let welcome = match WelcomeFrame::parse(&bytes) {
+            Ok(w) => w,
+            Err(e) => {
+                crate::metrics::add("eligo_bad_frames_total", &[("role", "worker")], 1);
+                outbox.close(close_code::BAD_WELCOME, &format!("bad welcome: {e}"));
+                return None;
+            }
+        };
+        let view = Welcome {
+            ip: welcome.ip.clone(),
+            address: welcome.address.clone(),
+            hardware: welcome.hardware.clone(),
+            hardware_id: welcome.hardware_id.clone(),
+            caption: welcome.caption.clone(),
+        };
+        match self.services.plugins.current().admit_worker(&view, now_ms()) {
+            Ok(state) => Some((welcome, state)),
+            Err(refusal) => {
+                crate::metrics::add("eligo_workers_refused_total", &[], 1);
+                outbox.close(close_code::BAD_WELCOME, &refusal.to_string());
+                None
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        stream: &mut futures::stream::SplitStream<WebSocket>,
+        outbox: &Outbox,
+        welcome: WelcomeFrame,
+        state: WorkerState,
+        handshake: &Handshake,
+    ) {
+        let row = WorkerConnection {
+            ip: welcome.ip.clone(),
+            address: welcome.address.clone(),
+            hardware: welcome.hardware.clone(),
+            hardware_id: welcome.hardware_id.clone(),
+            caption: welcome.caption.clone(),
+            instance: self.settings.instance.clone(),
+        };
+        let row_id = match self.services.store.worker_connected(&row).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "recording a worker connection failed");
+                outbox.close(close_code::INTERNAL, "storage failed");
+                return;
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut workers) = self.workers.lock() {
+            workers.insert(id, WorkerConn { state, outbox: outbox.clone() });
+        }
+        crate::metrics::add("eligo_connections", &[("role", "worker")], 1);
+        tracing::info!(connection = id, remote = %handshake.remote, hardware_id = %welcome.hardware_id, "worker connected");
+        let current = self.current.lock().ok().and_then(|c| c.clone());
+        if let Some(current) = current {
+            self.offer(&current, Some(id));
+        }
+        loop {
+            let message = tokio::select! {
+                m = stream.next() => m,
+                _ = outbox.closing() => break,
+                _ = self.shutdown.cancelled() => {
+                    outbox.close(close_code::GOING_AWAY, "server shutting down");
+                    break;
+                }
+            };
+            match message {
+                Some(Ok(Message::Text(text))) => self.on_solution(id, outbox, &welcome, text.as_bytes()).await,
+                Some(Ok(Message::Binary(bytes))) => self.on_solution(id, outbox, &welcome, &bytes).await,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+        if let Ok(mut workers) = self.workers.lock() {
+            workers.remove(&id);
+        }
+        crate::metrics::add("eligo_connections", &[("role", "worker")], -1);
+        if let Err(e) = self.services.store.worker_disconnected(row_id).await {
+            // Left open, the row is finished at this instance's next start.
+            tracing::warn!(connection = id, error = %e, "recording a disconnect failed");
+        }
+        tracing::info!(connection = id, "worker disconnected");
+    }
+
+    async fn on_solution(&self, id: u64, outbox: &Outbox, welcome: &WelcomeFrame, bytes: &[u8]) {
+        let frame = match SolutionFrame::parse(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                crate::metrics::add("eligo_bad_frames_total", &[("role", "worker")], 1);
+                outbox.send(error_frame(&e.to_string())).await;
+                return;
+            }
+        };
+        let message = SolutionMessage {
+            hardware_id: welcome.hardware_id.clone(),
+            caption: welcome.caption.clone(),
+            task_id: frame.task_id,
+            solution: frame.solution,
+            solution_target: frame.solution_target,
+        };
+        let Ok(bytes) = serde_json::to_vec(&message) else { return };
+        if let Err(e) = self.services.queue.publish(Stream::Solution, &bytes).await {
+            tracing::warn!(connection = id, error = %e, "publishing a solution failed; closing the connection");
+            let code = match e {
+                TransportError::Unavailable { .. } => close_code::TRY_AGAIN_LATER,
+                _ => close_code::INTERNAL,
+            };
+            outbox.close(code, &format!("solution not accepted: {e}"));
+            return;
+        }
+        crate::metrics::add("eligo_solutions_published_total", &[], 1);
+    }
+}
+
+async fn upgrade(
+    State(server): State<Arc<WorkerServer>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    match admit_connection(&server.services, Role::Worker, remote, &uri, &headers) {
+        Ok(handshake) => ws.on_upgrade(move |socket| server.serve(socket, handshake)),
+        Err(refused) => refused,
+    }
+}
