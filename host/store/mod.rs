@@ -93,6 +93,20 @@ pub struct WorkerConnection {
     pub instance: String,
 }
 
+/// A row of `worker`: one connection of a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerRow {
+    pub id: i64,
+    pub ip: String,
+    pub address: String,
+    pub hardware: String,
+    pub hardware_id: String,
+    pub caption: String,
+    pub instance: String,
+    pub connected_at: DateTime<Utc>,
+    pub disconnected_at: Option<DateTime<Utc>>,
+}
+
 /// Whether an insert created the row or found it already there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inserted<T> {
@@ -144,4 +158,6 @@ pub trait Store: Send + Sync {
     async fn worker_disconnected(&self, id: i64) -> Result<(), StoreError>;
     /// Finishes every connection `instance` left open (it crashed); returns how many.
     async fn close_connections_of(&self, instance: &str) -> Result<u64, StoreError>;
+    /// The connections of one worker (`hardware_id` and `caption`), oldest first.
+    async fn worker_connections(&self, hardware_id: &str, caption: &str) -> Result<Vec<WorkerRow>, StoreError>;
 }

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod backends;
+pub mod ws;
+
 use std::path::PathBuf;
 
 /// The repository root.
@@ -22,4 +25,9 @@ pub fn plugin_path(name: &str) -> PathBuf {
 /// The bytes of a built plugin component.
 pub fn plugin_bytes(name: &str) -> Vec<u8> {
     std::fs::read(plugin_path(name)).expect("reading a built plugin")
+}
+
+/// The PostgreSQL the integration tests use: `ELIGO_TEST_POSTGRES_URL`, or the local one.
+pub fn postgres_url() -> String {
+    std::env::var("ELIGO_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }

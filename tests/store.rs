@@ -1,0 +1,583 @@
+//! The store contract, written once over `dyn Store` and run against every backend:
+//! SQLite in memory, SQLite in a file, and PostgreSQL (at `ELIGO_TEST_POSTGRES_URL`, in a
+//! schema of its own per test, dropped afterwards). An unreachable PostgreSQL fails the
+//! PostgreSQL tests; it never skips them.
+
+mod support;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use eligo::store::postgres::PgStore;
+use eligo::store::sqlite::SqliteStore;
+use eligo::store::{Inserted, NewJob, NewSolution, Store, StoredJob, StoredSolution, WorkerConnection};
+use futures::FutureExt;
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+/// A store under test, with raw access to its database for what the trait does not read.
+#[derive(Clone)]
+struct Backend {
+    store: Arc<dyn Store>,
+    raw: Raw,
+}
+
+/// The pool behind the store.
+#[derive(Clone)]
+enum Raw {
+    Pg(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// A `worker` row's times.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct WorkerTimes {
+    connected_at: DateTime<Utc>,
+    disconnected_at: Option<DateTime<Utc>>,
+}
+
+impl Backend {
+    async fn worker_times(&self, id: i64) -> WorkerTimes {
+        match &self.raw {
+            Raw::Pg(pool) => {
+                let (c, d): (NaiveDateTime, Option<NaiveDateTime>) =
+                    sqlx::query_as("SELECT connected_at, disconnected_at FROM worker WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(pool)
+                        .await
+                        .expect("reading a worker row");
+                WorkerTimes { connected_at: c.and_utc(), disconnected_at: d.map(|d| d.and_utc()) }
+            }
+            Raw::Sqlite(pool) => {
+                let (connected_at, disconnected_at) =
+                    sqlx::query_as("SELECT connected_at, disconnected_at FROM worker WHERE id = ?1")
+                        .bind(id)
+                        .fetch_one(pool)
+                        .await
+                        .expect("reading a worker row");
+                WorkerTimes { connected_at, disconnected_at }
+            }
+        }
+    }
+
+    /// Opens a finished connection again: what two racing connects of one worker leave.
+    async fn reopen_worker(&self, id: i64) {
+        let sql = "UPDATE worker SET disconnected_at = NULL WHERE id = $1";
+        let affected = match &self.raw {
+            Raw::Pg(pool) => sqlx::query(sql).bind(id).execute(pool).await.map(|r| r.rows_affected()),
+            Raw::Sqlite(pool) => {
+                sqlx::query(&sql.replace('$', "?")).bind(id).execute(pool).await.map(|r| r.rows_affected())
+            }
+        };
+        assert_eq!(affected.expect("reopening a worker row"), 1);
+    }
+
+    /// `(stream, payload, reason)` of every rejected message, oldest first.
+    async fn rejected(&self) -> Vec<(String, String, String)> {
+        let sql = "SELECT stream, payload, reason FROM rejected_message ORDER BY id";
+        match &self.raw {
+            Raw::Pg(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+            Raw::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+        }
+        .expect("reading rejected messages")
+    }
+}
+
+/// Which backend a test runs on.
+enum Kind {
+    SqliteMemory,
+    SqliteFile,
+    Postgres,
+}
+
+/// Runs `test` on a fresh, migrated store of `kind`.
+async fn run<F, Fut>(kind: Kind, test: F)
+where
+    F: FnOnce(Backend) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    match kind {
+        Kind::SqliteMemory => {
+            let store = SqliteStore::in_memory().await.expect("opening SQLite in memory");
+            store.migrate().await.expect("migrating SQLite");
+            let raw = Raw::Sqlite(store.pool().clone());
+            test(Backend { store: Arc::new(store), raw }).await;
+        }
+        Kind::SqliteFile => {
+            let dir = tempfile::tempdir().expect("creating a temporary directory");
+            let store = SqliteStore::open(&dir.path().join("eligo.db")).await.expect("opening SQLite in a file");
+            store.migrate().await.expect("migrating SQLite");
+            let raw = Raw::Sqlite(store.pool().clone());
+            test(Backend { store: Arc::new(store), raw }).await;
+        }
+        Kind::Postgres => run_postgres("", test).await,
+    }
+}
+
+/// Runs `test` in a schema of its own, dropped afterwards even if the test fails.
+/// `before_migrating` (SQL) fills the schema before the store migrates it.
+async fn run_postgres<F, Fut>(before_migrating: &str, test: F)
+where
+    F: FnOnce(Backend) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let url = support::postgres_url();
+    let unreachable = |e: &dyn std::fmt::Display| -> ! {
+        panic!("PostgreSQL at {url} is unreachable: {e} (start it, or set ELIGO_TEST_POSTGRES_URL)")
+    };
+    let mut admin = match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&url)).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => unreachable(&e),
+        Err(_) => unreachable(&"no answer within 10 s"),
+    };
+    let schema = format!("eligo_test_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut admin).await.expect("creating a test schema");
+
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let store_url = format!("{url}{separator}options=-c%20search_path%3D{schema}");
+    let outcome = AssertUnwindSafe(async {
+        let store = PgStore::connect(&store_url, 4).await.unwrap_or_else(|e| unreachable(&e));
+        let pool = store.pool().clone();
+        sqlx::raw_sql(before_migrating).execute(&pool).await.expect("preparing the test schema");
+        store.migrate().await.expect("migrating PostgreSQL");
+        test(Backend { store: Arc::new(store), raw: Raw::Pg(pool.clone()) }).await;
+        pool.close().await;
+    })
+    .catch_unwind()
+    .await;
+
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut admin).await.expect("dropping the test schema");
+    let _ = admin.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Generates, for each test function, one `#[tokio::test]` per backend.
+macro_rules! store_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                crate::run(crate::Kind::SqliteMemory, crate::$name).await;
+            })*
+        }
+        mod sqlite_file {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                crate::run(crate::Kind::SqliteFile, crate::$name).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                crate::run(crate::Kind::Postgres, crate::$name).await;
+            })*
+        }
+    };
+}
+
+store_tests!(
+    migrating_again_changes_nothing,
+    a_job_is_stored_once_per_height,
+    targets_keep_all_64_bits,
+    concurrent_inserts_of_one_height_store_one_job,
+    concurrent_inserts_of_one_solution_store_one,
+    latest_broadcast_job_is_the_highest_broadcast,
+    a_solution_is_stored_once_and_keeps_its_verdict,
+    broadcast_solutions_at_a_height_come_oldest_first_with_their_job,
+    rejected_messages_are_kept,
+    reconnecting_finishes_the_open_connection_at_the_latest_solution,
+    reconnecting_without_solutions_finishes_at_connection_time,
+    disconnecting_sets_the_time_once,
+    closing_an_instance_finishes_only_its_open_connections,
+    a_connection_ends_before_the_next_connection_of_its_worker,
+    a_workers_connections_are_listed_oldest_first,
+);
+
+fn new_job(block_height: i64) -> NewJob {
+    NewJob {
+        task_id: Uuid::new_v4().to_string(),
+        block_height,
+        proof_target: 1_000 + block_height as u64,
+        epoch_challenge: format!(r#"{{"epoch_number":{block_height}}}"#),
+    }
+}
+
+fn new_solution(unique_key: &str, task_id: &str, hardware_id: &str, caption: &str) -> NewSolution {
+    NewSolution {
+        unique_key: unique_key.to_owned(),
+        hardware_id: hardware_id.to_owned(),
+        caption: caption.to_owned(),
+        task_id: task_id.to_owned(),
+        solution: format!(r#"{{"partial_solution":{{"nonce":{unique_key}}}}}"#),
+        solution_target: 50,
+    }
+}
+
+fn worker(hardware_id: &str, caption: &str, instance: &str) -> WorkerConnection {
+    WorkerConnection {
+        ip: "192.0.2.7".to_owned(),
+        address: "aleo1worker".to_owned(),
+        hardware: "RTX 4090".to_owned(),
+        hardware_id: hardware_id.to_owned(),
+        caption: caption.to_owned(),
+        instance: instance.to_owned(),
+    }
+}
+
+async fn insert_job(store: &dyn Store, job: &NewJob) -> Inserted<StoredJob> {
+    store.insert_job(job).await.expect("inserting a job")
+}
+
+async fn insert_solution(store: &dyn Store, solution: &NewSolution) -> Inserted<StoredSolution> {
+    store.insert_solution(solution).await.expect("inserting a solution")
+}
+
+/// A solution sent now by the worker `(hardware_id, caption)`; returns its `created_at`.
+async fn solve(store: &dyn Store, hardware_id: &str, caption: &str) -> DateTime<Utc> {
+    let key = Uuid::new_v4().as_u128().to_string();
+    insert_solution(store, &new_solution(&key, "some-task", hardware_id, caption)).await.row.created_at
+}
+
+fn assert_recent(at: DateTime<Utc>) {
+    let off = (Utc::now() - at).num_seconds().abs();
+    assert!(off < 60, "{at} is {off} s away from now: not UTC?");
+}
+
+async fn migrating_again_changes_nothing(b: Backend) {
+    let job = insert_job(&*b.store, &new_job(1)).await.row;
+    b.store.migrate().await.expect("migrating again");
+    assert_eq!(b.store.job_by_task(&job.task_id).await.unwrap(), Some(job));
+}
+
+async fn a_job_is_stored_once_per_height(b: Backend) {
+    let store = &*b.store;
+    let first = new_job(100);
+    let stored = insert_job(store, &first).await;
+    assert!(stored.created);
+    let row = stored.row;
+    assert_eq!(
+        (&*row.task_id, row.block_height, row.proof_target, &*row.epoch_challenge, row.broadcast),
+        (&*first.task_id, 100, first.proof_target, &*first.epoch_challenge, false)
+    );
+    assert_recent(row.created_at);
+
+    let again = NewJob { epoch_challenge: "{}".to_owned(), proof_target: 7, ..new_job(100) };
+    let found = insert_job(store, &again).await;
+    assert!(!found.created, "a second job at a stored height must not be created");
+    assert_eq!(found.row, row, "the stored job is returned, not the new one");
+
+    assert_eq!(store.job_by_task(&first.task_id).await.unwrap(), Some(row));
+    assert_eq!(store.job_by_task(&again.task_id).await.unwrap(), None);
+    assert_eq!(store.job_by_task("no-such-task").await.unwrap(), None);
+}
+
+async fn targets_keep_all_64_bits(b: Backend) {
+    let store = &*b.store;
+    for (i, target) in [0, i64::MAX as u64, 1 << 63, u64::MAX].into_iter().enumerate() {
+        let job = NewJob { proof_target: target, ..new_job(i as i64) };
+        assert_eq!(insert_job(store, &job).await.row.proof_target, target);
+        assert_eq!(store.job_by_task(&job.task_id).await.unwrap().unwrap().proof_target, target);
+
+        let solution = NewSolution { solution_target: target, ..new_solution(&i.to_string(), &job.task_id, "hw", "c") };
+        assert_eq!(insert_solution(store, &solution).await.row.solution_target, target);
+        assert_eq!(insert_solution(store, &solution).await.row.solution_target, target);
+    }
+}
+
+async fn concurrent_inserts_of_one_height_store_one_job(b: Backend) {
+    let attempts = futures::future::join_all((0..16).map(|_| {
+        let store = b.store.clone();
+        tokio::spawn(async move { store.insert_job(&new_job(500)).await })
+    }))
+    .await;
+    let results: Vec<_> = attempts.into_iter().map(|r| r.expect("task").expect("insert_job")).collect();
+    assert_eq!(results.iter().filter(|r| r.created).count(), 1, "exactly one insert creates the job");
+    let winner = &results.iter().find(|r| r.created).unwrap().row;
+    assert!(results.iter().all(|r| &r.row == winner), "every insert returns the stored job");
+}
+
+async fn concurrent_inserts_of_one_solution_store_one(b: Backend) {
+    let attempts = futures::future::join_all((0..16).map(|i| {
+        let store = b.store.clone();
+        tokio::spawn(async move { store.insert_solution(&new_solution("42", "task", &format!("hw{i}"), "c")).await })
+    }))
+    .await;
+    let results: Vec<_> = attempts.into_iter().map(|r| r.expect("task").expect("insert_solution")).collect();
+    assert_eq!(results.iter().filter(|r| r.created).count(), 1, "exactly one insert creates the solution");
+    let winner = &results.iter().find(|r| r.created).unwrap().row;
+    assert!(results.iter().all(|r| &r.row == winner), "every insert returns the stored solution");
+}
+
+async fn latest_broadcast_job_is_the_highest_broadcast(b: Backend) {
+    let store = &*b.store;
+    let [j5, j6, j7] = [new_job(5), new_job(6), new_job(7)];
+    for job in [&j5, &j6, &j7] {
+        insert_job(store, job).await;
+    }
+    assert_eq!(store.latest_broadcast_job().await.unwrap(), None);
+
+    store.mark_job_broadcast(&j6.task_id).await.unwrap();
+    let latest = store.latest_broadcast_job().await.unwrap().expect("a broadcast job");
+    assert_eq!((&*latest.task_id, latest.block_height, latest.broadcast), (&*j6.task_id, 6, true));
+
+    store.mark_job_broadcast(&j5.task_id).await.unwrap();
+    store.mark_job_broadcast(&j6.task_id).await.unwrap();
+    store.mark_job_broadcast("no-such-task").await.unwrap();
+    assert_eq!(store.latest_broadcast_job().await.unwrap(), Some(latest.clone()), "7 is not broadcast");
+
+    // What the job processor sees when a node sends height 6 again: stored and broadcast.
+    let again = insert_job(store, &new_job(6)).await;
+    assert!(!again.created);
+    assert_eq!(again.row, latest);
+    assert!(!store.job_by_task(&j7.task_id).await.unwrap().unwrap().broadcast);
+}
+
+async fn a_solution_is_stored_once_and_keeps_its_verdict(b: Backend) {
+    let store = &*b.store;
+    let first = NewSolution { solution_target: 77, ..new_solution("1001", "task-a", "hw-1", "rig") };
+    let stored = insert_solution(store, &first).await;
+    assert!(stored.created);
+    let row = stored.row;
+    assert_eq!(
+        (&*row.unique_key, &*row.hardware_id, &*row.caption, &*row.task_id, &*row.solution, row.solution_target),
+        (&*first.unique_key, "hw-1", "rig", "task-a", &*first.solution, 77)
+    );
+    assert_eq!((row.valid, row.checked, row.invalid_reason.as_deref(), row.broadcast), (false, false, None, false));
+    assert_recent(row.created_at);
+
+    let duplicate = NewSolution { hardware_id: "hw-2".to_owned(), solution_target: 1, ..first.clone() };
+    let found = insert_solution(store, &duplicate).await;
+    assert!(!found.created);
+    assert_eq!(found.row, row, "the stored solution is returned, not the new one");
+
+    store.set_validation("1001", false, true, Some("target below the job's")).await.unwrap();
+    let refused = insert_solution(store, &first).await.row;
+    assert_eq!(
+        (refused.valid, refused.checked, refused.invalid_reason.as_deref()),
+        (false, true, Some("target below the job's"))
+    );
+    store.set_validation("1001", true, true, None).await.unwrap();
+    store.set_validation("no-such-key", true, true, None).await.unwrap();
+    store.mark_solution_broadcast("1001").await.unwrap();
+    store.mark_solution_broadcast("1001").await.unwrap();
+    store.mark_solution_broadcast("no-such-key").await.unwrap();
+    let accepted = insert_solution(store, &first).await.row;
+    assert_eq!(
+        (accepted.valid, accepted.checked, accepted.invalid_reason, accepted.broadcast),
+        (true, true, None, true)
+    );
+    assert_eq!(accepted.created_at, row.created_at);
+}
+
+async fn broadcast_solutions_at_a_height_come_oldest_first_with_their_job(b: Backend) {
+    let store = &*b.store;
+    let job10 = insert_job(store, &new_job(10)).await.row;
+    let job11 = insert_job(store, &new_job(11)).await.row;
+    store.mark_job_broadcast(&job10.task_id).await.unwrap();
+    let job10 = store.job_by_task(&job10.task_id).await.unwrap().unwrap();
+
+    let mut keys = Vec::new();
+    for (key, task) in [("1", &job10), ("2", &job10), ("3", &job10), ("4", &job11), ("5", &job10)] {
+        insert_solution(store, &new_solution(key, &task.task_id, "hw", "rig")).await;
+        keys.push(key);
+    }
+    insert_solution(store, &new_solution("6", "unknown-task", "hw", "rig")).await;
+    // Broadcast out of insertion order; "3" never.
+    for key in ["5", "2", "1", "4", "6"] {
+        store.mark_solution_broadcast(key).await.unwrap();
+    }
+
+    let at10 = store.broadcast_solutions_at(10).await.unwrap();
+    let got: Vec<_> = at10.iter().map(|(job, s)| (job, &*s.unique_key, s.broadcast)).collect();
+    assert_eq!(got, [(&job10, "1", true), (&job10, "2", true), (&job10, "5", true)]);
+    let at11 = store.broadcast_solutions_at(11).await.unwrap();
+    let got: Vec<_> = at11.iter().map(|(job, s)| (job, &*s.unique_key)).collect();
+    assert_eq!(got, [(&job11, "4")]);
+    assert_eq!(store.broadcast_solutions_at(12).await.unwrap(), []);
+}
+
+async fn rejected_messages_are_kept(b: Backend) {
+    b.store.record_rejected("job", "not json", "expected value at line 1").await.unwrap();
+    b.store.record_rejected("solution", "{}", "missing field `task_id`").await.unwrap();
+    let owned = |s: [&str; 3]| (s[0].to_owned(), s[1].to_owned(), s[2].to_owned());
+    assert_eq!(
+        b.rejected().await,
+        [owned(["job", "not json", "expected value at line 1"]), owned(["solution", "{}", "missing field `task_id`"])]
+    );
+}
+
+async fn reconnecting_finishes_the_open_connection_at_the_latest_solution(b: Backend) {
+    let store = &*b.store;
+    let rig = worker("hw-1", "rig-a", "i1");
+    solve(store, "hw-1", "rig-a").await; // before the connection: not part of it
+    let first = store.worker_connected(&rig).await.unwrap();
+    assert_recent(b.worker_times(first).await.connected_at);
+    solve(store, "hw-1", "rig-a").await;
+    let latest = solve(store, "hw-1", "rig-a").await;
+    // Other workers' solutions: same hardware other caption, same caption other hardware.
+    solve(store, "hw-1", "rig-b").await;
+    solve(store, "hw-2", "rig-a").await;
+    let other_open = store.worker_connected(&worker("hw-1", "rig-b", "i1")).await.unwrap();
+
+    let second = store.worker_connected(&WorkerConnection { instance: "i2".to_owned(), ..rig }).await.unwrap();
+    assert_ne!(first, second);
+    assert_eq!(b.worker_times(first).await.disconnected_at, Some(latest));
+    let now_open = b.worker_times(second).await;
+    assert_eq!(now_open.disconnected_at, None);
+    assert!(now_open.connected_at >= latest);
+    assert_eq!(b.worker_times(other_open).await.disconnected_at, None, "another worker's connection stays open");
+}
+
+async fn reconnecting_without_solutions_finishes_at_connection_time(b: Backend) {
+    let store = &*b.store;
+    let rig = worker("hw-1", "rig-a", "i1");
+    solve(store, "hw-1", "rig-a").await;
+    let first = store.worker_connected(&rig).await.unwrap();
+    let second = store.worker_connected(&rig).await.unwrap();
+    let first_times = b.worker_times(first).await;
+    assert_eq!(first_times.disconnected_at, Some(first_times.connected_at));
+    assert_eq!(b.worker_times(second).await.disconnected_at, None);
+}
+
+async fn disconnecting_sets_the_time_once(b: Backend) {
+    let store = &*b.store;
+    let rig = worker("hw-1", "rig-a", "i1");
+    let id = store.worker_connected(&rig).await.unwrap();
+    store.worker_disconnected(id).await.unwrap();
+    let closed = b.worker_times(id).await;
+    let at = closed.disconnected_at.expect("disconnected");
+    assert!(at >= closed.connected_at);
+    assert_recent(at);
+
+    solve(store, "hw-1", "rig-a").await;
+    store.worker_disconnected(id).await.unwrap();
+    store.worker_connected(&rig).await.unwrap();
+    assert_eq!(b.worker_times(id).await, closed, "a finished connection is never finished again");
+    store.worker_disconnected(424_242).await.unwrap();
+}
+
+async fn closing_an_instance_finishes_only_its_open_connections(b: Backend) {
+    let store = &*b.store;
+    let idle = store.worker_connected(&worker("hw-a", "rig", "i1")).await.unwrap();
+    let busy = store.worker_connected(&worker("hw-b", "rig", "i1")).await.unwrap();
+    let elsewhere = store.worker_connected(&worker("hw-c", "rig", "i2")).await.unwrap();
+    let gone = store.worker_connected(&worker("hw-d", "rig", "i1")).await.unwrap();
+    store.worker_disconnected(gone).await.unwrap();
+    let gone_times = b.worker_times(gone).await;
+    let busy_latest = solve(store, "hw-b", "rig").await;
+    solve(store, "hw-c", "rig").await;
+
+    assert_eq!(store.close_connections_of("i1").await.unwrap(), 2);
+    let idle_times = b.worker_times(idle).await;
+    assert_eq!(idle_times.disconnected_at, Some(idle_times.connected_at));
+    assert_eq!(b.worker_times(busy).await.disconnected_at, Some(busy_latest));
+    assert_eq!(b.worker_times(elsewhere).await.disconnected_at, None);
+    assert_eq!(b.worker_times(gone).await, gone_times);
+
+    assert_eq!(store.close_connections_of("i1").await.unwrap(), 0);
+    assert_eq!(store.close_connections_of("no-such-instance").await.unwrap(), 0);
+}
+
+async fn a_connection_ends_before_the_next_connection_of_its_worker(b: Backend) {
+    let store = &*b.store;
+    let rig = worker("hw-1", "rig-a", "i1");
+    let first = store.worker_connected(&rig).await.unwrap();
+    let during_first = solve(store, "hw-1", "rig-a").await;
+    let second = store.worker_connected(&rig).await.unwrap();
+    let during_second = solve(store, "hw-1", "rig-a").await;
+    // Two connects racing can leave both open; the older one must not claim the
+    // solutions sent after the newer one opened.
+    b.reopen_worker(first).await;
+
+    assert_eq!(store.close_connections_of("i1").await.unwrap(), 2);
+    assert_eq!(b.worker_times(first).await.disconnected_at, Some(during_first));
+    assert_eq!(b.worker_times(second).await.disconnected_at, Some(during_second));
+}
+
+async fn a_workers_connections_are_listed_oldest_first(b: Backend) {
+    let store = &*b.store;
+    assert_eq!(store.worker_connections("hw-1", "rig-a").await.unwrap(), []);
+    let rig = worker("hw-1", "rig-a", "i1");
+    let first = store.worker_connected(&rig).await.unwrap();
+    store.worker_connected(&worker("hw-1", "rig-b", "i1")).await.unwrap();
+    store.worker_connected(&worker("hw-2", "rig-a", "i1")).await.unwrap();
+    let second = store.worker_connected(&WorkerConnection { instance: "i2".to_owned(), ..rig.clone() }).await.unwrap();
+
+    let rows = store.worker_connections("hw-1", "rig-a").await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [first, second]);
+    let last = &rows[1];
+    assert_eq!(
+        (&*last.ip, &*last.address, &*last.hardware, &*last.hardware_id, &*last.caption, &*last.instance),
+        (&*rig.ip, &*rig.address, &*rig.hardware, "hw-1", "rig-a", "i2")
+    );
+    for row in &rows {
+        let times = b.worker_times(row.id).await;
+        assert_eq!((row.connected_at, row.disconnected_at), (times.connected_at, times.disconnected_at));
+    }
+    assert!(rows[0].disconnected_at.is_some() && rows[1].disconnected_at.is_none());
+}
+
+#[tokio::test]
+async fn postgres_connect_fails_fast_and_says_why_when_unreachable() {
+    let started = Instant::now();
+    // Port 1 on the loopback: nothing listens there, so the connection is refused.
+    let error = PgStore::connect("postgres://postgres@127.0.0.1:1/test", 2).await.expect_err("nothing listens");
+    assert!(started.elapsed() < Duration::from_secs(7), "took {:?}", started.elapsed());
+    let message = error.to_string();
+    assert!(message.to_lowercase().contains("refused"), "{message}");
+}
+
+/// The original system's tables as it created them (`integer` keys and heights,
+/// nullable columns), with one row each.
+const ORIGINAL_SCHEMA: &str = "
+    CREATE TABLE job (id serial PRIMARY KEY, block_height integer NOT NULL UNIQUE, epoch_challenge text NOT NULL,
+        task_id varchar(36) NOT NULL UNIQUE, created_at timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'utc'));
+    CREATE TABLE solution (id serial PRIMARY KEY, hardware_id varchar(255), caption varchar(255),
+        task_id varchar(36), unique_key text UNIQUE, solution text, valid boolean DEFAULT false,
+        checked boolean DEFAULT false, created_at timestamp);
+    CREATE INDEX ix_solution_task_id ON solution (task_id);
+    CREATE INDEX ix_solution_hardware_id_caption ON solution (hardware_id, caption);
+    CREATE TABLE worker (id serial PRIMARY KEY, ip varchar(45), address text, hardware text,
+        hardware_id varchar(255), caption varchar(255), connected_at timestamp NOT NULL, disconnected_at timestamp);
+    INSERT INTO job (block_height, epoch_challenge, task_id, created_at)
+        VALUES (7, '{}', 'original-task', '2024-05-01 12:00:00');
+    INSERT INTO solution (hardware_id, caption, task_id, unique_key, solution, valid, checked, created_at)
+        VALUES ('hw', 'rig', 'original-task', '99', NULL, NULL, NULL, '2024-05-01 12:00:01');
+    INSERT INTO worker (ip, address, hardware, hardware_id, caption, connected_at)
+        VALUES ('192.0.2.1', 'aleo1', 'gpu', 'hw', 'rig', '2024-05-01 11:59:00');
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_takes_over_the_original_systems_database() {
+    run_postgres(ORIGINAL_SCHEMA, |b: Backend| async move {
+        let store = &*b.store;
+        let job = store.job_by_task("original-task").await.unwrap().expect("the original job");
+        let at = |s: &str| NaiveDateTime::parse_from_str(s, "%F %T").unwrap().and_utc();
+        assert_eq!((job.block_height, job.proof_target, job.broadcast), (7, 0, false));
+        assert_eq!(job.created_at, at("2024-05-01 12:00:00"));
+        assert!(!insert_job(store, &new_job(7)).await.created);
+        assert!(insert_job(store, &new_job(8)).await.created);
+
+        let solution = insert_solution(store, &new_solution("99", "other", "x", "y")).await;
+        assert!(!solution.created);
+        let row = solution.row;
+        assert_eq!((&*row.task_id, &*row.solution, row.valid, row.checked), ("original-task", "", false, false));
+        store.mark_solution_broadcast("99").await.unwrap();
+        assert_eq!(store.broadcast_solutions_at(7).await.unwrap().len(), 1);
+
+        // The original's open connection is finished at its solution.
+        let id = store.worker_connected(&worker("hw", "rig", "i1")).await.unwrap();
+        let rows = store.worker_connections("hw", "rig").await.unwrap();
+        assert_eq!(rows.iter().map(|r| (r.id, &*r.instance)).collect::<Vec<_>>(), [(1, ""), (id, "i1")]);
+        assert_eq!(rows[0].connected_at, at("2024-05-01 11:59:00"));
+        assert_eq!(rows[0].disconnected_at, Some(at("2024-05-01 12:00:01")));
+    })
+    .await;
+}
