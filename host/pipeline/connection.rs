@@ -98,7 +98,14 @@ pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) ->
                             return;
                         }
                     }
-                    None => return,
+                    // Every sender is gone: the connection is over; say why if someone did.
+                    None => {
+                        let reason = close_rx.borrow().clone();
+                        if let Some(reason) = reason {
+                            send_close(&mut sink, reason).await;
+                        }
+                        return;
+                    }
                 },
                 changed = close_rx.changed() => {
                     let reason = if changed.is_ok() { close_rx.borrow().clone() } else { None };
@@ -109,15 +116,19 @@ pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) ->
                             return;
                         }
                     }
-                    let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(reason.reason) };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    let _ = sink.close().await;
+                    send_close(&mut sink, reason).await;
                     return;
                 }
             }
         }
     });
     (Outbox { tx, close }, writer)
+}
+
+async fn send_close(sink: &mut SplitSink<WebSocket, Message>, reason: CloseReason) {
+    let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(reason.reason) };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
 }
 
 /// The parts of the WebSocket handshake policies see.

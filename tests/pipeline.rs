@@ -1,0 +1,371 @@
+//! The whole pipeline, as nodes and workers see it, over the original protocol.
+//! Every case runs twice: on the embedded backends and on the networked ones
+//! (RabbitMQ and PostgreSQL of this machine, librdkafka's mock Kafka cluster).
+
+mod support;
+#[path = "../examples/solver/mod.rs"]
+mod solver;
+
+use async_trait::async_trait;
+use eligo::app::{start_with, Running};
+use eligo::config::Config;
+use eligo::store::{Inserted, NewJob, NewSolution, Store, StoreError, StoredJob, StoredSolution, WorkerConnection};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::backends::{Backends, Kind};
+use support::ws::{Client, Next};
+
+/// A running server on fresh backends, with the named plugins in its folder.
+struct Server {
+    running: Running,
+    backends: Backends,
+}
+
+impl Server {
+    async fn start(kind: Kind, plugins: &[&str]) -> Server {
+        Self::start_on(Backends::new(kind).await, plugins, None).await
+    }
+
+    async fn start_on(backends: Backends, plugins: &[&str], store: Option<Arc<dyn Store>>) -> Server {
+        let dir = backends.dir().join("policies");
+        std::fs::create_dir_all(&dir).expect("policies dir");
+        for (i, name) in plugins.iter().enumerate() {
+            std::fs::copy(support::plugin_path(name), dir.join(format!("{}0-{name}.wasm", i + 1))).expect("copy plugin");
+        }
+        let mut config = Config::default();
+        config.node.listen = ([127, 0, 0, 1], 0).into();
+        config.worker.listen = ([127, 0, 0, 1], 0).into();
+        config.admin.listen = None;
+        config.plugins.dir = dir;
+        config.plugins.debounce_ms = 50;
+        let store = store.unwrap_or_else(|| backends.store.clone());
+        let running = start_with(&config, backends.queue.clone(), backends.log.clone(), store).await.expect("eligo starts");
+        Server { running, backends }
+    }
+
+    async fn node(&self) -> Client {
+        Client::connect(self.running.node_addr.expect("node server")).await
+    }
+
+    async fn worker(&self, hardware_id: &str) -> Client {
+        let mut worker = Client::connect(self.running.worker_addr.expect("worker server")).await;
+        worker.send(&welcome(hardware_id)).await;
+        worker
+    }
+
+    async fn stop(self) {
+        self.running.stop().await;
+        self.backends.finish().await;
+    }
+}
+
+fn welcome(hardware_id: &str) -> Value {
+    json!({ "ip": "10.1.2.3", "address": "aleo1worker", "hardware": "NVIDIA RTX 4090", "hardware_id": hardware_id, "caption": "rig" })
+}
+
+fn challenge(height: i64) -> Value {
+    json!({ "epoch_number": height / 10, "seed": format!("s{height}"), "nested": { "b": 2, "a": 1 } })
+}
+
+fn job(height: i64, target: u64) -> Value {
+    json!({ "epoch_challenge": challenge(height), "proof_target": target, "block_height": height })
+}
+
+fn solution(task_id: &str, nonce: u64, target: u64) -> Value {
+    json!({ "type": "solution", "task_id": task_id, "solution_target": target,
+            "solution": { "partial_solution": { "nonce": nonce, "address": "aleo1worker" }, "proof.w": { "x": "1" } } })
+}
+
+/// Runs one case on both kinds of backends.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { crate::$name(crate::Kind::Embedded).await; })*
+        }
+        mod networked {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { crate::$name(crate::Kind::Networked).await; })*
+        }
+    };
+}
+
+on_both!(
+    a_job_goes_node_to_worker_and_its_solution_back,
+    the_original_rules_hold,
+    a_node_that_reconnects_gets_what_was_found_while_it_was_away,
+    bad_frames_get_precise_errors_and_the_connection_stays,
+    a_processor_failing_between_commit_and_ack_loses_and_duplicates_nothing,
+    worker_connections_are_recorded,
+    invalid_solutions_are_stored_with_the_reason_and_not_delivered,
+);
+
+async fn a_job_goes_node_to_worker_and_its_solution_back(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules", "pow-check"]).await;
+    let mut worker = server.worker("hw-1").await;
+    let mut node = server.node().await;
+    node.send(&job(100, 500)).await;
+    let work = worker.recv("the job").await;
+    assert_eq!(work["epoch_challenge"], challenge(100), "the worker gets the challenge as the node sent it");
+    assert_eq!(work.as_object().map(|o| o.len()), Some(2), "exactly task_id and epoch_challenge: {work}");
+    let task_id = work["task_id"].as_str().expect("task_id").to_string();
+    assert_eq!(task_id.len(), 36, "a uuid");
+
+    let (nonce, reached) = solver::solve(&work["epoch_challenge"], 500, 0);
+    let sent = solution(&task_id, nonce, reached);
+    worker.send(&sent).await;
+    let got = node.recv("the solution").await;
+    assert_eq!(got, sent["solution"], "the node gets the worker's solution object verbatim");
+
+    let stored = server.backends.store.broadcast_solutions_at(100).await.expect("read back");
+    assert_eq!(stored.len(), 1);
+    let (stored_job, stored_solution) = &stored[0];
+    assert_eq!(stored_job.task_id, task_id);
+    assert_eq!(stored_solution.unique_key, nonce.to_string());
+    assert!(stored_solution.valid && stored_solution.checked, "validated by pow-check: {stored_solution:?}");
+    assert_eq!((stored_solution.hardware_id.as_str(), stored_solution.caption.as_str()), ("hw-1", "rig"));
+    server.stop().await;
+}
+
+async fn the_original_rules_hold(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules"]).await;
+    let mut worker = server.worker("hw-1").await;
+    let mut a = server.node().await;
+    let mut c = server.node().await;
+
+    a.send(&job(10, 100)).await;
+    let task10 = worker.recv("job 10").await["task_id"].as_str().expect("task").to_string();
+    a.send(&job(9, 100)).await;
+    a.send(&job(10, 100)).await;
+    worker.assert_quiet("stale and repeated heights are not sent").await;
+
+    c.send(&job(11, 1)).await;
+    let task11 = worker.recv("job 11").await["task_id"].as_str().expect("task").to_string();
+    assert_ne!(task10, task11);
+
+    // Below node A's target: nobody gets it.
+    worker.send(&solution(&task10, 1, 50)).await;
+    a.assert_quiet("a solution below the job's target").await;
+
+    // Node B waits on height 10 with a lower target: it catches up on the one above at once.
+    let mut b = server.node().await;
+    b.send(&job(10, 40)).await;
+    assert_eq!(b.recv("the stored solution meeting B's target").await["partial_solution"]["nonce"], 1);
+
+    // Meets both targets: A and B get it, C (waiting on height 11) does not.
+    worker.send(&solution(&task10, 2, 150)).await;
+    assert_eq!(a.recv("solution 2").await["partial_solution"]["nonce"], 2);
+    assert_eq!(b.recv("solution 2").await["partial_solution"]["nonce"], 2);
+    c.assert_quiet("a solution for another height").await;
+
+    // The same nonce again is a duplicate: nobody gets it twice.
+    worker.send(&solution(&task10, 2, 150)).await;
+    a.assert_quiet("a duplicate").await;
+    b.assert_quiet("a duplicate").await;
+    server.stop().await;
+}
+
+async fn a_node_that_reconnects_gets_what_was_found_while_it_was_away(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules"]).await;
+    let mut worker = server.worker("hw-1").await;
+    let mut node = server.node().await;
+    node.send(&job(30, 5)).await;
+    let task = worker.recv("job 30").await["task_id"].as_str().expect("task").to_string();
+    node.close().await;
+
+    worker.send(&solution(&task, 77, 9)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.backends.store.broadcast_solutions_at(30).await.expect("read").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the solution was never broadcast");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut again = server.node().await;
+    again.send(&job(30, 5)).await;
+    assert_eq!(again.recv("the solution found while away").await["partial_solution"]["nonce"], 77);
+    again.assert_quiet("it comes once").await;
+    server.stop().await;
+}
+
+async fn bad_frames_get_precise_errors_and_the_connection_stays(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules"]).await;
+    let mut node = server.node().await;
+    node.send_text("{not json").await;
+    let error = node.recv("an error frame").await;
+    assert_eq!(error["type"], "error");
+    assert!(error["error"].as_str().unwrap_or_default().contains("not valid JSON"), "{error}");
+    node.send(&json!({ "epoch_challenge": {}, "proof_target": 1 })).await;
+    let error = node.recv("an error frame").await;
+    assert!(error["error"].as_str().unwrap_or_default().contains("block_height"), "{error}");
+
+    let mut worker = server.worker("hw-1").await;
+    node.send(&job(5, 1)).await;
+    let task = worker.recv("the job after the bad frames").await["task_id"].as_str().expect("task").to_string();
+    worker.send(&json!({ "task_id": task, "solution_target": 1 })).await;
+    let error = worker.recv("an error frame").await;
+    assert!(error["error"].as_str().unwrap_or_default().contains("solution"), "{error}");
+
+    let mut bad = Client::connect(server.running.worker_addr.expect("worker server")).await;
+    bad.send(&json!({ "ip": "1.2.3.4" })).await;
+    match bad.next_within(Duration::from_secs(10)).await {
+        Next::Closed(3000, reason) => assert!(reason.contains("bad welcome"), "{reason}"),
+        other => panic!("expected close 3000, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+async fn worker_connections_are_recorded(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules"]).await;
+    let worker = server.worker("hw-rows").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let rows = loop {
+        let rows = server.backends.store.worker_connections("hw-rows", "rig").await.expect("rows");
+        if !rows.is_empty() || tokio::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].disconnected_at.is_none());
+    worker.close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = server.backends.store.worker_connections("hw-rows", "rig").await.expect("rows");
+        if rows[0].disconnected_at.is_some() {
+            assert!(rows[0].disconnected_at >= Some(rows[0].connected_at));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "disconnected_at was never set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
+async fn invalid_solutions_are_stored_with_the_reason_and_not_delivered(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules", "pow-check"]).await;
+    let mut worker = server.worker("hw-1").await;
+    let mut node = server.node().await;
+    node.send(&job(40, 1000)).await;
+    let work = worker.recv("job 40").await;
+    let task = work["task_id"].as_str().expect("task").to_string();
+    let (bad_nonce, reached) = solver::fail(&work["epoch_challenge"], 1000, 0);
+    worker.send(&solution(&task, bad_nonce, 1000)).await;
+    node.assert_quiet("an invalid solution").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = server
+            .backends
+            .store
+            .insert_solution(&NewSolution {
+                unique_key: bad_nonce.to_string(),
+                hardware_id: String::new(),
+                caption: String::new(),
+                task_id: task.clone(),
+                solution: String::new(),
+                solution_target: 0,
+            })
+            .await
+            .expect("read back");
+        if row.row.checked {
+            assert!(!row.created, "the processor stored it");
+            assert!(!row.row.valid);
+            let reason = row.row.invalid_reason.unwrap_or_default();
+            assert!(reason.contains(&format!("reaches target {reached}")), "{reason}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never validated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+/// Fails the first `mark_*_broadcast` of each kind: the processor has committed and
+/// produced, then "dies" before recording the broadcast and acking.
+struct FailingOnce {
+    inner: Arc<dyn Store>,
+    job_failures: AtomicU32,
+    solution_failures: AtomicU32,
+}
+
+fn injected() -> StoreError {
+    StoreError::Corrupt("injected failure: the processor dies here".into())
+}
+
+#[async_trait]
+impl Store for FailingOnce {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.inner.migrate().await
+    }
+    async fn insert_job(&self, job: &NewJob) -> Result<Inserted<StoredJob>, StoreError> {
+        self.inner.insert_job(job).await
+    }
+    async fn mark_job_broadcast(&self, task_id: &str) -> Result<(), StoreError> {
+        if self.job_failures.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(injected());
+        }
+        self.inner.mark_job_broadcast(task_id).await
+    }
+    async fn job_by_task(&self, task_id: &str) -> Result<Option<StoredJob>, StoreError> {
+        self.inner.job_by_task(task_id).await
+    }
+    async fn latest_broadcast_job(&self) -> Result<Option<StoredJob>, StoreError> {
+        self.inner.latest_broadcast_job().await
+    }
+    async fn insert_solution(&self, s: &NewSolution) -> Result<Inserted<StoredSolution>, StoreError> {
+        self.inner.insert_solution(s).await
+    }
+    async fn set_validation(&self, k: &str, v: bool, c: bool, r: Option<&str>) -> Result<(), StoreError> {
+        self.inner.set_validation(k, v, c, r).await
+    }
+    async fn mark_solution_broadcast(&self, unique_key: &str) -> Result<(), StoreError> {
+        if self.solution_failures.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(injected());
+        }
+        self.inner.mark_solution_broadcast(unique_key).await
+    }
+    async fn broadcast_solutions_at(&self, h: i64) -> Result<Vec<(StoredJob, StoredSolution)>, StoreError> {
+        self.inner.broadcast_solutions_at(h).await
+    }
+    async fn record_rejected(&self, s: &str, p: &str, r: &str) -> Result<(), StoreError> {
+        self.inner.record_rejected(s, p, r).await
+    }
+    async fn worker_connected(&self, w: &WorkerConnection) -> Result<i64, StoreError> {
+        self.inner.worker_connected(w).await
+    }
+    async fn worker_disconnected(&self, id: i64) -> Result<(), StoreError> {
+        self.inner.worker_disconnected(id).await
+    }
+    async fn close_connections_of(&self, instance: &str) -> Result<u64, StoreError> {
+        self.inner.close_connections_of(instance).await
+    }
+    async fn worker_connections(
+        &self,
+        hardware_id: &str,
+        caption: &str,
+    ) -> Result<Vec<eligo::store::WorkerRow>, StoreError> {
+        self.inner.worker_connections(hardware_id, caption).await
+    }
+}
+
+async fn a_processor_failing_between_commit_and_ack_loses_and_duplicates_nothing(kind: Kind) {
+    let backends = Backends::new(kind).await;
+    let failing: Arc<dyn Store> = Arc::new(FailingOnce {
+        inner: backends.store.clone(),
+        job_failures: AtomicU32::new(0),
+        solution_failures: AtomicU32::new(0),
+    });
+    let server = Server::start_on(backends, &["seed-rules"], Some(failing.clone())).await;
+    let mut worker = server.worker("hw-1").await;
+    let mut node = server.node().await;
+    node.send(&job(50, 1)).await;
+    let task = worker.recv("job 50, produced twice").await["task_id"].as_str().expect("task").to_string();
+    worker.assert_quiet("the second production of job 50").await;
+    worker.send(&solution(&task, 5, 1)).await;
+    assert_eq!(node.recv("the solution, produced twice").await["partial_solution"]["nonce"], 5);
+    node.assert_quiet("the second production of the solution").await;
+    let job = failing.job_by_task(&task).await.expect("read").expect("stored");
+    assert!(job.broadcast, "the retry recorded the broadcast");
+    server.stop().await;
+}

@@ -1,0 +1,85 @@
+//! A WebSocket client speaking the original protocol, as nodes and workers do.
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One client connection.
+pub struct Client {
+    socket: Socket,
+}
+
+/// What the server did next.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// A text frame, parsed.
+    Frame(Value),
+    /// A close frame.
+    Closed(u16, String),
+    /// Nothing within the wait.
+    Quiet,
+}
+
+impl Client {
+    /// Connects to `ws://addr/`.
+    pub async fn connect(addr: std::net::SocketAddr) -> Client {
+        let (socket, _) =
+            connect_async(format!("ws://{addr}/")).await.expect("the server accepts WebSocket connections");
+        Client { socket }
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub async fn send(&mut self, value: &Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket.send(Message::text(text.to_string())).await.expect("send");
+    }
+
+    /// The next frame or close within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Next {
+        loop {
+            match tokio::time::timeout(wait, self.socket.next()).await {
+                Err(_) => return Next::Quiet,
+                Ok(None) | Ok(Some(Err(_))) => return Next::Closed(1006, String::new()),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Next::Frame(serde_json::from_str(&t).expect("server frames are JSON"))
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return match frame {
+                        Some(f) => Next::Closed(u16::from(f.code), f.reason.to_string()),
+                        None => Next::Closed(1005, String::new()),
+                    }
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The next frame; panics if none comes within 10 s.
+    pub async fn recv(&mut self, what: &str) -> Value {
+        match self.next_within(Duration::from_secs(10)).await {
+            Next::Frame(v) => v,
+            other => panic!("expected {what}, got {other:?}"),
+        }
+    }
+
+    /// Asserts nothing arrives for a while.
+    pub async fn assert_quiet(&mut self, what: &str) {
+        match self.next_within(Duration::from_millis(600)).await {
+            Next::Quiet => {}
+            other => panic!("expected nothing ({what}), got {other:?}"),
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}
