@@ -88,16 +88,16 @@ impl Handle {
 struct EmbeddedAcker {
     handle: Handle,
     id: u64,
-    settled: Mutex<bool>,
-    _permit: OwnedSemaphorePermit,
+    /// Held until the delivery is settled: frees one place of the consumer's prefetch.
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl EmbeddedAcker {
     fn settle(&self, requeue: bool) {
-        let Ok(mut settled) = self.settled.lock() else { return };
-        if !*settled {
-            *settled = true;
+        let Ok(mut permit) = self.permit.lock() else { return };
+        if let Some(permit) = permit.take() {
             self.handle.get().settle(self.id, requeue);
+            drop(permit);
         }
     }
 }
@@ -159,8 +159,7 @@ impl WorkQueue for EmbeddedQueue {
                 match next {
                     Some((id, payload, redelivered)) => {
                         drop(notified);
-                        let acker =
-                            EmbeddedAcker { handle: handle.clone(), id, settled: Mutex::new(false), _permit: permit };
+                        let acker = EmbeddedAcker { handle: handle.clone(), id, permit: Mutex::new(Some(permit)) };
                         let delivery = Delivery { payload: payload.to_vec(), redelivered, acker: Box::new(acker) };
                         return Some((Ok(delivery), (handle, permits)));
                     }

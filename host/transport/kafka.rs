@@ -1,0 +1,417 @@
+//! Kafka through rdkafka (librdkafka): the production [`EventLog`], plus
+//! [`MockKafka`], librdkafka's in-process mock cluster for tests and local runs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{EventLog, Tail, Topic, TransportError};
+
+const BROKER: &str = "Kafka";
+
+/// Longest wait for a metadata or watermark answer (connect, tail).
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for [`EventLog::declare`]: creating topics is best effort.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long topics keep data: jobs and solutions are useless after ~20 minutes.
+const RETENTION_MS: &str = "1500000";
+
+/// Partitions the mock cluster gives each topic (what its auto-creation uses too).
+const MOCK_PARTITIONS: i32 = 4;
+
+/// Where and how to reach Kafka.
+///
+/// `properties` are librdkafka settings passed verbatim to every client this module
+/// creates (producer, tail readers, admin), after and thus over its own defaults:
+/// `security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`,
+/// `ssl.ca.location`, `client.id`, … (see librdkafka's CONFIGURATION.md).
+#[derive(Clone)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`: comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Further librdkafka properties, verbatim.
+    pub properties: BTreeMap<String, String>,
+    /// `message.timeout.ms`: how long a produce may take, retries included, before
+    /// it fails with [`TransportError::Unavailable`]. Default 30 s.
+    pub message_timeout: Duration,
+    /// `fetch.wait.max.ms` of tail readers: how long the broker may hold a fetch
+    /// that found no data. Default 10 ms, because librdkafka's mock cluster never
+    /// answers a waiting fetch early (each hop would cost up to this much); raise it
+    /// (say to 100–500 ms) against a real cluster to cut idle fetch traffic.
+    pub fetch_wait_max: Duration,
+}
+
+impl KafkaSettings {
+    /// Settings for the given `bootstrap.servers`, with the defaults above.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            properties: BTreeMap::new(),
+            message_timeout: Duration::from_secs(30),
+            fetch_wait_max: Duration::from_millis(10),
+        }
+    }
+
+    /// Adds (or replaces) one librdkafka property.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// The configuration every client starts from; the caller adds its own
+    /// defaults, then [`Self::apply_properties`] puts the user's over them.
+    fn base_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers).set("client.id", "eligo");
+        config
+    }
+
+    fn apply_properties(&self, config: &mut ClientConfig) {
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+    }
+
+    fn producer_config(&self) -> ClientConfig {
+        let mut config = self.base_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", millis(self.message_timeout));
+        self.apply_properties(&mut config);
+        config
+    }
+
+    fn tail_config(&self) -> ClientConfig {
+        let mut config = self.base_config();
+        config
+            // librdkafka only assigns partitions within a group, so a reader needs a
+            // group id; a fresh one that never commits leaves no state on the broker.
+            .set("group.id", format!("eligo-tail-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // If the assigned offset is gone (retention), carry on from the end.
+            .set("auto.offset.reset", "latest")
+            .set("fetch.wait.max.ms", millis(self.fetch_wait_max));
+        self.apply_properties(&mut config);
+        config
+    }
+
+    fn admin_config(&self) -> ClientConfig {
+        let mut config = self.base_config();
+        self.apply_properties(&mut config);
+        config
+    }
+}
+
+/// Hides secrets: settings end up in logs.
+impl fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(key, value)| {
+                let secret = ["password", "secret", "ssl.key", ".pem", "jaas"].iter().any(|s| key.contains(s));
+                (key.as_str(), if secret { "***" } else { value.as_str() })
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &properties)
+            .field("message_timeout", &self.message_timeout)
+            .field("fetch_wait_max", &self.fetch_wait_max)
+            .finish()
+    }
+}
+
+/// An [`EventLog`] on Kafka.
+///
+/// One idempotent producer (`acks=all`) is shared by all `produce` calls. Each
+/// [`EventLog::tail`] creates a whole librdkafka consumer (threads and connections
+/// to every broker): tail each topic once per process and fan out in memory.
+///
+/// librdkafka reconnects by itself, so there is no reconnection logic here: while
+/// the cluster is down, produces fail after `message_timeout` and tails wait.
+/// Errors a tail recovers from are logged, not yielded; a fatal one is yielded and
+/// ends the stream.
+pub struct KafkaLog {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+}
+
+impl KafkaLog {
+    /// Creates the producer and checks the cluster answers (a metadata request,
+    /// at most 10 s), so a misconfigured deployment stops at startup.
+    pub async fn connect(settings: KafkaSettings) -> Result<Self, TransportError> {
+        let producer: FutureProducer = settings.producer_config().create().map_err(|e| config_error(&e))?;
+        let probe = producer.clone();
+        let servers = settings.bootstrap_servers.clone();
+        blocking(move || probe.client().fetch_metadata(None, METADATA_TIMEOUT))
+            .await?
+            .map_err(|e| unavailable(format!("no metadata from {servers}: {e}")))?;
+        Ok(Self { settings, producer })
+    }
+
+    /// The settings this log was connected with.
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.settings
+    }
+}
+
+#[async_trait]
+impl EventLog for KafkaLog {
+    async fn declare(&self) -> Result<(), TransportError> {
+        match tokio::time::timeout(DECLARE_TIMEOUT, create_missing_topics(&self.settings)).await {
+            Ok(Ok(())) => {}
+            // Best effort: on clusters where eligo may not create topics (or on the
+            // mock cluster, which does not answer CreateTopics) they exist already or
+            // are auto-created by the first produce, with the broker's defaults.
+            Ok(Err(error)) => tracing::warn!(%error, "could not create the Kafka topics; continuing"),
+            Err(_) => {
+                tracing::warn!(timeout_s = DECLARE_TIMEOUT.as_secs(), "creating the Kafka topics timed out; continuing")
+            }
+        }
+        Ok(())
+    }
+
+    async fn produce(&self, topic: Topic, key: &str, payload: &[u8]) -> Result<(), TransportError> {
+        let record = FutureRecord::to(topic.name()).key(key).payload(payload);
+        // The queue timeout only bounds waiting for room in a full local queue; the
+        // delivery itself is bounded by `message.timeout.ms`.
+        match self.producer.send(record, Timeout::After(self.settings.message_timeout)).await {
+            Ok(_) => Ok(()),
+            Err((error, _message)) => Err(produce_error(topic, error)),
+        }
+    }
+
+    async fn tail(&self, topic: Topic) -> Result<Tail, TransportError> {
+        let config = self.settings.tail_config();
+        let consumer: StreamConsumer = config.create().map_err(|e| config_error(&e))?;
+        let name = topic.name();
+        // Metadata, watermarks and assign are blocking librdkafka calls.
+        let consumer = blocking(move || assign_at_end(consumer, name)).await??;
+        let stream = futures::stream::unfold(Some(consumer), move |consumer| async move {
+            let consumer = consumer?;
+            loop {
+                let error = match consumer.recv().await {
+                    Ok(message) => {
+                        let payload = message.payload().unwrap_or_default().to_vec();
+                        drop(message);
+                        return Some((Ok(payload), Some(consumer)));
+                    }
+                    Err(error) => error,
+                };
+                if let KafkaError::MessageConsumptionFatal(code) = error {
+                    return Some((Err(unavailable(format!("reading topic `{name}`: fatal error {code}"))), None));
+                }
+                tracing::warn!(topic = name, %error, "Kafka tail error; librdkafka retries");
+            }
+        });
+        Ok(stream.boxed())
+    }
+}
+
+/// Assigns every partition of `topic` at its current end.
+///
+/// The end offsets are read here rather than left to `Offset::End`, which
+/// librdkafka resolves later, when it starts fetching: a message produced between
+/// `tail` returning and that lookup would be skipped.
+fn assign_at_end(consumer: StreamConsumer, topic: &str) -> Result<StreamConsumer, TransportError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| unavailable(format!("metadata of topic `{topic}`: {e}")))?;
+    let partitions: Vec<i32> = match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(found) if found.error().is_none() => found.partitions().iter().map(|p| p.id()).collect(),
+        Some(found) => {
+            let why = found.error().map(|e| RDKafkaErrorCode::from(e).to_string()).unwrap_or_default();
+            return Err(unavailable(format!("topic `{topic}`: {why} (declare it first)")));
+        }
+        None => return Err(unavailable(format!("topic `{topic}` is missing (declare it first)"))),
+    };
+    if partitions.is_empty() {
+        return Err(unavailable(format!("topic `{topic}` has no partitions yet")));
+    }
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions {
+        let (_low, high) = consumer
+            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            .map_err(|e| unavailable(format!("end of `{topic}` partition {partition}: {e}")))?;
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(high))
+            .map_err(|e| refused(format!("assigning `{topic}` partition {partition}: {e}")))?;
+    }
+    consumer.assign(&assignment).map_err(|e| refused(format!("assigning `{topic}`: {e}")))?;
+    Ok(consumer)
+}
+
+/// Creates the topics the cluster lacks, with the pipeline's retention.
+async fn create_missing_topics(settings: &KafkaSettings) -> Result<(), TransportError> {
+    let admin: AdminClient<DefaultClientContext> = settings.admin_config().create().map_err(|e| config_error(&e))?;
+    // Asking first avoids CreateTopics altogether when the topics exist, which is
+    // every start but the first (and always on the mock cluster).
+    let (admin, existing) = blocking(move || {
+        let names = admin
+            .inner()
+            .fetch_metadata(None, DECLARE_TIMEOUT)
+            .map(|m| m.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name().to_owned()).collect());
+        (admin, names)
+    })
+    .await?;
+    let existing: Vec<String> = existing.map_err(|e| unavailable(format!("listing topics: {e}")))?;
+    let missing: Vec<NewTopic<'_>> = [Topic::Job, Topic::Solution]
+        .into_iter()
+        .filter(|t| !existing.iter().any(|e| e == t.name()))
+        // -1: the broker's default partition count and replication factor.
+        .map(|t| NewTopic::new(t.name(), -1, TopicReplication::Fixed(-1)).set("retention.ms", RETENTION_MS))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let options = AdminOptions::new().request_timeout(Some(DECLARE_TIMEOUT));
+    let results =
+        admin.create_topics(&missing, &options).await.map_err(|e| refused(format!("creating topics: {e}")))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(refused(format!("creating topic `{topic}`: {code}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Runs a blocking librdkafka call off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, TransportError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| unavailable(format!("blocking Kafka call failed: {e}")))
+}
+
+/// Delivery failures the cluster may recover from are [`TransportError::Unavailable`];
+/// the rest (too large, not authorized, …) are refusals.
+fn produce_error(topic: Topic, error: KafkaError) -> TransportError {
+    use RDKafkaErrorCode as C;
+    let detail = format!("producing to `{}`: {error}", topic.name());
+    match error.rdkafka_error_code() {
+        Some(
+            C::MessageTimedOut
+            | C::QueueFull
+            | C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::Resolve
+            | C::RequestTimedOut
+            | C::NetworkException
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::BrokerNotAvailable
+            | C::OperationTimedOut,
+        ) => unavailable(detail),
+        _ => refused(detail),
+    }
+}
+
+/// A bad librdkafka property. Its value is left out: it may be a password.
+fn config_error(error: &KafkaError) -> TransportError {
+    let detail = match error {
+        KafkaError::ClientConfig(_, description, key, _value) => format!("property `{key}`: {description}"),
+        other => other.to_string(),
+    };
+    refused(format!("client configuration: {detail}"))
+}
+
+fn unavailable(detail: String) -> TransportError {
+    TransportError::Unavailable { broker: BROKER, detail }
+}
+
+fn refused(detail: String) -> TransportError {
+    TransportError::Refused { broker: BROKER, detail }
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
+/// librdkafka's in-process mock Kafka cluster (one broker on a random port of
+/// 127.0.0.1, memory only) with topics `job` and `solution` of 4 partitions.
+///
+/// The cluster is not `Send`, so a dedicated thread owns it until this handle is
+/// dropped; the handle only exposes its address. Drop every client using it
+/// (logs, tails) before dropping the handle: librdkafka may abort when a cluster
+/// disappears under its clients. Limits: no SASL/TLS, and at most ~5 MiB per
+/// partition (older data silently vanishes).
+pub struct MockKafka {
+    bootstrap_servers: String,
+    /// Dropping it tells the owning thread to destroy the cluster.
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MockKafka {
+    /// Starts the cluster and creates the topics.
+    pub fn start() -> Result<Self, TransportError> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, TransportError>>();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("kafka-mock".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(1) {
+                    Ok(cluster) => cluster,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(unavailable(format!("starting the mock cluster: {e}"))));
+                        return;
+                    }
+                };
+                for topic in [Topic::Job, Topic::Solution] {
+                    if let Err(e) = cluster.create_topic(topic.name(), MOCK_PARTITIONS, 1) {
+                        let _ = ready_tx.send(Err(refused(format!("creating mock topic `{}`: {e}", topic.name()))));
+                        return;
+                    }
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                // Until a stop message or the handle's drop (both end `recv`).
+                let _ = stop_rx.recv();
+                drop(cluster);
+            })
+            .map_err(|e| unavailable(format!("spawning the mock cluster thread: {e}")))?;
+        let bootstrap_servers = match ready_rx.recv() {
+            Ok(ready) => ready?,
+            Err(_) => return Err(unavailable("the mock cluster thread died while starting".into())),
+        };
+        Ok(Self { bootstrap_servers, stop: Some(stop_tx), thread: Some(thread) })
+    }
+
+    /// The cluster's `bootstrap.servers` (`127.0.0.1:<port>`).
+    pub fn bootstrap_servers(&self) -> String {
+        self.bootstrap_servers.clone()
+    }
+
+    /// [`KafkaSettings`] for this cluster.
+    pub fn settings(&self) -> KafkaSettings {
+        KafkaSettings::new(self.bootstrap_servers())
+    }
+}
+
+impl Drop for MockKafka {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

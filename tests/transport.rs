@@ -1,0 +1,401 @@
+//! One behavioural suite for every transport: the same cases run against
+//! RabbitMQ (`ELIGO_TEST_AMQP_URL`, default the local broker), librdkafka's mock
+//! Kafka cluster (started here) and the embedded implementations.
+//!
+//! The AMQP cases share the broker's fixed queue names, so they run in sequence
+//! inside one test, each starting from freshly deleted and re-declared queues.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eligo::transport::amqp::AmqpQueue;
+use eligo::transport::embedded::{EmbeddedLog, EmbeddedQueue};
+use eligo::transport::kafka::{KafkaLog, MockKafka};
+use eligo::transport::{Deliveries, Delivery, EventLog, Stream, Tail, Topic, TransportError, WorkQueue};
+use futures::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+/// Longest wait for something that must arrive.
+const ARRIVES: Duration = Duration::from_secs(10);
+/// How long nothing must arrive for a "nothing more" check.
+const QUIET: Duration = Duration::from_millis(700);
+
+fn amqp_url() -> String {
+    std::env::var("ELIGO_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+// ---------------------------------------------------------------- helpers
+
+async fn next_delivery(deliveries: &mut Deliveries, what: &str) -> Delivery {
+    match tokio::time::timeout(ARRIVES, deliveries.next()).await {
+        Ok(Some(Ok(delivery))) => delivery,
+        Ok(Some(Err(e))) => panic!("{what}: the consumer failed: {e}"),
+        Ok(None) => panic!("{what}: the consumer ended"),
+        Err(_) => panic!("{what}: nothing delivered within {ARRIVES:?}"),
+    }
+}
+
+async fn assert_quiet(deliveries: &mut Deliveries, what: &str) {
+    if let Ok(item) = tokio::time::timeout(QUIET, deliveries.next()).await {
+        let seen = match item {
+            Some(Ok(d)) => format!("a delivery {:?}", String::from_utf8_lossy(&d.payload)),
+            Some(Err(e)) => format!("an error: {e}"),
+            None => "the end of the stream".into(),
+        };
+        panic!("{what}: expected nothing for {QUIET:?}, got {seen}");
+    }
+}
+
+async fn next_payload(tail: &mut Tail, what: &str) -> String {
+    match tokio::time::timeout(ARRIVES, tail.next()).await {
+        Ok(Some(Ok(payload))) => String::from_utf8(payload).expect("test payloads are UTF-8"),
+        Ok(Some(Err(e))) => panic!("{what}: the tail failed: {e}"),
+        Ok(None) => panic!("{what}: the tail ended"),
+        Err(_) => panic!("{what}: nothing read within {ARRIVES:?}"),
+    }
+}
+
+/// A payload unique to this run, so leftovers of other runs cannot pass for it.
+fn payload(label: &str) -> String {
+    format!("{label}-{}", uuid::Uuid::new_v4())
+}
+
+async fn publish(queue: &dyn WorkQueue, stream: Stream, body: &str) {
+    queue.publish(stream, body.as_bytes()).await.unwrap_or_else(|e| panic!("publishing {body}: {e}"));
+}
+
+async fn consume(queue: &dyn WorkQueue, stream: Stream, prefetch: u16) -> Deliveries {
+    queue.consume(stream, prefetch).await.unwrap_or_else(|e| panic!("consuming {}: {e}", stream.queue()))
+}
+
+fn text(delivery: &Delivery) -> String {
+    String::from_utf8_lossy(&delivery.payload).into_owned()
+}
+
+// ---------------------------------------------------------------- queue suite
+
+/// Runs every queue case, each on a queue pair `fresh` makes empty.
+async fn queue_suite<F, Fut>(fresh: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn WorkQueue>>,
+{
+    publish_then_consume(fresh().await).await;
+    requeued_is_redelivered(fresh().await).await;
+    prefetch_holds_back(fresh().await).await;
+    acked_is_not_redelivered(fresh().await).await;
+    dropped_unsettled_is_redelivered(fresh().await).await;
+}
+
+async fn publish_then_consume(queue: Arc<dyn WorkQueue>) {
+    for stream in [Stream::Job, Stream::Solution] {
+        let body = payload(stream.queue());
+        publish(&*queue, stream, &body).await;
+        let mut deliveries = consume(&*queue, stream, 1).await;
+        let delivery = next_delivery(&mut deliveries, "publish then consume").await;
+        assert_eq!(text(&delivery), body, "the payload comes back as published");
+        assert!(!delivery.redelivered, "a first delivery is not flagged redelivered");
+        delivery.acker.ack().await.expect("ack");
+    }
+}
+
+async fn requeued_is_redelivered(queue: Arc<dyn WorkQueue>) {
+    let body = payload("requeued");
+    publish(&*queue, Stream::Job, &body).await;
+    let mut deliveries = consume(&*queue, Stream::Job, 1).await;
+    let first = next_delivery(&mut deliveries, "requeue: first delivery").await;
+    assert_eq!(text(&first), body);
+    assert!(!first.redelivered);
+    first.acker.requeue().await.expect("requeue");
+    let again = next_delivery(&mut deliveries, "requeue: second delivery").await;
+    assert_eq!(text(&again), body, "the requeued message comes back");
+    assert!(again.redelivered, "a requeued message comes back flagged redelivered");
+    again.acker.ack().await.expect("ack");
+}
+
+async fn prefetch_holds_back(queue: Arc<dyn WorkQueue>) {
+    let (one, two) = (payload("first"), payload("second"));
+    publish(&*queue, Stream::Solution, &one).await;
+    publish(&*queue, Stream::Solution, &two).await;
+    let mut deliveries = consume(&*queue, Stream::Solution, 1).await;
+    let first = next_delivery(&mut deliveries, "prefetch: first").await;
+    assert_eq!(text(&first), one, "messages come in publish order");
+    assert_quiet(&mut deliveries, "prefetch 1 with one unacked message").await;
+    first.acker.ack().await.expect("ack");
+    let second = next_delivery(&mut deliveries, "prefetch: second after the ack").await;
+    assert_eq!(text(&second), two);
+    second.acker.ack().await.expect("ack");
+}
+
+async fn acked_is_not_redelivered(queue: Arc<dyn WorkQueue>) {
+    let body = payload("acked");
+    publish(&*queue, Stream::Job, &body).await;
+    {
+        let mut deliveries = consume(&*queue, Stream::Job, 1).await;
+        let delivery = next_delivery(&mut deliveries, "ack: delivery").await;
+        assert_eq!(text(&delivery), body);
+        delivery.acker.ack().await.expect("ack");
+    }
+    let mut later = consume(&*queue, Stream::Job, 1).await;
+    assert_quiet(&mut later, "a new consumer after the only message was acked").await;
+    // The new consumer does work: it gets the next message, not the acked one.
+    let next = payload("after-ack");
+    publish(&*queue, Stream::Job, &next).await;
+    let delivery = next_delivery(&mut later, "ack: next message").await;
+    assert_eq!(text(&delivery), next, "the acked message is not delivered again");
+    delivery.acker.ack().await.expect("ack");
+}
+
+async fn dropped_unsettled_is_redelivered(queue: Arc<dyn WorkQueue>) {
+    let body = payload("dropped");
+    publish(&*queue, Stream::Solution, &body).await;
+    {
+        let mut deliveries = consume(&*queue, Stream::Solution, 1).await;
+        let delivery = next_delivery(&mut deliveries, "drop: delivery").await;
+        assert_eq!(text(&delivery), body);
+        // Dropped unsettled, with its consumer.
+    }
+    let mut later = consume(&*queue, Stream::Solution, 1).await;
+    let again = next_delivery(&mut later, "drop: redelivery to a new consumer").await;
+    assert_eq!(text(&again), body, "an unsettled message goes back to the queue when its consumer goes away");
+    assert!(again.redelivered);
+    again.acker.ack().await.expect("ack");
+}
+
+// ---------------------------------------------------------------- log suite
+
+/// Runs every log case on `log`; each case only looks at what it produced after
+/// starting its tails, so no reset is needed.
+async fn log_suite(log: Arc<dyn EventLog>) {
+    tail_sees_only_later_messages_in_order(&*log).await;
+    two_tails_see_everything(&*log).await;
+    tail_reads_every_key(&*log).await;
+}
+
+async fn produce(log: &dyn EventLog, topic: Topic, key: &str, body: &str) {
+    log.produce(topic, key, body.as_bytes()).await.unwrap_or_else(|e| panic!("producing {body}: {e}"));
+}
+
+async fn tail(log: &dyn EventLog, topic: Topic) -> Tail {
+    log.tail(topic).await.unwrap_or_else(|e| panic!("tailing {}: {e}", topic.name()))
+}
+
+async fn tail_sees_only_later_messages_in_order(log: &dyn EventLog) {
+    for topic in [Topic::Job, Topic::Solution] {
+        produce(log, topic, "k", &payload("before")).await;
+        let mut reader = tail(log, topic).await;
+        let sent: Vec<String> = (0..20).map(|i| payload(&format!("m{i:02}"))).collect();
+        for body in &sent {
+            produce(log, topic, "k", body).await;
+        }
+        for (i, body) in sent.iter().enumerate() {
+            let got = next_payload(&mut reader, &format!("{}: message {i}", topic.name())).await;
+            assert_eq!(&got, body, "a tail reads from its start on, in order (message {i})");
+        }
+    }
+}
+
+async fn two_tails_see_everything(log: &dyn EventLog) {
+    let mut a = tail(log, Topic::Solution).await;
+    let mut b = tail(log, Topic::Solution).await;
+    let sent: Vec<String> = (0..10).map(|i| payload(&format!("both{i}"))).collect();
+    for body in &sent {
+        produce(log, Topic::Solution, "same-key", body).await;
+    }
+    for (name, reader) in [("first", &mut a), ("second", &mut b)] {
+        for body in &sent {
+            assert_eq!(
+                &next_payload(reader, &format!("{name} tail")).await,
+                body,
+                "the {name} tail sees every message"
+            );
+        }
+    }
+}
+
+/// Keys spread messages over partitions: a tail must read all of them.
+async fn tail_reads_every_key(log: &dyn EventLog) {
+    let mut reader = tail(log, Topic::Job).await;
+    let mut sent: Vec<String> = Vec::new();
+    for i in 0..16 {
+        let body = payload(&format!("key{i}"));
+        produce(log, Topic::Job, &format!("key-{i}"), &body).await;
+        sent.push(body);
+    }
+    let mut got = Vec::new();
+    for _ in 0..sent.len() {
+        got.push(next_payload(&mut reader, "messages of many keys").await);
+    }
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent, "a tail sees the messages of every partition");
+}
+
+// ---------------------------------------------------------------- RabbitMQ
+
+/// Deletes the pipeline's queues (dropping their messages and consumers), so each
+/// case starts empty, then connects and declares anew.
+async fn fresh_rabbitmq(url: &str) -> Arc<dyn WorkQueue> {
+    use lapin::options::QueueDeleteOptions;
+    let unreachable = |e: &dyn std::fmt::Display| -> ! {
+        panic!("RabbitMQ at {url} is unreachable: {e} (start it with `rabbitmq-server -detached`, or set ELIGO_TEST_AMQP_URL)")
+    };
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| unreachable(&e));
+    let channel = connection.create_channel().await.unwrap_or_else(|e| unreachable(&e));
+    for stream in [Stream::Job, Stream::Solution] {
+        channel
+            .queue_delete(stream.queue(), QueueDeleteOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting RabbitMQ queue {}: {e}", stream.queue()));
+    }
+    let _ = connection.close(200, "reset").await;
+    let queue = AmqpQueue::connect(url).await.unwrap_or_else(|e| unreachable(&e));
+    queue.declare().await.unwrap_or_else(|e| panic!("declaring on RabbitMQ at {url}: {e}"));
+    Arc::new(queue)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq() {
+    let url = amqp_url();
+    queue_suite(|| fresh_rabbitmq(&url)).await;
+    amqp_survives_connection_loss(&url).await;
+}
+
+/// A TCP proxy to the broker whose connections the test can cut.
+struct Proxy {
+    port: u16,
+    /// While false, new connections are accepted and dropped at once.
+    open: Arc<Mutex<bool>>,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the test proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let open = Arc::new(Mutex::new(true));
+        let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (open2, connections2) = (open.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*open2.lock().unwrap() {
+                    continue; // dropping `client` closes it
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                connections2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { port, open, connections, accept: accept.abort_handle() }
+    }
+
+    /// Breaks every connection and refuses new ones.
+    fn cut(&self) {
+        *self.open.lock().unwrap() = false;
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn restore(&self) {
+        *self.open.lock().unwrap() = true;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// Broken connection: consumers end with `Unavailable`, publishing fails fast
+/// with `Unavailable` while the broker is unreachable, then reconnects by itself.
+async fn amqp_survives_connection_loss(url: &str) {
+    let _ = fresh_rabbitmq(url).await;
+    let parsed = url::Url::parse(url).expect("AMQP URL");
+    let upstream = format!("{}:{}", parsed.host_str().unwrap_or("127.0.0.1"), parsed.port().unwrap_or(5672));
+    let proxy = Proxy::start(upstream).await;
+    let mut via_proxy = parsed.clone();
+    via_proxy.set_host(Some("127.0.0.1")).expect("host");
+    via_proxy.set_port(Some(proxy.port)).expect("port");
+    let queue = AmqpQueue::connect(via_proxy.as_str()).await.expect("connecting through the proxy");
+    let mut deliveries = consume(&queue, Stream::Job, 1).await;
+
+    proxy.cut();
+    match tokio::time::timeout(ARRIVES, deliveries.next()).await {
+        Ok(Some(Err(TransportError::Unavailable { .. }))) => {}
+        Ok(Some(Err(e))) => panic!("a broken consumer should report Unavailable, got {e}"),
+        Ok(Some(Ok(_))) => panic!("a broken consumer delivered a message"),
+        Ok(None) => panic!("a broken consumer ended without an error"),
+        Err(_) => panic!("a broken consumer stayed silent for {ARRIVES:?}"),
+    }
+    assert!(
+        tokio::time::timeout(ARRIVES, deliveries.next()).await.expect("the stream ends").is_none(),
+        "the consumer stream ends after its error"
+    );
+
+    let started = Instant::now();
+    match queue.publish(Stream::Job, b"lost").await {
+        Err(TransportError::Unavailable { .. }) => {}
+        other => panic!("publishing without a broker should fail with Unavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(12), "a failed publish took {:?}", started.elapsed());
+
+    proxy.restore();
+    let body = payload("after-reconnect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match queue.publish(Stream::Job, body.as_bytes()).await {
+            Ok(()) => break,
+            Err(TransportError::Unavailable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("publishing after the broker came back: {e}"),
+        }
+    }
+    let mut deliveries = consume(&queue, Stream::Job, 1).await;
+    let delivery = next_delivery(&mut deliveries, "after reconnecting").await;
+    assert_eq!(text(&delivery), body);
+    delivery.acker.ack().await.expect("ack");
+}
+
+// ---------------------------------------------------------------- Kafka mock cluster
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_mock_cluster() {
+    let mock = MockKafka::start().expect("starting librdkafka's mock Kafka cluster");
+    let servers = mock.bootstrap_servers();
+    {
+        // Every client goes before the cluster does (see MockKafka).
+        let log = KafkaLog::connect(mock.settings())
+            .await
+            .unwrap_or_else(|e| panic!("the mock Kafka cluster at {servers} is unreachable: {e}"));
+        let started = Instant::now();
+        log.declare().await.expect("declaring topics is best effort and never fails");
+        assert!(started.elapsed() < Duration::from_secs(2), "declare on existing topics took {:?}", started.elapsed());
+        log_suite(Arc::new(log)).await;
+    }
+    drop(mock);
+}
+
+// ---------------------------------------------------------------- embedded
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_queue() {
+    queue_suite(|| async { Arc::new(EmbeddedQueue::new()) as Arc<dyn WorkQueue> }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_log() {
+    log_suite(Arc::new(EmbeddedLog::new())).await;
+}
