@@ -5,7 +5,7 @@ use crate::config::{Config, RoleName};
 use crate::pipeline::node_server::{NodeServer, NodeServerSettings};
 use crate::pipeline::worker_server::{WorkerServer, WorkerServerSettings};
 use crate::pipeline::{job_processor, solution_processor, Services};
-use crate::plugin::{PluginEngine, PluginHost, WatchGuard};
+use crate::plugin::{NativeSeedRules, PluginEngine, PluginHost, WatchGuard, BUILTIN_KEY};
 use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
 use crate::transport::amqp::AmqpQueue;
 use crate::transport::embedded::{EmbeddedLog, EmbeddedQueue};
@@ -74,6 +74,8 @@ pub struct Running {
     pub services: Services,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    node_server: Option<Arc<NodeServer>>,
+    worker_server: Option<Arc<WorkerServer>>,
     _watch: WatchGuard,
 }
 
@@ -82,7 +84,17 @@ impl Running {
     /// message in hand, and waits (bounded) for everything to end.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        let (nodes, workers) = (self.node_server.take(), self.worker_server.take());
+        let drain = async {
+            // Connections first: each records its end (e.g. the worker row) before it goes.
+            if let Some(n) = &nodes {
+                n.closed().await;
+            }
+            if let Some(w) = &workers {
+                w.closed().await;
+            }
+            while self.tasks.join_next().await.is_some() {}
+        };
         if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
             tracing::warn!("some tasks did not stop within 10 s; aborting them");
             self.tasks.abort_all();
@@ -108,14 +120,18 @@ pub async fn start_with(
     queue.declare().await.context("declaring exchanges and queues")?;
     log.declare().await.context("declaring topics")?;
     let engine = PluginEngine::new(config.plugins.limits.clone()).context("starting the plugin engine")?;
-    let plugins = PluginHost::open(engine, &config.plugins.dir)
+    let fallback = config.plugins.builtin_seed_rules.then(NativeSeedRules::builtin);
+    let plugins = PluginHost::open_with_fallback(engine, &config.plugins.dir, fallback)
         .with_context(|| format!("opening the plugin folder {}", config.plugins.dir.display()))?;
     let watch = plugins
         .watch(Duration::from_millis(config.plugins.debounce_ms))
         .with_context(|| format!("watching the plugin folder {}", config.plugins.dir.display()))?;
-    if plugins.reports().is_empty() {
-        tracing::warn!(dir = %config.plugins.dir.display(),
-            "no policy plugins loaded: every connection, job and solution is admitted and offered to everyone");
+    match plugins.reports().as_slice() {
+        [] => tracing::warn!(dir = %config.plugins.dir.display(),
+            "no policy plugins loaded: every connection, job and solution is admitted and offered to everyone"),
+        [only] if only.key == BUILTIN_KEY => tracing::warn!(dir = %config.plugins.dir.display(),
+            "no plugin in the folder: the built-in seed rules serve until one is dropped in"),
+        _ => {}
     }
     let services = Services { queue, log, store, plugins: plugins.clone() };
     let shutdown = CancellationToken::new();
@@ -165,12 +181,24 @@ pub async fn start_with(
     }
     let admin_addr = match config.admin.listen {
         Some(listen) => {
-            let router = admin_router(plugins.clone(), node_server, worker_server, config.roles.clone());
+            let router =
+                admin_router(plugins.clone(), node_server.clone(), worker_server.clone(), config.roles.clone());
             Some(serve_http(&mut tasks, listen, router, &shutdown, "admin").await?)
         }
         None => None,
     };
-    Ok(Running { node_addr, worker_addr, admin_addr, plugins, services, shutdown, tasks, _watch: watch })
+    Ok(Running {
+        node_addr,
+        worker_addr,
+        admin_addr,
+        plugins,
+        services,
+        shutdown,
+        tasks,
+        node_server,
+        worker_server,
+        _watch: watch,
+    })
 }
 
 /// Connects the configured backends and starts every role.

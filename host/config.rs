@@ -136,11 +136,19 @@ pub struct PluginsConfig {
     pub debounce_ms: u64,
     /// Limits of every plugin call.
     pub limits: Limits,
+    /// While the folder holds no plugin that loads, apply the original system's
+    /// rules (built in, natively) rather than admitting and offering everything.
+    pub builtin_seed_rules: bool,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
-        PluginsConfig { dir: PathBuf::from("policies"), debounce_ms: 250, limits: Limits::default() }
+        PluginsConfig {
+            dir: PathBuf::from("policies"),
+            debounce_ms: 250,
+            limits: Limits::default(),
+            builtin_seed_rules: true,
+        }
     }
 }
 

@@ -2,9 +2,9 @@
 //! Every case runs twice: on the embedded backends and on the networked ones
 //! (RabbitMQ and PostgreSQL of this machine, librdkafka's mock Kafka cluster).
 
-mod support;
 #[path = "../examples/solver/mod.rs"]
 mod solver;
+mod support;
 
 use async_trait::async_trait;
 use eligo::app::{start_with, Running};
@@ -32,16 +32,18 @@ impl Server {
         let dir = backends.dir().join("policies");
         std::fs::create_dir_all(&dir).expect("policies dir");
         for (i, name) in plugins.iter().enumerate() {
-            std::fs::copy(support::plugin_path(name), dir.join(format!("{}0-{name}.wasm", i + 1))).expect("copy plugin");
+            std::fs::copy(support::plugin_path(name), dir.join(format!("{}0-{name}.wasm", i + 1)))
+                .expect("copy plugin");
         }
         let mut config = Config::default();
         config.node.listen = ([127, 0, 0, 1], 0).into();
         config.worker.listen = ([127, 0, 0, 1], 0).into();
-        config.admin.listen = None;
+        config.admin.listen = Some(([127, 0, 0, 1], 0).into());
         config.plugins.dir = dir;
         config.plugins.debounce_ms = 50;
         let store = store.unwrap_or_else(|| backends.store.clone());
-        let running = start_with(&config, backends.queue.clone(), backends.log.clone(), store).await.expect("eligo starts");
+        let running =
+            start_with(&config, backends.queue.clone(), backends.log.clone(), store).await.expect("eligo starts");
         Server { running, backends }
     }
 
@@ -100,7 +102,78 @@ on_both!(
     a_processor_failing_between_commit_and_ack_loses_and_duplicates_nothing,
     worker_connections_are_recorded,
     invalid_solutions_are_stored_with_the_reason_and_not_delivered,
+    shutting_down_closes_connections_with_1001,
+    an_empty_plugin_folder_applies_the_builtin_seed_rules,
+    the_admin_endpoints_report_health_plugins_and_metrics,
 );
+
+async fn shutting_down_closes_connections_with_1001(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules"]).await;
+    let mut worker = server.worker("hw-1").await;
+    let mut node = server.node().await;
+    node.send(&job(60, 1)).await;
+    worker.recv("job 60").await;
+    let Server { running, backends } = server;
+    let stopping = tokio::spawn(running.stop());
+    for client in [&mut worker, &mut node] {
+        match client.next_within(Duration::from_secs(10)).await {
+            Next::Closed(1001, reason) => assert!(reason.contains("shutting down"), "{reason}"),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+    stopping.await.expect("stops");
+    let rows = backends.store.worker_connections("hw-1", "rig").await.expect("rows");
+    assert!(rows.iter().all(|r| r.disconnected_at.is_some()), "a graceful stop records the disconnect: {rows:?}");
+    backends.finish().await;
+}
+
+async fn an_empty_plugin_folder_applies_the_builtin_seed_rules(kind: Kind) {
+    let server = Server::start(kind, &[]).await;
+    let reports = server.running.plugins.reports();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].key, eligo::plugin::BUILTIN_KEY);
+    let mut worker = server.worker("hw-1").await;
+    let mut node = server.node().await;
+    node.send(&job(70, 1)).await;
+    worker.recv("job 70").await;
+    node.send(&job(69, 1)).await;
+    worker.assert_quiet("a stale height, as the seed rules say").await;
+
+    // Dropping a plugin in replaces the built-in rules.
+    let dir = server.backends.dir().join("policies");
+    std::fs::copy(support::plugin_path("tag-router"), dir.join("50-tag-router.wasm")).expect("copy");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while server.running.plugins.reports()[0].key != "50-tag-router" {
+        assert!(tokio::time::Instant::now() < deadline, "the dropped-in plugin never replaced the built-in rules");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+async fn the_admin_endpoints_report_health_plugins_and_metrics(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules", "pow-check"]).await;
+    let admin = server.running.admin_addr.expect("admin server");
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin connect");
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.expect("response");
+        body
+    };
+    assert!(get("/healthz").await.ends_with("ok"));
+    let plugins = get("/plugins").await;
+    assert!(plugins.contains("\"name\":\"seed-rules\"") && plugins.contains("\"name\":\"pow-check\""), "{plugins}");
+    assert!(plugins.contains("eligo:policy@0.1.0"), "{plugins}");
+    let mut node = server.node().await;
+    node.send_text("nope").await;
+    node.recv("an error frame").await;
+    let metrics = get("/metrics").await;
+    assert!(metrics.contains("eligo_bad_frames_total{role=\"node\"}"), "{metrics}");
+    let status = get("/status").await;
+    assert!(status.contains("\"nodes\":1"), "{status}");
+    server.stop().await;
+}
 
 async fn a_job_goes_node_to_worker_and_its_solution_back(kind: Kind) {
     let server = Server::start(kind, &["seed-rules", "pow-check"]).await;

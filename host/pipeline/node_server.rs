@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How many delivered solution keys a connection remembers, to skip repeats.
 const REMEMBERED_DELIVERIES: usize = 10_000;
@@ -76,6 +77,8 @@ pub struct NodeServer {
     nodes: Mutex<HashMap<u64, NodeConn>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
+    /// Every connection's task, so shutdown can wait for them to finish.
+    tasks: TaskTracker,
 }
 
 impl NodeServer {
@@ -87,12 +90,19 @@ impl NodeServer {
             nodes: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             shutdown,
+            tasks: TaskTracker::new(),
         })
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new().fallback(any(upgrade)).with_state(self.clone())
+    }
+
+    /// Waits until every connection has finished (after shutdown was signalled).
+    pub async fn closed(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// Connected nodes.
@@ -255,7 +265,10 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     match admit_connection(&server.services, Role::Node, remote, &uri, &headers) {
-        Ok(handshake) => ws.on_upgrade(move |socket| server.serve(socket, handshake)),
+        Ok(handshake) => {
+            let tasks = server.tasks.clone();
+            ws.on_upgrade(move |socket| tasks.track_future(server.serve(socket, handshake)))
+        }
         Err(refused) => refused,
     }
 }

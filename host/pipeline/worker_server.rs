@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Settings of the worker server.
 #[derive(Clone, Debug)]
@@ -59,6 +60,8 @@ pub struct WorkerServer {
     current: Mutex<Option<ReadyJob>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
+    /// Every connection's task, so shutdown can wait for them to finish.
+    tasks: TaskTracker,
 }
 
 impl WorkerServer {
@@ -71,12 +74,19 @@ impl WorkerServer {
             current: Mutex::new(None),
             next_id: AtomicU64::new(1),
             shutdown,
+            tasks: TaskTracker::new(),
         })
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new().fallback(any(upgrade)).with_state(self.clone())
+    }
+
+    /// Waits until every connection has finished (after shutdown was signalled).
+    pub async fn closed(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// Connected (welcomed) workers.
@@ -309,7 +319,10 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     match admit_connection(&server.services, Role::Worker, remote, &uri, &headers) {
-        Ok(handshake) => ws.on_upgrade(move |socket| server.serve(socket, handshake)),
+        Ok(handshake) => {
+            let tasks = server.tasks.clone();
+            ws.on_upgrade(move |socket| tasks.track_future(server.serve(socket, handshake)))
+        }
         Err(refused) => refused,
     }
 }

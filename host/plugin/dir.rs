@@ -46,6 +46,8 @@ pub struct PluginHost {
     active: ArcSwap<PolicySet>,
     state: Mutex<DirState>,
     generation: tokio::sync::watch::Sender<u64>,
+    /// Serves while the folder holds no plugin that loads.
+    fallback: Option<LoadedPolicy>,
 }
 
 #[derive(Default)]
@@ -59,14 +61,26 @@ impl PluginHost {
     /// Loads every plugin in `dir` (creating it if missing). Failures are logged and
     /// reported, not fatal: the host serves what did load.
     pub fn open(engine: PluginEngine, dir: impl Into<PathBuf>) -> std::io::Result<Arc<Self>> {
+        Self::open_with_fallback(engine, dir, None)
+    }
+
+    /// Like [`open`](Self::open), with a policy that serves whenever the folder
+    /// holds no plugin that loads (eligo uses the built-in seed rules).
+    pub fn open_with_fallback(
+        engine: PluginEngine,
+        dir: impl Into<PathBuf>,
+        fallback: Option<LoadedPolicy>,
+    ) -> std::io::Result<Arc<Self>> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
+        let initial = PolicySet::new(fallback.iter().cloned().collect());
         let host = Arc::new(PluginHost {
             engine,
             dir,
-            active: ArcSwap::from_pointee(PolicySet::default()),
+            active: ArcSwap::from_pointee(initial),
             state: Mutex::new(DirState::default()),
             generation: tokio::sync::watch::channel(0).0,
+            fallback,
         });
         host.rescan();
         Ok(host)
@@ -163,7 +177,14 @@ impl PluginHost {
             }
         }
         if !summary.loaded.is_empty() || !summary.removed.is_empty() {
-            let set = PolicySet::new(state.loaded.values().map(|(_, p)| p.clone()).collect());
+            let mut policies: Vec<LoadedPolicy> = state.loaded.values().map(|(_, p)| p.clone()).collect();
+            if policies.is_empty() {
+                if let Some(fallback) = &self.fallback {
+                    tracing::info!(plugin = %fallback.key, "no plugin in the folder: the built-in policy serves");
+                    policies.push(fallback.clone());
+                }
+            }
+            let set = PolicySet::new(policies);
             self.active.store(Arc::new(set));
             self.generation.send_modify(|g| *g += 1);
         }

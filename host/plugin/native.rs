@@ -15,6 +15,9 @@ pub const WAIT_MS: u64 = 20 * 60 * 1000;
 /// State word of a worker that was sent nothing yet.
 pub const NOTHING_SENT: u64 = i64::MIN as u64;
 
+/// The key the built-in seed rules serve under when no plugin is loaded.
+pub const BUILTIN_KEY: &str = "builtin-seed-rules";
+
 /// The seed rules, natively.
 pub struct NativeSeedRules {
     info: PluginInfo,
@@ -42,6 +45,13 @@ fn waits(state: &[u8]) -> impl Iterator<Item = (i64, u64, u64)> + '_ {
         };
         (i64::from_le_bytes(word(0)), u64::from_le_bytes(word(8)), u64::from_le_bytes(word(16)))
     })
+}
+
+impl NativeSeedRules {
+    /// The seed rules as a policy set member, for when the plugin folder is empty.
+    pub fn builtin() -> super::LoadedPolicy {
+        super::loaded_policy(BUILTIN_KEY.into(), std::path::Path::new(""), "", std::sync::Arc::new(Self::default()))
+    }
 }
 
 impl Policy for NativeSeedRules {
