@@ -156,9 +156,8 @@ async fn main() -> anyhow::Result<()> {
     println!("errors:                         {:>8}", tally.errors.load(Ordering::Relaxed));
     for (what, mut samples) in [("job latency", jobs), ("solution latency", solutions)] {
         samples.sort();
-        let pct = |p: f64| {
-            samples.get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1))).copied()
-        };
+        let pct =
+            |p: f64| samples.get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1))).copied();
         let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3));
         println!(
             "{what:<18} p50 {}  p90 {}  p99 {}  max {}",

@@ -34,7 +34,8 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let challenge = challenge.clone();
                 let start = next_nonce;
-                let (nonce, reached) = tokio::task::spawn_blocking(move || solver::solve(&challenge, target, start)).await?;
+                let (nonce, reached) =
+                    tokio::task::spawn_blocking(move || solver::solve(&challenge, target, start)).await?;
                 next_nonce = nonce + 1;
                 let solution = json!({ "task_id": task_id, "solution_target": reached,
                                        "solution": { "partial_solution": { "nonce": nonce, "address": "aleo1example" } } });
