@@ -1,0 +1,90 @@
+//! The `eligo` command as a plugin author and an operator use it.
+
+mod support;
+
+use std::process::Command;
+use support::{plugin_path, root};
+
+fn eligo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_eligo")).args(args).output().expect("running eligo")
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn plugin_test_passes_shipped_cases_and_fails_on_a_mismatch() {
+    for plugin in ["seed-rules", "pow-check", "tag-router", "testing-misbehave"] {
+        let cases = root().join("plugins").join(plugin).join("cases.json");
+        let out = eligo(&["plugin", "test", plugin_path(plugin).to_str().unwrap(), cases.to_str().unwrap()]);
+        assert!(out.status.success(), "{plugin}: {}", text(&out));
+        assert!(text(&out).contains(" passed, 0 failed"), "{}", text(&out));
+    }
+    // The seed rules' cases run against the tag router: they must not pass.
+    let cases = root().join("plugins/seed-rules/cases.json");
+    let out = eligo(&["plugin", "test", plugin_path("tag-router").to_str().unwrap(), cases.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("FAIL"), "{}", text(&out));
+}
+
+#[test]
+fn plugin_run_prints_the_decision_and_its_cost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("input.json");
+    std::fs::write(
+        &input,
+        r#"{"job": {"task_id": "t", "block_height": 7, "proof_target": 1, "epoch_challenge": "{}"},
+            "profiles": [{"tags": [], "limits": []}],
+            "workers": [{"profile": 0, "state": 6}, {"profile": 0, "state": 7}]}"#,
+    )
+    .expect("write");
+    let out =
+        eligo(&["plugin", "run", plugin_path("seed-rules").to_str().unwrap(), "offer-job", input.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(printed["decision"], serde_json::json!([{ "worker": 0, "state": 7 }]));
+    assert!(printed["cost"]["fuel"].as_u64().unwrap_or(0) > 0);
+    assert!(printed["cost"]["micros"].as_f64().is_some());
+}
+
+#[test]
+fn plugin_check_reports_what_the_server_would_load_and_refuses_garbage() {
+    let out = eligo(&["plugin", "check", plugin_path("pow-check").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("\"validate-solution\""), "{}", text(&out));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garbage = dir.path().join("bad.wasm");
+    std::fs::write(&garbage, b"not wasm").expect("write");
+    let out = eligo(&["plugin", "check", garbage.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not a valid WebAssembly component"), "{}", text(&out));
+}
+
+#[test]
+fn help_documents_every_serve_setting_with_its_environment_variable() {
+    let out = eligo(&["serve", "--help"]);
+    assert!(out.status.success());
+    let help = text(&out);
+    for setting in [
+        "--node-listen",
+        "ELIGO_NODE_LISTEN",
+        "--amqp-url",
+        "--kafka-properties",
+        "--postgres-url",
+        "--plugins-dir",
+        "--roles",
+    ] {
+        assert!(help.contains(setting), "serve --help lacks {setting}:\n{help}");
+    }
+}
+
+#[test]
+fn a_bad_configuration_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("eligo.toml");
+    std::fs::write(&file, "[node]\nlisten = \"not an address\"\n").expect("write");
+    let out = eligo(&["serve", "--config", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("invalid configuration"), "{}", text(&out));
+}
