@@ -36,14 +36,14 @@ fn plugin_run_prints_the_decision_and_its_cost() {
         &input,
         r#"{"job": {"task_id": "t", "block_height": 7, "proof_target": 1, "epoch_challenge": "{}"},
             "profiles": [{"tags": [], "limits": []}],
-            "workers": [{"profile": 0, "state": 6}, {"profile": 0, "state": 7}]}"#,
+            "workers": {"profiles": [0, 0], "states": [6, 7]}}"#,
     )
     .expect("write");
     let out =
         eligo(&["plugin", "run", plugin_path("seed-rules").to_str().unwrap(), "offer-job", input.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    assert_eq!(printed["decision"], serde_json::json!([{ "worker": 0, "state": 7 }]));
+    assert_eq!(printed["decision"], serde_json::json!({ "workers": [0], "states": [7] }));
     assert!(printed["cost"]["fuel"].as_u64().unwrap_or(0) > 0);
     assert!(printed["cost"]["micros"].as_f64().is_some());
 }

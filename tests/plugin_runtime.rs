@@ -103,7 +103,8 @@ fn loops_memory_bombs_and_traps_fail_closed_and_the_host_keeps_serving() {
 fn a_plugin_that_exceeds_its_output_bound_in_a_batch_call_fails_closed() {
     let plugin = engine().load("misbehave", &plugin_bytes("testing-misbehave")).expect("loads");
     let job = Job { task_id: "t".into(), block_height: 4, proof_target: 1, epoch_challenge: "{}".into() };
-    let error = plugin.offer_job(&job, &[], &[], 0).expect_err("4 million deliveries for no worker");
+    let none = eligo::plugin::Workers { profiles: Vec::new(), states: Vec::new() };
+    let error = plugin.offer_job(&job, &[], &none, 0).expect_err("4 million deliveries for no worker");
     assert!(matches!(error.kind(), "memory" | "bad_output"), "got {error}");
 }
 
@@ -174,10 +175,10 @@ fn run_hook_reports_the_decision_and_its_cost() {
     let input = serde_json::json!({
         "job": { "task_id": "t", "block_height": 5, "proof_target": 1, "epoch_challenge": "{}" },
         "profiles": [ { "tags": [], "limits": [] } ],
-        "workers": [ { "profile": 0, "state": 4 }, { "profile": 0, "state": 5 } ],
+        "workers": { "profiles": [0, 0], "states": [4, 5] },
     });
     let (decision, cost) = runner::run_hook(&plugin, "offer-job", input).expect("runs");
-    assert_eq!(decision, serde_json::json!([{ "worker": 0, "state": 5 }]));
+    assert_eq!(decision, serde_json::json!({ "workers": [0], "states": [5] }));
     assert!(cost.fuel > 0 && cost.memory_bytes > 0);
     let error = runner::run_hook(&plugin, "offer-jobs", serde_json::json!({})).expect_err("unknown hook");
     assert!(error.to_string().contains("unknown hook"));

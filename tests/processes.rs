@@ -98,7 +98,9 @@ async fn connections_left_open_by_a_killed_process_are_finished_when_it_restarts
     let roles = "node-server,worker-server,job-processor,solution-processor";
     let first = spawn(&backends, "crashy", roles);
     let mut worker = Client::connect(first.worker).await;
-    worker.send(&json!({ "ip": "1.1.1.1", "address": "a", "hardware": "cpu", "hardware_id": "hw-crash", "caption": "c" })).await;
+    worker
+        .send(&json!({ "ip": "1.1.1.1", "address": "a", "hardware": "cpu", "hardware_id": "hw-crash", "caption": "c" }))
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while backends.store.worker_connections("hw-crash", "c").await.expect("rows").is_empty() {
         assert!(Instant::now() < deadline, "the connection was never recorded");

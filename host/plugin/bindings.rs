@@ -3,7 +3,7 @@
 wasmtime::component::bindgen!({
     path: "wit",
     world: "policy",
-    additional_derives: [serde::Serialize, serde::Deserialize, PartialEq, Eq],
+    additional_derives: [serde::Serialize, serde::Deserialize, PartialEq, Eq, Hash],
 });
 
 pub use eligo::policy::types::*;

@@ -17,8 +17,8 @@ mod set;
 mod wasm;
 
 pub use bindings::{
-    ConnectionRequest, Hook, Job, JobAdmission, JobDelivery, JobSubmission, Level, NodeView, PluginInfo, Role,
-    Solution, Welcome, WorkerAdmission, WorkerProfile, WorkerView, DECISIONS_INTERFACE, WIT_VERSION,
+    ConnectionRequest, Hook, Job, JobAdmission, JobOffer, JobSubmission, Level, NodeView, PluginInfo, Role, Solution,
+    Welcome, WorkerAdmission, WorkerProfile, Workers, DECISIONS_INTERFACE, WIT_VERSION,
 };
 pub use dir::{loaded_policy, LoadFailure, PluginHost, RescanSummary, WatchGuard};
 pub use engine::{Limits, LoadError, PluginEngine};

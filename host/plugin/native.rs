@@ -5,8 +5,8 @@
 //! compared as well as decisions.
 
 use super::bindings::{
-    ConnectionRequest, Hook, Job, JobAdmission, JobDelivery, JobSubmission, NodeView, PluginInfo, Solution, Welcome,
-    WorkerAdmission, WorkerProfile, WorkerView,
+    ConnectionRequest, Hook, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo, Solution, Welcome,
+    WorkerAdmission, WorkerProfile, Workers,
 };
 use super::policy::{Decision, Policy, Verdict};
 
@@ -89,14 +89,12 @@ impl Policy for NativeSeedRules {
         Ok(Ok(JobAdmission { job: job.clone(), state: out }))
     }
 
-    fn offer_job(&self, job: &Job, _: &[WorkerProfile], workers: &[WorkerView], _: u64) -> Decision<Vec<JobDelivery>> {
+    fn offer_job(&self, job: &Job, _: &[WorkerProfile], workers: &Workers, _: u64) -> Decision<JobOffer> {
         let height = job.block_height;
-        Ok(workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| height > w.state as i64)
-            .map(|(i, _)| JobDelivery { worker: i as u32, state: height as u64 })
-            .collect())
+        let chosen: Vec<u32> =
+            workers.states.iter().enumerate().filter(|(_, s)| height > **s as i64).map(|(i, _)| i as u32).collect();
+        let states = vec![height as u64; chosen.len()];
+        Ok(JobOffer { workers: chosen, states })
     }
 
     fn validate_solution(&self, _: &Job, _: &Solution) -> Decision<Verdict<()>> {

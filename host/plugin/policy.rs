@@ -1,8 +1,8 @@
 //! The decisions a policy makes, whether it runs as a WebAssembly plugin or natively.
 
 use super::bindings::{
-    ConnectionRequest, Job, JobAdmission, JobDelivery, JobSubmission, NodeView, PluginInfo, Solution, Welcome,
-    WorkerAdmission, WorkerProfile, WorkerView,
+    ConnectionRequest, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo, Solution, Welcome,
+    WorkerAdmission, WorkerProfile, Workers,
 };
 
 /// A refusal's reason, as the policy gave it.
@@ -73,14 +73,8 @@ pub trait Policy: Send + Sync {
     /// Admits a node's job; `state` is the node connection's state blob.
     fn admit_job(&self, job: &JobSubmission, state: &[u8], now_ms: u64) -> Decision<Verdict<JobAdmission>>;
 
-    /// Which of `workers` receive `job`; `workers[i].profile` indexes `profiles`.
-    fn offer_job(
-        &self,
-        job: &Job,
-        profiles: &[WorkerProfile],
-        workers: &[WorkerView],
-        now_ms: u64,
-    ) -> Decision<Vec<JobDelivery>>;
+    /// Which rows of `workers` receive `job`; `workers.profiles[i]` indexes `profiles`.
+    fn offer_job(&self, job: &Job, profiles: &[WorkerProfile], workers: &Workers, now_ms: u64) -> Decision<JobOffer>;
 
     /// Is `solution` valid for `job`?
     fn validate_solution(&self, job: &Job, solution: &Solution) -> Decision<Verdict<()>>;

@@ -13,7 +13,7 @@
 //!     { "hook": "offer-job", "job": { … }, "expect_workers": [] } ] } ] }
 //! ```
 
-use super::bindings::{ConnectionRequest, Job, JobSubmission, NodeView, Solution, Welcome, WorkerProfile, WorkerView};
+use super::bindings::{ConnectionRequest, Job, JobSubmission, NodeView, Solution, Welcome, WorkerProfile, Workers};
 use super::dir::loaded_policy;
 use super::policy::Policy;
 use super::set::{NodeState, PolicySet, Validation, WorkerState};
@@ -53,8 +53,7 @@ struct HookInput {
     state: Vec<u8>,
     #[serde(default)]
     profiles: Vec<WorkerProfile>,
-    #[serde(default)]
-    workers: Vec<WorkerView>,
+    workers: Option<Workers>,
     solution: Option<Solution>,
     #[serde(default)]
     nodes: Vec<NodeView>,
@@ -104,8 +103,9 @@ pub fn run_hook(plugin: &WasmPlugin, hook: &str, input: Value) -> Result<(Value,
         }
         "offer-job" => {
             let job: Job = parse(hook, required(hook, "job", input.job)?)?;
+            let workers = required(hook, "workers", input.workers)?;
             let (d, c) = plugin.call_measured(|b, s| {
-                b.eligo_policy_decisions().call_offer_job(s, &job, &input.profiles, &input.workers, now)
+                b.eligo_policy_decisions().call_offer_job(s, &job, &input.profiles, &workers, now)
             });
             (d.map(|v| json!(v)), c)
         }

@@ -12,12 +12,12 @@
 //! refuses, offers nothing, or finds the solution invalid.
 
 use super::bindings::{
-    ConnectionRequest, Hook, Job, JobSubmission, NodeView, Solution, Welcome, WorkerProfile, WorkerView,
+    ConnectionRequest, Hook, Job, JobSubmission, NodeView, Solution, Welcome, WorkerProfile, Workers,
 };
 use super::policy::Policy;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// A plugin's identity for per-connection state: its file stem. A reloaded plugin
 /// (same file, new contents) keeps the state of its predecessor.
@@ -193,11 +193,11 @@ impl PolicySet {
 
     fn admit_worker_with(&self, p: &LoadedPolicy, welcome: &Welcome, now_ms: u64) -> Result<WorkerSlot, Refusal> {
         if !p.policy.info().hooks.contains(&Hook::AdmitWorker) {
-            let profile = Arc::new(WorkerProfile { tags: Vec::new(), limits: Vec::new() });
+            let profile = intern(WorkerProfile { tags: Vec::new(), limits: Vec::new() });
             return Ok(WorkerSlot { plugin: p.key.clone(), admitted: Some((profile, 0)) });
         }
         match p.policy.admit_worker(welcome, now_ms) {
-            Ok(Ok(a)) => Ok(WorkerSlot { plugin: p.key.clone(), admitted: Some((Arc::new(a.profile), a.state)) }),
+            Ok(Ok(a)) => Ok(WorkerSlot { plugin: p.key.clone(), admitted: Some((intern(a.profile), a.state)) }),
             Ok(Err(reason)) => Err(Refusal { plugin: p.key.to_string(), reason }),
             Err(e) => Err(failed_closed(&p.key, e)),
         }
@@ -235,8 +235,12 @@ impl PolicySet {
             }
             let mut profiles: Vec<WorkerProfile> = Vec::new();
             let mut profile_ids: HashMap<*const WorkerProfile, u32> = HashMap::new();
+            // Profiles are interned, so neighbours usually share one: skip the map then.
             let mut last: Option<(*const WorkerProfile, u32)> = None;
-            let mut views = Vec::with_capacity(candidates.len());
+            let mut columns = Workers {
+                profiles: Vec::with_capacity(candidates.len()),
+                states: Vec::with_capacity(candidates.len()),
+            };
             let mut asked = Vec::with_capacity(candidates.len());
             for &w in &candidates {
                 let slot = self.slot_for(p, workers[w], now_ms);
@@ -250,13 +254,18 @@ impl PolicySet {
                     }),
                 };
                 last = Some((ptr, id));
-                views.push(WorkerView { profile: id, state: *state });
+                columns.profiles.push(id);
+                columns.states.push(*state);
                 asked.push(w);
             }
-            match p.policy.offer_job(job, &profiles, &views, now_ms) {
-                Ok(deliveries) => {
-                    let mut chosen: Vec<(usize, u64)> =
-                        deliveries.iter().map(|d| (asked[d.worker as usize], d.state)).collect();
+            match p.policy.offer_job(job, &profiles, &columns, now_ms) {
+                Ok(offer) => {
+                    let mut chosen: Vec<(usize, u64)> = offer
+                        .workers
+                        .iter()
+                        .zip(&offer.states)
+                        .map(|(&i, &state)| (asked[i as usize], state))
+                        .collect();
                     chosen.sort_unstable_by_key(|(w, _)| *w);
                     candidates = chosen.iter().map(|(w, _)| *w).collect();
                     pending.push((p.key.clone(), chosen));
@@ -332,6 +341,23 @@ impl PolicySet {
         }
         candidates
     }
+}
+
+/// One shared `Arc` per distinct profile, so `offer-job` passes each distinct
+/// profile once however many workers have it. Entries die with their last worker.
+fn intern(profile: WorkerProfile) -> Arc<WorkerProfile> {
+    static PROFILES: OnceLock<Mutex<HashMap<WorkerProfile, Weak<WorkerProfile>>>> = OnceLock::new();
+    let Ok(mut profiles) = PROFILES.get_or_init(Default::default).lock() else { return Arc::new(profile) };
+    if let Some(shared) = profiles.get(&profile).and_then(Weak::upgrade) {
+        return shared;
+    }
+    // Forget dead entries now and then, so unique profiles do not pile up.
+    if profiles.len() >= 1024 && profiles.len().is_power_of_two() {
+        profiles.retain(|_, weak| weak.strong_count() > 0);
+    }
+    let shared = Arc::new(profile.clone());
+    profiles.insert(profile, Arc::downgrade(&shared));
+    shared
 }
 
 /// The hooks a policy implements, by name.

@@ -1,8 +1,8 @@
 //! A loaded plugin: pre-instantiated once, instances reused, every call limited.
 
 use super::bindings::{
-    ConnectionRequest, Job, JobAdmission, JobDelivery, JobSubmission, NodeView, PluginInfo, Policy as PolicyWorld,
-    PolicyPre, Solution, Welcome, WorkerAdmission, WorkerProfile, WorkerView,
+    ConnectionRequest, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo, Policy as PolicyWorld,
+    PolicyPre, Solution, Welcome, WorkerAdmission, WorkerProfile, Workers,
 };
 use super::engine::{LoadError, PluginEngine, EPOCH_TICK};
 use super::host_state::{truncate, HostState, LogBudget};
@@ -206,21 +206,25 @@ impl Policy for WasmPlugin {
         Ok(verdict.map_err(reason))
     }
 
-    fn offer_job(
-        &self,
-        job: &Job,
-        profiles: &[WorkerProfile],
-        workers: &[WorkerView],
-        now_ms: u64,
-    ) -> Decision<Vec<JobDelivery>> {
+    fn offer_job(&self, job: &Job, profiles: &[WorkerProfile], workers: &Workers, now_ms: u64) -> Decision<JobOffer> {
         let max = self.engine.limits.max_batch;
         self.check_input("epoch_challenge", job.epoch_challenge.len(), self.blob_limit())?;
-        self.check_input("workers", workers.len(), max)?;
+        self.check_input("workers", workers.states.len(), max)?;
         self.check_input("profiles", profiles.len(), max)?;
-        let deliveries =
-            self.call(|b, s| b.eligo_policy_decisions().call_offer_job(s, job, profiles, workers, now_ms))?;
-        self.counted(check_indices(deliveries.iter().map(|d| d.worker), workers.len(), "worker"))?;
-        Ok(deliveries)
+        if workers.profiles.len() != workers.states.len() {
+            return Err(PolicyError::InputTooLarge("workers.profiles and workers.states differ in length".into()));
+        }
+        let offer = self.call(|b, s| b.eligo_policy_decisions().call_offer_job(s, job, profiles, workers, now_ms))?;
+        if offer.workers.len() != offer.states.len() {
+            crate::metrics::plugin_failure(&self.name, "bad_output");
+            return Err(PolicyError::BadOutput(format!(
+                "offer-job chose {} workers but gave {} states",
+                offer.workers.len(),
+                offer.states.len()
+            )));
+        }
+        self.counted(check_indices(offer.workers.iter().copied(), workers.states.len(), "worker"))?;
+        Ok(offer)
     }
 
     fn validate_solution(&self, job: &Job, solution: &Solution) -> Decision<Verdict<()>> {

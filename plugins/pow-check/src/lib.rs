@@ -44,8 +44,8 @@ impl Guest for PowCheck {
         unused::admit_job(job, state)
     }
 
-    fn offer_job(_: Job, _: Vec<WorkerProfile>, workers: Vec<WorkerView>, _: TimestampMs) -> Vec<JobDelivery> {
-        unused::offer_job(&workers)
+    fn offer_job(_: Job, _: Vec<WorkerProfile>, workers: Workers, _: TimestampMs) -> JobOffer {
+        unused::offer_job(workers)
     }
 
     fn validate_solution(job: Job, solution: Solution) -> Result<(), Reason> {

@@ -37,9 +37,9 @@ pub mod unused {
         Ok(JobAdmission { job, state })
     }
 
-    /// `offer-job` for a plugin that does not implement it: everyone.
-    pub fn offer_job(workers: &[WorkerView]) -> Vec<JobDelivery> {
-        workers.iter().enumerate().map(|(i, w)| JobDelivery { worker: i as u32, state: w.state }).collect()
+    /// `offer-job` for a plugin that does not implement it: everyone, states unchanged.
+    pub fn offer_job(workers: Workers) -> JobOffer {
+        JobOffer { workers: (0..workers.states.len() as u32).collect(), states: workers.states }
     }
 
     /// `validate-solution` for a plugin that does not implement it.

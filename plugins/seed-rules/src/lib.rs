@@ -72,22 +72,24 @@ impl Guest for SeedRules {
     fn admit_job(job: JobSubmission, state: Vec<u8>, now: TimestampMs) -> Result<JobAdmission, Reason> {
         let mut waits: Vec<Wait> = decode_waits(&state).into_iter().filter(|w| w.expires_ms >= now).collect();
         let expires_ms = now.saturating_add(WAIT_MS);
-        match waits.iter_mut().find(|w| w.height == job.block_height && w.target == job.proof_target) {
-            Some(w) => w.expires_ms = expires_ms,
-            None => waits.push(Wait { height: job.block_height, target: job.proof_target, expires_ms }),
+        // Every matching wait is renewed (a state written by another version may hold repeats).
+        let mut renewed = false;
+        for w in waits.iter_mut().filter(|w| w.height == job.block_height && w.target == job.proof_target) {
+            w.expires_ms = expires_ms;
+            renewed = true;
+        }
+        if !renewed {
+            waits.push(Wait { height: job.block_height, target: job.proof_target, expires_ms });
         }
         Ok(JobAdmission { state: encode_waits(&waits), job })
     }
 
-    fn offer_job(job: Job, _: Vec<WorkerProfile>, workers: Vec<WorkerView>, _: TimestampMs) -> Vec<JobDelivery> {
+    fn offer_job(job: Job, _: Vec<WorkerProfile>, workers: Workers, _: TimestampMs) -> JobOffer {
         let height = job.block_height;
-        let new_state = height as u64;
-        workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| height > w.state as i64)
-            .map(|(i, _)| JobDelivery { worker: i as u32, state: new_state })
-            .collect()
+        let chosen: Vec<u32> =
+            workers.states.iter().enumerate().filter(|(_, s)| height > **s as i64).map(|(i, _)| i as u32).collect();
+        let states = vec![height as u64; chosen.len()];
+        JobOffer { workers: chosen, states }
     }
 
     fn validate_solution(_: Job, _: Solution) -> Result<(), Reason> {

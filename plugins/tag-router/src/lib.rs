@@ -71,25 +71,23 @@ impl Guest for TagRouter {
         unused::admit_job(job, state)
     }
 
-    fn offer_job(job: Job, profiles: Vec<WorkerProfile>, workers: Vec<WorkerView>, _: TimestampMs) -> Vec<JobDelivery> {
+    fn offer_job(job: Job, profiles: Vec<WorkerProfile>, workers: Workers, _: TimestampMs) -> JobOffer {
         let verdicts: Vec<bool> = profiles.iter().map(|p| eligible(&job, p)).collect();
         let eligible: Vec<u32> = workers
+            .profiles
             .iter()
             .enumerate()
-            .filter(|(_, w)| verdicts.get(w.profile as usize).copied().unwrap_or(false))
+            .filter(|(_, p)| verdicts.get(**p as usize).copied().unwrap_or(false))
             .map(|(i, _)| i as u32)
             .collect();
         if eligible.is_empty() {
-            return Vec::new();
+            return JobOffer { workers: Vec::new(), states: Vec::new() };
         }
         let take = eligible.len().min(MAX_WORKERS_PER_JOB);
         let start = (job.block_height.unsigned_abs() as usize).wrapping_mul(take) % eligible.len();
-        (0..take)
-            .map(|k| {
-                let i = eligible[(start + k) % eligible.len()];
-                JobDelivery { worker: i, state: workers[i as usize].state }
-            })
-            .collect()
+        let chosen: Vec<u32> = (0..take).map(|k| eligible[(start + k) % eligible.len()]).collect();
+        let states = chosen.iter().map(|&i| workers.states[i as usize]).collect();
+        JobOffer { workers: chosen, states }
     }
 
     fn validate_solution(_: Job, _: Solution) -> Result<(), Reason> {

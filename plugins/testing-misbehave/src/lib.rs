@@ -78,13 +78,13 @@ impl Guest for Misbehave {
         Err(misbehave(by_height(job.block_height)))
     }
 
-    fn offer_job(job: Job, _: Vec<WorkerProfile>, workers: Vec<WorkerView>, _: TimestampMs) -> Vec<JobDelivery> {
+    fn offer_job(job: Job, _: Vec<WorkerProfile>, workers: Workers, _: TimestampMs) -> JobOffer {
         if by_height(job.block_height) == "huge" {
-            return (0..4_000_000u32).map(|worker| JobDelivery { worker, state: 0 }).collect();
+            return JobOffer { workers: (0..4_000_000u32).collect(), states: vec![0; 4_000_000] };
         }
         misbehave(by_height(job.block_height));
         std::hint::black_box(workers);
-        Vec::new()
+        JobOffer { workers: Vec::new(), states: Vec::new() }
     }
 
     fn validate_solution(job: Job, _: Solution) -> Result<(), Reason> {
