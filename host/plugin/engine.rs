@@ -14,7 +14,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub struct Limits {
     /// Wall-clock budget of one call, in milliseconds (epoch interruption).
     pub deadline_ms: u64,
-    /// Fuel (roughly, wasm instructions) one call may use.
+    /// Fuel (roughly, wasm instructions) one call may use; 0 turns fuel off and
+    /// leaves the deadline alone to stop runaway plugins (faster: fuel metering
+    /// costs every loop iteration a counter update).
     pub fuel: u64,
     /// Linear memory one plugin instance may grow to, in bytes.
     pub memory_bytes: usize,
@@ -100,7 +102,7 @@ impl PluginEngine {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
-            .consume_fuel(true)
+            .consume_fuel(limits.fuel > 0)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config)?;

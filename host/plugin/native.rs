@@ -93,8 +93,7 @@ impl Policy for NativeSeedRules {
         let height = job.block_height;
         let chosen: Vec<u32> =
             workers.states.iter().enumerate().filter(|(_, s)| height > **s as i64).map(|(i, _)| i as u32).collect();
-        let states = vec![height as u64; chosen.len()];
-        Ok(JobOffer { workers: chosen, states })
+        Ok(JobOffer { workers: chosen, states: vec![height as u64] })
     }
 
     fn validate_solution(&self, _: &Job, _: &Solution) -> Decision<Verdict<()>> {

@@ -260,12 +260,10 @@ impl PolicySet {
             }
             match p.policy.offer_job(job, &profiles, &columns, now_ms) {
                 Ok(offer) => {
-                    let mut chosen: Vec<(usize, u64)> = offer
-                        .workers
-                        .iter()
-                        .zip(&offer.states)
-                        .map(|(&i, &state)| (asked[i as usize], state))
-                        .collect();
+                    // One state per chosen worker, or one for all of them.
+                    let state_of = |k: usize| offer.states.get(k).or(offer.states.first()).copied().unwrap_or(0);
+                    let mut chosen: Vec<(usize, u64)> =
+                        offer.workers.iter().enumerate().map(|(k, &i)| (asked[i as usize], state_of(k))).collect();
                     chosen.sort_unstable_by_key(|(w, _)| *w);
                     candidates = chosen.iter().map(|(w, _)| *w).collect();
                     pending.push((p.key.clone(), chosen));

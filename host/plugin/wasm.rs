@@ -74,6 +74,14 @@ impl WasmPlugin {
         &self,
         f: impl FnOnce(&PolicyWorld, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> (Decision<R>, Cost) {
+        self.run(f, true)
+    }
+
+    fn run<R>(
+        &self,
+        f: impl FnOnce(&PolicyWorld, &mut Store<HostState>) -> wasmtime::Result<R>,
+        measure: bool,
+    ) -> (Decision<R>, Cost) {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut instance = match idle.map(Ok).unwrap_or_else(|| self.instantiate()) {
             Ok(i) => i,
@@ -82,11 +90,12 @@ impl WasmPlugin {
         let limits = &self.engine.limits;
         arm(&mut instance.store, limits.fuel, limits.deadline_ms);
         instance.store.data_mut().memory.refused = false;
-        let started = Instant::now();
+        // Reading the clock costs as much as a small decision: only when asked.
+        let started = measure.then(Instant::now);
         let result = f(&instance.bindings, &mut instance.store);
         let cost = Cost {
-            elapsed: started.elapsed(),
-            fuel: limits.fuel.saturating_sub(instance.store.get_fuel().unwrap_or(0)),
+            elapsed: started.map(|s| s.elapsed()).unwrap_or_default(),
+            fuel: limits.fuel.saturating_sub(instance.store.get_fuel().unwrap_or(limits.fuel)),
             memory_bytes: instance.store.data().memory.peak,
         };
         match result {
@@ -105,7 +114,7 @@ impl WasmPlugin {
     }
 
     fn call<R>(&self, f: impl FnOnce(&PolicyWorld, &mut Store<HostState>) -> wasmtime::Result<R>) -> Decision<R> {
-        self.call_measured(f).0
+        self.run(f, false).0
     }
 
     fn classify(&self, error: wasmtime::Error, store: &Store<HostState>) -> PolicyError {
@@ -156,8 +165,10 @@ impl WasmPlugin {
 
 /// Sets the fuel and deadline of the next call.
 fn arm(store: &mut Store<HostState>, fuel: u64, deadline_ms: u64) {
-    // Fuel is only refused when fuel consumption is off, which the engine turns on.
-    let _ = store.set_fuel(fuel);
+    if fuel > 0 {
+        // Refused only when fuel is off in the engine, which it is not when fuel > 0.
+        let _ = store.set_fuel(fuel);
+    }
     let tick = EPOCH_TICK.as_millis().max(1) as u64;
     store.set_epoch_deadline(deadline_ms.div_ceil(tick).max(1));
 }
@@ -215,10 +226,10 @@ impl Policy for WasmPlugin {
             return Err(PolicyError::InputTooLarge("workers.profiles and workers.states differ in length".into()));
         }
         let offer = self.call(|b, s| b.eligo_policy_decisions().call_offer_job(s, job, profiles, workers, now_ms))?;
-        if offer.workers.len() != offer.states.len() {
+        if offer.states.len() != offer.workers.len() && offer.states.len() != 1 {
             crate::metrics::plugin_failure(&self.name, "bad_output");
             return Err(PolicyError::BadOutput(format!(
-                "offer-job chose {} workers but gave {} states",
+                "offer-job chose {} workers but gave {} states (one each, or one for all)",
                 offer.workers.len(),
                 offer.states.len()
             )));

@@ -88,8 +88,8 @@ impl Guest for SeedRules {
         let height = job.block_height;
         let chosen: Vec<u32> =
             workers.states.iter().enumerate().filter(|(_, s)| height > **s as i64).map(|(i, _)| i as u32).collect();
-        let states = vec![height as u64; chosen.len()];
-        JobOffer { workers: chosen, states }
+        // One state for every chosen worker: the height they now have.
+        JobOffer { workers: chosen, states: vec![height as u64] }
     }
 
     fn validate_solution(_: Job, _: Solution) -> Result<(), Reason> {
