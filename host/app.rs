@@ -8,8 +8,9 @@ use crate::pipeline::{job_processor, solution_processor, Services};
 use crate::plugin::{NativeSeedRules, PluginEngine, PluginHost, WatchGuard, BUILTIN_KEY};
 use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
 use crate::transport::amqp::AmqpQueue;
-use crate::transport::embedded::{EmbeddedLog, EmbeddedQueue};
+use crate::transport::embedded::EmbeddedLog;
 use crate::transport::kafka::{KafkaLog, KafkaSettings};
+use crate::transport::sqlite_queue::SqliteQueue;
 use crate::transport::{EventLog, WorkQueue};
 use anyhow::Context;
 use axum::routing::get;
@@ -30,7 +31,14 @@ pub async fn connect_backends(
                 .await
                 .with_context(|| format!("connecting to RabbitMQ at {}", crate::config::redact_url(&amqp.url)))?,
         ),
-        None => Arc::new(EmbeddedQueue::new()),
+        None => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+            let path = config.queue_path();
+            Arc::new(
+                SqliteQueue::open(&path).await.with_context(|| format!("opening the queue at {}", path.display()))?,
+            )
+        }
     };
     let log: Arc<dyn EventLog> = match &config.kafka {
         Some(kafka) => {
@@ -51,8 +59,6 @@ pub async fn connect_backends(
                 .with_context(|| format!("connecting to PostgreSQL at {}", crate::config::redact_url(&pg.url)))?,
         ),
         None => {
-            std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
             let path = config.sqlite_path();
             Arc::new(SqliteStore::open(&path).await.with_context(|| format!("opening SQLite at {}", path.display()))?)
         }

@@ -37,7 +37,7 @@ pub struct Config {
     /// This process's name in the `worker` table; connections it left open are
     /// finished when it starts again. Give each worker-server process its own.
     pub instance: String,
-    /// Where SQLite keeps its file when no PostgreSQL is configured.
+    /// Where the SQLite files live: the store without PostgreSQL, the queue without RabbitMQ.
     pub data_dir: PathBuf,
     /// Apply database migrations at start-up.
     pub migrate_on_start: bool,
@@ -49,7 +49,7 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The policy plugins.
     pub plugins: PluginsConfig,
-    /// RabbitMQ; without it, an in-process queue.
+    /// RabbitMQ; without it, a queue in a SQLite file in `data_dir`.
     pub amqp: Option<AmqpConfig>,
     /// Kafka; without it, an in-process log.
     pub kafka: Option<KafkaConfig>,
@@ -250,7 +250,7 @@ impl Config {
         vec![
             match &self.amqp {
                 Some(a) => format!("queue: RabbitMQ at {}", redact_url(&a.url)),
-                None => "queue: embedded (in-process)".into(),
+                None => format!("queue: embedded, durable in {}", self.queue_path().display()),
             },
             match &self.kafka {
                 Some(k) => format!("log: Kafka at {}", k.bootstrap_servers),
@@ -266,6 +266,11 @@ impl Config {
     /// The SQLite file used without PostgreSQL.
     pub fn sqlite_path(&self) -> PathBuf {
         self.data_dir.join("eligo.db")
+    }
+
+    /// The SQLite file of the embedded queue, used without RabbitMQ.
+    pub fn queue_path(&self) -> PathBuf {
+        self.data_dir.join("eligo-queue.db")
     }
 }
 

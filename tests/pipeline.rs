@@ -442,3 +442,30 @@ async fn a_processor_failing_between_commit_and_ack_loses_and_duplicates_nothing
     assert!(job.broadcast, "the retry recorded the broadcast");
     server.stop().await;
 }
+
+/// Embedded mode keeps what it accepted across a restart: a job taken by the node
+/// server while no processor ran is processed after eligo starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_mode_keeps_accepted_jobs_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::default();
+    config.data_dir = dir.path().to_path_buf();
+    config.plugins.dir = dir.path().join("policies");
+    config.node.listen = ([127, 0, 0, 1], 0).into();
+    config.worker.listen = ([127, 0, 0, 1], 0).into();
+    config.admin.listen = None;
+    config.roles = vec![eligo::config::RoleName::NodeServer];
+    let only_nodes = eligo::app::start(&config).await.expect("eligo starts");
+    let mut node = Client::connect(only_nodes.node_addr.expect("node server")).await;
+    node.send(&job(80, 1)).await;
+    node.assert_quiet("the job is accepted").await;
+    only_nodes.stop().await;
+
+    config.roles = eligo::config::RoleName::ALL.to_vec();
+    let everything = eligo::app::start(&config).await.expect("eligo starts again");
+    let mut worker = Client::connect(everything.worker_addr.expect("worker server")).await;
+    worker.send(&welcome("hw-restart")).await;
+    let work = worker.recv("the job accepted before the restart").await;
+    assert_eq!(work["epoch_challenge"], challenge(80));
+    everything.stop().await;
+}

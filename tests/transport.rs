@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eligo::transport::amqp::AmqpQueue;
-use eligo::transport::embedded::{EmbeddedLog, EmbeddedQueue};
+use eligo::transport::embedded::EmbeddedLog;
 use eligo::transport::kafka::{KafkaLog, MockKafka};
+use eligo::transport::sqlite_queue::SqliteQueue;
 use eligo::transport::{Deliveries, Delivery, EventLog, Stream, Tail, Topic, TransportError, WorkQueue};
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -391,8 +392,46 @@ async fn kafka_mock_cluster() {
 // ---------------------------------------------------------------- embedded
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_queue() {
-    queue_suite(|| async { Arc::new(EmbeddedQueue::new()) as Arc<dyn WorkQueue> }).await;
+async fn sqlite_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = std::sync::atomic::AtomicU32::new(0);
+    queue_suite(|| async {
+        let file = dir.path().join(format!("queue-{}.db", n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+        Arc::new(SqliteQueue::open(&file).await.expect("opening the SQLite queue")) as Arc<dyn WorkQueue>
+    })
+    .await;
+}
+
+/// What the embedded queue was told survives a restart: acked messages are gone,
+/// the rest come back, those delivered before marked redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_queue_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("queue.db");
+    {
+        let queue = SqliteQueue::open(&file).await.expect("open");
+        for body in ["acked", "out when it died", "never delivered"] {
+            publish(&queue, Stream::Job, body).await;
+        }
+        let mut deliveries = consume(&queue, Stream::Job, 2).await;
+        let first = next_delivery(&mut deliveries, "the first message").await;
+        assert_eq!(text(&first), "acked");
+        first.acker.ack().await.expect("ack");
+        let second = next_delivery(&mut deliveries, "the second message").await;
+        assert_eq!(text(&second), "out when it died");
+        // The process dies here: nothing is settled, nothing is closed cleanly.
+        std::mem::forget(second);
+        std::mem::forget(deliveries);
+    }
+    let queue = SqliteQueue::open(&file).await.expect("reopen");
+    let mut deliveries = consume(&queue, Stream::Job, 1).await;
+    let again = next_delivery(&mut deliveries, "the message that was out").await;
+    assert_eq!((text(&again).as_str(), again.redelivered), ("out when it died", true));
+    again.acker.ack().await.expect("ack");
+    let last = next_delivery(&mut deliveries, "the message never delivered").await;
+    assert_eq!((text(&last).as_str(), last.redelivered), ("never delivered", false));
+    last.acker.ack().await.expect("ack");
+    assert_eq!(queue.depth(Stream::Job).await.expect("depth"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

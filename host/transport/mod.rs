@@ -1,7 +1,7 @@
 //! The two transports of the pipeline, each behind a small trait:
 //!
 //! - [`WorkQueue`]: durable, at-least-once work queues (RabbitMQ in production,
-//!   [`embedded::EmbeddedQueue`] on a bare machine). Nodes' jobs and workers'
+//!   [`sqlite_queue::SqliteQueue`] on a bare machine). Nodes' jobs and workers'
 //!   solutions enter the pipeline here.
 //! - [`EventLog`]: an append-only log read from its end by every server process
 //!   (Kafka in production, [`embedded::EmbeddedLog`] on a bare machine). Stored jobs
@@ -12,6 +12,7 @@
 pub mod amqp;
 pub mod embedded;
 pub mod kafka;
+pub mod sqlite_queue;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

@@ -3,8 +3,9 @@
 
 use eligo::store::{postgres::PgStore, sqlite::SqliteStore, Store};
 use eligo::transport::amqp::AmqpQueue;
-use eligo::transport::embedded::{EmbeddedLog, EmbeddedQueue};
+use eligo::transport::embedded::EmbeddedLog;
 use eligo::transport::kafka::{KafkaLog, MockKafka};
+use eligo::transport::sqlite_queue::SqliteQueue;
 use eligo::transport::{EventLog, Stream, WorkQueue};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 /// Which backends a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// In-process queue and log, SQLite.
+    /// SQLite queue and store, in-process log.
     Embedded,
     /// RabbitMQ, Kafka (mock cluster), PostgreSQL.
     Networked,
@@ -51,8 +52,9 @@ impl Backends {
             Kind::Embedded => {
                 let store = SqliteStore::open(&dir.path().join("eligo.db")).await.expect("opening SQLite");
                 store.migrate().await.expect("migrating SQLite");
+                let queue = SqliteQueue::open(&dir.path().join("eligo-queue.db")).await.expect("opening the queue");
                 Backends {
-                    queue: Arc::new(EmbeddedQueue::new()),
+                    queue: Arc::new(queue),
                     log: Arc::new(EmbeddedLog::new()),
                     store: Arc::new(store),
                     env: Vec::new(),
