@@ -192,7 +192,15 @@ async fn a_job_goes_node_to_worker_and_its_solution_back(kind: Kind) {
     let got = node.recv("the solution").await;
     assert_eq!(got, sent["solution"], "the node gets the worker's solution object verbatim");
 
-    let stored = server.backends.store.broadcast_solutions_at(100).await.expect("read back");
+    // The processor records the broadcast just after producing it: wait for that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let stored = loop {
+        let stored = server.backends.store.broadcast_solutions_at(100).await.expect("read back");
+        if !stored.is_empty() || tokio::time::Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(stored.len(), 1);
     let (stored_job, stored_solution) = &stored[0];
     assert_eq!(stored_job.task_id, task_id);

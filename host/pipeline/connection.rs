@@ -3,11 +3,18 @@
 //! and the pieces of the handshake the policies see.
 
 use crate::plugin::truncate as host_truncate;
+use crate::transport::TransportError;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::stream::SplitSink;
-use futures::SinkExt;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Close codes eligo uses.
 pub mod close_code {
@@ -185,4 +192,101 @@ pub fn admit_connection(
             Err((axum::http::StatusCode::FORBIDDEN, refusal.to_string()).into_response())
         }
     }
+}
+
+/// The open connections of one server, by id, and their tasks.
+pub struct Registry<C> {
+    connections: Mutex<HashMap<u64, C>>,
+    next_id: AtomicU64,
+    tasks: TaskTracker,
+}
+
+impl<C> Default for Registry<C> {
+    fn default() -> Self {
+        Registry { connections: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1), tasks: TaskTracker::new() }
+    }
+}
+
+impl<C> Registry<C> {
+    /// Adds a connection; returns its id.
+    pub fn insert(&self, connection: C) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut connections) = self.connections.lock() {
+            connections.insert(id, connection);
+        }
+        id
+    }
+
+    /// Removes a connection.
+    pub fn remove(&self, id: u64) {
+        if let Ok(mut connections) = self.connections.lock() {
+            connections.remove(&id);
+        }
+    }
+
+    /// The connections, locked (for a decision over all of them). `None` if a
+    /// panic poisoned the lock.
+    pub fn lock(&self) -> Option<MutexGuard<'_, HashMap<u64, C>>> {
+        self.connections.lock().ok()
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        self.connections.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Whether none are open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tracks a connection's task, so [`closed`](Self::closed) can wait for it.
+    pub fn track<F: Future<Output = ()>>(&self, task: F) -> impl Future<Output = ()> {
+        self.tasks.track_future(task)
+    }
+
+    /// Waits until every tracked connection task has finished.
+    pub async fn closed(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Hands every data frame to `on_frame` until the peer goes, someone closes the
+/// connection, or `shutdown` fires (which closes it with 1001).
+pub async fn read_frames<F, Fut>(
+    stream: &mut SplitStream<WebSocket>,
+    outbox: &Outbox,
+    shutdown: &CancellationToken,
+    mut on_frame: F,
+) where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    loop {
+        let message = tokio::select! {
+            m = stream.next() => m,
+            _ = outbox.closing() => return,
+            _ = shutdown.cancelled() => {
+                outbox.close(close_code::GOING_AWAY, "server shutting down");
+                return;
+            }
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => on_frame(text.as_bytes().to_vec()).await,
+            Some(Ok(Message::Binary(bytes))) => on_frame(bytes.to_vec()).await,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Closes a connection whose frame could not be published: 1013 (try again later)
+/// while the broker is unavailable, 1011 otherwise, with `what` and the error.
+pub fn close_for_publish_error(outbox: &Outbox, error: &TransportError, what: &str) {
+    let code = match error {
+        TransportError::Unavailable { .. } => close_code::TRY_AGAIN_LATER,
+        _ => close_code::INTERNAL,
+    };
+    outbox.close(code, &format!("{what} not accepted: {error}"));
 }

@@ -10,25 +10,25 @@
 //! Slow connections: solutions are never dropped silently. A connection whose
 //! outbox is full is closed with code 1008 and a reason.
 
-use super::connection::{admit_connection, close_code, start_writer, Handshake, Outbox};
+use super::connection::{
+    admit_connection, close_code, close_for_publish_error, read_frames, start_writer, Handshake, Outbox, Registry,
+};
 use super::solution_processor::solution_event;
 use super::Services;
 use crate::plugin::{now_ms, Job, JobSubmission, NodeState, Role, Solution};
 use crate::protocol::{canonical_json, error_frame, JobFrame, SolutionEvent};
-use crate::transport::{Stream, Topic, TransportError};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use crate::transport::{Stream, Topic};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
 use futures::StreamExt;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How many delivered solution keys a connection remembers, to skip repeats.
 const REMEMBERED_DELIVERIES: usize = 10_000;
@@ -74,24 +74,14 @@ impl Delivered {
 pub struct NodeServer {
     services: Services,
     settings: NodeServerSettings,
-    nodes: Mutex<HashMap<u64, NodeConn>>,
-    next_id: AtomicU64,
+    nodes: Registry<NodeConn>,
     shutdown: CancellationToken,
-    /// Every connection's task, so shutdown can wait for them to finish.
-    tasks: TaskTracker,
 }
 
 impl NodeServer {
     /// A node server over `services`; connections close when `shutdown` fires.
     pub fn new(services: Services, settings: NodeServerSettings, shutdown: CancellationToken) -> Arc<Self> {
-        Arc::new(NodeServer {
-            services,
-            settings,
-            nodes: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            shutdown,
-            tasks: TaskTracker::new(),
-        })
+        Arc::new(NodeServer { services, settings, nodes: Registry::default(), shutdown })
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
@@ -101,13 +91,12 @@ impl NodeServer {
 
     /// Waits until every connection has finished (after shutdown was signalled).
     pub async fn closed(&self) {
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.nodes.closed().await;
     }
 
     /// Connected nodes.
     pub fn connections(&self) -> usize {
-        self.nodes.lock().map(|n| n.len()).unwrap_or(0)
+        self.nodes.len()
     }
 
     /// Reads the `solution` log and delivers each solution to the nodes the
@@ -139,7 +128,7 @@ impl NodeServer {
         };
         let frame = event.solution.to_string();
         let policies = self.services.plugins.current();
-        let Ok(mut nodes) = self.nodes.lock() else { return };
+        let Some(mut nodes) = self.nodes.lock() else { return };
         let ids: Vec<u64> = match only {
             Some(id) if nodes.contains_key(&id) => vec![id],
             Some(_) => return,
@@ -166,40 +155,20 @@ impl NodeServer {
     async fn serve(self: Arc<Self>, socket: WebSocket, handshake: Handshake) {
         let (sink, mut stream) = socket.split();
         let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = NodeConn { state: NodeState::default(), outbox: outbox.clone(), delivered: Delivered::default() };
-        if let Ok(mut nodes) = self.nodes.lock() {
-            nodes.insert(id, conn);
-        }
+        let id = self.nodes.insert(conn);
         crate::metrics::add("eligo_connections", &[("role", "node")], 1);
         tracing::info!(connection = id, remote = %handshake.remote, "node connected");
-        loop {
-            let message = tokio::select! {
-                m = stream.next() => m,
-                _ = outbox.closing() => break,
-                _ = self.shutdown.cancelled() => {
-                    outbox.close(close_code::GOING_AWAY, "server shutting down");
-                    break;
-                }
-            };
-            match message {
-                Some(Ok(Message::Text(text))) => self.on_frame(id, &outbox, text.as_bytes()).await,
-                Some(Ok(Message::Binary(bytes))) => self.on_frame(id, &outbox, &bytes).await,
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            }
-        }
-        if let Ok(mut nodes) = self.nodes.lock() {
-            nodes.remove(&id);
-        }
+        read_frames(&mut stream, &outbox, &self.shutdown, |frame| self.on_frame(id, &outbox, frame)).await;
+        self.nodes.remove(id);
         drop(outbox);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
         crate::metrics::add("eligo_connections", &[("role", "node")], -1);
         tracing::info!(connection = id, "node disconnected");
     }
 
-    async fn on_frame(&self, id: u64, outbox: &Outbox, bytes: &[u8]) {
-        let frame = match JobFrame::parse(bytes) {
+    async fn on_frame(&self, id: u64, outbox: &Outbox, bytes: Vec<u8>) {
+        let frame = match JobFrame::parse(&bytes) {
             Ok(f) => f,
             Err(e) => {
                 crate::metrics::add("eligo_bad_frames_total", &[("role", "node")], 1);
@@ -214,7 +183,7 @@ impl NodeServer {
         };
         let policies = self.services.plugins.current();
         let admitted = {
-            let Ok(mut nodes) = self.nodes.lock() else { return };
+            let Some(mut nodes) = self.nodes.lock() else { return };
             let Some(conn) = nodes.get_mut(&id) else { return };
             policies.admit_job(&submission, &mut conn.state, now_ms())
         };
@@ -233,11 +202,7 @@ impl NodeServer {
         });
         if let Err(e) = self.services.queue.publish(Stream::Job, message.to_string().as_bytes()).await {
             tracing::warn!(connection = id, error = %e, "publishing a job failed; closing the connection");
-            let code = match e {
-                TransportError::Unavailable { .. } => close_code::TRY_AGAIN_LATER,
-                _ => close_code::INTERNAL,
-            };
-            outbox.close(code, &format!("job not accepted: {e}"));
+            close_for_publish_error(outbox, &e, "job");
             return;
         }
         crate::metrics::add("eligo_jobs_published_total", &[], 1);
@@ -265,10 +230,10 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     match admit_connection(&server.services, Role::Node, remote, &uri, &headers) {
-        Ok(handshake) => {
-            let tasks = server.tasks.clone();
-            ws.on_upgrade(move |socket| tasks.track_future(server.serve(socket, handshake)))
-        }
+        Ok(handshake) => ws.on_upgrade(move |socket| async move {
+            let server2 = server.clone();
+            server2.nodes.track(server.serve(socket, handshake)).await
+        }),
         Err(refused) => refused,
     }
 }

@@ -7,13 +7,15 @@
 //! latest-wins, so a job that finds a connection's outbox full is dropped for
 //! that connection (and counted); the next job still goes.
 
-use super::connection::{admit_connection, close_code, start_writer, Handshake, Outbox};
+use super::connection::{
+    admit_connection, close_code, close_for_publish_error, read_frames, start_writer, Handshake, Outbox, Registry,
+};
 use super::solution_processor::job_view;
 use super::Services;
 use crate::plugin::{now_ms, Job, Role, Welcome, WorkerState};
 use crate::protocol::{canonical_json, error_frame, JobEvent, SolutionFrame, SolutionMessage, WelcomeFrame, WorkFrame};
 use crate::store::WorkerConnection;
-use crate::transport::{Stream, Topic, TransportError};
+use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
@@ -21,13 +23,10 @@ use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
 use futures::StreamExt;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Settings of the worker server.
 #[derive(Clone, Debug)]
@@ -56,26 +55,15 @@ struct ReadyJob {
 pub struct WorkerServer {
     services: Services,
     settings: WorkerServerSettings,
-    workers: Mutex<HashMap<u64, WorkerConn>>,
+    workers: Registry<WorkerConn>,
     current: Mutex<Option<ReadyJob>>,
-    next_id: AtomicU64,
     shutdown: CancellationToken,
-    /// Every connection's task, so shutdown can wait for them to finish.
-    tasks: TaskTracker,
 }
 
 impl WorkerServer {
     /// A worker server over `services`; connections close when `shutdown` fires.
     pub fn new(services: Services, settings: WorkerServerSettings, shutdown: CancellationToken) -> Arc<Self> {
-        Arc::new(WorkerServer {
-            services,
-            settings,
-            workers: Mutex::new(HashMap::new()),
-            current: Mutex::new(None),
-            next_id: AtomicU64::new(1),
-            shutdown,
-            tasks: TaskTracker::new(),
-        })
+        Arc::new(WorkerServer { services, settings, workers: Registry::default(), current: Mutex::new(None), shutdown })
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
@@ -85,13 +73,12 @@ impl WorkerServer {
 
     /// Waits until every connection has finished (after shutdown was signalled).
     pub async fn closed(&self) {
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.workers.closed().await;
     }
 
     /// Connected (welcomed) workers.
     pub fn connections(&self) -> usize {
-        self.workers.lock().map(|w| w.len()).unwrap_or(0)
+        self.workers.len()
     }
 
     /// Finishes the connections a previous run of this instance left open, and
@@ -141,7 +128,7 @@ impl WorkerServer {
     /// Offers a job to every worker (or to `only` that one) and queues it to the chosen.
     fn offer(&self, ready: &ReadyJob, only: Option<u64>) {
         let policies = self.services.plugins.current();
-        let Ok(mut workers) = self.workers.lock() else { return };
+        let Some(mut workers) = self.workers.lock() else { return };
         let mut ids = Vec::with_capacity(workers.len());
         let mut states = Vec::with_capacity(workers.len());
         for (id, conn) in workers.iter_mut() {
@@ -244,35 +231,15 @@ impl WorkerServer {
                 return;
             }
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut workers) = self.workers.lock() {
-            workers.insert(id, WorkerConn { state, outbox: outbox.clone() });
-        }
+        let id = self.workers.insert(WorkerConn { state, outbox: outbox.clone() });
         crate::metrics::add("eligo_connections", &[("role", "worker")], 1);
         tracing::info!(connection = id, remote = %handshake.remote, hardware_id = %welcome.hardware_id, "worker connected");
         let current = self.current.lock().ok().and_then(|c| c.clone());
         if let Some(current) = current {
             self.offer(&current, Some(id));
         }
-        loop {
-            let message = tokio::select! {
-                m = stream.next() => m,
-                _ = outbox.closing() => break,
-                _ = self.shutdown.cancelled() => {
-                    outbox.close(close_code::GOING_AWAY, "server shutting down");
-                    break;
-                }
-            };
-            match message {
-                Some(Ok(Message::Text(text))) => self.on_solution(id, outbox, &welcome, text.as_bytes()).await,
-                Some(Ok(Message::Binary(bytes))) => self.on_solution(id, outbox, &welcome, &bytes).await,
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            }
-        }
-        if let Ok(mut workers) = self.workers.lock() {
-            workers.remove(&id);
-        }
+        read_frames(stream, outbox, &self.shutdown, |frame| self.on_solution(id, outbox, &welcome, frame)).await;
+        self.workers.remove(id);
         crate::metrics::add("eligo_connections", &[("role", "worker")], -1);
         if let Err(e) = self.services.store.worker_disconnected(row_id).await {
             // Left open, the row is finished at this instance's next start.
@@ -281,8 +248,8 @@ impl WorkerServer {
         tracing::info!(connection = id, "worker disconnected");
     }
 
-    async fn on_solution(&self, id: u64, outbox: &Outbox, welcome: &WelcomeFrame, bytes: &[u8]) {
-        let frame = match SolutionFrame::parse(bytes) {
+    async fn on_solution(&self, id: u64, outbox: &Outbox, welcome: &WelcomeFrame, bytes: Vec<u8>) {
+        let frame = match SolutionFrame::parse(&bytes) {
             Ok(f) => f,
             Err(e) => {
                 crate::metrics::add("eligo_bad_frames_total", &[("role", "worker")], 1);
@@ -300,11 +267,7 @@ impl WorkerServer {
         let Ok(bytes) = serde_json::to_vec(&message) else { return };
         if let Err(e) = self.services.queue.publish(Stream::Solution, &bytes).await {
             tracing::warn!(connection = id, error = %e, "publishing a solution failed; closing the connection");
-            let code = match e {
-                TransportError::Unavailable { .. } => close_code::TRY_AGAIN_LATER,
-                _ => close_code::INTERNAL,
-            };
-            outbox.close(code, &format!("solution not accepted: {e}"));
+            close_for_publish_error(outbox, &e, "solution");
             return;
         }
         crate::metrics::add("eligo_solutions_published_total", &[], 1);
@@ -319,10 +282,10 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     match admit_connection(&server.services, Role::Worker, remote, &uri, &headers) {
-        Ok(handshake) => {
-            let tasks = server.tasks.clone();
-            ws.on_upgrade(move |socket| tasks.track_future(server.serve(socket, handshake)))
-        }
+        Ok(handshake) => ws.on_upgrade(move |socket| async move {
+            let server2 = server.clone();
+            server2.workers.track(server.serve(socket, handshake)).await
+        }),
         Err(refused) => refused,
     }
 }
