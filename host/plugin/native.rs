@@ -91,8 +91,12 @@ impl Policy for NativeSeedRules {
 
     fn offer_job(&self, job: &Job, _: &[WorkerProfile], workers: &Workers, _: u64) -> Decision<JobOffer> {
         let height = job.block_height;
-        let chosen: Vec<u32> =
-            workers.states.iter().enumerate().filter(|(_, s)| height > **s as i64).map(|(i, _)| i as u32).collect();
+        let mut chosen = Vec::with_capacity(workers.states.len());
+        for (i, &state) in workers.states.iter().enumerate() {
+            if height > state as i64 {
+                chosen.push(i as u32);
+            }
+        }
         Ok(JobOffer { workers: chosen, states: vec![height as u64] })
     }
 

@@ -234,7 +234,7 @@ impl Policy for WasmPlugin {
                 offer.states.len()
             )));
         }
-        self.counted(check_indices(offer.workers.iter().copied(), workers.states.len(), "worker"))?;
+        self.counted(check_indices(&offer.workers, workers.states.len(), "worker"))?;
         Ok(offer)
     }
 
@@ -249,7 +249,7 @@ impl Policy for WasmPlugin {
         self.check_input("solution", solution.solution.len(), self.blob_limit())?;
         let chosen =
             self.call(|b, s| b.eligo_policy_decisions().call_offer_solution(s, job, solution, nodes, now_ms))?;
-        self.counted(check_indices(chosen.iter().copied(), nodes.len(), "node"))?;
+        self.counted(check_indices(&chosen, nodes.len(), "node"))?;
         Ok(chosen)
     }
 }

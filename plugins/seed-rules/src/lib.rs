@@ -86,8 +86,13 @@ impl Guest for SeedRules {
 
     fn offer_job(job: Job, _: Vec<WorkerProfile>, workers: Workers, _: TimestampMs) -> JobOffer {
         let height = job.block_height;
-        let chosen: Vec<u32> =
-            workers.states.iter().enumerate().filter(|(_, s)| height > **s as i64).map(|(i, _)| i as u32).collect();
+        // Sized for the worst case up front: growing a vector in wasm costs a copy each time.
+        let mut chosen = Vec::with_capacity(workers.states.len());
+        for (i, &state) in workers.states.iter().enumerate() {
+            if height > state as i64 {
+                chosen.push(i as u32);
+            }
+        }
         // One state for every chosen worker: the height they now have.
         JobOffer { workers: chosen, states: vec![height as u64] }
     }
