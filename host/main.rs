@@ -11,10 +11,13 @@ use std::sync::Arc;
 /// eligo moves jobs from nodes to workers and solutions back; WebAssembly policy
 /// plugins make every decision.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a command, eligo serves: these are `serve`'s settings.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -159,7 +162,7 @@ enum PluginCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => {
             let config = args.config()?;
             init_logging(&config.log);
@@ -215,7 +218,8 @@ async fn serve(config: Config) -> Result<()> {
     }
     eprintln!("  plugins from {} (watched):", config.plugins.dir.display());
     for p in running.plugins.reports() {
-        eprintln!("    {} = {} {} [{}] sha256 {}", p.key, p.name, p.version, p.hooks.join(", "), &p.sha256[..12]);
+        let origin = p.sha256.get(..12).map_or("built in".to_string(), |sha| format!("sha256 {sha}"));
+        eprintln!("    {} = {} {} [{}] {origin}", p.key, p.name, p.version, p.hooks.join(", "));
     }
     for f in running.plugins.failures() {
         eprintln!("    FAILED {}: {}", f.file, f.error);

@@ -9,7 +9,7 @@
 
 use super::{Acker, Deliveries, Delivery, Stream, TransportError, WorkQueue};
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
 use std::collections::HashSet;
 use std::path::Path;
@@ -68,6 +68,8 @@ impl SqliteQueue {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            // Survives a crash of eligo; see `SqliteStore::open` for the trade-off.
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new().max_connections(2).connect_with(options).await.map_err(unavailable)?;
         sqlx::query(
