@@ -80,6 +80,18 @@ fn help_documents_every_serve_setting_with_its_environment_variable() {
 }
 
 #[test]
+fn without_a_command_eligo_serves_and_takes_serve_settings() {
+    let out = eligo(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out);
+    assert!(help.contains("serve") && help.contains("--node-listen"), "{help}");
+    // A bad value is reported as serve would report it, not as an unknown argument.
+    let out = eligo(&["--node-listen", "nowhere"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("invalid value 'nowhere'"), "{}", text(&out));
+}
+
+#[test]
 fn a_bad_configuration_file_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("eligo.toml");
