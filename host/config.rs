@@ -317,10 +317,10 @@ mod tests {
         let c: Config = toml::from_str(
             "roles = [\"node-server\"]\n[node]\nlisten = \"0.0.0.0:9001\"\n[kafka]\nbootstrap_servers = \"k:9092\"\n[kafka.properties]\n\"sasl.mechanism\" = \"PLAIN\"\n",
         )
-        .unwrap();
+        .expect("valid configuration");
         assert_eq!(c.roles, vec![RoleName::NodeServer]);
         assert_eq!(c.node.listen.port(), 9001);
-        assert_eq!(c.kafka.unwrap().properties["sasl.mechanism"], "PLAIN");
+        assert_eq!(c.kafka.expect("kafka section").properties["sasl.mechanism"], "PLAIN");
         assert!(toml::from_str::<Config>("nodes = 1").is_err());
     }
 
@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn properties_parse() {
-        let p = parse_properties("security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512").unwrap();
+        let p = parse_properties("security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512").expect("properties");
         assert_eq!(p.len(), 2);
         assert!(parse_properties("oops").is_err());
     }

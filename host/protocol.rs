@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
-        let v: Value = serde_json::from_str(r#"{"b":1,"a":{"d":[{"z":1,"y":2}],"c":null}}"#).unwrap();
+        let v: Value = serde_json::from_str(r#"{"b":1,"a":{"d":[{"z":1,"y":2}],"c":null}}"#).expect("json");
         assert_eq!(canonical_json(&v), r#"{"a":{"c":null,"d":[{"y":2,"z":1}]},"b":1}"#);
     }
 
@@ -198,11 +198,11 @@ mod tests {
             hardware_id: "h".into(),
             caption: "c".into(),
             task_id: "t".into(),
-            solution: serde_json::from_str(r#"{"partial_solution":{"nonce":12345}}"#).unwrap(),
+            solution: serde_json::from_str(r#"{"partial_solution":{"nonce":12345}}"#).expect("json"),
             solution_target: 1,
         };
         assert_eq!(m.unique_key().as_deref(), Some("12345"));
-        m.solution = serde_json::from_str(r#"{"partial_solution":{}}"#).unwrap();
+        m.solution = serde_json::from_str(r#"{"partial_solution":{}}"#).expect("json");
         assert_eq!(m.unique_key(), None);
     }
 }
