@@ -17,13 +17,23 @@ fn text(out: &std::process::Output) -> String {
 fn plugin_test_passes_shipped_cases_and_fails_on_a_mismatch() {
     for plugin in ["seed-rules", "pow-check", "tag-router", "testing-misbehave"] {
         let cases = root().join("plugins").join(plugin).join("cases.json");
-        let out = eligo(&["plugin", "test", plugin_path(plugin).to_str().unwrap(), cases.to_str().unwrap()]);
+        let out = eligo(&[
+            "plugin",
+            "test",
+            plugin_path(plugin).to_str().expect("a UTF-8 path"),
+            cases.to_str().expect("a UTF-8 path"),
+        ]);
         assert!(out.status.success(), "{plugin}: {}", text(&out));
         assert!(text(&out).contains(" passed, 0 failed"), "{}", text(&out));
     }
     // The seed rules' cases run against the tag router: they must not pass.
     let cases = root().join("plugins/seed-rules/cases.json");
-    let out = eligo(&["plugin", "test", plugin_path("tag-router").to_str().unwrap(), cases.to_str().unwrap()]);
+    let out = eligo(&[
+        "plugin",
+        "test",
+        plugin_path("tag-router").to_str().expect("a UTF-8 path"),
+        cases.to_str().expect("a UTF-8 path"),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("FAIL"), "{}", text(&out));
 }
@@ -39,8 +49,13 @@ fn plugin_run_prints_the_decision_and_its_cost() {
             "workers": {"profiles": [0, 0], "states": [6, 7]}}"#,
     )
     .expect("write");
-    let out =
-        eligo(&["plugin", "run", plugin_path("seed-rules").to_str().unwrap(), "offer-job", input.to_str().unwrap()]);
+    let out = eligo(&[
+        "plugin",
+        "run",
+        plugin_path("seed-rules").to_str().expect("a UTF-8 path"),
+        "offer-job",
+        input.to_str().expect("a UTF-8 path"),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(printed["decision"], serde_json::json!({ "workers": [0], "states": [7] }));
@@ -50,13 +65,13 @@ fn plugin_run_prints_the_decision_and_its_cost() {
 
 #[test]
 fn plugin_check_reports_what_the_server_would_load_and_refuses_garbage() {
-    let out = eligo(&["plugin", "check", plugin_path("pow-check").to_str().unwrap()]);
+    let out = eligo(&["plugin", "check", plugin_path("pow-check").to_str().expect("a UTF-8 path")]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("\"validate-solution\""), "{}", text(&out));
     let dir = tempfile::tempdir().expect("tempdir");
     let garbage = dir.path().join("bad.wasm");
     std::fs::write(&garbage, b"not wasm").expect("write");
-    let out = eligo(&["plugin", "check", garbage.to_str().unwrap()]);
+    let out = eligo(&["plugin", "check", garbage.to_str().expect("a UTF-8 path")]);
     assert!(!out.status.success());
     assert!(text(&out).contains("not a valid WebAssembly component"), "{}", text(&out));
 }
@@ -96,7 +111,7 @@ fn a_bad_configuration_file_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("eligo.toml");
     std::fs::write(&file, "[node]\nlisten = \"not an address\"\n").expect("write");
-    let out = eligo(&["serve", "--config", file.to_str().unwrap()]);
+    let out = eligo(&["serve", "--config", file.to_str().expect("a UTF-8 path")]);
     assert!(!out.status.success());
     assert!(text(&out).contains("invalid configuration"), "{}", text(&out));
 }
