@@ -152,7 +152,7 @@ impl NodeServer {
         }
     }
 
-    async fn serve(self: Arc<Self>, socket: WebSocket, handshake: Handshake) {
+    async fn serve(&self, socket: WebSocket, handshake: Handshake) {
         let (sink, mut stream) = socket.split();
         let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity);
         let conn = NodeConn { state: NodeState::default(), outbox: outbox.clone(), delivered: Delivered::default() };
@@ -230,10 +230,9 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     match admit_connection(&server.services, Role::Node, remote, &uri, &headers) {
-        Ok(handshake) => ws.on_upgrade(move |socket| async move {
-            let server2 = server.clone();
-            server2.nodes.track(server.serve(socket, handshake)).await
-        }),
+        Ok(handshake) => {
+            ws.on_upgrade(move |socket| async move { server.nodes.track(server.serve(socket, handshake)).await })
+        }
         Err(refused) => refused,
     }
 }

@@ -149,7 +149,7 @@ impl WorkerServer {
         }
     }
 
-    async fn serve(self: Arc<Self>, socket: WebSocket, handshake: Handshake) {
+    async fn serve(&self, socket: WebSocket, handshake: Handshake) {
         let (sink, mut stream) = socket.split();
         let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity);
         if let Some((welcome, state)) = self.welcome(&mut stream, &outbox).await {
@@ -282,10 +282,9 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     match admit_connection(&server.services, Role::Worker, remote, &uri, &headers) {
-        Ok(handshake) => ws.on_upgrade(move |socket| async move {
-            let server2 = server.clone();
-            server2.workers.track(server.serve(socket, handshake)).await
-        }),
+        Ok(handshake) => {
+            ws.on_upgrade(move |socket| async move { server.workers.track(server.serve(socket, handshake)).await })
+        }
         Err(refused) => refused,
     }
 }
