@@ -115,3 +115,26 @@ fn a_bad_configuration_file_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(text(&out).contains("invalid configuration"), "{}", text(&out));
 }
+
+#[test]
+fn the_configuration_example_in_the_readme_is_valid() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let start = readme.find("```toml\n").expect("a toml block in the README") + "```toml\n".len();
+    let end = start + readme[start..].find("```").expect("the end of the block");
+    let config: eligo::config::Config = toml::from_str(&readme[start..end]).expect("the README's example parses");
+    assert_eq!(config.roles.len(), 4);
+    assert!(config.amqp.is_some() && config.kafka.is_some() && config.postgres.is_some());
+    assert_eq!(config.plugins.limits.deadline_ms, 100);
+    let file = tempfile::tempdir().expect("tempdir");
+    let path = file.path().join("eligo.toml");
+    std::fs::write(&path, &readme[start..end]).expect("write");
+    let out = eligo(&[
+        "migrate",
+        "--config",
+        path.to_str().expect("a UTF-8 path"),
+        "--postgres-url",
+        "postgres://nobody@127.0.0.1:1/none",
+    ]);
+    assert!(!out.status.success(), "an unreachable database is an error");
+    assert!(text(&out).contains("PostgreSQL at postgres://nobody@127.0.0.1:1/none"), "{}", text(&out));
+}
