@@ -139,6 +139,13 @@ pub async fn start_with(
             "no plugin in the folder: the built-in seed rules serve until one is dropped in"),
         _ => {}
     }
+    let all_roles = RoleName::ALL.iter().all(|r| config.roles.contains(r));
+    if !all_roles && config.kafka.is_none() {
+        tracing::warn!(
+            "some roles run without Kafka: the embedded log reaches only this process, so jobs and \
+            solutions produced here reach no server process elsewhere; configure Kafka to split roles"
+        );
+    }
     let services = Services { queue, log, store, plugins: plugins.clone() };
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
