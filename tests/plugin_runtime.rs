@@ -237,6 +237,13 @@ fn hot_reload_swaps_plugins_under_load_without_a_failed_call() {
     }
     assert_eq!(host.reports()[0].name, "testing-misbehave");
     assert!(host.failures()[0].error.contains("not a valid WebAssembly component"), "{:?}", host.failures());
+    // Refused bytes are not compiled again when the folder is read again.
+    let refusals = || eligo::metrics::get("eligo_plugin_failures_total", &[("plugin", "10-policy"), ("kind", "load")]);
+    let before = refusals();
+    let summary = host.rescan();
+    assert!(summary.failed.is_empty() && summary.loaded.is_empty(), "{summary:?}");
+    assert_eq!(refusals(), before, "the same broken file was compiled again");
+    assert_eq!(host.failures().len(), 1, "the failure is still reported");
 
     stop.store(true, Ordering::Relaxed);
     for caller in callers {

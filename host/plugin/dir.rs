@@ -54,7 +54,8 @@ pub struct PluginHost {
 struct DirState {
     /// Loaded plugins by key, with the sha256 of the bytes they came from.
     loaded: BTreeMap<String, (String, LoadedPolicy)>,
-    failures: BTreeMap<String, LoadFailure>,
+    /// Files that failed to load, with the sha256 of the bytes refused (none if unreadable).
+    failures: BTreeMap<String, (Option<String>, LoadFailure)>,
 }
 
 impl PluginHost {
@@ -108,7 +109,7 @@ impl PluginHost {
 
     /// Files that failed to load at the last attempt.
     pub fn failures(&self) -> Vec<LoadFailure> {
-        self.state.lock().map(|s| s.failures.values().cloned().collect()).unwrap_or_default()
+        self.state.lock().map(|s| s.failures.values().map(|(_, f)| f.clone()).collect()).unwrap_or_default()
     }
 
     /// Counts rescans that changed something; `changed().await` on it to wait for a reload.
@@ -140,7 +141,7 @@ impl PluginHost {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     let failure = LoadFailure { file: path.display().to_string(), error: format!("cannot read: {e}") };
-                    state.failures.insert(key, failure.clone());
+                    state.failures.insert(key, (None, failure.clone()));
                     summary.failed.push(failure);
                     continue;
                 }
@@ -149,7 +150,8 @@ impl PluginHost {
             if state.loaded.get(&key).is_some_and(|(loaded_sha, _)| *loaded_sha == sha) {
                 continue;
             }
-            if state.failures.get(&key).is_some_and(|f| f.error.ends_with(&sha[..12])) {
+            // The same bytes were refused already: compiling them again would fail again.
+            if state.failures.get(&key).is_some_and(|(refused, _)| refused.as_deref() == Some(sha.as_str())) {
                 continue;
             }
             match self.engine.load(&key, &bytes) {
@@ -171,7 +173,7 @@ impl PluginHost {
                     crate::metrics::plugin_failure(&key, "load");
                     let failure =
                         LoadFailure { file: path.display().to_string(), error: format!("{e} (sha256 {})", &sha[..12]) };
-                    state.failures.insert(key, failure.clone());
+                    state.failures.insert(key, (Some(sha), failure.clone()));
                     summary.failed.push(failure);
                 }
             }
