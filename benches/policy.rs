@@ -7,12 +7,14 @@
 //! `--bench` (as `cargo test --benches` runs it) every case runs once, to check
 //! that the bench still works without spending time on numbers.
 
+#[path = "../examples/solver/mod.rs"]
+mod solver;
+
 use eligo::plugin::{
     loaded_policy, ConnectionRequest, Decision, Hook, Job, JobAdmission, JobOffer, JobSubmission, Limits,
     NativeSeedRules, NodeView, PluginEngine, PluginInfo, Policy, PolicySet, Solution, Verdict, Welcome,
     WorkerAdmission, WorkerProfile, WorkerState, Workers,
 };
-use sha2::{Digest, Sha256};
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -145,16 +147,6 @@ impl NativePowCheck {
     }
 }
 
-fn reached_target(epoch_challenge: &str, nonce: u64) -> u64 {
-    let mut hasher = Sha256::new();
-    hasher.update(epoch_challenge.as_bytes());
-    hasher.update(nonce.to_le_bytes());
-    let digest = hasher.finalize();
-    let mut head = [0u8; 8];
-    head.copy_from_slice(&digest[..8]);
-    u64::MAX / u64::from_be_bytes(head).max(1)
-}
-
 impl Policy for NativePowCheck {
     fn info(&self) -> &PluginInfo {
         &self.info
@@ -180,7 +172,7 @@ impl Policy for NativePowCheck {
         let Ok(nonce) = solution.unique_key.parse::<u64>() else {
             return Ok(Err(format!("nonce {:?} is not an unsigned 64-bit integer", solution.unique_key)));
         };
-        let reached = reached_target(&job.epoch_challenge, nonce);
+        let reached = solver::reached(&job.epoch_challenge, nonce);
         if reached < job.proof_target {
             return Ok(Err(format!("proof of work reaches target {reached}, the job needs {}", job.proof_target)));
         }
@@ -291,7 +283,7 @@ fn batch_target(items: usize) -> Target {
 fn validate_solution_row(timer: &Timer, wasm: &dyn Policy, native: &dyn Policy) -> Row {
     let proof_target = 1_000;
     let job = job(1_000, proof_target);
-    let nonce = (0..).find(|&n| reached_target(CHALLENGE, n) >= proof_target).expect("a nonce");
+    let nonce = (0..).find(|&n| solver::reached(CHALLENGE, n) >= proof_target).expect("a nonce");
     let valid = solution(nonce, proof_target);
     assert_eq!(wasm.validate_solution(&job, &valid), Ok(Ok(())), "pow-check accepts the found nonce");
     assert_eq!(native.validate_solution(&job, &valid), Ok(Ok(())));

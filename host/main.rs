@@ -291,8 +291,11 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
         }
         PluginCommand::Check { plugin } => {
             let path = plugin;
-            let plugin = plugin::load_file(&path)?;
-            let bytes = std::fs::read(&path)?;
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+            let plugin = plugin::PluginEngine::new(plugin::Limits::default())?
+                .load(name, &bytes)
+                .with_context(|| format!("loading {}", path.display()))?;
             let sha = {
                 use sha2::Digest;
                 hex::encode(sha2::Sha256::digest(&bytes))
