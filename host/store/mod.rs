@@ -27,6 +27,18 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the database refused the data itself (a value too long, a character
+    /// it cannot store): trying the same rows again can never succeed. Anything
+    /// else (connection lost, database restarting) may pass on a retry.
+    pub fn is_permanent(&self) -> bool {
+        let StoreError::Database(sqlx::Error::Database(db)) = self else { return false };
+        let code = db.code().unwrap_or_default();
+        // PostgreSQL class 22 is "data exception"; SQLite: 18 too big, 20 type mismatch.
+        code.starts_with("22") || code == "18" || code == "20"
+    }
+}
+
 /// A job to insert.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewJob {
@@ -116,39 +128,102 @@ pub struct Inserted<T> {
     pub created: bool,
 }
 
+/// A validators' verdict on a stored solution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub unique_key: String,
+    pub valid: bool,
+    pub checked: bool,
+    /// Why a validator refused it.
+    pub invalid_reason: Option<String>,
+}
+
+/// A message a processor could not use, with why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// The queue's stream (`job` or `solution`).
+    pub stream: String,
+    /// The message as text (invalid UTF-8 and NUL characters replaced).
+    pub payload: String,
+    pub reason: String,
+}
+
+impl Rejected {
+    /// A rejected message of `stream`, its payload made storable as text.
+    pub fn new(stream: &str, payload: &[u8], reason: impl Into<String>) -> Self {
+        // PostgreSQL text cannot hold NUL; the record must never fail to be stored.
+        let payload = String::from_utf8_lossy(payload).replace('\0', "\u{FFFD}");
+        Rejected { stream: stream.into(), payload, reason: reason.into().replace('\0', "\u{FFFD}") }
+    }
+}
+
+/// What a processor records about a batch once its log deliveries are confirmed:
+/// written in one transaction by [`Store::settle`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settlement<'a> {
+    /// Verdicts on solutions of the batch.
+    pub verdicts: &'a [Verdict],
+    /// Jobs (by task id) now produced to the `job` topic.
+    pub jobs_broadcast: &'a [String],
+    /// Solutions (by unique key) now produced to the `solution` topic.
+    pub solutions_broadcast: &'a [String],
+    /// Messages of the batch that could not be used.
+    pub rejected: &'a [Rejected],
+}
+
+impl Settlement<'_> {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.verdicts.is_empty()
+            && self.jobs_broadcast.is_empty()
+            && self.solutions_broadcast.is_empty()
+            && self.rejected.is_empty()
+    }
+}
+
+/// Rows as stored for each input, in input order: an input repeated in the batch
+/// is reported as found (`created: false`) after its first occurrence.
+fn in_input_order<T: Clone, K: std::hash::Hash + Eq>(
+    keys: impl Iterator<Item = K>,
+    stored: &std::collections::HashMap<K, T>,
+    created: &std::collections::HashSet<K>,
+) -> Result<Vec<Inserted<T>>, StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    keys.map(|key| {
+        let row = stored.get(&key).cloned().ok_or_else(|| StoreError::Corrupt("an inserted row is missing".into()))?;
+        let created = created.contains(&key) && seen.insert(key);
+        Ok(Inserted { row, created })
+    })
+    .collect()
+}
+
 /// Persistence for the pipeline.
+///
+/// The processors work in batches: every write they make is a multi-row statement
+/// ([`insert_jobs`](Self::insert_jobs), [`insert_solutions`](Self::insert_solutions),
+/// [`settle`](Self::settle)). The one-row methods are shorthands over them.
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 
-    /// Inserts a job unless its height is stored; returns the stored row either way.
-    async fn insert_job(&self, job: &NewJob) -> Result<Inserted<StoredJob>, StoreError>;
-    /// Records that the job was produced to the `job` topic.
-    async fn mark_job_broadcast(&self, task_id: &str) -> Result<(), StoreError>;
-    /// The job with this task id.
-    async fn job_by_task(&self, task_id: &str) -> Result<Option<StoredJob>, StoreError>;
+    /// Inserts the jobs whose height is not stored, in one transaction; returns
+    /// each job's row as stored now, in input order.
+    async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Inserted<StoredJob>>, StoreError>;
+    /// The stored jobs among these task ids (unknown ones are left out).
+    async fn jobs_by_task(&self, task_ids: &[String]) -> Result<Vec<StoredJob>, StoreError>;
     /// The broadcast job of greatest height: what a newly connected worker gets.
     async fn latest_broadcast_job(&self) -> Result<Option<StoredJob>, StoreError>;
 
-    /// Inserts a solution unless its `unique_key` is stored; returns the stored row either way.
-    async fn insert_solution(&self, solution: &NewSolution) -> Result<Inserted<StoredSolution>, StoreError>;
-    /// Records the validators' verdict.
-    async fn set_validation(
-        &self,
-        unique_key: &str,
-        valid: bool,
-        checked: bool,
-        invalid_reason: Option<&str>,
-    ) -> Result<(), StoreError>;
-    /// Records that the solution was produced to the `solution` topic.
-    async fn mark_solution_broadcast(&self, unique_key: &str) -> Result<(), StoreError>;
+    /// Inserts the solutions whose `unique_key` is not stored, in one transaction;
+    /// returns each solution's row as stored now, in input order.
+    async fn insert_solutions(&self, solutions: &[NewSolution]) -> Result<Vec<Inserted<StoredSolution>>, StoreError>;
+    /// Records verdicts, broadcasts and rejected messages in one transaction. A
+    /// broadcast keeps its first time: recording it again changes nothing.
+    async fn settle(&self, settlement: &Settlement<'_>) -> Result<(), StoreError>;
     /// Broadcast solutions to jobs at `block_height`, oldest first, with their job:
     /// what a node that (re)submits a job at that height catches up on.
     async fn broadcast_solutions_at(&self, block_height: i64) -> Result<Vec<(StoredJob, StoredSolution)>, StoreError>;
-
-    /// Records a message a processor could not use, with why.
-    async fn record_rejected(&self, stream: &str, payload: &str, reason: &str) -> Result<(), StoreError>;
 
     /// Records a worker connection (`connected_at` = now) and returns its id. The
     /// worker's earlier connections still open (same `hardware_id` and `caption`)
@@ -160,4 +235,50 @@ pub trait Store: Send + Sync {
     async fn close_connections_of(&self, instance: &str) -> Result<u64, StoreError>;
     /// The connections of one worker (`hardware_id` and `caption`), oldest first.
     async fn worker_connections(&self, hardware_id: &str, caption: &str) -> Result<Vec<WorkerRow>, StoreError>;
+
+    /// Inserts a job unless its height is stored; returns the stored row either way.
+    async fn insert_job(&self, job: &NewJob) -> Result<Inserted<StoredJob>, StoreError> {
+        one(self.insert_jobs(std::slice::from_ref(job)).await?)
+    }
+    /// Records that the job was produced to the `job` topic.
+    async fn mark_job_broadcast(&self, task_id: &str) -> Result<(), StoreError> {
+        self.settle(&Settlement { jobs_broadcast: &[task_id.to_string()], ..Settlement::default() }).await
+    }
+    /// The job with this task id.
+    async fn job_by_task(&self, task_id: &str) -> Result<Option<StoredJob>, StoreError> {
+        Ok(self.jobs_by_task(&[task_id.to_string()]).await?.pop())
+    }
+    /// Inserts a solution unless its `unique_key` is stored; returns the stored row either way.
+    async fn insert_solution(&self, solution: &NewSolution) -> Result<Inserted<StoredSolution>, StoreError> {
+        one(self.insert_solutions(std::slice::from_ref(solution)).await?)
+    }
+    /// Records the validators' verdict.
+    async fn set_validation(
+        &self,
+        unique_key: &str,
+        valid: bool,
+        checked: bool,
+        invalid_reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let verdict = Verdict {
+            unique_key: unique_key.into(),
+            valid,
+            checked,
+            invalid_reason: invalid_reason.map(str::to_string),
+        };
+        self.settle(&Settlement { verdicts: &[verdict], ..Settlement::default() }).await
+    }
+    /// Records that the solution was produced to the `solution` topic.
+    async fn mark_solution_broadcast(&self, unique_key: &str) -> Result<(), StoreError> {
+        self.settle(&Settlement { solutions_broadcast: &[unique_key.to_string()], ..Settlement::default() }).await
+    }
+    /// Records a message a processor could not use, with why.
+    async fn record_rejected(&self, stream: &str, payload: &str, reason: &str) -> Result<(), StoreError> {
+        let rejected = Rejected::new(stream, payload.as_bytes(), reason);
+        self.settle(&Settlement { rejected: &[rejected], ..Settlement::default() }).await
+    }
+}
+
+fn one<T>(mut rows: Vec<T>) -> Result<T, StoreError> {
+    rows.pop().ok_or_else(|| StoreError::Corrupt("a one-row insert returned no row".into()))
 }

@@ -17,7 +17,11 @@ use chrono::NaiveDateTime;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
-use super::{Inserted, NewJob, NewSolution, Store, StoreError, StoredJob, StoredSolution, WorkerConnection, WorkerRow};
+use super::{
+    in_input_order, Inserted, NewJob, NewSolution, Settlement, Store, StoreError, StoredJob, StoredSolution,
+    WorkerConnection, WorkerRow,
+};
+use std::collections::HashMap;
 
 /// How long connecting (or waiting for a pooled connection) may take before failing.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -205,49 +209,39 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn insert_job(&self, job: &NewJob) -> Result<Inserted<StoredJob>, StoreError> {
+    async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Inserted<StoredJob>>, StoreError> {
+        let heights: Vec<i64> = jobs.iter().map(|j| j.block_height).collect();
+        let mut tx = self.pool.begin().await?;
         // ON CONFLICT waits for a concurrent insert of the same height to commit, so the
-        // select after it always finds the row one of them stored.
-        let inserted: Option<JobRow> = sqlx::query_as(concat!(
-            "INSERT INTO job (task_id, block_height, proof_target, epoch_challenge) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (block_height) DO NOTHING RETURNING ",
-            job_columns!()
-        ))
-        .bind(&job.task_id)
-        .bind(job.block_height)
-        .bind(job.proof_target as i64)
-        .bind(&job.epoch_challenge)
-        .fetch_optional(&self.pool)
+        // select after it always finds the row one of them stored. Sorted by height,
+        // concurrent batches take the unique index's locks in one order: no deadlock.
+        let created: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO job (task_id, block_height, proof_target, epoch_challenge) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS j(t, h, p, e) ORDER BY h \
+             ON CONFLICT (block_height) DO NOTHING RETURNING block_height::bigint",
+        )
+        .bind(jobs.iter().map(|j| j.task_id.as_str()).collect::<Vec<_>>())
+        .bind(&heights)
+        .bind(jobs.iter().map(|j| j.proof_target as i64).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.epoch_challenge.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
         .await?;
-        if let Some(row) = inserted {
-            return Ok(Inserted { row: row.into(), created: true });
-        }
-        let row: JobRow = sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM job WHERE block_height = $1"))
-            .bind(job.block_height)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Inserted { row: row.into(), created: false })
+        let rows: Vec<JobRow> =
+            sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM job WHERE block_height = ANY($1)"))
+                .bind(&heights)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let stored: HashMap<i64, StoredJob> = rows.into_iter().map(|r| (r.block_height, r.into())).collect();
+        in_input_order(heights.into_iter(), &stored, &created.into_iter().collect())
     }
 
-    async fn mark_job_broadcast(&self, task_id: &str) -> Result<(), StoreError> {
-        // The first broadcast time is kept: a re-broadcast changes nothing downstream.
-        sqlx::query(concat!(
-            "UPDATE job SET broadcast_at = ",
-            now_utc!(),
-            " WHERE task_id = $1 AND broadcast_at IS NULL"
-        ))
-        .bind(task_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn job_by_task(&self, task_id: &str) -> Result<Option<StoredJob>, StoreError> {
-        let row: Option<JobRow> = sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM job WHERE task_id = $1"))
-            .bind(task_id)
-            .fetch_optional(&self.pool)
+    async fn jobs_by_task(&self, task_ids: &[String]) -> Result<Vec<StoredJob>, StoreError> {
+        let rows: Vec<JobRow> = sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM job WHERE task_id = ANY($1)"))
+            .bind(task_ids)
+            .fetch_all(&self.pool)
             .await?;
-        Ok(row.map(Into::into))
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     async fn latest_broadcast_job(&self) -> Result<Option<StoredJob>, StoreError> {
@@ -261,57 +255,87 @@ impl Store for PgStore {
         Ok(row.map(Into::into))
     }
 
-    async fn insert_solution(&self, solution: &NewSolution) -> Result<Inserted<StoredSolution>, StoreError> {
-        let inserted: Option<SolutionRow> = sqlx::query_as(concat!(
+    async fn insert_solutions(&self, solutions: &[NewSolution]) -> Result<Vec<Inserted<StoredSolution>>, StoreError> {
+        let keys: Vec<&str> = solutions.iter().map(|s| s.unique_key.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        // Sorted by key for the same reason as jobs by height.
+        let created: Vec<String> = sqlx::query_scalar(
             "INSERT INTO solution (unique_key, hardware_id, caption, task_id, solution, solution_target) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (unique_key) DO NOTHING RETURNING ",
-            solution_columns!()
-        ))
-        .bind(&solution.unique_key)
-        .bind(&solution.hardware_id)
-        .bind(&solution.caption)
-        .bind(&solution.task_id)
-        .bind(&solution.solution)
-        .bind(solution.solution_target as i64)
-        .fetch_optional(&self.pool)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[]) \
+             AS s(k, h, c, t, s, st) ORDER BY k \
+             ON CONFLICT (unique_key) DO NOTHING RETURNING unique_key",
+        )
+        .bind(&keys)
+        .bind(solutions.iter().map(|s| s.hardware_id.as_str()).collect::<Vec<_>>())
+        .bind(solutions.iter().map(|s| s.caption.as_str()).collect::<Vec<_>>())
+        .bind(solutions.iter().map(|s| s.task_id.as_str()).collect::<Vec<_>>())
+        .bind(solutions.iter().map(|s| s.solution.as_str()).collect::<Vec<_>>())
+        .bind(solutions.iter().map(|s| s.solution_target as i64).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
         .await?;
-        if let Some(row) = inserted {
-            return Ok(Inserted { row: row.into(), created: true });
-        }
-        let row: SolutionRow =
-            sqlx::query_as(concat!("SELECT ", solution_columns!(), " FROM solution WHERE unique_key = $1"))
-                .bind(&solution.unique_key)
-                .fetch_one(&self.pool)
+        let rows: Vec<SolutionRow> =
+            sqlx::query_as(concat!("SELECT ", solution_columns!(), " FROM solution WHERE unique_key = ANY($1)"))
+                .bind(&keys)
+                .fetch_all(&mut *tx)
                 .await?;
-        Ok(Inserted { row: row.into(), created: false })
+        tx.commit().await?;
+        let stored: HashMap<String, StoredSolution> =
+            rows.into_iter().map(|r| (r.unique_key.clone(), r.into())).collect();
+        in_input_order(keys.iter().map(|k| k.to_string()), &stored, &created.into_iter().collect())
     }
 
-    async fn set_validation(
-        &self,
-        unique_key: &str,
-        valid: bool,
-        checked: bool,
-        invalid_reason: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE solution SET valid = $2, checked = $3, invalid_reason = $4 WHERE unique_key = $1")
-            .bind(unique_key)
-            .bind(valid)
-            .bind(checked)
-            .bind(invalid_reason)
-            .execute(&self.pool)
+    async fn settle(&self, settlement: &Settlement<'_>) -> Result<(), StoreError> {
+        if settlement.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let verdicts = settlement.verdicts;
+        if !verdicts.is_empty() {
+            sqlx::query(
+                "UPDATE solution SET valid = v.valid, checked = v.checked, invalid_reason = v.reason \
+                 FROM UNNEST($1::text[], $2::bool[], $3::bool[], $4::text[]) AS v(k, valid, checked, reason) \
+                 WHERE solution.unique_key = v.k",
+            )
+            .bind(verdicts.iter().map(|v| v.unique_key.as_str()).collect::<Vec<_>>())
+            .bind(verdicts.iter().map(|v| v.valid).collect::<Vec<_>>())
+            .bind(verdicts.iter().map(|v| v.checked).collect::<Vec<_>>())
+            .bind(verdicts.iter().map(|v| v.invalid_reason.as_deref()).collect::<Vec<_>>())
+            .execute(&mut *tx)
             .await?;
-        Ok(())
-    }
-
-    async fn mark_solution_broadcast(&self, unique_key: &str) -> Result<(), StoreError> {
-        sqlx::query(concat!(
-            "UPDATE solution SET broadcast_at = ",
-            now_utc!(),
-            " WHERE unique_key = $1 AND broadcast_at IS NULL"
-        ))
-        .bind(unique_key)
-        .execute(&self.pool)
-        .await?;
+        }
+        if !settlement.jobs_broadcast.is_empty() {
+            sqlx::query(concat!(
+                "UPDATE job SET broadcast_at = ",
+                now_utc!(),
+                " WHERE task_id = ANY($1) AND broadcast_at IS NULL"
+            ))
+            .bind(settlement.jobs_broadcast)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !settlement.solutions_broadcast.is_empty() {
+            sqlx::query(concat!(
+                "UPDATE solution SET broadcast_at = ",
+                now_utc!(),
+                " WHERE unique_key = ANY($1) AND broadcast_at IS NULL"
+            ))
+            .bind(settlement.solutions_broadcast)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let rejected = settlement.rejected;
+        if !rejected.is_empty() {
+            sqlx::query(
+                "INSERT INTO rejected_message (stream, payload, reason) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
+            )
+            .bind(rejected.iter().map(|r| r.stream.as_str()).collect::<Vec<_>>())
+            .bind(rejected.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+            .bind(rejected.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -335,16 +359,6 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(solutions.into_iter().map(|s| (job.clone(), s.into())).collect())
-    }
-
-    async fn record_rejected(&self, stream: &str, payload: &str, reason: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO rejected_message (stream, payload, reason) VALUES ($1, $2, $3)")
-            .bind(stream)
-            .bind(payload)
-            .bind(reason)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     async fn worker_connected(&self, worker: &WorkerConnection) -> Result<i64, StoreError> {

@@ -14,7 +14,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{Inserted, NewJob, NewSolution, Store, StoreError, StoredJob, StoredSolution, WorkerConnection, WorkerRow};
+use super::{
+    in_input_order, Inserted, NewJob, NewSolution, Settlement, Store, StoreError, StoredJob, StoredSolution,
+    WorkerConnection, WorkerRow,
+};
+use std::collections::HashMap;
 
 /// How long a write waits for another connection's write to finish.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,6 +72,11 @@ macro_rules! finished_at {
 /// The current time as stored.
 fn now() -> String {
     Utc::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+/// A JSON array of the values, for `json_each`: SQLite has no array parameters.
+fn json_array<T: serde::Serialize>(values: &[T]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
 }
 
 /// The store on SQLite.
@@ -209,45 +218,52 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn insert_job(&self, job: &NewJob) -> Result<Inserted<StoredJob>, StoreError> {
-        let inserted: Option<JobRow> = sqlx::query_as(concat!(
+    async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Inserted<StoredJob>>, StoreError> {
+        let batch: Vec<serde_json::Value> = jobs
+            .iter()
+            .map(|j| {
+                serde_json::json!({ "t": j.task_id, "h": j.block_height, "p": j.proof_target as i64,
+                                    "e": j.epoch_challenge })
+            })
+            .collect();
+        let heights: Vec<i64> = jobs.iter().map(|j| j.block_height).collect();
+        let heights_json = json_array(&heights);
+        // IMMEDIATE takes the write lock up front: see `worker_connected`.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // `WHERE true` tells SQLite's parser that ON CONFLICT is the upsert clause.
+        let created: Vec<i64> = sqlx::query_scalar(
             "INSERT INTO job (task_id, block_height, proof_target, epoch_challenge, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (block_height) DO NOTHING RETURNING ",
-            job_columns!()
-        ))
-        .bind(&job.task_id)
-        .bind(job.block_height)
-        .bind(job.proof_target as i64)
-        .bind(&job.epoch_challenge)
+             SELECT json_extract(value, '$.t'), json_extract(value, '$.h'), json_extract(value, '$.p'), \
+                    json_extract(value, '$.e'), ?2 \
+             FROM json_each(?1) WHERE true ON CONFLICT (block_height) DO NOTHING RETURNING block_height",
+        )
+        .bind(serde_json::Value::Array(batch).to_string())
         .bind(now())
-        .fetch_optional(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        if let Some(row) = inserted {
-            return Ok(Inserted { row: row.into(), created: true });
-        }
-        let row: JobRow = sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM job WHERE block_height = ?1"))
-            .bind(job.block_height)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Inserted { row: row.into(), created: false })
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM job WHERE block_height IN (SELECT value FROM json_each(?1))"
+        ))
+        .bind(&heights_json)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let stored: HashMap<i64, StoredJob> = rows.into_iter().map(|r| (r.block_height, r.into())).collect();
+        in_input_order(heights.into_iter(), &stored, &created.into_iter().collect())
     }
 
-    async fn mark_job_broadcast(&self, task_id: &str) -> Result<(), StoreError> {
-        // The first broadcast time is kept: a re-broadcast changes nothing downstream.
-        sqlx::query("UPDATE job SET broadcast_at = ?2 WHERE task_id = ?1 AND broadcast_at IS NULL")
-            .bind(task_id)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn job_by_task(&self, task_id: &str) -> Result<Option<StoredJob>, StoreError> {
-        let row: Option<JobRow> = sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM job WHERE task_id = ?1"))
-            .bind(task_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(Into::into))
+    async fn jobs_by_task(&self, task_ids: &[String]) -> Result<Vec<StoredJob>, StoreError> {
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM job WHERE task_id IN (SELECT value FROM json_each(?1))"
+        ))
+        .bind(json_array(task_ids))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     async fn latest_broadcast_job(&self) -> Result<Option<StoredJob>, StoreError> {
@@ -261,55 +277,98 @@ impl Store for SqliteStore {
         Ok(row.map(Into::into))
     }
 
-    async fn insert_solution(&self, solution: &NewSolution) -> Result<Inserted<StoredSolution>, StoreError> {
-        let inserted: Option<SolutionRow> = sqlx::query_as(concat!(
+    async fn insert_solutions(&self, solutions: &[NewSolution]) -> Result<Vec<Inserted<StoredSolution>>, StoreError> {
+        let batch: Vec<serde_json::Value> = solutions
+            .iter()
+            .map(|s| {
+                serde_json::json!({ "k": s.unique_key, "h": s.hardware_id, "c": s.caption, "t": s.task_id,
+                                    "s": s.solution, "st": s.solution_target as i64 })
+            })
+            .collect();
+        let keys: Vec<&str> = solutions.iter().map(|s| s.unique_key.as_str()).collect();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let created: Vec<String> = sqlx::query_scalar(
             "INSERT INTO solution (unique_key, hardware_id, caption, task_id, solution, solution_target, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (unique_key) DO NOTHING RETURNING ",
-            solution_columns!()
-        ))
-        .bind(&solution.unique_key)
-        .bind(&solution.hardware_id)
-        .bind(&solution.caption)
-        .bind(&solution.task_id)
-        .bind(&solution.solution)
-        .bind(solution.solution_target as i64)
+             SELECT json_extract(value, '$.k'), json_extract(value, '$.h'), json_extract(value, '$.c'), \
+                    json_extract(value, '$.t'), json_extract(value, '$.s'), json_extract(value, '$.st'), ?2 \
+             FROM json_each(?1) WHERE true ON CONFLICT (unique_key) DO NOTHING RETURNING unique_key",
+        )
+        .bind(serde_json::Value::Array(batch).to_string())
         .bind(now())
-        .fetch_optional(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        if let Some(row) = inserted {
-            return Ok(Inserted { row: row.into(), created: true });
+        let rows: Vec<SolutionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            solution_columns!(),
+            " FROM solution WHERE unique_key IN (SELECT value FROM json_each(?1))"
+        ))
+        .bind(json_array(&keys))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let stored: HashMap<String, StoredSolution> =
+            rows.into_iter().map(|r| (r.unique_key.clone(), r.into())).collect();
+        in_input_order(keys.iter().map(|k| k.to_string()), &stored, &created.into_iter().collect())
+    }
+
+    async fn settle(&self, settlement: &Settlement<'_>) -> Result<(), StoreError> {
+        if settlement.is_empty() {
+            return Ok(());
         }
-        let row: SolutionRow =
-            sqlx::query_as(concat!("SELECT ", solution_columns!(), " FROM solution WHERE unique_key = ?1"))
-                .bind(&solution.unique_key)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(Inserted { row: row.into(), created: false })
-    }
-
-    async fn set_validation(
-        &self,
-        unique_key: &str,
-        valid: bool,
-        checked: bool,
-        invalid_reason: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE solution SET valid = ?2, checked = ?3, invalid_reason = ?4 WHERE unique_key = ?1")
-            .bind(unique_key)
-            .bind(valid)
-            .bind(checked)
-            .bind(invalid_reason)
-            .execute(&self.pool)
+        let at = now();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if !settlement.verdicts.is_empty() {
+            let verdicts: Vec<serde_json::Value> = settlement
+                .verdicts
+                .iter()
+                .map(|v| serde_json::json!({ "k": v.unique_key, "v": v.valid, "c": v.checked, "r": v.invalid_reason }))
+                .collect();
+            sqlx::query(
+                "UPDATE solution SET valid = json_extract(v.value, '$.v'), checked = json_extract(v.value, '$.c'), \
+                 invalid_reason = json_extract(v.value, '$.r') \
+                 FROM json_each(?1) AS v WHERE solution.unique_key = json_extract(v.value, '$.k')",
+            )
+            .bind(serde_json::Value::Array(verdicts).to_string())
+            .execute(&mut *tx)
             .await?;
-        Ok(())
-    }
-
-    async fn mark_solution_broadcast(&self, unique_key: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE solution SET broadcast_at = ?2 WHERE unique_key = ?1 AND broadcast_at IS NULL")
-            .bind(unique_key)
-            .bind(now())
-            .execute(&self.pool)
+        }
+        if !settlement.jobs_broadcast.is_empty() {
+            sqlx::query(
+                "UPDATE job SET broadcast_at = ?2 \
+                 WHERE task_id IN (SELECT value FROM json_each(?1)) AND broadcast_at IS NULL",
+            )
+            .bind(json_array(settlement.jobs_broadcast))
+            .bind(&at)
+            .execute(&mut *tx)
             .await?;
+        }
+        if !settlement.solutions_broadcast.is_empty() {
+            sqlx::query(
+                "UPDATE solution SET broadcast_at = ?2 \
+                 WHERE unique_key IN (SELECT value FROM json_each(?1)) AND broadcast_at IS NULL",
+            )
+            .bind(json_array(settlement.solutions_broadcast))
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !settlement.rejected.is_empty() {
+            let rejected: Vec<serde_json::Value> = settlement
+                .rejected
+                .iter()
+                .map(|r| serde_json::json!({ "s": r.stream, "p": r.payload, "r": r.reason }))
+                .collect();
+            sqlx::query(
+                "INSERT INTO rejected_message (stream, payload, reason, created_at) \
+                 SELECT json_extract(value, '$.s'), json_extract(value, '$.p'), json_extract(value, '$.r'), ?2 \
+                 FROM json_each(?1)",
+            )
+            .bind(serde_json::Value::Array(rejected).to_string())
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -333,17 +392,6 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(solutions.into_iter().map(|s| (job.clone(), s.into())).collect())
-    }
-
-    async fn record_rejected(&self, stream: &str, payload: &str, reason: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO rejected_message (stream, payload, reason, created_at) VALUES (?1, ?2, ?3, ?4)")
-            .bind(stream)
-            .bind(payload)
-            .bind(reason)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     async fn worker_connected(&self, worker: &WorkerConnection) -> Result<i64, StoreError> {
