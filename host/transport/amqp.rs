@@ -245,6 +245,10 @@ impl Acker for AmqpAcker {
         step("ack", self.acker.ack(BasicAckOptions::default())).await
     }
 
+    async fn ack_through(&self) -> Result<(), TransportError> {
+        step("ack a batch", self.acker.ack(BasicAckOptions { multiple: true })).await
+    }
+
     async fn requeue(&self) -> Result<(), TransportError> {
         step("requeue", self.acker.nack(BasicNackOptions { requeue: true, ..Default::default() })).await
     }

@@ -92,6 +92,10 @@ impl Topic {
 pub trait Acker: Send + Sync {
     /// The message is done with; it will not be delivered again.
     async fn ack(&self) -> Result<(), TransportError>;
+    /// Acks this delivery and every earlier one of the same consume stream still
+    /// unsettled, in one broker operation (AMQP's `multiple`): how a processor
+    /// settles a batch.
+    async fn ack_through(&self) -> Result<(), TransportError>;
     /// The message could not be handled; deliver it again (to this or another consumer).
     async fn requeue(&self) -> Result<(), TransportError>;
 }

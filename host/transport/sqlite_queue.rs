@@ -11,16 +11,27 @@ use super::{Acker, Deliveries, Delivery, Stream, TransportError, WorkQueue};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 const BROKER: &str = "embedded queue";
 
 /// How long a waiting consumer sleeps before looking again without a notification.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Most messages one publishing transaction commits (two parameters each, well
+/// under SQLite's limit of 32766).
+const MAX_PUBLISH_BATCH: usize = 2048;
+
+/// Most messages one read takes for a consumer.
+const MAX_TAKE: usize = 512;
+
+/// Publishes waiting for the writer; past that, `publish` waits for room.
+const PUBLISH_QUEUE: usize = 8192;
 
 fn unavailable(e: impl std::fmt::Display) -> TransportError {
     TransportError::Unavailable { broker: BROKER, detail: e.to_string() }
@@ -37,28 +48,49 @@ fn index(stream: Stream) -> usize {
     }
 }
 
+/// A JSON array of row ids, for `json_each` (SQLite has no array parameters).
+fn id_list(ids: impl IntoIterator<Item = i64>) -> String {
+    let ids: Vec<i64> = ids.into_iter().collect();
+    serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())
+}
+
 struct Shared {
     pool: SqlitePool,
-    /// Row ids delivered and not yet settled.
+    /// Row ids delivered and not yet settled, of every consumer.
     out: Mutex<HashSet<i64>>,
     /// Wakes consumers of a stream when a message is published or requeued.
-    ready: [Notify; 2],
+    ready: Arc<[Notify; 2]>,
 }
 
 impl Shared {
-    /// Puts a delivered message back (it stays in the table) and wakes a consumer.
-    fn release(&self, id: i64, stream: Stream) {
+    /// Puts delivered messages back (they stay in the table) and wakes consumers.
+    fn release(&self, ids: &[i64], stream: Stream) {
         if let Ok(mut out) = self.out.lock() {
-            out.remove(&id);
+            for id in ids {
+                out.remove(id);
+            }
         }
-        self.ready[index(stream)].notify_one();
+        self.ready[index(stream)].notify_waiters();
     }
 }
 
+/// One message waiting for the writer's next commit.
+struct Publish {
+    stream: Stream,
+    payload: Vec<u8>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
 /// A durable work queue in a SQLite file.
+///
+/// Publishes are group-committed: a writer task inserts every message waiting at
+/// that moment in one transaction, and each `publish` returns once the commit
+/// holding its message is done. Many connections publishing at once thus share
+/// commits instead of queueing behind one another's.
 #[derive(Clone)]
 pub struct SqliteQueue {
     shared: Arc<Shared>,
+    publisher: mpsc::Sender<Publish>,
 }
 
 impl SqliteQueue {
@@ -71,7 +103,7 @@ impl SqliteQueue {
             // Survives a crash of eligo; see `SqliteStore::open` for the trade-off.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(2).connect_with(options).await.map_err(unavailable)?;
+        let pool = SqlitePoolOptions::new().max_connections(3).connect_with(options).await.map_err(unavailable)?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS queue_message (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -87,8 +119,11 @@ impl SqliteQueue {
             .execute(&pool)
             .await
             .map_err(unavailable)?;
-        let shared = Shared { pool, out: Mutex::new(HashSet::new()), ready: [Notify::new(), Notify::new()] };
-        Ok(SqliteQueue { shared: Arc::new(shared) })
+        let ready = Arc::new([Notify::new(), Notify::new()]);
+        let (publisher, requests) = mpsc::channel(PUBLISH_QUEUE);
+        tokio::spawn(write_published(pool.clone(), requests, ready.clone()));
+        let shared = Shared { pool, out: Mutex::new(HashSet::new()), ready };
+        Ok(SqliteQueue { shared: Arc::new(shared), publisher })
     }
 
     /// Messages stored in a stream's queue (waiting or out with a consumer).
@@ -102,56 +137,126 @@ impl SqliteQueue {
     }
 }
 
-/// Takes the oldest message of `stream` not out with a consumer, if any.
-async fn take(shared: &Shared, stream: Stream) -> Result<Option<(i64, Vec<u8>, bool)>, TransportError> {
-    let skip = shared.out.lock().map(|o| o.len()).unwrap_or(0) as i64;
-    let rows = sqlx::query("SELECT id, payload, deliveries FROM queue_message WHERE stream = ? ORDER BY id LIMIT ?")
-        .bind(stream_name(stream))
-        .bind(skip + 1)
-        .fetch_all(&shared.pool)
-        .await
-        .map_err(unavailable)?;
+/// The writer: commits what publishers sent, as many messages per transaction as
+/// are waiting, until every [`SqliteQueue`] handle is gone.
+async fn write_published(pool: SqlitePool, mut requests: mpsc::Receiver<Publish>, ready: Arc<[Notify; 2]>) {
+    let mut batch = Vec::new();
+    while requests.recv_many(&mut batch, MAX_PUBLISH_BATCH).await > 0 {
+        let result = {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO queue_message (stream, payload) ");
+            insert.push_values(&batch, |mut row, p| {
+                row.push_bind(stream_name(p.stream)).push_bind(p.payload.as_slice());
+            });
+            insert.build().execute(&pool).await.map(|_| ()).map_err(|e| e.to_string())
+        };
+        let mut streams = [false; 2];
+        for p in batch.drain(..) {
+            streams[index(p.stream)] = true;
+            let _ = p.done.send(result.clone());
+        }
+        if result.is_ok() {
+            for (i, published) in streams.into_iter().enumerate() {
+                if published {
+                    ready[i].notify_waiters();
+                }
+            }
+        }
+    }
+}
+
+/// What one consume stream has out: its deliveries not yet settled, by the order
+/// they were delivered in, and the prefetch places they hold.
+struct Ledger {
+    stream: Stream,
+    unsettled: Mutex<BTreeMap<u64, i64>>,
+    next_seq: AtomicU64,
+    places: Semaphore,
+}
+
+impl Ledger {
+    /// Removes the deliveries `through` selects from the unsettled ones and frees
+    /// their places; returns their row ids.
+    fn settle(&self, seq: u64, through: bool) -> Vec<i64> {
+        let Ok(mut unsettled) = self.unsettled.lock() else { return Vec::new() };
+        let ids: Vec<i64> = if through {
+            let later = unsettled.split_off(&(seq + 1));
+            std::mem::replace(&mut *unsettled, later).into_values().collect()
+        } else {
+            unsettled.remove(&seq).into_iter().collect()
+        };
+        self.places.add_permits(ids.len());
+        ids
+    }
+}
+
+/// Takes up to `n` of the oldest messages of `stream` that no consumer has out.
+async fn take(shared: &Shared, stream: Stream, n: usize) -> Result<Vec<(i64, Vec<u8>, bool)>, TransportError> {
+    let out = shared.out.lock().map(|o| id_list(o.iter().copied())).unwrap_or_else(|_| "[]".into());
+    let rows = sqlx::query(
+        "UPDATE queue_message SET deliveries = deliveries + 1 WHERE id IN (
+             SELECT id FROM queue_message
+             WHERE stream = ?1 AND id NOT IN (SELECT value FROM json_each(?2)) ORDER BY id LIMIT ?3)
+         RETURNING id, payload, deliveries",
+    )
+    .bind(stream_name(stream))
+    .bind(out)
+    .bind(n as i64)
+    .fetch_all(&shared.pool)
+    .await
+    .map_err(unavailable)?;
+    let mut taken = Vec::with_capacity(rows.len());
     for row in rows {
         let id: i64 = row.try_get("id").map_err(unavailable)?;
-        let claimed = shared.out.lock().map(|mut o| o.insert(id)).unwrap_or(false);
-        if !claimed {
-            continue;
-        }
         let payload: Vec<u8> = row.try_get("payload").map_err(unavailable)?;
         let deliveries: i64 = row.try_get("deliveries").map_err(unavailable)?;
-        let counted = sqlx::query("UPDATE queue_message SET deliveries = deliveries + 1 WHERE id = ?")
-            .bind(id)
-            .execute(&shared.pool)
-            .await;
-        if let Err(e) = counted {
-            shared.release(id, stream);
-            return Err(unavailable(e));
-        }
-        return Ok(Some((id, payload, deliveries > 0)));
+        taken.push((id, payload, deliveries > 1));
     }
-    Ok(None)
+    // RETURNING has no order; a consumer in the same process may have claimed some.
+    taken.sort_by_key(|(id, _, _)| *id);
+    if let Ok(mut out) = shared.out.lock() {
+        taken.retain(|(id, _, _)| out.insert(*id));
+    }
+    Ok(taken)
 }
 
 struct SqliteAcker {
     shared: Arc<Shared>,
-    stream: Stream,
+    ledger: Arc<Ledger>,
+    seq: u64,
     id: i64,
-    /// Held until settled: one place of the consumer's prefetch.
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl SqliteAcker {
-    /// Marks the delivery settled; `false` if it already was.
-    fn settle(&self) -> bool {
-        self.permit.lock().map(|mut p| p.take().is_some()).unwrap_or(false)
+    async fn delete(&self, through: bool) -> Result<(), TransportError> {
+        let ids: Vec<i64> = {
+            let unsettled = self.ledger.unsettled.lock().map_err(|_| unavailable("internal lock poisoned"))?;
+            if through {
+                unsettled.range(..=self.seq).map(|(_, id)| *id).collect()
+            } else {
+                vec![self.id]
+            }
+        };
+        sqlx::query("DELETE FROM queue_message WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(id_list(ids))
+            .execute(&self.shared.pool)
+            .await
+            .map_err(unavailable)?;
+        let settled = self.ledger.settle(self.seq, through);
+        if let Ok(mut out) = self.shared.out.lock() {
+            for id in settled {
+                out.remove(&id);
+            }
+        }
+        Ok(())
     }
 }
 
 impl Drop for SqliteAcker {
     fn drop(&mut self) {
         // Unsettled: the message goes back, as when a broker's consumer goes away.
-        if self.settle() {
-            self.shared.release(self.id, self.stream);
+        let ids = self.ledger.settle(self.seq, false);
+        if !ids.is_empty() {
+            self.shared.release(&ids, self.ledger.stream);
         }
     }
 }
@@ -159,23 +264,16 @@ impl Drop for SqliteAcker {
 #[async_trait]
 impl Acker for SqliteAcker {
     async fn ack(&self) -> Result<(), TransportError> {
-        sqlx::query("DELETE FROM queue_message WHERE id = ?")
-            .bind(self.id)
-            .execute(&self.shared.pool)
-            .await
-            .map_err(unavailable)?;
-        if self.settle() {
-            if let Ok(mut out) = self.shared.out.lock() {
-                out.remove(&self.id);
-            }
-        }
-        Ok(())
+        self.delete(false).await
+    }
+
+    async fn ack_through(&self) -> Result<(), TransportError> {
+        self.delete(true).await
     }
 
     async fn requeue(&self) -> Result<(), TransportError> {
-        if self.settle() {
-            self.shared.release(self.id, self.stream);
-        }
+        let ids = self.ledger.settle(self.seq, false);
+        self.shared.release(&ids, self.ledger.stream);
         Ok(())
     }
 }
@@ -187,40 +285,65 @@ impl WorkQueue for SqliteQueue {
     }
 
     async fn publish(&self, stream: Stream, payload: &[u8]) -> Result<(), TransportError> {
-        sqlx::query("INSERT INTO queue_message (stream, payload) VALUES (?, ?)")
-            .bind(stream_name(stream))
-            .bind(payload)
-            .execute(&self.shared.pool)
-            .await
-            .map_err(unavailable)?;
-        self.shared.ready[index(stream)].notify_one();
-        Ok(())
+        let (done, committed) = oneshot::channel();
+        let request = Publish { stream, payload: payload.to_vec(), done };
+        self.publisher.send(request).await.map_err(|_| TransportError::Closed)?;
+        match committed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(TransportError::Closed),
+        }
     }
 
     async fn consume(&self, stream: Stream, prefetch: u16) -> Result<Deliveries, TransportError> {
-        let permits = Arc::new(Semaphore::new(prefetch.max(1) as usize));
-        let shared = self.shared.clone();
-        let deliveries = futures::stream::unfold((shared, permits), move |(shared, permits)| async move {
-            let permit = permits.clone().acquire_owned().await.ok()?;
+        let ledger = Arc::new(Ledger {
+            stream,
+            unsettled: Mutex::new(BTreeMap::new()),
+            next_seq: AtomicU64::new(0),
+            places: Semaphore::new(prefetch.max(1) as usize),
+        });
+        let state = (self.shared.clone(), ledger, VecDeque::<Delivery>::new());
+        let deliveries = futures::stream::unfold(state, move |(shared, ledger, mut ready)| async move {
             loop {
+                if let Some(delivery) = ready.pop_front() {
+                    return Some((Ok(delivery), (shared, ledger, ready)));
+                }
+                // One free place at least, then every other one free now.
+                let first = ledger.places.acquire().await.ok()?;
+                first.forget();
+                let mut places = 1;
+                while places < MAX_TAKE {
+                    match ledger.places.try_acquire() {
+                        Ok(p) => {
+                            p.forget();
+                            places += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 let mut notified = Box::pin(shared.ready[index(stream)].notified());
                 // Registered before looking, so a publish in between is not missed.
                 notified.as_mut().enable();
-                match take(&shared, stream).await {
-                    Ok(Some((id, payload, redelivered))) => {
-                        drop(notified);
-                        let acker =
-                            SqliteAcker { shared: shared.clone(), stream, id, permit: Mutex::new(Some(permit)) };
-                        let delivery = Delivery { payload, redelivered, acker: Box::new(acker) };
-                        return Some((Ok(delivery), (shared, permits)));
-                    }
-                    Ok(None) => {
-                        let _ = tokio::time::timeout(IDLE_POLL, notified).await;
-                    }
+                let taken = match take(&shared, stream, places).await {
+                    Ok(taken) => taken,
                     Err(e) => {
                         drop(notified);
-                        return Some((Err(e), (shared, permits)));
+                        ledger.places.add_permits(places);
+                        return Some((Err(e), (shared, ledger, ready)));
                     }
+                };
+                ledger.places.add_permits(places - taken.len());
+                if taken.is_empty() {
+                    let _ = tokio::time::timeout(IDLE_POLL, notified).await;
+                    continue;
+                }
+                for (id, payload, redelivered) in taken {
+                    let seq = ledger.next_seq.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut unsettled) = ledger.unsettled.lock() {
+                        unsettled.insert(seq, id);
+                    }
+                    let acker = SqliteAcker { shared: shared.clone(), ledger: ledger.clone(), seq, id };
+                    ready.push_back(Delivery { payload, redelivered, acker: Box::new(acker) });
                 }
             }
         });
