@@ -158,7 +158,7 @@ pub async fn start_with(
     if runs(RoleName::NodeServer) {
         let server = NodeServer::new(
             services.clone(),
-            NodeServerSettings { outbox_capacity: config.node.outbox },
+            NodeServerSettings { outbox_capacity: config.node.outbox, socket: config.node.socket.clone() },
             shutdown.clone(),
         );
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -176,6 +176,8 @@ pub async fn start_with(
                 outbox_capacity: config.worker.outbox,
                 welcome_timeout: Duration::from_secs(config.worker.welcome_timeout_secs),
                 instance: config.instance.clone(),
+                publishes_in_flight: config.worker.publishes_in_flight,
+                socket: config.worker.socket.clone(),
             },
             shutdown.clone(),
         );
@@ -187,10 +189,10 @@ pub async fn start_with(
         worker_server = Some(server);
     }
     if runs(RoleName::JobProcessor) {
-        tasks.spawn(job_processor::run(services.clone(), shutdown.clone()));
+        tasks.spawn(job_processor::run(services.clone(), config.processor.clone(), shutdown.clone()));
     }
     if runs(RoleName::SolutionProcessor) {
-        tasks.spawn(solution_processor::run(services.clone(), shutdown.clone()));
+        tasks.spawn(solution_processor::run(services.clone(), config.processor.clone(), shutdown.clone()));
     }
     let admin_addr = match config.admin.listen {
         Some(listen) => {

@@ -47,6 +47,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Health, metrics and plugin reports over HTTP.
     pub admin: AdminConfig,
+    /// How the job and solution processors take messages from their queues.
+    pub processor: crate::pipeline::consume::BatchSettings,
     /// The policy plugins.
     pub plugins: PluginsConfig,
     /// RabbitMQ; without it, a queue in a SQLite file in `data_dir`.
@@ -69,6 +71,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             worker: WorkerConfig::default(),
             admin: AdminConfig::default(),
+            processor: Default::default(),
             plugins: PluginsConfig::default(),
             amqp: None,
             kafka: None,
@@ -86,11 +89,32 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Solutions queued per connection before it is closed as too slow.
     pub outbox: usize,
+    /// WebSocket buffers of each connection.
+    pub socket: SocketConfig,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { listen: ([127, 0, 0, 1], 8001).into(), outbox: 1024 }
+        NodeConfig { listen: ([127, 0, 0, 1], 8001).into(), outbox: 1024, socket: SocketConfig::default() }
+    }
+}
+
+/// WebSocket buffer sizes of one connection. The library's defaults (128 KiB each
+/// way) cost ~130 KiB per idle connection; frames of this protocol are a few
+/// hundred bytes, so small buffers cost nothing in speed and keep 100,000
+/// connections affordable.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketConfig {
+    /// Bytes read from the socket at a time.
+    pub read_buffer_bytes: usize,
+    /// Bytes gathered before a write is flushed to the socket.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig { read_buffer_bytes: 4096, write_buffer_bytes: 4096 }
     }
 }
 
@@ -104,11 +128,22 @@ pub struct WorkerConfig {
     pub outbox: usize,
     /// Seconds a new connection has to send its welcome.
     pub welcome_timeout_secs: u64,
+    /// Solutions of one connection waiting for the broker's confirm at once; past
+    /// that, the connection's next frame is read once one is confirmed.
+    pub publishes_in_flight: usize,
+    /// WebSocket buffers of each connection.
+    pub socket: SocketConfig,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { listen: ([127, 0, 0, 1], 8002).into(), outbox: 16, welcome_timeout_secs: 30 }
+        WorkerConfig {
+            listen: ([127, 0, 0, 1], 8002).into(),
+            outbox: 16,
+            welcome_timeout_secs: 30,
+            publishes_in_flight: 32,
+            socket: SocketConfig::default(),
+        }
     }
 }
 

@@ -9,7 +9,9 @@ mod support;
 use async_trait::async_trait;
 use eligo::app::{start_with, Running};
 use eligo::config::Config;
-use eligo::store::{Inserted, NewJob, NewSolution, Store, StoreError, StoredJob, StoredSolution, WorkerConnection};
+use eligo::store::{
+    Inserted, NewJob, NewSolution, Settlement, Store, StoreError, StoredJob, StoredSolution, WorkerConnection,
+};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -105,6 +107,7 @@ on_both!(
     shutting_down_closes_connections_with_1001,
     an_empty_plugin_folder_applies_the_builtin_seed_rules,
     the_admin_endpoints_report_health_plugins_and_metrics,
+    a_batch_handles_each_message_as_it_would_alone,
 );
 
 async fn shutting_down_closes_connections_with_1001(kind: Kind) {
@@ -362,8 +365,9 @@ async fn invalid_solutions_are_stored_with_the_reason_and_not_delivered(kind: Ki
     server.stop().await;
 }
 
-/// Fails the first `mark_*_broadcast` of each kind: the processor has committed and
-/// produced, then "dies" before recording the broadcast and acking.
+/// Fails the first settlement that records a broadcast, of each kind: the
+/// processor has committed and produced, then "dies" before recording the
+/// broadcast and acking.
 struct FailingOnce {
     inner: Arc<dyn Store>,
     job_failures: AtomicU32,
@@ -379,38 +383,29 @@ impl Store for FailingOnce {
     async fn migrate(&self) -> Result<(), StoreError> {
         self.inner.migrate().await
     }
-    async fn insert_job(&self, job: &NewJob) -> Result<Inserted<StoredJob>, StoreError> {
-        self.inner.insert_job(job).await
+    async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Inserted<StoredJob>>, StoreError> {
+        self.inner.insert_jobs(jobs).await
     }
-    async fn mark_job_broadcast(&self, task_id: &str) -> Result<(), StoreError> {
-        if self.job_failures.fetch_add(1, Ordering::SeqCst) == 0 {
-            return Err(injected());
-        }
-        self.inner.mark_job_broadcast(task_id).await
-    }
-    async fn job_by_task(&self, task_id: &str) -> Result<Option<StoredJob>, StoreError> {
-        self.inner.job_by_task(task_id).await
+    async fn jobs_by_task(&self, task_ids: &[String]) -> Result<Vec<StoredJob>, StoreError> {
+        self.inner.jobs_by_task(task_ids).await
     }
     async fn latest_broadcast_job(&self) -> Result<Option<StoredJob>, StoreError> {
         self.inner.latest_broadcast_job().await
     }
-    async fn insert_solution(&self, s: &NewSolution) -> Result<Inserted<StoredSolution>, StoreError> {
-        self.inner.insert_solution(s).await
+    async fn insert_solutions(&self, s: &[NewSolution]) -> Result<Vec<Inserted<StoredSolution>>, StoreError> {
+        self.inner.insert_solutions(s).await
     }
-    async fn set_validation(&self, k: &str, v: bool, c: bool, r: Option<&str>) -> Result<(), StoreError> {
-        self.inner.set_validation(k, v, c, r).await
-    }
-    async fn mark_solution_broadcast(&self, unique_key: &str) -> Result<(), StoreError> {
-        if self.solution_failures.fetch_add(1, Ordering::SeqCst) == 0 {
+    async fn settle(&self, settlement: &Settlement<'_>) -> Result<(), StoreError> {
+        if !settlement.jobs_broadcast.is_empty() && self.job_failures.fetch_add(1, Ordering::SeqCst) == 0 {
             return Err(injected());
         }
-        self.inner.mark_solution_broadcast(unique_key).await
+        if !settlement.solutions_broadcast.is_empty() && self.solution_failures.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(injected());
+        }
+        self.inner.settle(settlement).await
     }
     async fn broadcast_solutions_at(&self, h: i64) -> Result<Vec<(StoredJob, StoredSolution)>, StoreError> {
         self.inner.broadcast_solutions_at(h).await
-    }
-    async fn record_rejected(&self, s: &str, p: &str, r: &str) -> Result<(), StoreError> {
-        self.inner.record_rejected(s, p, r).await
     }
     async fn worker_connected(&self, w: &WorkerConnection) -> Result<i64, StoreError> {
         self.inner.worker_connected(w).await
@@ -476,4 +471,86 @@ async fn embedded_mode_keeps_accepted_jobs_across_a_restart() {
     let work = worker.recv("the job accepted before the restart").await;
     assert_eq!(work["epoch_challenge"], challenge(80));
     everything.stop().await;
+}
+
+/// The solution messages of one batch, as a worker server would publish them for
+/// the job `task`: valid, a repeat of its nonce, a poison message, one that fails
+/// the proof of work, another valid one, and one of an unknown task.
+fn mixed_batch(task: &str, epoch_challenge: &Value) -> Vec<Vec<u8>> {
+    let (good, _) = solver::solve(epoch_challenge, 1000, 0);
+    let (other, _) = solver::solve(epoch_challenge, 1000, good + 1);
+    let (bad, _) = solver::fail(epoch_challenge, 1000, 0);
+    let message = |task: &str, nonce: u64| {
+        json!({ "hardware_id": "hw-batch", "caption": "rig", "task_id": task, "solution_target": 1000,
+                "solution": { "partial_solution": { "nonce": nonce } } })
+        .to_string()
+        .into_bytes()
+    };
+    vec![
+        message(task, good),
+        message(task, good),
+        b"{ not a solution".to_vec(),
+        message(task, bad),
+        message(task, other),
+        message("00000000-0000-0000-0000-000000000000", other + 1),
+    ]
+}
+
+/// A job at height 60 stored and broadcast on `server`; returns its task id and
+/// challenge, with a node waiting for its solutions.
+async fn stored_job(server: &Server) -> (String, Value, Client) {
+    let mut worker = server.worker("hw-batch").await;
+    let mut node = server.node().await;
+    node.send(&job(60, 1000)).await;
+    let work = worker.recv("job 60").await;
+    (work["task_id"].as_str().expect("task").to_string(), work["epoch_challenge"].clone(), node)
+}
+
+async fn a_batch_handles_each_message_as_it_would_alone(kind: Kind) {
+    use eligo::pipeline::solution_processor::{process, process_batch, Outcome};
+    let batched = Server::start(kind, &["seed-rules", "pow-check"]).await;
+    let (task, epoch_challenge, mut node) = stored_job(&batched).await;
+    let messages = mixed_batch(&task, &epoch_challenge);
+    let outcomes = process_batch(&batched.running.services, &messages).await.expect("the batch is processed");
+    let kinds: Vec<&str> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Broadcast => "broadcast",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Invalid(_) => "invalid",
+            Outcome::Rejected(_) => "rejected",
+        })
+        .collect();
+    assert_eq!(kinds, ["broadcast", "duplicate", "rejected", "invalid", "broadcast", "rejected"]);
+    // The node gets each valid solution once, and nothing else.
+    let mut nonces = vec![
+        node.recv("the first valid solution").await["partial_solution"]["nonce"].as_u64(),
+        node.recv("the second valid solution").await["partial_solution"]["nonce"].as_u64(),
+    ];
+    nonces.sort();
+    node.assert_quiet("a duplicate, a poison, an invalid or an unknown task's solution").await;
+    // The same batch once more (a redelivery after a crash): nothing new is delivered.
+    let again = process_batch(&batched.running.services, &messages).await.expect("redelivered batch");
+    assert!(
+        again.iter().all(|o| matches!(o, Outcome::Duplicate | Outcome::Rejected(_) | Outcome::Invalid(_))),
+        "{again:?}"
+    );
+    node.assert_quiet("the redelivered batch").await;
+    batched.stop().await;
+
+    // Each message alone, in the same order, on fresh backends.
+    let alone = Server::start(kind, &["seed-rules", "pow-check"]).await;
+    let (task, _, mut node) = stored_job(&alone).await;
+    let mut one_by_one = Vec::new();
+    for message in mixed_batch(&task, &epoch_challenge) {
+        one_by_one.push(process(&alone.running.services, &message).await.expect("a message alone"));
+    }
+    assert_eq!(outcomes, one_by_one, "a batch ends as its messages would one by one");
+    let mut alone_nonces = vec![
+        node.recv("the first valid solution").await["partial_solution"]["nonce"].as_u64(),
+        node.recv("the second valid solution").await["partial_solution"]["nonce"].as_u64(),
+    ];
+    alone_nonces.sort();
+    assert_eq!(nonces, alone_nonces);
+    alone.stop().await;
 }

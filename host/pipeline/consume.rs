@@ -1,78 +1,217 @@
-//! The consume loop both processors share: one message at a time, acked after it
-//! was handled, requeued when handling failed, with backoff while a broker or the
-//! database is down, until shutdown.
+//! The consume loop both processors share: messages are taken in batches (what is
+//! ready, up to a size, waiting at most a short linger for more), handled together,
+//! and acked with one broker operation after the handler committed and produced.
+//!
+//! A batch that fails is retried one message at a time, so one bad message never
+//! holds back the others: a message the database refuses outright (a permanent
+//! error) is recorded in `rejected_message`; any other failure is retried with
+//! backoff. Unsettled messages go back to the queue if the process dies or the
+//! broker connection breaks, so nothing accepted is lost.
 
 use super::{Backoff, Services};
-use crate::transport::Stream;
-use futures::StreamExt;
-use std::future::Future;
-use std::pin::Pin;
+use crate::store::{Rejected, Settlement};
+use crate::transport::{Deliveries, Delivery, Stream, TransportError};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Handling a message failed this time; it is requeued and retried.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Retry(pub String);
+/// How a processor takes messages from its queue.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchSettings {
+    /// Messages the broker may have out with this consumer, unacked.
+    pub prefetch: u16,
+    /// Most messages handled as one batch. Below `prefetch`, so the broker keeps
+    /// delivering while a batch is handled.
+    pub max_batch: usize,
+    /// Longest wait for more messages once one is in hand, in milliseconds.
+    pub linger_ms: u64,
+}
 
-impl Retry {
-    /// Wraps any error.
-    pub fn from(e: impl std::fmt::Display) -> Self {
-        Retry(e.to_string())
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings { prefetch: 512, max_batch: 256, linger_ms: 2 }
     }
 }
 
-/// Handles one message's payload; says what became of it (a metrics label).
-pub type Handler = fn(Services, Vec<u8>) -> Pin<Box<dyn Future<Output = Result<&'static str, Retry>> + Send>>;
+/// Handling a batch failed; it is retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct Retry {
+    /// What failed.
+    pub reason: String,
+    /// Retrying the same messages cannot succeed (the database refused the data).
+    pub permanent: bool,
+}
+
+impl Retry {
+    /// A failure that may pass on a retry.
+    pub fn from(e: impl std::fmt::Display) -> Self {
+        Retry { reason: e.to_string(), permanent: false }
+    }
+
+    /// A store failure: permanent if the database refused the data itself.
+    pub fn store(e: crate::store::StoreError) -> Self {
+        Retry { permanent: e.is_permanent(), reason: e.to_string() }
+    }
+}
+
+/// Handles a batch of payloads; says what became of each (a metrics label).
+pub type BatchHandler = for<'a> fn(&'a Services, &'a [Vec<u8>]) -> BoxFuture<'a, Result<Vec<&'static str>, Retry>>;
 
 /// Consumes `stream` with `handler` until `shutdown`.
-pub async fn consume_until(stream: Stream, services: Services, shutdown: CancellationToken, handler: Handler) {
+pub async fn consume_until(
+    stream: Stream,
+    services: Services,
+    settings: BatchSettings,
+    shutdown: CancellationToken,
+    handler: BatchHandler,
+) {
     let mut backoff = Backoff::default();
     let queue = stream.queue();
     while !shutdown.is_cancelled() {
-        let mut deliveries = match services.queue.consume(stream, 1).await {
+        let mut deliveries = match services.queue.consume(stream, settings.prefetch).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(queue, error = %e, "cannot consume; retrying");
                 tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => continue }
             }
         };
-        tracing::info!(queue, "consuming");
+        tracing::info!(queue, prefetch = settings.prefetch, max_batch = settings.max_batch, "consuming");
         loop {
-            let item = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                item = deliveries.next() => item,
-            };
-            let delivery = match item {
-                Some(Ok(d)) => d,
+            let mut batch = match next_batch(&mut deliveries, &settings, &shutdown).await {
+                Some(Ok(batch)) => batch,
                 Some(Err(e)) => {
                     tracing::warn!(queue, error = %e, "consumer broke; reconnecting");
                     break;
                 }
-                None => {
-                    tracing::warn!(queue, "consumer ended; reconnecting");
-                    break;
-                }
+                None => return,
             };
-            match handler(services.clone(), delivery.payload).await {
-                Ok(outcome) => {
-                    crate::metrics::add("eligo_messages_processed_total", &[("queue", queue), ("outcome", outcome)], 1);
-                    if let Err(e) = delivery.acker.ack().await {
-                        tracing::warn!(queue, error = %e, "ack failed; the message will be redelivered");
-                        break;
-                    }
-                    backoff.reset();
-                }
-                Err(e) => {
-                    tracing::warn!(queue, error = %e, "message not processed; requeued");
-                    crate::metrics::add("eligo_processing_retries_total", &[("queue", queue)], 1);
-                    if let Err(e) = delivery.acker.requeue().await {
-                        tracing::warn!(queue, error = %e, "requeue failed; the message will be redelivered");
-                        break;
-                    }
-                    tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
-                }
+            let started = Instant::now();
+            let payloads: Vec<Vec<u8>> = batch.iter_mut().map(|d| std::mem::take(&mut d.payload)).collect();
+            let Some(outcomes) = handle_with_retries(stream, &services, &payloads, &shutdown, handler).await else {
+                return;
+            };
+            let Some(last) = batch.last() else { continue };
+            if let Err(e) = last.acker.ack_through().await {
+                tracing::warn!(queue, error = %e, "ack failed; the batch will be redelivered");
+                break;
             }
+            drop(batch);
+            record(stream, &outcomes, started.elapsed());
+            backoff.reset();
         }
         tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
+    }
+}
+
+/// The next batch: one message (waiting for it), then what is ready or arrives
+/// within the linger, up to the batch size. `None` on shutdown.
+async fn next_batch(
+    deliveries: &mut Deliveries,
+    settings: &BatchSettings,
+    shutdown: &CancellationToken,
+) -> Option<Result<Vec<Delivery>, TransportError>> {
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        item = deliveries.next() => item,
+    };
+    let first = match first {
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return Some(Err(e)),
+        None => return Some(Err(TransportError::Closed)),
+    };
+    let mut batch = vec![first];
+    let linger_until = tokio::time::Instant::now() + Duration::from_millis(settings.linger_ms);
+    while batch.len() < settings.max_batch.max(1) {
+        let next = match deliveries.next().now_or_never() {
+            Some(item) => item,
+            None => match tokio::time::timeout_at(linger_until, deliveries.next()).await {
+                Ok(item) => item,
+                Err(_) => break,
+            },
+        };
+        // A broken stream reports again on the next call; the batch in hand goes on
+        // (its ack will fail if the channel is gone, and it is redelivered).
+        match next {
+            Some(Ok(d)) => batch.push(d),
+            _ => break,
+        }
+    }
+    Some(Ok(batch))
+}
+
+/// Handles the batch; if that fails, each message alone, retrying until it is
+/// handled or rejected. `None` on shutdown (nothing is acked then).
+async fn handle_with_retries(
+    stream: Stream,
+    services: &Services,
+    payloads: &[Vec<u8>],
+    shutdown: &CancellationToken,
+    handler: BatchHandler,
+) -> Option<Vec<&'static str>> {
+    let queue = stream.queue();
+    let mut backoff = Backoff::default();
+    if payloads.len() > 1 {
+        match handler(services, payloads).await {
+            Ok(outcomes) => return Some(outcomes),
+            Err(e) => {
+                tracing::warn!(queue, batch = payloads.len(), error = %e, "batch failed; retrying its messages one by one");
+                crate::metrics::add("eligo_processing_retries_total", &[("queue", queue)], 1);
+                tokio::select! { _ = shutdown.cancelled() => return None, _ = backoff.wait() => {} }
+            }
+        }
+    }
+    let mut outcomes = Vec::with_capacity(payloads.len());
+    for payload in payloads {
+        loop {
+            let error = match handler(services, std::slice::from_ref(payload)).await {
+                Ok(mut outcome) => {
+                    outcomes.append(&mut outcome);
+                    break;
+                }
+                Err(e) if e.permanent => match reject(stream, services, payload, &e.reason).await {
+                    Ok(()) => {
+                        outcomes.push("rejected");
+                        break;
+                    }
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            tracing::warn!(queue, error = %error, "message not processed; retrying");
+            crate::metrics::add("eligo_processing_retries_total", &[("queue", queue)], 1);
+            tokio::select! { _ = shutdown.cancelled() => return None, _ = backoff.wait() => {} }
+        }
+        backoff.reset();
+    }
+    Some(outcomes)
+}
+
+/// Records a message the database refused outright, so it stops blocking the queue.
+async fn reject(stream: Stream, services: &Services, payload: &[u8], reason: &str) -> Result<(), Retry> {
+    let rejected = [Rejected::new(stream.exchange(), payload, format!("the database refused it: {reason}"))];
+    services.store.settle(&Settlement { rejected: &rejected, ..Settlement::default() }).await.map_err(Retry::from)?;
+    tracing::warn!(queue = stream.queue(), %reason, "message rejected: the database refused it");
+    Ok(())
+}
+
+/// Counts what became of a batch and how long it took.
+fn record(stream: Stream, outcomes: &[&'static str], elapsed: Duration) {
+    let hot = crate::metrics::hot();
+    let (seconds, size) = match stream {
+        Stream::Job => (&hot.job_batch_seconds, &hot.job_batch_size),
+        Stream::Solution => (&hot.solution_batch_seconds, &hot.solution_batch_size),
+    };
+    seconds.record(elapsed.as_secs_f64());
+    size.record(outcomes.len() as f64);
+    let mut counts: HashMap<&'static str, u64> = HashMap::new();
+    for outcome in outcomes {
+        *counts.entry(outcome).or_default() += 1;
+    }
+    for (outcome, n) in counts {
+        crate::metrics::add("eligo_messages_processed_total", &[("queue", stream.queue()), ("outcome", outcome)], n);
     }
 }

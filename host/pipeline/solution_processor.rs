@@ -1,17 +1,21 @@
-//! The solution processor: consumes the `solution` queue, stores each solution
-//! once per nonce, asks the validators, and produces valid (or, with no
+//! The solution processor: consumes the `solution` queue in batches, stores each
+//! solution once per nonce, asks the validators, and produces valid (or, with no
 //! validator, unchecked) solutions to the `solution` topic once.
 //!
-//! Acks follow the job processor's rules (see [`super::job_processor`]). A
-//! solution produced twice after a crash is delivered once per node connection:
-//! node servers remember what each connection got.
+//! A batch is: parse; insert the new solutions (one transaction); look up their
+//! jobs; validate (off the async threads); produce the batch to the log and wait
+//! for every delivery report; record verdicts, broadcasts and rejected messages
+//! (one transaction); ack the batch. A solution produced twice after a crash is
+//! delivered once per node connection: node servers remember what each
+//! connection got.
 
-use super::consume::{consume_until, Retry};
+use super::consume::{consume_until, BatchSettings, Retry};
 use super::Services;
 use crate::plugin::{Job, Solution, Validation};
 use crate::protocol::{canonical_json, SolutionEvent, SolutionMessage};
-use crate::store::{NewSolution, StoredJob, StoredSolution};
+use crate::store::{NewSolution, Rejected, Settlement, StoredJob, StoredSolution, Verdict};
 use crate::transport::{Stream, Topic};
+use std::collections::{HashMap, HashSet};
 use tokio_util::sync::CancellationToken;
 
 /// What became of one message.
@@ -39,22 +43,11 @@ impl Outcome {
 }
 
 /// Consumes the `solution` queue until `shutdown`.
-pub async fn run(services: Services, shutdown: CancellationToken) {
-    consume_until(Stream::Solution, services, shutdown, |s, p| Box::pin(handle(s, p))).await
-}
-
-async fn handle(services: Services, payload: Vec<u8>) -> Result<&'static str, Retry> {
-    let outcome = process(&services, &payload).await?;
-    match &outcome {
-        Outcome::Rejected(reason) => {
-            let payload = String::from_utf8_lossy(&payload);
-            services.store.record_rejected("solution", &payload, reason).await.map_err(Retry::from)?;
-            tracing::warn!(%reason, "solution message rejected");
-        }
-        Outcome::Invalid(reason) => tracing::info!(%reason, "solution invalid"),
-        _ => {}
-    }
-    Ok(outcome.label())
+pub async fn run(services: Services, settings: BatchSettings, shutdown: CancellationToken) {
+    consume_until(Stream::Solution, services, settings, shutdown, |s, p| {
+        Box::pin(async move { Ok(process_batch(s, p).await?.iter().map(Outcome::label).collect()) })
+    })
+    .await
 }
 
 /// The policies' view of a stored job.
@@ -82,59 +75,161 @@ pub fn solution_event(job: &StoredJob, solution: &StoredSolution) -> SolutionEve
     }
 }
 
+/// The solution a message carries, or why it carries none.
+fn parse(payload: &[u8]) -> Result<NewSolution, String> {
+    let message: SolutionMessage =
+        serde_json::from_slice(payload).map_err(|e| format!("not a solution message: {e}"))?;
+    let unique_key = message.unique_key().ok_or("solution has no partial_solution.nonce")?;
+    Ok(NewSolution {
+        solution: canonical_json(&serde_json::Value::Object(message.solution)),
+        unique_key,
+        hardware_id: message.hardware_id,
+        caption: message.caption,
+        task_id: message.task_id,
+        solution_target: message.solution_target,
+    })
+}
+
 /// Stores, validates and broadcasts one solution message.
 pub async fn process(services: &Services, payload: &[u8]) -> Result<Outcome, Retry> {
-    let message: SolutionMessage = match serde_json::from_slice(payload) {
-        Ok(m) => m,
-        Err(e) => return Ok(Outcome::Rejected(format!("not a solution message: {e}"))),
-    };
-    let Some(unique_key) = message.unique_key() else {
-        return Ok(Outcome::Rejected("solution has no partial_solution.nonce".into()));
-    };
-    let new = NewSolution {
-        unique_key,
-        hardware_id: message.hardware_id.clone(),
-        caption: message.caption.clone(),
-        task_id: message.task_id.clone(),
-        solution: canonical_json(&serde_json::Value::Object(message.solution.clone())),
-        solution_target: message.solution_target,
-    };
-    let mut solution = services.store.insert_solution(&new).await.map_err(Retry::from)?.row;
-    if solution.broadcast {
-        return Ok(Outcome::Duplicate);
+    let mut outcomes = process_batch(services, std::slice::from_ref(&payload.to_vec())).await?;
+    outcomes.pop().ok_or_else(|| Retry::from("no outcome for the message"))
+}
+
+/// Stores, validates and broadcasts a batch of solution messages; says what became
+/// of each, in order. A failure leaves nothing acked: the batch is retried.
+pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<Vec<Outcome>, Retry> {
+    let mut outcomes: Vec<Option<Outcome>> = payloads.iter().map(|_| None).collect();
+    let mut rejected = Vec::new();
+    // Each nonce once per batch: a repeat is a duplicate of the first.
+    let mut new = Vec::new();
+    let mut message_of = Vec::new();
+    let mut keys = HashSet::new();
+    for (i, payload) in payloads.iter().enumerate() {
+        match parse(payload) {
+            Ok(solution) if keys.insert(solution.unique_key.clone()) => {
+                new.push(solution);
+                message_of.push(i);
+            }
+            Ok(_) => outcomes[i] = Some(Outcome::Duplicate),
+            Err(reason) => {
+                rejected.push(Rejected::new("solution", payload, reason.clone()));
+                outcomes[i] = Some(Outcome::Rejected(reason));
+            }
+        }
     }
-    let Some(job) = services.store.job_by_task(&solution.task_id).await.map_err(Retry::from)? else {
-        return Ok(Outcome::Rejected(format!("unknown task_id {}", solution.task_id)));
+    let stored =
+        if new.is_empty() { Vec::new() } else { services.store.insert_solutions(&new).await.map_err(Retry::store)? };
+    let task_ids: Vec<String> = stored
+        .iter()
+        .filter(|s| !s.row.broadcast)
+        .map(|s| s.row.task_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let jobs: HashMap<String, StoredJob> = if task_ids.is_empty() {
+        HashMap::new()
+    } else {
+        let found = services.store.jobs_by_task(&task_ids).await.map_err(Retry::store)?;
+        found.into_iter().map(|j| (j.task_id.clone(), j)).collect()
     };
-    if !solution.checked {
-        let view = Solution {
-            task_id: solution.task_id.clone(),
-            hardware_id: solution.hardware_id.clone(),
-            caption: solution.caption.clone(),
-            solution: solution.solution.clone(),
-            solution_target: solution.solution_target,
-            unique_key: solution.unique_key.clone(),
-        };
-        let (valid, checked, reason) = match services.plugins.current().validate_solution(&job_view(&job), &view) {
+
+    // Solutions still to decide on: not broadcast before, of a known job.
+    let mut pending: Vec<(usize, StoredSolution)> = Vec::new();
+    for (inserted, i) in stored.into_iter().zip(message_of) {
+        let solution = inserted.row;
+        if solution.broadcast {
+            outcomes[i] = Some(Outcome::Duplicate);
+        } else if !jobs.contains_key(&solution.task_id) {
+            let reason = format!("unknown task_id {}", solution.task_id);
+            rejected.push(Rejected::new("solution", &payloads[i], reason.clone()));
+            outcomes[i] = Some(Outcome::Rejected(reason));
+        } else {
+            pending.push((i, solution));
+        }
+    }
+
+    let verdicts = validate(services, &jobs, &mut pending).await?;
+    let mut events = Vec::new();
+    for (i, solution) in &pending {
+        if solution.checked && !solution.valid {
+            outcomes[*i] = Some(Outcome::Invalid(solution.invalid_reason.clone().unwrap_or_default()));
+            tracing::debug!(unique_key = %solution.unique_key, reason = ?solution.invalid_reason, "solution invalid");
+            continue;
+        }
+        let Some(job) = jobs.get(&solution.task_id) else { continue };
+        let bytes = serde_json::to_vec(&solution_event(job, solution)).map_err(Retry::from)?;
+        events.push((solution.unique_key.clone(), bytes));
+        outcomes[*i] = Some(Outcome::Broadcast);
+    }
+    // Pipelined: every produce is in flight at once; all must be confirmed.
+    let produced =
+        futures::future::join_all(events.iter().map(|(key, bytes)| services.log.produce(Topic::Solution, key, bytes)))
+            .await;
+    if let Some(Err(e)) = produced.into_iter().find(Result::is_err) {
+        return Err(Retry::from(e));
+    }
+    let broadcast: Vec<String> = events.into_iter().map(|(key, _)| key).collect();
+    let settlement =
+        Settlement { verdicts: &verdicts, solutions_broadcast: &broadcast, rejected: &rejected, ..Default::default() };
+    services.store.settle(&settlement).await.map_err(Retry::store)?;
+    for r in &rejected {
+        tracing::warn!(reason = %r.reason, "solution message rejected");
+    }
+    tracing::debug!(broadcast = broadcast.len(), "solution batch broadcast");
+    Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Duplicate)).collect())
+}
+
+/// Asks the validators about the solutions not checked yet, off the async threads
+/// (a validator may be costly); updates them and returns the verdicts to record.
+async fn validate(
+    services: &Services,
+    jobs: &HashMap<String, StoredJob>,
+    pending: &mut [(usize, StoredSolution)],
+) -> Result<Vec<Verdict>, Retry> {
+    let unchecked: Vec<(usize, Job, Solution)> = pending
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, s))| !s.checked)
+        .filter_map(|(at, (_, s))| {
+            let job = jobs.get(&s.task_id)?;
+            let view = Solution {
+                task_id: s.task_id.clone(),
+                hardware_id: s.hardware_id.clone(),
+                caption: s.caption.clone(),
+                solution: s.solution.clone(),
+                solution_target: s.solution_target,
+                unique_key: s.unique_key.clone(),
+            };
+            Some((at, job_view(job), view))
+        })
+        .collect();
+    if unchecked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let policies = services.plugins.current();
+    let decided = tokio::task::spawn_blocking(move || {
+        unchecked
+            .into_iter()
+            .map(|(at, job, solution)| (at, policies.validate_solution(&job, &solution)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| Retry::from(format!("validation did not finish: {e}")))?;
+    let mut verdicts = Vec::with_capacity(decided.len());
+    for (at, validation) in decided {
+        let (valid, checked, reason) = match validation {
             Validation::Unchecked => (false, false, None),
             Validation::Valid => (true, true, None),
             Validation::Invalid(refusal) => (false, true, Some(refusal.to_string())),
         };
-        services
-            .store
-            .set_validation(&solution.unique_key, valid, checked, reason.as_deref())
-            .await
-            .map_err(Retry::from)?;
+        let Some((_, solution)) = pending.get_mut(at) else { continue };
         solution.valid = valid;
         solution.checked = checked;
-        solution.invalid_reason = reason;
+        solution.invalid_reason = reason.clone();
+        if checked {
+            verdicts.push(Verdict { unique_key: solution.unique_key.clone(), valid, checked, invalid_reason: reason });
+        }
     }
-    if solution.checked && !solution.valid {
-        return Ok(Outcome::Invalid(solution.invalid_reason.unwrap_or_default()));
-    }
-    let bytes = serde_json::to_vec(&solution_event(&job, &solution)).map_err(Retry::from)?;
-    services.log.produce(Topic::Solution, &solution.unique_key, &bytes).await.map_err(Retry::from)?;
-    services.store.mark_solution_broadcast(&solution.unique_key).await.map_err(Retry::from)?;
-    tracing::info!(unique_key = %solution.unique_key, task_id = %solution.task_id, "solution broadcast");
-    Ok(Outcome::Broadcast)
+    Ok(verdicts)
 }
