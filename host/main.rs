@@ -1,5 +1,9 @@
 //! The `eligo` command: a thin layer over the library.
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use eligo::config::{AmqpConfig, Config, KafkaConfig, LogFormat, PostgresConfig, RoleName};
@@ -29,6 +33,14 @@ enum Command {
     /// Work with policy plugins: run one hook, run fixture cases, check a file.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Runs librdkafka's in-memory mock Kafka cluster (topics `job` and `solution`)
+    /// until interrupted, for trying the networked roles on one machine. Prints its
+    /// bootstrap servers; not for production (memory only, no TLS or SASL).
+    KafkaMock {
+        /// Also write the bootstrap servers to this file, for scripts.
+        #[arg(long)]
+        write_to: Option<PathBuf>,
+    },
 }
 
 /// Settings of `serve`. Each overrides the configuration file; each can also be
@@ -180,6 +192,26 @@ fn main() -> Result<()> {
             })
         }
         Command::Plugin(command) => plugin_command(command),
+        Command::KafkaMock { write_to } => runtime()?.block_on(async {
+            let cluster = eligo::transport::kafka::MockKafka::start().context("starting the mock cluster")?;
+            let servers = cluster.bootstrap_servers();
+            if let Some(path) = write_to {
+                std::fs::write(&path, &servers).with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("{servers}");
+            shutdown_signal().await;
+            drop(cluster);
+            Ok(())
+        }),
+    }
+}
+
+/// Every connection is a file descriptor: the soft limit (often 1024) would cap
+/// eligo far below what the machine can hold, so it is raised to the hard limit.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files = limit, "open-files limit raised to the hard limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
     }
 }
 
@@ -198,6 +230,7 @@ fn init_logging(log: &eligo::config::LogConfig) {
 }
 
 async fn serve(config: Config) -> Result<()> {
+    raise_open_files_limit();
     let running = eligo::app::start(&config).await?;
     eprintln!(
         "eligo {} running roles: {}",

@@ -41,10 +41,11 @@ pub struct CloseReason {
     pub reason: String,
 }
 
-/// The sending half of a connection, shared with the fan-out stages.
+/// The sending half of a connection, shared with the fan-out stages. Frames are
+/// reference-counted text: one job frame is shared by every worker it goes to.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Utf8Bytes>,
     close: watch::Sender<Option<CloseReason>>,
 }
 
@@ -54,13 +55,13 @@ pub struct Full;
 
 impl Outbox {
     /// Queues a text frame without waiting.
-    pub fn try_send(&self, text: String) -> Result<(), Full> {
+    pub fn try_send(&self, text: Utf8Bytes) -> Result<(), Full> {
         self.tx.try_send(text).map_err(|_| Full)
     }
 
     /// Queues a text frame, waiting for room.
-    pub async fn send(&self, text: String) -> bool {
-        self.tx.send(text).await.is_ok()
+    pub async fn send(&self, text: impl Into<Utf8Bytes>) -> bool {
+        self.tx.send(text.into()).await.is_ok()
     }
 
     /// Closes the connection after the frames already queued. The first reason wins.
@@ -93,7 +94,7 @@ impl Outbox {
 /// Starts the writer of a connection: frames from the outbox go out in order; a
 /// close request sends the close frame and ends it.
 pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) -> (Outbox, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<String>(capacity.max(1));
+    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(capacity.max(1));
     let (close, mut close_rx) = watch::channel::<Option<CloseReason>>(None);
     let writer = tokio::spawn(async move {
         loop {
@@ -101,7 +102,7 @@ pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) ->
                 biased;
                 frame = rx.recv() => match frame {
                     Some(text) => {
-                        if sink.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                        if sink.send(Message::Text(text)).await.is_err() {
                             return;
                         }
                     }
@@ -119,7 +120,7 @@ pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) ->
                     let Some(reason) = reason else { return };
                     // Frames queued before the close still go out.
                     while let Ok(text) = rx.try_recv() {
-                        if sink.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                        if sink.send(Message::Text(text)).await.is_err() {
                             return;
                         }
                     }
@@ -136,6 +137,14 @@ async fn send_close(sink: &mut SplitSink<WebSocket, Message>, reason: CloseReaso
     let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(reason.reason) };
     let _ = sink.send(Message::Close(Some(frame))).await;
     let _ = sink.close().await;
+}
+
+/// Applies the configured buffer sizes to a connection being upgraded.
+pub fn sized(
+    ws: axum::extract::ws::WebSocketUpgrade,
+    socket: &crate::config::SocketConfig,
+) -> axum::extract::ws::WebSocketUpgrade {
+    ws.read_buffer_size(socket.read_buffer_bytes).write_buffer_size(socket.write_buffer_bytes)
 }
 
 /// The parts of the WebSocket handshake policies see.

@@ -11,14 +11,16 @@
 //! outbox is full is closed with code 1008 and a reason.
 
 use super::connection::{
-    admit_connection, close_code, close_for_publish_error, read_frames, start_writer, Handshake, Outbox, Registry,
+    admit_connection, close_code, close_for_publish_error, read_frames, sized, start_writer, Handshake, Outbox,
+    Registry,
 };
 use super::solution_processor::solution_event;
 use super::Services;
+use crate::config::SocketConfig;
 use crate::plugin::{now_ms, Job, JobSubmission, NodeState, Role, Solution};
 use crate::protocol::{canonical_json, error_frame, JobFrame, SolutionEvent};
 use crate::transport::{Stream, Topic};
-use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
@@ -38,6 +40,8 @@ const REMEMBERED_DELIVERIES: usize = 10_000;
 pub struct NodeServerSettings {
     /// Frames queued per connection before it counts as too slow.
     pub outbox_capacity: usize,
+    /// WebSocket buffer sizes.
+    pub socket: SocketConfig,
 }
 
 struct NodeConn {
@@ -126,7 +130,7 @@ impl NodeServer {
             solution_target: event.solution_target,
             unique_key: event.unique_key.clone(),
         };
-        let frame = event.solution.to_string();
+        let frame = Utf8Bytes::from(event.solution.to_string());
         let policies = self.services.plugins.current();
         let Some(mut nodes) = self.nodes.lock() else { return };
         let ids: Vec<u64> = match only {
@@ -144,10 +148,10 @@ impl NodeServer {
                 continue;
             }
             if conn.outbox.try_send(frame.clone()).is_err() {
-                crate::metrics::add("eligo_slow_connections_closed_total", &[("role", "node")], 1);
+                crate::metrics::hot().slow_nodes_closed.increment(1);
                 conn.outbox.close(close_code::POLICY, "too slow: the solution queue of this connection is full");
             } else {
-                crate::metrics::add("eligo_solutions_delivered_total", &[], 1);
+                crate::metrics::hot().solutions_delivered.increment(1);
             }
         }
     }
@@ -157,13 +161,13 @@ impl NodeServer {
         let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity);
         let conn = NodeConn { state: NodeState::default(), outbox: outbox.clone(), delivered: Delivered::default() };
         let id = self.nodes.insert(conn);
-        crate::metrics::add("eligo_connections", &[("role", "node")], 1);
+        crate::metrics::hot().node_connections.increment(1.0);
         tracing::info!(connection = id, remote = %handshake.remote, "node connected");
         read_frames(&mut stream, &outbox, &self.shutdown, |frame| self.on_frame(id, &outbox, frame)).await;
         self.nodes.remove(id);
         drop(outbox);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
-        crate::metrics::add("eligo_connections", &[("role", "node")], -1);
+        crate::metrics::hot().node_connections.decrement(1.0);
         tracing::info!(connection = id, "node disconnected");
     }
 
@@ -171,7 +175,7 @@ impl NodeServer {
         let frame = match JobFrame::parse(&bytes) {
             Ok(f) => f,
             Err(e) => {
-                crate::metrics::add("eligo_bad_frames_total", &[("role", "node")], 1);
+                crate::metrics::hot().bad_frames_node.increment(1);
                 outbox.send(error_frame(&e.to_string())).await;
                 return;
             }
@@ -205,7 +209,7 @@ impl NodeServer {
             close_for_publish_error(outbox, &e, "job");
             return;
         }
-        crate::metrics::add("eligo_jobs_published_total", &[], 1);
+        crate::metrics::hot().jobs_published.increment(1);
         self.catch_up(id, job.block_height).await;
     }
 
@@ -230,9 +234,8 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     match admit_connection(&server.services, Role::Node, remote, &uri, &headers) {
-        Ok(handshake) => {
-            ws.on_upgrade(move |socket| async move { server.nodes.track(server.serve(socket, handshake)).await })
-        }
+        Ok(handshake) => sized(ws, &server.settings.socket)
+            .on_upgrade(move |socket| async move { server.nodes.track(server.serve(socket, handshake)).await }),
         Err(refused) => refused,
     }
 }

@@ -8,15 +8,17 @@
 //! that connection (and counted); the next job still goes.
 
 use super::connection::{
-    admit_connection, close_code, close_for_publish_error, read_frames, start_writer, Handshake, Outbox, Registry,
+    admit_connection, close_code, close_for_publish_error, read_frames, sized, start_writer, Handshake, Outbox,
+    Registry,
 };
 use super::solution_processor::job_view;
 use super::Services;
+use crate::config::SocketConfig;
 use crate::plugin::{now_ms, Job, Role, Welcome, WorkerState};
 use crate::protocol::{canonical_json, error_frame, JobEvent, SolutionFrame, SolutionMessage, WelcomeFrame, WorkFrame};
 use crate::store::WorkerConnection;
 use crate::transport::{Stream, Topic};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
@@ -26,6 +28,7 @@ use futures::StreamExt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Settings of the worker server.
@@ -37,6 +40,10 @@ pub struct WorkerServerSettings {
     pub welcome_timeout: Duration,
     /// This process's name in the `worker` table (for crash recovery).
     pub instance: String,
+    /// Solutions of one connection awaiting the broker's confirm at once.
+    pub publishes_in_flight: usize,
+    /// WebSocket buffer sizes.
+    pub socket: SocketConfig,
 }
 
 struct WorkerConn {
@@ -44,11 +51,12 @@ struct WorkerConn {
     outbox: Outbox,
 }
 
-/// A job ready to send: the policies' view and the frame.
+/// A job ready to send: the policies' view and the frame (one copy, shared by
+/// every worker it is queued to).
 #[derive(Clone)]
 struct ReadyJob {
     job: Job,
-    frame: String,
+    frame: Utf8Bytes,
 }
 
 /// The worker server of one process.
@@ -92,7 +100,8 @@ impl WorkerServer {
             let view = job_view(&job);
             let epoch_challenge = serde_json::from_str(&job.epoch_challenge).unwrap_or_default();
             let frame = WorkFrame { task_id: job.task_id.clone(), epoch_challenge };
-            self.set_current(ReadyJob { job: view, frame: serde_json::to_string(&frame)? });
+            let frame = Utf8Bytes::from(serde_json::to_string(&frame)?);
+            self.set_current(ReadyJob { job: view, frame });
         }
         Ok(())
     }
@@ -118,11 +127,16 @@ impl WorkerServer {
             proof_target: event.proof_target,
             epoch_challenge: canonical_json(&event.epoch_challenge),
         };
+        let stored_at = chrono::DateTime::parse_from_rfc3339(&event.created_at).ok().map(|t| t.to_utc());
         let frame = WorkFrame { task_id: event.task_id, epoch_challenge: event.epoch_challenge };
         let Ok(frame) = serde_json::to_string(&frame) else { return };
-        let ready = ReadyJob { job, frame };
+        let ready = ReadyJob { job, frame: Utf8Bytes::from(frame) };
         self.set_current(ready.clone());
         self.offer(&ready, None);
+        let hot = crate::metrics::hot();
+        if let Some(latency) = stored_at.and_then(|at| (chrono::Utc::now() - at).to_std().ok()) {
+            hot.job_fanout_seconds.record(latency.as_secs_f64());
+        }
     }
 
     /// Offers a job to every worker (or to `only` that one) and queues it to the chosen.
@@ -139,13 +153,21 @@ impl WorkerServer {
         }
         let chosen = policies.offer_job(&ready.job, &mut states, now_ms());
         drop(states);
+        let (mut queued, mut dropped) = (0, 0);
         for i in chosen {
             let Some(conn) = workers.get(&ids[i]) else { continue };
             if conn.outbox.try_send(ready.frame.clone()).is_ok() {
-                crate::metrics::add("eligo_jobs_delivered_total", &[], 1);
+                queued += 1;
             } else {
-                crate::metrics::add("eligo_jobs_dropped_total", &[("reason", "outbox_full")], 1);
+                dropped += 1;
             }
+        }
+        drop(workers);
+        let hot = crate::metrics::hot();
+        hot.jobs_delivered.increment(queued);
+        hot.jobs_dropped_outbox_full.increment(dropped);
+        if only.is_none() {
+            hot.job_fanout_workers.record(queued as f64);
         }
     }
 
@@ -185,7 +207,7 @@ impl WorkerServer {
         let welcome = match WelcomeFrame::parse(&bytes) {
             Ok(w) => w,
             Err(e) => {
-                crate::metrics::add("eligo_bad_frames_total", &[("role", "worker")], 1);
+                crate::metrics::hot().bad_frames_worker.increment(1);
                 outbox.close(close_code::BAD_WELCOME, &format!("bad welcome: {e}"));
                 return None;
             }
@@ -232,27 +254,43 @@ impl WorkerServer {
             }
         };
         let id = self.workers.insert(WorkerConn { state, outbox: outbox.clone() });
-        crate::metrics::add("eligo_connections", &[("role", "worker")], 1);
-        tracing::info!(connection = id, remote = %handshake.remote, hardware_id = %welcome.hardware_id, "worker connected");
+        crate::metrics::hot().worker_connections.increment(1.0);
+        tracing::debug!(connection = id, remote = %handshake.remote, hardware_id = %welcome.hardware_id, "worker connected");
         let current = self.current.lock().ok().and_then(|c| c.clone());
         if let Some(current) = current {
             self.offer(&current, Some(id));
         }
-        read_frames(stream, outbox, &self.shutdown, |frame| self.on_solution(id, outbox, &welcome, frame)).await;
+        let capacity = self.settings.publishes_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        let in_flight = Arc::new(Semaphore::new(capacity));
+        read_frames(stream, outbox, &self.shutdown, |frame| self.on_solution(id, outbox, &welcome, frame, &in_flight))
+            .await;
         self.workers.remove(id);
-        crate::metrics::add("eligo_connections", &[("role", "worker")], -1);
+        crate::metrics::hot().worker_connections.decrement(1.0);
+        // What the worker sent before it went is confirmed (or refused) before its row is finished.
+        let _ = in_flight.acquire_many(capacity as u32).await;
         if let Err(e) = self.services.store.worker_disconnected(row_id).await {
             // Left open, the row is finished at this instance's next start.
             tracing::warn!(connection = id, error = %e, "recording a disconnect failed");
         }
-        tracing::info!(connection = id, "worker disconnected");
+        tracing::debug!(connection = id, "worker disconnected");
     }
 
-    async fn on_solution(&self, id: u64, outbox: &Outbox, welcome: &WelcomeFrame, bytes: Vec<u8>) {
+    /// Publishes a solution without waiting for the broker's confirm: up to
+    /// `in_flight` of a connection's solutions are confirmed concurrently, so a
+    /// worker (or many) never waits a round trip per solution. A refused publish
+    /// closes the connection with the reason.
+    async fn on_solution(
+        &self,
+        id: u64,
+        outbox: &Outbox,
+        welcome: &WelcomeFrame,
+        bytes: Vec<u8>,
+        in_flight: &Arc<Semaphore>,
+    ) {
         let frame = match SolutionFrame::parse(&bytes) {
             Ok(f) => f,
             Err(e) => {
-                crate::metrics::add("eligo_bad_frames_total", &[("role", "worker")], 1);
+                crate::metrics::hot().bad_frames_worker.increment(1);
                 outbox.send(error_frame(&e.to_string())).await;
                 return;
             }
@@ -265,12 +303,18 @@ impl WorkerServer {
             solution_target: frame.solution_target,
         };
         let Ok(bytes) = serde_json::to_vec(&message) else { return };
-        if let Err(e) = self.services.queue.publish(Stream::Solution, &bytes).await {
-            tracing::warn!(connection = id, error = %e, "publishing a solution failed; closing the connection");
-            close_for_publish_error(outbox, &e, "solution");
-            return;
-        }
-        crate::metrics::add("eligo_solutions_published_total", &[], 1);
+        let Ok(place) = in_flight.clone().acquire_owned().await else { return };
+        let (queue, outbox) = (self.services.queue.clone(), outbox.clone());
+        tokio::spawn(async move {
+            let _place = place;
+            match queue.publish(Stream::Solution, &bytes).await {
+                Ok(()) => crate::metrics::hot().solutions_published.increment(1),
+                Err(e) => {
+                    tracing::warn!(connection = id, error = %e, "publishing a solution failed; closing the connection");
+                    close_for_publish_error(&outbox, &e, "solution");
+                }
+            }
+        });
     }
 }
 
@@ -282,9 +326,8 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     match admit_connection(&server.services, Role::Worker, remote, &uri, &headers) {
-        Ok(handshake) => {
-            ws.on_upgrade(move |socket| async move { server.workers.track(server.serve(socket, handshake)).await })
-        }
+        Ok(handshake) => sized(ws, &server.settings.socket)
+            .on_upgrade(move |socket| async move { server.workers.track(server.serve(socket, handshake)).await }),
         Err(refused) => refused,
     }
 }
