@@ -1,171 +1,391 @@
-//! A load generator: opens N workers and M nodes against a running eligo, has the
-//! nodes submit jobs at rising heights and every worker answer each job with a
-//! solution, and reports what was delivered, latency percentiles and errors.
+//! A load generator for a running eligo: opens workers and nodes over the original
+//! protocol and measures what eligo delivers, and how fast.
 //!
-//! `cargo run --release --example loadgen -- --workers 200 --nodes 4 --jobs 50`
+//! Modes:
+//! - `round-trip` (default): nodes submit jobs; every worker answers each job.
+//! - `jobs`: nodes submit jobs; workers only receive (job fan-out latency).
+//! - `solutions`: one job, then workers send `--solutions` solutions in all, at
+//!   `--rate` per second (0: as fast as they can); nodes receive them. Checks that
+//!   none is lost or duplicated.
+//! - `idle`: workers connect, send their welcome and stay idle for `--hold-secs`
+//!   (for measuring memory per connection, and welcomes per second).
+//!
+//! More than ~28,000 client sockets need more source addresses than 127.0.0.1
+//! has ports: connections are spread over 127.0.0.1–127.0.0.`--source-ips`.
+//!
+//! `cargo run --release --example loadgen -- --mode solutions --workers 100 --solutions 10000 --json`
 
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
 use futures::{SinkExt, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
-#[derive(Clone)]
-struct Settings {
-    node_url: String,
-    worker_url: String,
-    nodes: usize,
-    workers: usize,
-    jobs: usize,
-    interval: Duration,
+/// What the load generator does; see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    RoundTrip,
+    Jobs,
+    Solutions,
+    Idle,
 }
 
-fn settings() -> anyhow::Result<Settings> {
-    let mut s = Settings {
-        node_url: "ws://127.0.0.1:8001/".into(),
-        worker_url: "ws://127.0.0.1:8002/".into(),
-        nodes: 2,
-        workers: 50,
-        jobs: 20,
-        interval: Duration::from_millis(200),
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let value = pair.get(1).ok_or_else(|| anyhow::anyhow!("{} needs a value", pair[0]))?;
-        match pair[0].as_str() {
-            "--node-url" => s.node_url = value.clone(),
-            "--worker-url" => s.worker_url = value.clone(),
-            "--nodes" => s.nodes = value.parse()?,
-            "--workers" => s.workers = value.parse()?,
-            "--jobs" => s.jobs = value.parse()?,
-            "--interval-ms" => s.interval = Duration::from_millis(value.parse()?),
-            other => anyhow::bail!(
-                "unknown option {other}; options: --node-url --worker-url --nodes --workers --jobs --interval-ms"
-            ),
-        }
-    }
-    Ok(s)
+/// Drives a running eligo with workers and nodes over the original protocol.
+#[derive(Parser, Clone, Debug)]
+#[command(about, long_about = None)]
+struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "round-trip")]
+    mode: Mode,
+    /// The node server.
+    #[arg(long, default_value = "ws://127.0.0.1:8001/")]
+    node_url: String,
+    /// The worker server.
+    #[arg(long, default_value = "ws://127.0.0.1:8002/")]
+    worker_url: String,
+    /// The admin server (idle mode waits until /status counts every worker).
+    #[arg(long, default_value = "127.0.0.1:8003")]
+    admin: String,
+    /// Node connections.
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// Worker connections.
+    #[arg(long, default_value_t = 50)]
+    workers: usize,
+    /// Jobs the nodes submit (round-trip and jobs modes).
+    #[arg(long, default_value_t = 20)]
+    jobs: usize,
+    /// Pause between jobs, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    interval_ms: u64,
+    /// Solutions the workers send in all (solutions mode).
+    #[arg(long, default_value_t = 10_000)]
+    solutions: u64,
+    /// Solutions per second in all (solutions mode); 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// How long idle workers stay connected (idle mode), in seconds.
+    #[arg(long, default_value_t = 10)]
+    hold_secs: u64,
+    /// Longest wait for outstanding deliveries after the last send, in seconds.
+    #[arg(long, default_value_t = 30)]
+    wait_secs: u64,
+    /// Source addresses 127.0.0.1..=127.0.0.N to spread connections over.
+    #[arg(long, default_value_t = 50)]
+    source_ips: u8,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 256)]
+    connect_parallelism: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// What every connection records.
 #[derive(Default)]
 struct Tally {
     job_sent: Mutex<HashMap<i64, Instant>>,
-    solution_sent: Mutex<HashMap<u64, Instant>>,
     job_latency: Mutex<Vec<Duration>>,
+    solution_sent: Mutex<HashMap<u64, Instant>>,
     solution_latency: Mutex<Vec<Duration>>,
+    solutions_sent: AtomicU64,
+    duplicates: AtomicU64,
     errors: AtomicU64,
+    first_send: Mutex<Option<Instant>>,
+    last_receipt: Mutex<Option<Instant>>,
+}
+
+impl Tally {
+    fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn solution_sent(&self, nonce: u64) {
+        let now = Instant::now();
+        self.solution_sent.lock().map(|mut m| m.insert(nonce, now)).ok();
+        self.solutions_sent.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_send.lock() {
+            first.get_or_insert(now);
+        }
+    }
+
+    fn solution_received(&self, nonce: u64) -> bool {
+        // Taking the send time out makes a second receipt a duplicate.
+        let sent = self.solution_sent.lock().ok().and_then(|mut m| m.remove(&nonce));
+        let Some(sent) = sent else {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        self.solution_latency.lock().map(|mut l| l.push(sent.elapsed())).ok();
+        self.last_receipt.lock().map(|mut l| *l = Some(Instant::now())).ok();
+        true
+    }
+}
+
+type Socket = WebSocketStream<TcpStream>;
+
+/// Connects to `url`, from source address 127.0.0.(1 + n % spread) when the
+/// server is on loopback. Small buffers: thousands of these share the machine.
+async fn connect(url: &str, n: usize, spread: u8) -> Result<Socket> {
+    let parsed = url::Url::parse(url).with_context(|| format!("bad URL {url}"))?;
+    let host = parsed.host_str().context("URL without host")?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addr: SocketAddr = tokio::net::lookup_host((host, port)).await?.next().context("unresolvable host")?;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if addr.ip().is_loopback() && addr.is_ipv4() && spread > 1 {
+        let last = 1 + (n % spread as usize) as u8;
+        socket.bind(SocketAddr::new(Ipv4Addr::new(127, 0, 0, last).into(), 0))?;
+    }
+    let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let (socket, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    Ok(socket)
+}
+
+fn welcome(w: usize) -> Value {
+    json!({ "ip": "127.0.0.1", "address": "load", "hardware": "cpu",
+            "hardware_id": format!("load-{w}"), "caption": "loadgen" })
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> Value {
+    samples.sort();
+    let at = |p: f64| {
+        samples
+            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
+            .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3)
+    };
+    json!({ "count": samples.len(), "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99),
+            "max_ms": samples.last().map(|d| (d.as_secs_f64() * 1e6).round() / 1e3) })
+}
+
+/// `GET /status` on the admin server: the number of connected workers.
+async fn connected_workers(admin: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(admin).await.ok()?;
+    stream.write_all(format!("GET /status HTTP/1.0\r\nHost: {admin}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let body = response.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str::<Value>(body).ok()?["workers"].as_u64()
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let s = settings()?;
+async fn main() -> Result<()> {
+    let args = Args::parse();
     let tally = Arc::new(Tally::default());
     let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-    let expected_jobs = (s.jobs * s.workers) as u64;
-    let bar = ProgressBar::new(expected_jobs * 2);
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} deliveries {msg}")?);
+    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(args.workers as u64) };
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")?);
+    bar.set_message("workers connected");
 
-    let mut tasks = Vec::new();
-    for w in 0..s.workers {
-        let (socket, _) = tokio_tungstenite::connect_async(&s.worker_url).await?;
-        let (tally, bar) = (tally.clone(), bar.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut tx, mut rx) = socket.split();
-            let welcome = json!({ "ip": "127.0.0.1", "address": "load", "hardware": "cpu",
-                                  "hardware_id": format!("load-{w}"), "caption": "loadgen" });
-            if tx.send(Message::text(welcome.to_string())).await.is_err() {
-                tally.errors.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            while let Some(Ok(Message::Text(text))) = rx.next().await {
-                let Ok(work) = serde_json::from_str::<Value>(&text) else { continue };
-                let Some(task_id) = work["task_id"].as_str() else {
-                    tally.errors.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let height = work["epoch_challenge"]["height"].as_i64().unwrap_or_default();
-                if let Some(sent) = tally.job_sent.lock().ok().and_then(|m| m.get(&height).copied()) {
-                    tally.job_latency.lock().map(|mut l| l.push(sent.elapsed())).ok();
-                }
-                bar.inc(1);
-                let nonce = (height - base) as u64 * 1_000_000 + w as u64;
-                tally.solution_sent.lock().map(|mut m| m.insert(nonce, Instant::now())).ok();
-                let solution = json!({ "task_id": task_id, "solution_target": 1,
-                                       "solution": { "partial_solution": { "nonce": nonce } } });
-                if tx.send(Message::text(solution.to_string())).await.is_err() {
-                    tally.errors.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-        }));
+    // Workers connect with bounded parallelism; each runs its own task.
+    let connect_started = Instant::now();
+    let per_worker = args.solutions.div_ceil(args.workers.max(1) as u64);
+    let mut handles = Vec::with_capacity(args.workers);
+    let sockets: Vec<Result<(usize, Socket)>> = futures::stream::iter(0..args.workers)
+        .map(|w| {
+            let url = args.worker_url.clone();
+            let spread = args.source_ips;
+            async move { connect(&url, w, spread).await.map(|s| (w, s)) }
+        })
+        .buffer_unordered(args.connect_parallelism.max(1))
+        .inspect(|_| bar.inc(1))
+        .collect()
+        .await;
+    for socket in sockets {
+        let (w, socket) = socket.context("connecting a worker")?;
+        handles.push(tokio::spawn(worker(w, socket, args.clone(), tally.clone(), base, per_worker)));
     }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    if args.mode == Mode::Idle {
+        // Welcomes are accepted once the server counts every worker.
+        let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+        let mut counted = 0;
+        while Instant::now() < deadline {
+            counted = connected_workers(&args.admin).await.unwrap_or(0);
+            if counted >= args.workers as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let welcomed_secs = connect_started.elapsed().as_secs_f64();
+        let report = json!({ "mode": "idle", "workers": args.workers, "welcomed": counted,
+            "connect_s": connect_secs, "welcomed_s": welcomed_secs,
+            "welcomes_per_s": counted as f64 / welcomed_secs, "errors": tally.errors.load(Ordering::Relaxed) });
+        print_report(&args, &report);
+        if !args.json {
+            eprintln!("holding {} idle workers for {} s", counted, args.hold_secs);
+        }
+        tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
+        return Ok(());
+    }
+
     let mut nodes = Vec::new();
-    for _ in 0..s.nodes {
-        let (socket, _) = tokio_tungstenite::connect_async(&s.node_url).await?;
+    for n in 0..args.nodes {
+        let socket = connect(&args.node_url, args.workers + n, args.source_ips).await.context("connecting a node")?;
         let (tx, mut rx) = socket.split();
-        let (tally, bar) = (tally.clone(), bar.clone());
-        tasks.push(tokio::spawn(async move {
-            while let Some(Ok(Message::Text(text))) = rx.next().await {
+        let tally = tally.clone();
+        handles.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = rx.next().await {
+                let Message::Text(text) = message else { continue };
                 let Ok(solution) = serde_json::from_str::<Value>(&text) else { continue };
                 match solution["partial_solution"]["nonce"].as_u64() {
                     Some(nonce) => {
-                        if let Some(sent) = tally.solution_sent.lock().ok().and_then(|m| m.get(&nonce).copied()) {
-                            tally.solution_latency.lock().map(|mut l| l.push(sent.elapsed())).ok();
-                        }
-                        bar.inc(1);
+                        tally.solution_received(nonce);
                     }
-                    None => {
-                        tally.errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    None => tally.error(),
                 }
             }
         }));
         nodes.push(tx);
     }
+    if nodes.is_empty() {
+        bail!("at least one node is needed in this mode");
+    }
     // Let every worker's welcome land before the first job.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
-    for j in 0..s.jobs {
+    tokio::time::sleep(Duration::from_millis(300 + args.workers as u64 / 20)).await;
+    let sending = Instant::now();
+    let jobs = if args.mode == Mode::Solutions { 1 } else { args.jobs };
+    for j in 0..jobs {
         let height = base + j as i64;
         let job = json!({ "epoch_challenge": { "height": height }, "proof_target": 1, "block_height": height });
         tally.job_sent.lock().map(|mut m| m.insert(height, Instant::now())).ok();
-        if nodes[j % s.nodes].send(Message::text(job.to_string())).await.is_err() {
-            tally.errors.fetch_add(1, Ordering::Relaxed);
+        let node_count = nodes.len();
+        if nodes[j % node_count].send(Message::text(job.to_string())).await.is_err() {
+            tally.error();
         }
-        tokio::time::sleep(s.interval).await;
+        if j + 1 < jobs {
+            tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while bar.position() < bar.length().unwrap_or(0) && Instant::now() < deadline {
+    let expected_jobs = (jobs * args.workers) as u64;
+    let expected_solutions = match args.mode {
+        Mode::RoundTrip => expected_jobs,
+        Mode::Solutions => per_worker * args.workers as u64,
+        _ => 0,
+    };
+    // Wait while deliveries progress, at most `wait_secs` without progress.
+    let progress = |t: &Tally| {
+        let jobs = t.job_latency.lock().map(|l| l.len()).unwrap_or(0) as u64;
+        let solutions = t.solution_latency.lock().map(|l| l.len()).unwrap_or(0) as u64;
+        (jobs, solutions)
+    };
+    let mut last = progress(&tally);
+    let mut last_change = Instant::now();
+    while last.0 < expected_jobs || last.1 < expected_solutions {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = progress(&tally);
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > Duration::from_secs(args.wait_secs) {
+            break;
+        }
     }
-    bar.finish_with_message("done");
-    let elapsed = started.elapsed();
-    for t in &tasks {
-        t.abort();
+    let elapsed = sending.elapsed();
+    for h in &handles {
+        h.abort();
     }
 
-    let jobs = tally.job_latency.lock().map(|l| l.clone()).unwrap_or_default();
-    let solutions = tally.solution_latency.lock().map(|l| l.clone()).unwrap_or_default();
-    println!("{} workers, {} nodes, {} jobs in {:.1} s", s.workers, s.nodes, s.jobs, elapsed.as_secs_f64());
-    println!("jobs delivered to workers:      {:>8} of {expected_jobs}", jobs.len());
-    println!("solutions delivered to nodes:   {:>8} of {expected_jobs}", solutions.len());
-    println!("errors:                         {:>8}", tally.errors.load(Ordering::Relaxed));
-    for (what, mut samples) in [("job latency", jobs), ("solution latency", solutions)] {
-        samples.sort();
-        let pct =
-            |p: f64| samples.get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1))).copied();
-        let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3));
-        println!(
-            "{what:<18} p50 {}  p90 {}  p99 {}  max {}",
-            ms(pct(0.5)),
-            ms(pct(0.9)),
-            ms(pct(0.99)),
-            ms(samples.last().copied())
-        );
-    }
+    let sent = tally.solutions_sent.load(Ordering::Relaxed);
+    let received = tally.solution_latency.lock().map(|l| l.len()).unwrap_or(0) as u64;
+    let window = match (*tally.first_send.lock().expect("lock"), *tally.last_receipt.lock().expect("lock")) {
+        (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
+        _ => 0.0,
+    };
+    let report = json!({
+        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "workers": args.workers, "nodes": args.nodes, "jobs": jobs, "elapsed_s": elapsed.as_secs_f64(),
+        "connect_s": connect_secs,
+        "jobs_delivered": last.0, "jobs_expected": expected_jobs,
+        "job_latency": percentiles(tally.job_latency.lock().map(|l| l.clone()).unwrap_or_default()),
+        "solutions_sent": sent, "solutions_received": received,
+        "solutions_lost": sent.saturating_sub(received),
+        "solutions_duplicated": tally.duplicates.load(Ordering::Relaxed),
+        "solutions_per_s": if window > 0.0 { received as f64 / window } else { 0.0 },
+        "solution_latency": percentiles(tally.solution_latency.lock().map(|l| l.clone()).unwrap_or_default()),
+        "errors": tally.errors.load(Ordering::Relaxed),
+    });
+    print_report(&args, &report);
     Ok(())
+}
+
+/// One worker: welcome, then per job: answer it (round-trip), note it (jobs), or
+/// start sending its share of solutions (solutions).
+async fn worker(w: usize, socket: Socket, args: Args, tally: Arc<Tally>, base: i64, per_worker: u64) {
+    let (mut tx, mut rx) = socket.split();
+    if tx.send(Message::text(welcome(w).to_string())).await.is_err() {
+        tally.error();
+        return;
+    }
+    while let Some(Ok(message)) = rx.next().await {
+        let Message::Text(text) = message else { continue };
+        let Ok(work) = serde_json::from_str::<Value>(&text) else { continue };
+        let Some(task_id) = work["task_id"].as_str() else {
+            tally.error();
+            continue;
+        };
+        let height = work["epoch_challenge"]["height"].as_i64().unwrap_or_default();
+        if let Some(sent) = tally.job_sent.lock().ok().and_then(|m| m.get(&height).copied()) {
+            tally.job_latency.lock().map(|mut l| l.push(sent.elapsed())).ok();
+        }
+        match args.mode {
+            Mode::RoundTrip => {
+                let nonce = (height - base) as u64 * 1_000_000 + w as u64;
+                tally.solution_sent(nonce);
+                let solution = json!({ "task_id": task_id, "solution_target": 1,
+                                       "solution": { "partial_solution": { "nonce": nonce } } });
+                if tx.send(Message::text(solution.to_string())).await.is_err() {
+                    tally.error();
+                    return;
+                }
+            }
+            Mode::Solutions => {
+                let task_id = task_id.to_string();
+                let (tally, rate, workers) = (tally.clone(), args.rate, args.workers as u64);
+                // Each worker sends its share at its share of the rate.
+                let mut ticker = (rate > 0).then(|| {
+                    let period = Duration::from_secs_f64(workers as f64 / rate as f64);
+                    tokio::time::interval(period)
+                });
+                for k in 0..per_worker {
+                    if let Some(t) = ticker.as_mut() {
+                        t.tick().await;
+                    }
+                    // Unique across runs: the run's millisecond base in the high bits.
+                    let nonce = ((base as u64 & 0xffff_ffff) << 32) | (w as u64 * per_worker + k);
+                    tally.solution_sent(nonce);
+                    let solution = json!({ "task_id": task_id, "solution_target": 1,
+                                           "solution": { "partial_solution": { "nonce": nonce } } });
+                    if tx.send(Message::text(solution.to_string())).await.is_err() {
+                        tally.error();
+                        return;
+                    }
+                }
+            }
+            Mode::Jobs | Mode::Idle => {}
+        }
+    }
+}
+
+fn print_report(args: &Args, report: &Value) {
+    if args.json {
+        println!("{report}");
+        return;
+    }
+    for (key, value) in report.as_object().into_iter().flatten() {
+        println!("{key:<22} {value}");
+    }
 }
