@@ -88,6 +88,7 @@ where
     prefetch_holds_back(fresh().await).await;
     acked_is_not_redelivered(fresh().await).await;
     dropped_unsettled_is_redelivered(fresh().await).await;
+    a_paused_consumer_holds_nothing_back(fresh().await).await;
 }
 
 async fn publish_then_consume(queue: Arc<dyn WorkQueue>) {
@@ -128,6 +129,35 @@ async fn prefetch_holds_back(queue: Arc<dyn WorkQueue>) {
     let second = next_delivery(&mut deliveries, "prefetch: second after the ack").await;
     assert_eq!(text(&second), two);
     second.acker.ack().await.expect("ack");
+}
+
+/// A batching consumer stops reading whenever its linger runs out: messages it has
+/// not read yet must not hold back its acks, nor anyone's publishes.
+async fn a_paused_consumer_holds_nothing_back(queue: Arc<dyn WorkQueue>) {
+    const PREFETCH: u16 = 512;
+    let bodies: Vec<String> = (0..1100).map(|i| payload(&format!("paused-{i}"))).collect();
+    for body in &bodies {
+        publish(&*queue, Stream::Solution, body).await;
+    }
+    let mut deliveries = consume(&*queue, Stream::Solution, PREFETCH).await;
+    let first = next_delivery(&mut deliveries, "paused consumer: first").await;
+    // Every other place freed, so the queue has a full prefetch to hand over next.
+    for _ in 1..PREFETCH {
+        let delivery = next_delivery(&mut deliveries, "paused consumer: the first batch").await;
+        delivery.acker.ack().await.expect("ack");
+    }
+    // A read cut short mid-way, as a linger timeout cuts it: polled once, then left.
+    let cut_short = tokio::time::timeout(Duration::ZERO, deliveries.next()).await;
+    drop(cut_short);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let settle = async {
+        first.acker.ack().await.expect("ack");
+        publish(&*queue, Stream::Job, &payload("published meanwhile")).await;
+    };
+    tokio::time::timeout(Duration::from_secs(2), settle)
+        .await
+        .expect("an ack and a publish while the consumer pauses finish at once");
+    drop(deliveries);
 }
 
 async fn acked_is_not_redelivered(queue: Arc<dyn WorkQueue>) {
@@ -410,13 +440,17 @@ async fn sqlite_queue_survives_a_restart() {
     let file = dir.path().join("queue.db");
     {
         let queue = SqliteQueue::open(&file).await.expect("open");
-        for body in ["acked", "out when it died", "never delivered"] {
-            publish(&queue, Stream::Job, body).await;
-        }
-        let mut deliveries = consume(&queue, Stream::Job, 2).await;
+        // Prefetch 1, like a broker's consumer the queue fills it ahead of the
+        // reader: the last message is published while the one before holds the
+        // only place, so it is never handed out.
+        let mut deliveries = consume(&queue, Stream::Job, 1).await;
+        publish(&queue, Stream::Job, "acked").await;
         let first = next_delivery(&mut deliveries, "the first message").await;
         assert_eq!(text(&first), "acked");
         first.acker.ack().await.expect("ack");
+        for body in ["out when it died", "never delivered"] {
+            publish(&queue, Stream::Job, body).await;
+        }
         let second = next_delivery(&mut deliveries, "the second message").await;
         assert_eq!(text(&second), "out when it died");
         // The process dies here: nothing is settled, nothing is closed cleanly.

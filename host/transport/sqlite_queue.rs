@@ -11,7 +11,7 @@ use super::{Acker, Deliveries, Delivery, Stream, TransportError, WorkQueue};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -219,6 +219,67 @@ async fn take(shared: &Shared, stream: Stream, n: usize) -> Result<Vec<(i64, Vec
     Ok(taken)
 }
 
+/// Feeds one consume stream, like a broker's consumer: takes messages while the
+/// stream has prefetch places free and hands them over. It runs as a task of its
+/// own because a read holds SQLite's write lock until its rows are drained; read
+/// lazily from the stream, an unfinished take would lock out the stream's own
+/// acks (and every publish) while its consumer handles a batch. Ends when the
+/// stream is dropped or after reporting an error.
+async fn fetch(shared: Arc<Shared>, ledger: Arc<Ledger>, tx: mpsc::UnboundedSender<Result<Delivery, TransportError>>) {
+    let stream = ledger.stream;
+    loop {
+        // One free place at least, then every other one free now.
+        let first = tokio::select! {
+            _ = tx.closed() => return,
+            place = ledger.places.acquire() => match place {
+                Ok(place) => place,
+                Err(_) => return,
+            },
+        };
+        first.forget();
+        let mut places = 1;
+        while places < MAX_TAKE {
+            match ledger.places.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    places += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut notified = std::pin::pin!(shared.ready[index(stream)].notified());
+        // Registered before looking, so a publish in between is not missed.
+        notified.as_mut().enable();
+        let taken = match take(&shared, stream, places).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                ledger.places.add_permits(places);
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        ledger.places.add_permits(places - taken.len());
+        if taken.is_empty() {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::timeout(IDLE_POLL, notified) => {}
+            }
+            continue;
+        }
+        for (id, payload, redelivered) in taken {
+            let seq = ledger.next_seq.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut unsettled) = ledger.unsettled.lock() {
+                unsettled.insert(seq, id);
+            }
+            // Dropped unsent (the stream is gone), the acker puts the message back.
+            let acker = SqliteAcker { shared: shared.clone(), ledger: ledger.clone(), seq, id };
+            if tx.send(Ok(Delivery { payload, redelivered, acker: Box::new(acker) })).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 struct SqliteAcker {
     shared: Arc<Shared>,
     ledger: Arc<Ledger>,
@@ -302,51 +363,9 @@ impl WorkQueue for SqliteQueue {
             next_seq: AtomicU64::new(0),
             places: Semaphore::new(prefetch.max(1) as usize),
         });
-        let state = (self.shared.clone(), ledger, VecDeque::<Delivery>::new());
-        let deliveries = futures::stream::unfold(state, move |(shared, ledger, mut ready)| async move {
-            loop {
-                if let Some(delivery) = ready.pop_front() {
-                    return Some((Ok(delivery), (shared, ledger, ready)));
-                }
-                // One free place at least, then every other one free now.
-                let first = ledger.places.acquire().await.ok()?;
-                first.forget();
-                let mut places = 1;
-                while places < MAX_TAKE {
-                    match ledger.places.try_acquire() {
-                        Ok(p) => {
-                            p.forget();
-                            places += 1;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let mut notified = Box::pin(shared.ready[index(stream)].notified());
-                // Registered before looking, so a publish in between is not missed.
-                notified.as_mut().enable();
-                let taken = match take(&shared, stream, places).await {
-                    Ok(taken) => taken,
-                    Err(e) => {
-                        drop(notified);
-                        ledger.places.add_permits(places);
-                        return Some((Err(e), (shared, ledger, ready)));
-                    }
-                };
-                ledger.places.add_permits(places - taken.len());
-                if taken.is_empty() {
-                    let _ = tokio::time::timeout(IDLE_POLL, notified).await;
-                    continue;
-                }
-                for (id, payload, redelivered) in taken {
-                    let seq = ledger.next_seq.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut unsettled) = ledger.unsettled.lock() {
-                        unsettled.insert(seq, id);
-                    }
-                    let acker = SqliteAcker { shared: shared.clone(), ledger: ledger.clone(), seq, id };
-                    ready.push_back(Delivery { payload, redelivered, acker: Box::new(acker) });
-                }
-            }
-        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(fetch(self.shared.clone(), ledger, tx));
+        let deliveries = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         Ok(Box::pin(deliveries))
     }
 }
