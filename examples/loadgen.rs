@@ -338,9 +338,10 @@ async fn worker(w: usize, socket: Socket, args: Args, tally: Arc<Tally>, base: i
             continue;
         };
         let height = work["epoch_challenge"]["height"].as_i64().unwrap_or_default();
-        if let Some(sent) = tally.job_sent.lock().ok().and_then(|m| m.get(&height).copied()) {
-            tally.job_latency.lock().map(|mut l| l.push(sent.elapsed())).ok();
-        }
+        // A worker is first offered the server's current job, which may be an earlier
+        // run's: only this run's jobs are measured and answered.
+        let Some(sent) = tally.job_sent.lock().ok().and_then(|m| m.get(&height).copied()) else { continue };
+        tally.job_latency.lock().map(|mut l| l.push(sent.elapsed())).ok();
         match args.mode {
             Mode::RoundTrip => {
                 let nonce = (height - base) as u64 * 1_000_000 + w as u64;
