@@ -182,19 +182,30 @@ impl Settlement<'_> {
 }
 
 /// Rows as stored for each input, in input order: an input repeated in the batch
-/// is reported as found (`created: false`) after its first occurrence.
-fn in_input_order<T: Clone, K: std::hash::Hash + Eq>(
-    keys: impl Iterator<Item = K>,
-    stored: &std::collections::HashMap<K, T>,
-    created: &std::collections::HashSet<K>,
-) -> Result<Vec<Inserted<T>>, StoreError> {
+/// is reported as found (`created: false`) after its first occurrence. `rows` are
+/// the batch's rows as read back, `created` the keys the insert created.
+fn in_input_order<R, T, K>(
+    keys: impl IntoIterator<Item = K>,
+    rows: Vec<R>,
+    key_of: impl Fn(&R) -> K,
+    created: Vec<K>,
+) -> Result<Vec<Inserted<T>>, StoreError>
+where
+    R: Into<T>,
+    T: Clone,
+    K: std::hash::Hash + Eq,
+{
+    let stored: std::collections::HashMap<K, T> = rows.into_iter().map(|r| (key_of(&r), r.into())).collect();
+    let created: std::collections::HashSet<K> = created.into_iter().collect();
     let mut seen = std::collections::HashSet::new();
-    keys.map(|key| {
-        let row = stored.get(&key).cloned().ok_or_else(|| StoreError::Corrupt("an inserted row is missing".into()))?;
-        let created = created.contains(&key) && seen.insert(key);
-        Ok(Inserted { row, created })
-    })
-    .collect()
+    keys.into_iter()
+        .map(|key| {
+            let row =
+                stored.get(&key).cloned().ok_or_else(|| StoreError::Corrupt("an inserted row is missing".into()))?;
+            let created = created.contains(&key) && seen.insert(key);
+            Ok(Inserted { row, created })
+        })
+        .collect()
 }
 
 /// Persistence for the pipeline.

@@ -21,7 +21,6 @@ use super::{
     in_input_order, Inserted, NewJob, NewSolution, Settlement, Store, StoreError, StoredJob, StoredSolution,
     WorkerConnection, WorkerRow,
 };
-use std::collections::HashMap;
 
 /// How long connecting (or waiting for a pooled connection) may take before failing.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -232,8 +231,7 @@ impl Store for PgStore {
                 .fetch_all(&mut *tx)
                 .await?;
         tx.commit().await?;
-        let stored: HashMap<i64, StoredJob> = rows.into_iter().map(|r| (r.block_height, r.into())).collect();
-        in_input_order(heights.into_iter(), &stored, &created.into_iter().collect())
+        in_input_order(heights, rows, |r| r.block_height, created)
     }
 
     async fn jobs_by_task(&self, task_ids: &[String]) -> Result<Vec<StoredJob>, StoreError> {
@@ -279,9 +277,7 @@ impl Store for PgStore {
                 .fetch_all(&mut *tx)
                 .await?;
         tx.commit().await?;
-        let stored: HashMap<String, StoredSolution> =
-            rows.into_iter().map(|r| (r.unique_key.clone(), r.into())).collect();
-        in_input_order(keys.iter().map(|k| k.to_string()), &stored, &created.into_iter().collect())
+        in_input_order(keys.iter().map(|k| k.to_string()), rows, |r| r.unique_key.clone(), created)
     }
 
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<(), StoreError> {
