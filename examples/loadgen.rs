@@ -209,18 +209,20 @@ async fn main() -> Result<()> {
     let connect_secs = connect_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
-    if args.mode == Mode::Idle {
-        // Welcomes are accepted once the server counts every worker.
-        let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
-        let mut counted = 0;
-        while Instant::now() < deadline {
-            counted = connected_workers(&args.admin).await.unwrap_or(0);
-            if counted >= args.workers as u64 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // Welcomes are accepted once the server counts every worker. Jobs wait for
+    // that too: a worker welcomed after a job was sent is handed it as the current
+    // job, which would time its welcome, not the fan-out.
+    let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+    let mut counted = 0;
+    while Instant::now() < deadline {
+        counted = connected_workers(&args.admin).await.unwrap_or(0);
+        if counted >= args.workers as u64 {
+            break;
         }
-        let welcomed_secs = connect_started.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let welcomed_secs = connect_started.elapsed().as_secs_f64();
+    if args.mode == Mode::Idle {
         let report = json!({ "mode": "idle", "workers": args.workers, "welcomed": counted,
             "connect_s": connect_secs, "welcomed_s": welcomed_secs,
             "welcomes_per_s": counted as f64 / welcomed_secs, "errors": tally.errors.load(Ordering::Relaxed) });
@@ -254,8 +256,9 @@ async fn main() -> Result<()> {
     if nodes.is_empty() {
         bail!("at least one node is needed in this mode");
     }
-    // Let every worker's welcome land before the first job.
-    tokio::time::sleep(Duration::from_millis(300 + args.workers as u64 / 20)).await;
+    if counted < args.workers as u64 {
+        eprintln!("only {counted} of {} workers were welcomed within {} s", args.workers, args.wait_secs);
+    }
     let sending = Instant::now();
     let jobs = if args.mode == Mode::Solutions { 1 } else { args.jobs };
     for j in 0..jobs {
