@@ -30,8 +30,10 @@ pub enum Outcome {
     Rejected(String),
 }
 
-/// Consumes the `job` queue until `shutdown`.
+/// Consumes the `job` queue until `shutdown`. A batch is the jobs ready at once:
+/// jobs come one a block, so waiting `linger_ms` for more would only delay each.
 pub async fn run(services: Services, settings: BatchSettings, shutdown: CancellationToken) {
+    let settings = BatchSettings { linger_ms: 0, ..settings };
     consume_until(Stream::Job, services, settings, shutdown, |s, p| {
         Box::pin(async move { Ok(process_batch(s, p).await?.iter().map(Outcome::label).collect()) })
     })
