@@ -99,10 +99,11 @@ impl Default for NodeConfig {
     }
 }
 
-/// WebSocket buffer sizes of one connection. The library's defaults (128 KiB each
-/// way) cost ~130 KiB per idle connection; frames of this protocol are a few
-/// hundred bytes, so small buffers cost nothing in speed and keep 100,000
-/// connections affordable.
+/// WebSocket buffer sizes and input bounds of one connection. The library's
+/// default buffers (128 KiB each way) cost ~130 KiB per idle connection; frames of
+/// this protocol are a few hundred bytes, so small buffers cost nothing in speed
+/// and keep 100,000 connections affordable. Its default message limit (64 MiB)
+/// would let any client make the server buffer that much.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SocketConfig {
@@ -110,11 +111,36 @@ pub struct SocketConfig {
     pub read_buffer_bytes: usize,
     /// Bytes gathered before a write is flushed to the socket.
     pub write_buffer_bytes: usize,
+    /// Longest message (and frame) a client may send; a longer one closes the
+    /// connection with 1009 before its payload is read.
+    pub max_message_bytes: usize,
+    /// Longest text field of a frame, in UTF-8 bytes.
+    pub max_text_field_bytes: usize,
+    /// Longest JSON object field of a frame (`solution`, `epoch_challenge`), as
+    /// compact JSON.
+    pub max_object_field_bytes: usize,
 }
 
 impl Default for SocketConfig {
     fn default() -> Self {
-        SocketConfig { read_buffer_bytes: 4096, write_buffer_bytes: 4096 }
+        let fields = crate::protocol::FieldLimits::default();
+        SocketConfig {
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 4096,
+            max_message_bytes: 64 * 1024,
+            max_text_field_bytes: fields.text_bytes,
+            max_object_field_bytes: fields.object_bytes,
+        }
+    }
+}
+
+impl SocketConfig {
+    /// The bounds on a frame's fields.
+    pub fn fields(&self) -> crate::protocol::FieldLimits {
+        crate::protocol::FieldLimits {
+            text_bytes: self.max_text_field_bytes,
+            object_bytes: self.max_object_field_bytes,
+        }
     }
 }
 

@@ -18,6 +18,92 @@ pub enum FrameError {
         /// What is wrong.
         detail: String,
     },
+    /// A field is longer than eligo accepts.
+    #[error("field `{field}` is {size} bytes, over the limit of {max} bytes")]
+    TooLong {
+        /// The field, as named in the frame.
+        field: &'static str,
+        /// Its length: text in UTF-8 bytes, an object as compact JSON.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A field is wider than the table column it is stored in.
+    #[error("field `{field}` is {chars} characters, over its column's width of {width}")]
+    TooWide {
+        /// The field, as named in the frame.
+        field: &'static str,
+        /// Its length in characters.
+        chars: usize,
+        /// The column's width.
+        width: usize,
+    },
+}
+
+/// How long the fields of a client's frame may be, checked before a frame
+/// reaches a queue, a plugin or the database. Fields with a column of fixed
+/// width (`hardware_id`, `caption`, `ip`, `task_id`) are held to that width too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldLimits {
+    /// Any text field.
+    pub text_bytes: usize,
+    /// A JSON object field (`solution`, `epoch_challenge`), as compact JSON.
+    pub object_bytes: usize,
+}
+
+impl Default for FieldLimits {
+    fn default() -> Self {
+        FieldLimits { text_bytes: 1024, object_bytes: 16 * 1024 }
+    }
+}
+
+/// Widths of the original tables' `varchar` columns, in characters.
+mod column {
+    pub const IP: usize = 45;
+    pub const HARDWARE_ID: usize = 255;
+    pub const CAPTION: usize = 255;
+    pub const TASK_ID: usize = 36;
+}
+
+impl FieldLimits {
+    fn text(&self, field: &'static str, value: &str, column: Option<usize>) -> Result<(), FrameError> {
+        if value.len() > self.text_bytes {
+            return Err(FrameError::TooLong { field, size: value.len(), max: self.text_bytes });
+        }
+        if let Some(width) = column {
+            let chars = value.chars().count();
+            if chars > width {
+                return Err(FrameError::TooWide { field, chars, width });
+            }
+        }
+        Ok(())
+    }
+
+    fn object(&self, field: &'static str, value: &Map<String, Value>) -> Result<(), FrameError> {
+        let size = json_len(value);
+        if size > self.object_bytes {
+            return Err(FrameError::TooLong { field, size, max: self.object_bytes });
+        }
+        Ok(())
+    }
+}
+
+/// The length of a value as compact JSON, without building the text.
+fn json_len(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and a `Map` of `Value`s always serializes.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn parse<T: serde::de::DeserializeOwned>(kind: &'static str, text: &[u8]) -> Result<T, FrameError> {
@@ -59,6 +145,13 @@ impl JobFrame {
     pub fn parse(text: &[u8]) -> Result<Self, FrameError> {
         parse("job", text)
     }
+
+    /// Reads a node's frame and holds its fields to `limits`.
+    pub fn parse_within(text: &[u8], limits: &FieldLimits) -> Result<Self, FrameError> {
+        let frame = Self::parse(text)?;
+        limits.object("epoch_challenge", &frame.epoch_challenge)?;
+        Ok(frame)
+    }
 }
 
 /// Worker → server, first frame.
@@ -76,6 +169,17 @@ impl WelcomeFrame {
     pub fn parse(text: &[u8]) -> Result<Self, FrameError> {
         parse("welcome", text)
     }
+
+    /// Reads a worker's welcome and holds its fields to `limits`.
+    pub fn parse_within(text: &[u8], limits: &FieldLimits) -> Result<Self, FrameError> {
+        let frame = Self::parse(text)?;
+        limits.text("ip", &frame.ip, Some(column::IP))?;
+        limits.text("address", &frame.address, None)?;
+        limits.text("hardware", &frame.hardware, None)?;
+        limits.text("hardware_id", &frame.hardware_id, Some(column::HARDWARE_ID))?;
+        limits.text("caption", &frame.caption, Some(column::CAPTION))?;
+        Ok(frame)
+    }
 }
 
 /// Worker → server: a solution. An extra `"type": "solution"` is ignored.
@@ -91,6 +195,14 @@ impl SolutionFrame {
     /// Reads a worker's solution frame.
     pub fn parse(text: &[u8]) -> Result<Self, FrameError> {
         parse("solution", text)
+    }
+
+    /// Reads a worker's solution frame and holds its fields to `limits`.
+    pub fn parse_within(text: &[u8], limits: &FieldLimits) -> Result<Self, FrameError> {
+        let frame = Self::parse(text)?;
+        limits.text("task_id", &frame.task_id, Some(column::TASK_ID))?;
+        limits.object("solution", &frame.solution)?;
+        Ok(frame)
     }
 }
 
@@ -184,6 +296,39 @@ mod tests {
         assert!(missing.contains("block_height"), "{missing}");
         let not_object = JobFrame::parse(br#"{"epoch_challenge":3,"proof_target":5,"block_height":1}"#).unwrap_err();
         assert!(not_object.to_string().contains("epoch_challenge") || not_object.to_string().contains("map"));
+    }
+
+    #[test]
+    fn fields_over_their_limits_are_named_with_the_limit() {
+        let limits = FieldLimits { text_bytes: 16, object_bytes: 32 };
+        let welcome = |caption: &str| {
+            format!(r#"{{"ip":"1.2.3.4","address":"a","hardware":"h","hardware_id":"id","caption":"{caption}"}}"#)
+        };
+        assert!(WelcomeFrame::parse_within(welcome("fits").as_bytes(), &limits).is_ok());
+        let long = WelcomeFrame::parse_within(welcome(&"c".repeat(17)).as_bytes(), &limits).unwrap_err();
+        assert_eq!(long, FrameError::TooLong { field: "caption", size: 17, max: 16 });
+        assert_eq!(long.to_string(), "field `caption` is 17 bytes, over the limit of 16 bytes");
+        let solution = |nonce: &str| format!(r#"{{"task_id":"t","solution":{{"n":"{nonce}"}},"solution_target":1}}"#);
+        assert!(SolutionFrame::parse_within(solution("1").as_bytes(), &limits).is_ok());
+        let big = SolutionFrame::parse_within(solution(&"9".repeat(40)).as_bytes(), &limits).unwrap_err();
+        assert_eq!(big, FrameError::TooLong { field: "solution", size: 48, max: 32 });
+        let job = br#"{"epoch_challenge":{"x":"0123456789012345678901234567890"},"proof_target":1,"block_height":1}"#;
+        assert!(matches!(
+            JobFrame::parse_within(job, &limits),
+            Err(FrameError::TooLong { field: "epoch_challenge", .. })
+        ));
+    }
+
+    #[test]
+    fn fixed_width_columns_bound_their_fields_in_characters() {
+        let limits = FieldLimits::default();
+        let task = format!(r#"{{"task_id":"{}","solution":{{}},"solution_target":1}}"#, "t".repeat(37));
+        let error = SolutionFrame::parse_within(task.as_bytes(), &limits).unwrap_err();
+        assert_eq!(error, FrameError::TooWide { field: "task_id", chars: 37, width: 36 });
+        // Multi-byte characters count once: 255 of them fit the column.
+        let caption = "é".repeat(255);
+        let welcome = format!(r#"{{"ip":"","address":"","hardware":"","hardware_id":"","caption":"{caption}"}}"#);
+        assert!(WelcomeFrame::parse_within(welcome.as_bytes(), &limits).is_ok());
     }
 
     #[test]

@@ -101,6 +101,7 @@ on_both!(
     the_original_rules_hold,
     a_node_that_reconnects_gets_what_was_found_while_it_was_away,
     bad_frames_get_precise_errors_and_the_connection_stays,
+    oversized_input_is_refused_with_its_limit_and_the_server_stays,
     a_processor_failing_between_commit_and_ack_loses_and_duplicates_nothing,
     worker_connections_are_recorded,
     invalid_solutions_are_stored_with_the_reason_and_not_delivered,
@@ -297,6 +298,53 @@ async fn bad_frames_get_precise_errors_and_the_connection_stays(kind: Kind) {
         Next::Closed(3000, reason) => assert!(reason.contains("bad welcome"), "{reason}"),
         other => panic!("expected close 3000, got {other:?}"),
     }
+    server.stop().await;
+}
+
+async fn oversized_input_is_refused_with_its_limit_and_the_server_stays(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules"]).await;
+    let worker_addr = server.running.worker_addr.expect("worker server");
+    let mut node = server.node().await;
+    let mut worker = server.worker("hw-1").await;
+    node.send(&job(7, 1)).await;
+    let task = worker.recv("job 7").await["task_id"].as_str().expect("task").to_string();
+
+    // A field over its limit: an error frame that names it; the connection stays.
+    let mut big = solution(&task, 1, 1);
+    big["solution"]["padding"] = json!("x".repeat(20_000));
+    worker.send(&big).await;
+    let error = worker.recv("an error frame").await["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("`solution`") && error.contains("16384"), "{error}");
+    worker.send(&solution(&task, 2, 1)).await;
+    assert_eq!(node.recv("the solution within limits").await["partial_solution"]["nonce"], 2);
+
+    // A message over the limit: closed with 1009 and the limit, from either role.
+    worker.send_text_refusable("x".repeat(1 << 20)).await;
+    match worker.next_within(Duration::from_secs(10)).await {
+        Next::Closed(1009, reason) => assert!(reason.contains("65536"), "{reason}"),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+    let mut flooding_node = server.node().await;
+    flooding_node.send_text_refusable(format!("{{\"epoch_challenge\":\"{}\"}}", "y".repeat(100_000))).await;
+    match flooding_node.next_within(Duration::from_secs(10)).await {
+        Next::Closed(1009, reason) => assert!(reason.contains("over the limit"), "{reason}"),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+
+    // A welcome field wider than its column is refused before it reaches the table.
+    let mut wide = Client::connect(worker_addr).await;
+    let mut welcome = welcome("hw-wide");
+    welcome["caption"] = json!("c".repeat(300));
+    wide.send(&welcome).await;
+    match wide.next_within(Duration::from_secs(10)).await {
+        Next::Closed(3000, reason) => assert!(reason.contains("`caption`") && reason.contains("255"), "{reason}"),
+        other => panic!("expected close 3000, got {other:?}"),
+    }
+
+    // The server carries on.
+    let mut after = server.worker("hw-2").await;
+    node.send(&job(8, 1)).await;
+    after.recv("a job after the refusals").await;
     server.stop().await;
 }
 

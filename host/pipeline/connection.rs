@@ -24,6 +24,8 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// The connection broke a rule (e.g. read too slowly to keep up).
     pub const POLICY: u16 = 1008;
+    /// A message over the size limit.
+    pub const TOO_BIG: u16 = 1009;
     /// An internal error (e.g. storage failed).
     pub const INTERNAL: u16 = 1011;
     /// A broker is unavailable: try again later.
@@ -144,7 +146,23 @@ pub fn sized(
     ws: axum::extract::ws::WebSocketUpgrade,
     socket: &crate::config::SocketConfig,
 ) -> axum::extract::ws::WebSocketUpgrade {
-    ws.read_buffer_size(socket.read_buffer_bytes).write_buffer_size(socket.write_buffer_bytes)
+    ws.read_buffer_size(socket.read_buffer_bytes)
+        .write_buffer_size(socket.write_buffer_bytes)
+        .max_message_size(socket.max_message_bytes)
+        .max_frame_size(socket.max_message_bytes)
+}
+
+/// Closes a connection whose read failed, saying why when the client can act on
+/// it: a message over the limit gets 1009 with the limit (its payload is never
+/// read). Other read errors mean the connection is already gone.
+pub fn close_for_read_error(outbox: &Outbox, error: axum::Error, role: &'static str) {
+    let inner = error.into_inner();
+    if let Some(tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { size, max_size })) =
+        inner.downcast_ref::<tungstenite::Error>()
+    {
+        crate::metrics::add("eligo_frames_refused_total", &[("role", role), ("reason", "too_large")], 1);
+        outbox.close(close_code::TOO_BIG, &format!("message of {size} bytes is over the limit of {max_size} bytes"));
+    }
 }
 
 /// The parts of the WebSocket handshake policies see.
@@ -262,11 +280,13 @@ impl<C> Registry<C> {
 }
 
 /// Hands every data frame to `on_frame` until the peer goes, someone closes the
-/// connection, or `shutdown` fires (which closes it with 1001).
+/// connection, `shutdown` fires (which closes it with 1001) or a read fails (see
+/// [`close_for_read_error`]). `role` labels the metrics.
 pub async fn read_frames<F, Fut>(
     stream: &mut SplitStream<WebSocket>,
     outbox: &Outbox,
     shutdown: &CancellationToken,
+    role: &'static str,
     mut on_frame: F,
 ) where
     F: FnMut(Vec<u8>) -> Fut,
@@ -284,7 +304,8 @@ pub async fn read_frames<F, Fut>(
         match message {
             Some(Ok(Message::Text(text))) => on_frame(text.as_bytes().to_vec()).await,
             Some(Ok(Message::Binary(bytes))) => on_frame(bytes.to_vec()).await,
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            Some(Err(e)) => return close_for_read_error(outbox, e, role),
+            Some(Ok(Message::Close(_))) | None => return,
             Some(Ok(_)) => {}
         }
     }

@@ -40,7 +40,7 @@ const REMEMBERED_DELIVERIES: usize = 10_000;
 pub struct NodeServerSettings {
     /// Frames queued per connection before it counts as too slow.
     pub outbox_capacity: usize,
-    /// WebSocket buffer sizes.
+    /// WebSocket buffer sizes and input bounds.
     pub socket: SocketConfig,
 }
 
@@ -163,7 +163,7 @@ impl NodeServer {
         let id = self.nodes.insert(conn);
         crate::metrics::hot().node_connections.increment(1.0);
         tracing::info!(connection = id, remote = %handshake.remote, "node connected");
-        read_frames(&mut stream, &outbox, &self.shutdown, |frame| self.on_frame(id, &outbox, frame)).await;
+        read_frames(&mut stream, &outbox, &self.shutdown, "node", |frame| self.on_frame(id, &outbox, frame)).await;
         self.nodes.remove(id);
         drop(outbox);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
@@ -172,7 +172,7 @@ impl NodeServer {
     }
 
     async fn on_frame(&self, id: u64, outbox: &Outbox, bytes: Vec<u8>) {
-        let frame = match JobFrame::parse(&bytes) {
+        let frame = match JobFrame::parse_within(&bytes, &self.settings.socket.fields()) {
             Ok(f) => f,
             Err(e) => {
                 crate::metrics::hot().bad_frames_node.increment(1);

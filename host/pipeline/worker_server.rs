@@ -8,8 +8,8 @@
 //! that connection (and counted); the next job still goes.
 
 use super::connection::{
-    admit_connection, close_code, close_for_publish_error, read_frames, sized, start_writer, Handshake, Outbox,
-    Registry,
+    admit_connection, close_code, close_for_publish_error, close_for_read_error, read_frames, sized, start_writer,
+    Handshake, Outbox, Registry,
 };
 use super::solution_processor::job_view;
 use super::Services;
@@ -42,7 +42,7 @@ pub struct WorkerServerSettings {
     pub instance: String,
     /// Solutions of one connection awaiting the broker's confirm at once.
     pub publishes_in_flight: usize,
-    /// WebSocket buffer sizes.
+    /// WebSocket buffer sizes and input bounds.
     pub socket: SocketConfig,
 }
 
@@ -198,13 +198,17 @@ impl WorkerServer {
                 outbox.close(close_code::BAD_WELCOME, "expected a welcome text frame first");
                 return None;
             }
-            Ok(_) => return None,
+            Ok(Some(Err(e))) => {
+                close_for_read_error(outbox, e, "worker");
+                return None;
+            }
+            Ok(None) => return None,
             Err(_) => {
                 outbox.close(close_code::BAD_WELCOME, "no welcome within the time limit");
                 return None;
             }
         };
-        let welcome = match WelcomeFrame::parse(&bytes) {
+        let welcome = match WelcomeFrame::parse_within(&bytes, &self.settings.socket.fields()) {
             Ok(w) => w,
             Err(e) => {
                 crate::metrics::hot().bad_frames_worker.increment(1);
@@ -262,8 +266,10 @@ impl WorkerServer {
         }
         let capacity = self.settings.publishes_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let in_flight = Arc::new(Semaphore::new(capacity));
-        read_frames(stream, outbox, &self.shutdown, |frame| self.on_solution(id, outbox, &welcome, frame, &in_flight))
-            .await;
+        read_frames(stream, outbox, &self.shutdown, "worker", |frame| {
+            self.on_solution(id, outbox, &welcome, frame, &in_flight)
+        })
+        .await;
         self.workers.remove(id);
         crate::metrics::hot().worker_connections.decrement(1.0);
         // What the worker sent before it went is confirmed (or refused) before its row is finished.
@@ -287,7 +293,7 @@ impl WorkerServer {
         bytes: Vec<u8>,
         in_flight: &Arc<Semaphore>,
     ) {
-        let frame = match SolutionFrame::parse(&bytes) {
+        let frame = match SolutionFrame::parse_within(&bytes, &self.settings.socket.fields()) {
             Ok(f) => f,
             Err(e) => {
                 crate::metrics::hot().bad_frames_worker.increment(1);

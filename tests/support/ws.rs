@@ -42,6 +42,11 @@ impl Client {
         self.socket.send(Message::text(text.to_string())).await.expect("send");
     }
 
+    /// Sends raw text that the server may refuse part-way (by closing).
+    pub async fn send_text_refusable(&mut self, text: String) {
+        let _ = self.socket.send(Message::text(text)).await;
+    }
+
     /// The next frame or close within `wait`.
     pub async fn next_within(&mut self, wait: Duration) -> Next {
         loop {
