@@ -107,6 +107,11 @@ pub async fn consume_until(
     }
 }
 
+/// The outcome of a batch of one message: a processor's one-message form.
+pub(crate) fn only<O>(mut outcomes: Vec<O>) -> Result<O, Retry> {
+    outcomes.pop().ok_or_else(|| Retry::from("no outcome for the message"))
+}
+
 /// The next batch: one message (waiting for it), then what is ready or arrives
 /// within the linger, up to the batch size. `None` on shutdown.
 async fn next_batch(

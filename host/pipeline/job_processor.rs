@@ -52,8 +52,7 @@ impl Outcome {
 
 /// Stores and broadcasts one job message.
 pub async fn process(services: &Services, payload: &[u8]) -> Result<Outcome, Retry> {
-    let mut outcomes = process_batch(services, std::slice::from_ref(&payload.to_vec())).await?;
-    outcomes.pop().ok_or_else(|| Retry::from("no outcome for the message"))
+    super::consume::only(process_batch(services, &[payload.to_vec()]).await?)
 }
 
 /// Stores and broadcasts a batch of job messages; says what became of each, in

@@ -92,8 +92,7 @@ fn parse(payload: &[u8]) -> Result<NewSolution, String> {
 
 /// Stores, validates and broadcasts one solution message.
 pub async fn process(services: &Services, payload: &[u8]) -> Result<Outcome, Retry> {
-    let mut outcomes = process_batch(services, std::slice::from_ref(&payload.to_vec())).await?;
-    outcomes.pop().ok_or_else(|| Retry::from("no outcome for the message"))
+    super::consume::only(process_batch(services, &[payload.to_vec()]).await?)
 }
 
 /// Stores, validates and broadcasts a batch of solution messages; says what became

@@ -81,6 +81,10 @@ macro_rules! finished_at {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Worker connects and disconnects come in storms (every worker of a pool
+    /// reconnects after a restart); queued here, they wait their turn instead of
+    /// timing out on the pool, which would close the worker.
+    connection_writes: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl PgStore {
@@ -104,7 +108,11 @@ impl PgStore {
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            // Half the pool at most: the processors keep connections during a storm.
+            connection_writes: std::sync::Arc::new(tokio::sync::Semaphore::new((max_connections as usize / 2).max(1))),
+        })
     }
 
     /// The connection pool, for queries outside the [`Store`] trait.
@@ -299,25 +307,28 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        if !settlement.jobs_broadcast.is_empty() {
-            sqlx::query(concat!(
-                "UPDATE job SET broadcast_at = ",
-                now_utc!(),
-                " WHERE task_id = ANY($1) AND broadcast_at IS NULL"
-            ))
-            .bind(settlement.jobs_broadcast)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !settlement.solutions_broadcast.is_empty() {
-            sqlx::query(concat!(
-                "UPDATE solution SET broadcast_at = ",
-                now_utc!(),
-                " WHERE unique_key = ANY($1) AND broadcast_at IS NULL"
-            ))
-            .bind(settlement.solutions_broadcast)
-            .execute(&mut *tx)
-            .await?;
+        let broadcast = [
+            (
+                concat!(
+                    "UPDATE job SET broadcast_at = ",
+                    now_utc!(),
+                    " WHERE task_id = ANY($1) AND broadcast_at IS NULL"
+                ),
+                settlement.jobs_broadcast,
+            ),
+            (
+                concat!(
+                    "UPDATE solution SET broadcast_at = ",
+                    now_utc!(),
+                    " WHERE unique_key = ANY($1) AND broadcast_at IS NULL"
+                ),
+                settlement.solutions_broadcast,
+            ),
+        ];
+        for (statement, keys) in broadcast {
+            if !keys.is_empty() {
+                sqlx::query(statement).bind(keys).execute(&mut *tx).await?;
+            }
         }
         let rejected = settlement.rejected;
         if !rejected.is_empty() {
@@ -358,6 +369,7 @@ impl Store for PgStore {
     }
 
     async fn worker_connected(&self, worker: &WorkerConnection) -> Result<i64, StoreError> {
+        let _turn = self.connection_writes.acquire().await.ok();
         let mut tx = self.pool.begin().await?;
         sqlx::query(concat!(
             "UPDATE worker SET disconnected_at = ",
@@ -387,6 +399,7 @@ impl Store for PgStore {
     }
 
     async fn worker_disconnected(&self, id: i64) -> Result<(), StoreError> {
+        let _turn = self.connection_writes.acquire().await.ok();
         sqlx::query(concat!(
             "UPDATE worker SET disconnected_at = ",
             now_utc!(),

@@ -82,6 +82,10 @@ fn json_array<T: serde::Serialize>(values: &[T]) -> String {
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Worker connects and disconnects come in storms (every worker of a pool
+    /// reconnects after a restart); queued here, they wait their turn instead of
+    /// timing out on SQLite's write lock, which would close the worker.
+    connection_writes: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl SqliteStore {
@@ -98,7 +102,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new().max_connections(FILE_CONNECTIONS).connect_with(options).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, connection_writes: std::sync::Arc::new(tokio::sync::Semaphore::new(1)) })
     }
 
     /// A fresh database in memory, private to this store, for tests.
@@ -113,7 +117,7 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, connection_writes: std::sync::Arc::new(tokio::sync::Semaphore::new(1)) })
     }
 
     /// The connection pool, for queries outside the [`Store`] trait.
@@ -328,25 +332,22 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        if !settlement.jobs_broadcast.is_empty() {
-            sqlx::query(
+        let broadcast = [
+            (
                 "UPDATE job SET broadcast_at = ?2 \
                  WHERE task_id IN (SELECT value FROM json_each(?1)) AND broadcast_at IS NULL",
-            )
-            .bind(json_array(settlement.jobs_broadcast))
-            .bind(&at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !settlement.solutions_broadcast.is_empty() {
-            sqlx::query(
+                settlement.jobs_broadcast,
+            ),
+            (
                 "UPDATE solution SET broadcast_at = ?2 \
                  WHERE unique_key IN (SELECT value FROM json_each(?1)) AND broadcast_at IS NULL",
-            )
-            .bind(json_array(settlement.solutions_broadcast))
-            .bind(&at)
-            .execute(&mut *tx)
-            .await?;
+                settlement.solutions_broadcast,
+            ),
+        ];
+        for (statement, keys) in broadcast {
+            if !keys.is_empty() {
+                sqlx::query(statement).bind(json_array(keys)).bind(&at).execute(&mut *tx).await?;
+            }
         }
         if !settlement.rejected.is_empty() {
             let rejected: Vec<serde_json::Value> = settlement
@@ -391,6 +392,7 @@ impl Store for SqliteStore {
     }
 
     async fn worker_connected(&self, worker: &WorkerConnection) -> Result<i64, StoreError> {
+        let _turn = self.connection_writes.acquire().await.ok();
         // IMMEDIATE takes the write lock up front (waiting up to the busy timeout): a
         // deferred transaction that read first could not upgrade and would fail at once.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -422,6 +424,7 @@ impl Store for SqliteStore {
     }
 
     async fn worker_disconnected(&self, id: i64) -> Result<(), StoreError> {
+        let _turn = self.connection_writes.acquire().await.ok();
         sqlx::query("UPDATE worker SET disconnected_at = ?2 WHERE id = ?1 AND disconnected_at IS NULL")
             .bind(id)
             .bind(now())
