@@ -9,6 +9,10 @@
 //!   none is lost or duplicated.
 //! - `idle`: workers connect, send their welcome and stay idle for `--hold-secs`
 //!   (for measuring memory per connection, and welcomes per second).
+//! - `receive`: workers only, timing the jobs of `--run` that another loadgen
+//!   (`--mode jobs --workers 0 --run` the same) sends: one process holds only so
+//!   many sockets, so a fan-out to more workers is spread over several. Jobs carry
+//!   their send time (wall clock), so any process on the machine can time them.
 //!
 //! More than ~28,000 client sockets need more source addresses than 127.0.0.1
 //! has ports: connections are spread over 127.0.0.1–127.0.0.`--source-ips`.
@@ -37,6 +41,7 @@ enum Mode {
     Jobs,
     Solutions,
     Idle,
+    Receive,
 }
 
 /// Drives a running eligo with workers and nodes over the original protocol.
@@ -88,12 +93,25 @@ struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Which jobs are this run's (default: a new name); workers time only those.
+    #[arg(long)]
+    run: Option<String>,
+    /// Receive mode: a file written once every worker is welcomed.
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
+    /// Add every job latency to the report (for merging several processes).
+    #[arg(long)]
+    raw: bool,
+}
+
+/// Microseconds since the Unix epoch: a clock every process on the machine shares.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 /// What every connection records.
 #[derive(Default)]
 struct Tally {
-    job_sent: Mutex<HashMap<i64, Instant>>,
     job_latency: Mutex<Vec<Duration>>,
     solution_sent: Mutex<HashMap<u64, Instant>>,
     solution_latency: Mutex<Vec<Duration>>,
@@ -181,9 +199,10 @@ async fn connected_workers(admin: &str) -> Option<u64> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     let tally = Arc::new(Tally::default());
     let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let run = args.run.get_or_insert_with(|| format!("load-{base}")).clone();
     let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(args.workers as u64) };
     bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")?);
     bar.set_message("workers connected");
@@ -234,8 +253,12 @@ async fn main() -> Result<()> {
         return Ok(());
     }
 
+    if let Some(ready) = &args.ready_file {
+        std::fs::write(ready, counted.to_string()).with_context(|| format!("writing {}", ready.display()))?;
+    }
+    let receiving_only = args.mode == Mode::Receive;
     let mut nodes = Vec::new();
-    for n in 0..args.nodes {
+    for n in 0..if receiving_only { 0 } else { args.nodes } {
         let socket = connect(&args.node_url, args.workers + n, args.source_ips).await.context("connecting a node")?;
         let (tx, mut rx) = socket.split();
         let tally = tally.clone();
@@ -253,7 +276,7 @@ async fn main() -> Result<()> {
         }));
         nodes.push(tx);
     }
-    if nodes.is_empty() {
+    if nodes.is_empty() && !receiving_only {
         bail!("at least one node is needed in this mode");
     }
     if counted < args.workers as u64 {
@@ -261,10 +284,10 @@ async fn main() -> Result<()> {
     }
     let sending = Instant::now();
     let jobs = if args.mode == Mode::Solutions { 1 } else { args.jobs };
-    for j in 0..jobs {
+    for j in 0..if receiving_only { 0 } else { jobs } {
         let height = base + j as i64;
-        let job = json!({ "epoch_challenge": { "height": height }, "proof_target": 1, "block_height": height });
-        tally.job_sent.lock().map(|mut m| m.insert(height, Instant::now())).ok();
+        let challenge = json!({ "height": height, "run": run, "sent_us": unix_us() });
+        let job = json!({ "epoch_challenge": challenge, "proof_target": 1, "block_height": height });
         let node_count = nodes.len();
         if nodes[j % node_count].send(Message::text(job.to_string())).await.is_err() {
             tally.error();
@@ -302,6 +325,7 @@ async fn main() -> Result<()> {
         h.abort();
     }
 
+    let job_latencies = tally.job_latency.lock().map(|l| l.clone()).unwrap_or_default();
     let sent = tally.solutions_sent.load(Ordering::Relaxed);
     let received = tally.solution_latency.lock().map(|l| l.len()).unwrap_or(0) as u64;
     let window = match (*tally.first_send.lock().expect("lock"), *tally.last_receipt.lock().expect("lock")) {
@@ -313,7 +337,12 @@ async fn main() -> Result<()> {
         "workers": args.workers, "nodes": args.nodes, "jobs": jobs, "elapsed_s": elapsed.as_secs_f64(),
         "connect_s": connect_secs,
         "jobs_delivered": last.0, "jobs_expected": expected_jobs,
-        "job_latency": percentiles(tally.job_latency.lock().map(|l| l.clone()).unwrap_or_default()),
+        "job_latency": percentiles(job_latencies.clone()),
+        "job_latencies_ms": if args.raw {
+            json!(job_latencies.iter().map(|d| (d.as_secs_f64() * 1e5).round() / 1e2).collect::<Vec<_>>())
+        } else {
+            Value::Null
+        },
         "solutions_sent": sent, "solutions_received": received,
         "solutions_lost": sent.saturating_sub(received),
         "solutions_duplicated": tally.duplicates.load(Ordering::Relaxed),
@@ -340,11 +369,16 @@ async fn worker(w: usize, socket: Socket, args: Args, tally: Arc<Tally>, base: i
             tally.error();
             continue;
         };
-        let height = work["epoch_challenge"]["height"].as_i64().unwrap_or_default();
+        let challenge = &work["epoch_challenge"];
         // A worker is first offered the server's current job, which may be an earlier
         // run's: only this run's jobs are measured and answered.
-        let Some(sent) = tally.job_sent.lock().ok().and_then(|m| m.get(&height).copied()) else { continue };
-        tally.job_latency.lock().map(|mut l| l.push(sent.elapsed())).ok();
+        if challenge["run"].as_str() != args.run.as_deref() {
+            continue;
+        }
+        let height = challenge["height"].as_i64().unwrap_or_default();
+        let sent_us = challenge["sent_us"].as_u64().unwrap_or_default();
+        let latency = Duration::from_micros(unix_us().saturating_sub(sent_us));
+        tally.job_latency.lock().map(|mut l| l.push(latency)).ok();
         match args.mode {
             Mode::RoundTrip => {
                 let nonce = (height - base) as u64 * 1_000_000 + w as u64;
@@ -379,7 +413,7 @@ async fn worker(w: usize, socket: Socket, args: Args, tally: Arc<Tally>, base: i
                     }
                 }
             }
-            Mode::Jobs | Mode::Idle => {}
+            Mode::Jobs | Mode::Idle | Mode::Receive => {}
         }
     }
 }
