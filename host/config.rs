@@ -119,6 +119,12 @@ pub struct SocketConfig {
     /// Longest JSON object field of a frame (`solution`, `epoch_challenge`), as
     /// compact JSON.
     pub max_object_field_bytes: usize,
+    /// Data frames a connection may send per second, sustained; past that (and
+    /// the burst), each frame is dropped with an error frame.
+    pub frames_per_second: u32,
+    /// Data frames a connection may send at once above the sustained rate. A
+    /// connection that has this many frames dropped in a row is closed with 1008.
+    pub frame_burst: u32,
 }
 
 impl Default for SocketConfig {
@@ -130,11 +136,20 @@ impl Default for SocketConfig {
             max_message_bytes: 64 * 1024,
             max_text_field_bytes: fields.text_bytes,
             max_object_field_bytes: fields.object_bytes,
+            // A fast prover sends tens of solutions a second; the load benchmark's
+            // workers send ~250.
+            frames_per_second: 1000,
+            frame_burst: 2000,
         }
     }
 }
 
 impl SocketConfig {
+    /// A new connection's frame allowance.
+    pub fn frame_budget(&self) -> crate::pipeline::connection::FrameBudget {
+        crate::pipeline::connection::FrameBudget::new(self.frames_per_second, self.frame_burst)
+    }
+
     /// The bounds on a frame's fields.
     pub fn fields(&self) -> crate::protocol::FieldLimits {
         crate::protocol::FieldLimits {

@@ -31,6 +31,15 @@ impl Server {
     }
 
     async fn start_on(backends: Backends, plugins: &[&str], store: Option<Arc<dyn Store>>) -> Server {
+        Self::start_configured(backends, plugins, store, |_| {}).await
+    }
+
+    async fn start_configured(
+        backends: Backends,
+        plugins: &[&str],
+        store: Option<Arc<dyn Store>>,
+        configure: impl FnOnce(&mut Config),
+    ) -> Server {
         let dir = backends.dir().join("policies");
         std::fs::create_dir_all(&dir).expect("policies dir");
         for (i, name) in plugins.iter().enumerate() {
@@ -43,6 +52,7 @@ impl Server {
         config.admin.listen = Some(([127, 0, 0, 1], 0).into());
         config.plugins.dir = dir;
         config.plugins.debounce_ms = 50;
+        configure(&mut config);
         let store = store.unwrap_or_else(|| backends.store.clone());
         let running =
             start_with(&config, backends.queue.clone(), backends.log.clone(), store).await.expect("eligo starts");
@@ -102,6 +112,7 @@ on_both!(
     a_node_that_reconnects_gets_what_was_found_while_it_was_away,
     bad_frames_get_precise_errors_and_the_connection_stays,
     oversized_input_is_refused_with_its_limit_and_the_server_stays,
+    a_flood_of_frames_is_dropped_then_closed_and_others_are_served,
     a_processor_failing_between_commit_and_ack_loses_and_duplicates_nothing,
     worker_connections_are_recorded,
     invalid_solutions_are_stored_with_the_reason_and_not_delivered,
@@ -345,6 +356,42 @@ async fn oversized_input_is_refused_with_its_limit_and_the_server_stays(kind: Ki
     let mut after = server.worker("hw-2").await;
     node.send(&job(8, 1)).await;
     after.recv("a job after the refusals").await;
+    server.stop().await;
+}
+
+async fn a_flood_of_frames_is_dropped_then_closed_and_others_are_served(kind: Kind) {
+    let server = Server::start_configured(Backends::new(kind).await, &["seed-rules"], None, |config| {
+        config.node.socket.frames_per_second = 5;
+        config.node.socket.frame_burst = 10;
+    })
+    .await;
+    let mut node = server.node().await;
+    let mut worker = server.worker("hw-1").await;
+    // Within the burst: served as usual.
+    node.send(&job(1, 1)).await;
+    worker.recv("job 1").await;
+
+    let mut flooding = server.node().await;
+    for i in 0..5_000 {
+        flooding.send_text_refusable(format!("{{\"flood\": {i}}}")).await;
+    }
+    let mut saw_dropped = false;
+    let reason = loop {
+        match flooding.next_within(Duration::from_secs(10)).await {
+            Next::Frame(frame) => {
+                let error = frame["error"].as_str().unwrap_or_default().to_string();
+                saw_dropped |= error.contains("too many frames") && error.contains("dropped");
+            }
+            Next::Closed(1008, reason) => break reason,
+            other => panic!("expected error frames, then close 1008, got {other:?}"),
+        }
+    };
+    assert!(saw_dropped, "frames over the budget are answered as dropped before the close");
+    assert!(reason.contains("too many frames") && reason.contains("5 frames per second"), "{reason}");
+
+    // The other node is not held to the flooder's budget.
+    node.send(&job(2, 1)).await;
+    worker.recv("job 2 from the well-behaved node").await;
     server.stop().await;
 }
 

@@ -279,14 +279,77 @@ impl<C> Registry<C> {
     }
 }
 
-/// Hands every data frame to `on_frame` until the peer goes, someone closes the
-/// connection, `shutdown` fires (which closes it with 1001) or a read fails (see
-/// [`close_for_read_error`]). `role` labels the metrics.
+/// A connection's allowance of data frames: a token bucket of `burst` frames,
+/// refilled at `per_second`.
+#[derive(Debug)]
+pub struct FrameBudget {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: std::time::Instant,
+    /// Frames dropped since the last one let through.
+    dropped_in_a_row: u32,
+}
+
+/// What to do with a data frame, by the connection's [`FrameBudget`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameVerdict {
+    /// Within the allowance.
+    Take,
+    /// Over it: drop the frame and say so.
+    Drop,
+    /// Over it for a whole burst in a row: close the connection.
+    Close,
+}
+
+impl FrameBudget {
+    /// A full bucket: `burst` frames at once (at least one), `per_second` after.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        FrameBudget {
+            per_second: f64::from(per_second),
+            burst,
+            tokens: burst,
+            refilled: std::time::Instant::now(),
+            dropped_in_a_row: 0,
+        }
+    }
+
+    /// Spends one frame at `now`.
+    pub fn spend(&mut self, now: std::time::Instant) -> FrameVerdict {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.dropped_in_a_row = 0;
+            return FrameVerdict::Take;
+        }
+        self.dropped_in_a_row += 1;
+        if f64::from(self.dropped_in_a_row) >= self.burst {
+            FrameVerdict::Close
+        } else {
+            FrameVerdict::Drop
+        }
+    }
+
+    /// The allowance, as a client is told it.
+    pub fn describe(&self) -> String {
+        format!("{} frames per second (burst {})", self.per_second, self.burst)
+    }
+}
+
+/// Hands every data frame within the connection's `budget` to `on_frame` until the
+/// peer goes, someone closes the connection, `shutdown` fires (which closes it
+/// with 1001) or a read fails (see [`close_for_read_error`]). A frame over the
+/// budget is dropped with an error frame; a burst of them closes with 1008.
+/// `role` labels the metrics.
 pub async fn read_frames<F, Fut>(
     stream: &mut SplitStream<WebSocket>,
     outbox: &Outbox,
     shutdown: &CancellationToken,
     role: &'static str,
+    mut budget: FrameBudget,
     mut on_frame: F,
 ) where
     F: FnMut(Vec<u8>) -> Fut,
@@ -301,6 +364,23 @@ pub async fn read_frames<F, Fut>(
                 return;
             }
         };
+        let is_data = matches!(message, Some(Ok(Message::Text(_) | Message::Binary(_))));
+        if is_data {
+            match budget.spend(std::time::Instant::now()) {
+                FrameVerdict::Take => {}
+                FrameVerdict::Drop => {
+                    crate::metrics::add("eligo_frames_refused_total", &[("role", role), ("reason", "rate")], 1);
+                    let error = format!("too many frames: over {}; this one was dropped", budget.describe());
+                    outbox.send(crate::protocol::error_frame(&error)).await;
+                    continue;
+                }
+                FrameVerdict::Close => {
+                    crate::metrics::add("eligo_frames_refused_total", &[("role", role), ("reason", "rate")], 1);
+                    outbox.close(close_code::POLICY, &format!("too many frames: over {}", budget.describe()));
+                    return;
+                }
+            }
+        }
         match message {
             Some(Ok(Message::Text(text))) => on_frame(text.as_bytes().to_vec()).await,
             Some(Ok(Message::Binary(bytes))) => on_frame(bytes.to_vec()).await,
@@ -319,4 +399,36 @@ pub fn close_for_publish_error(outbox: &Outbox, error: &TransportError, what: &s
         _ => close_code::INTERNAL,
     };
     outbox.close(code, &format!("{what} not accepted: {error}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FrameBudget, FrameVerdict};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_budget_lets_a_burst_through_then_drops_then_closes() {
+        let start = Instant::now();
+        let mut budget = FrameBudget::new(10, 3);
+        let verdicts: Vec<FrameVerdict> = (0..6).map(|_| budget.spend(start)).collect();
+        use FrameVerdict::*;
+        assert_eq!(verdicts, [Take, Take, Take, Drop, Drop, Close]);
+    }
+
+    #[test]
+    fn a_budget_refills_at_its_rate_up_to_the_burst() {
+        let start = Instant::now();
+        let mut budget = FrameBudget::new(10, 3);
+        for _ in 0..3 {
+            assert_eq!(budget.spend(start), FrameVerdict::Take);
+        }
+        assert_eq!(budget.spend(start), FrameVerdict::Drop);
+        // 100 ms at 10 a second: one more frame, and the dropped run starts over.
+        assert_eq!(budget.spend(start + Duration::from_millis(100)), FrameVerdict::Take);
+        assert_eq!(budget.spend(start + Duration::from_millis(100)), FrameVerdict::Drop);
+        // A long pause refills to the burst, not beyond.
+        let later = start + Duration::from_secs(60);
+        let taken = (0..5).filter(|_| budget.spend(later) == FrameVerdict::Take).count();
+        assert_eq!(taken, 3);
+    }
 }

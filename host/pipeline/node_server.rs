@@ -163,7 +163,10 @@ impl NodeServer {
         let id = self.nodes.insert(conn);
         crate::metrics::hot().node_connections.increment(1.0);
         tracing::info!(connection = id, remote = %handshake.remote, "node connected");
-        read_frames(&mut stream, &outbox, &self.shutdown, "node", |frame| self.on_frame(id, &outbox, frame)).await;
+        read_frames(&mut stream, &outbox, &self.shutdown, "node", self.settings.socket.frame_budget(), |frame| {
+            self.on_frame(id, &outbox, frame)
+        })
+        .await;
         self.nodes.remove(id);
         drop(outbox);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;

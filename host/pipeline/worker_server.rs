@@ -266,7 +266,7 @@ impl WorkerServer {
         }
         let capacity = self.settings.publishes_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let in_flight = Arc::new(Semaphore::new(capacity));
-        read_frames(stream, outbox, &self.shutdown, "worker", |frame| {
+        read_frames(stream, outbox, &self.shutdown, "worker", self.settings.socket.frame_budget(), |frame| {
             self.on_solution(id, outbox, &welcome, frame, &in_flight)
         })
         .await;
