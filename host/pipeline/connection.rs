@@ -135,6 +135,24 @@ pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) ->
     (Outbox { tx, close }, writer)
 }
 
+/// Ends a connection: lets the writer send what is queued and the close frame.
+/// When the connection was closed for what the peer sends (a flood, an oversized
+/// message), the peer is likely still sending: what it sends is then read and
+/// discarded until it answers the close, since a socket dropped with unread data is
+/// reset and the peer would lose the close frame and its reason. Both bounded.
+pub async fn finish(stream: &mut SplitStream<WebSocket>, outbox: Outbox, writer: tokio::task::JoinHandle<()>) {
+    let peer_still_sending =
+        outbox.close.borrow().as_ref().is_some_and(|r| matches!(r.code, close_code::POLICY | close_code::TOO_BIG));
+    drop(outbox);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    if peer_still_sending {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+    }
+}
+
 async fn send_close(sink: &mut SplitSink<WebSocket, Message>, reason: CloseReason) {
     let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(reason.reason) };
     let _ = sink.send(Message::Close(Some(frame))).await;

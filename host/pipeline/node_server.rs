@@ -11,7 +11,7 @@
 //! outbox is full is closed with code 1008 and a reason.
 
 use super::connection::{
-    admit_connection, close_code, close_for_publish_error, read_frames, sized, start_writer, Handshake, Outbox,
+    admit_connection, close_code, close_for_publish_error, finish, read_frames, sized, start_writer, Handshake, Outbox,
     Registry,
 };
 use super::solution_processor::solution_event;
@@ -168,8 +168,7 @@ impl NodeServer {
         })
         .await;
         self.nodes.remove(id);
-        drop(outbox);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+        finish(&mut stream, outbox, writer).await;
         crate::metrics::hot().node_connections.decrement(1.0);
         tracing::info!(connection = id, "node disconnected");
     }

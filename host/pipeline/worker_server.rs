@@ -8,8 +8,8 @@
 //! that connection (and counted); the next job still goes.
 
 use super::connection::{
-    admit_connection, close_code, close_for_publish_error, close_for_read_error, read_frames, sized, start_writer,
-    Handshake, Outbox, Registry,
+    admit_connection, close_code, close_for_publish_error, close_for_read_error, finish, read_frames, sized,
+    start_writer, Handshake, Outbox, Registry,
 };
 use super::solution_processor::job_view;
 use super::Services;
@@ -177,8 +177,7 @@ impl WorkerServer {
         if let Some((welcome, state)) = self.welcome(&mut stream, &outbox).await {
             self.session(&mut stream, &outbox, welcome, state, &handshake).await;
         }
-        drop(outbox);
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        finish(&mut stream, outbox, writer).await;
     }
 
     /// Reads and admits the welcome; on failure the connection is being closed.
