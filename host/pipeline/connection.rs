@@ -383,20 +383,20 @@ pub async fn read_frames<F, Fut>(
             }
         };
         let is_data = matches!(message, Some(Ok(Message::Text(_) | Message::Binary(_))));
-        if is_data {
-            match budget.spend(std::time::Instant::now()) {
-                FrameVerdict::Take => {}
-                FrameVerdict::Drop => {
-                    crate::metrics::add("eligo_frames_refused_total", &[("role", role), ("reason", "rate")], 1);
-                    let error = format!("too many frames: over {}; this one was dropped", budget.describe());
-                    outbox.send(crate::protocol::error_frame(&error)).await;
-                    continue;
-                }
-                FrameVerdict::Close => {
-                    crate::metrics::add("eligo_frames_refused_total", &[("role", role), ("reason", "rate")], 1);
-                    outbox.close(close_code::POLICY, &format!("too many frames: over {}", budget.describe()));
-                    return;
-                }
+        let verdict = if is_data { budget.spend(std::time::Instant::now()) } else { FrameVerdict::Take };
+        if verdict != FrameVerdict::Take {
+            crate::metrics::add("eligo_frames_refused_total", &[("role", role), ("reason", "rate")], 1);
+        }
+        match verdict {
+            FrameVerdict::Take => {}
+            FrameVerdict::Drop => {
+                let error = format!("too many frames: over {}; this one was dropped", budget.describe());
+                outbox.send(crate::protocol::error_frame(&error)).await;
+                continue;
+            }
+            FrameVerdict::Close => {
+                outbox.close(close_code::POLICY, &format!("too many frames: over {}", budget.describe()));
+                return;
             }
         }
         match message {
