@@ -3,23 +3,27 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::log_throttle::{self, LogThrottle};
 use super::{EventLog, Tail, Topic, TransportError};
 
 const BROKER: &str = "Kafka";
@@ -35,6 +39,9 @@ const RETENTION_MS: &str = "1500000";
 
 /// Partitions the mock cluster gives each topic (what its auto-creation uses too).
 const MOCK_PARTITIONS: i32 = 4;
+
+/// Least time between two re-declarations of missing topics.
+const REDECLARE_EVERY: Duration = Duration::from_secs(5);
 
 /// Where and how to reach Kafka.
 ///
@@ -99,6 +106,11 @@ impl KafkaSettings {
         config
     }
 
+    /// A new idempotent producer.
+    fn producer(&self) -> Result<FutureProducer<QuietContext>, TransportError> {
+        self.producer_config().create_with_context(QuietContext::default()).map_err(|e| config_error(&e))
+    }
+
     fn tail_config(&self) -> ClientConfig {
         let mut config = self.base_config();
         config
@@ -107,8 +119,11 @@ impl KafkaSettings {
             .set("group.id", format!("eligo-tail-{}", uuid::Uuid::new_v4()))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            // If the assigned offset is gone (retention), carry on from the end.
-            .set("auto.offset.reset", "latest")
+            // The assigned offset is out of range when retention deleted it (the
+            // oldest kept is the nearest to it) or when the broker lost the topic
+            // and it was declared again (what was produced since is all there is):
+            // either way, read from the oldest offset the broker has.
+            .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", millis(self.fetch_wait_max));
         self.apply_properties(&mut config);
         config
@@ -141,87 +156,215 @@ impl fmt::Debug for KafkaSettings {
     }
 }
 
+/// librdkafka's log and error callbacks go through a [`LogThrottle`]: while a
+/// broker is unreachable every client reports it many times a second.
+#[derive(Clone)]
+pub struct QuietContext {
+    throttle: Arc<LogThrottle>,
+}
+
+impl Default for QuietContext {
+    fn default() -> Self {
+        QuietContext { throttle: log_throttle::librdkafka() }
+    }
+}
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        use tracing::Level;
+        let level = match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                Level::ERROR
+            }
+            RDKafkaLogLevel::Warning => Level::WARN,
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => Level::INFO,
+            RDKafkaLogLevel::Debug => Level::DEBUG,
+        };
+        self.throttle.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.throttle.log(tracing::Level::ERROR, "error", &format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for QuietContext {}
+
 /// An [`EventLog`] on Kafka.
 ///
 /// One idempotent producer (`acks=all`) is shared by all `produce` calls. Each
 /// [`EventLog::tail`] creates a whole librdkafka consumer (threads and connections
 /// to every broker): tail each topic once per process and fan out in memory.
 ///
-/// librdkafka reconnects by itself, so there is no reconnection logic here: while
+/// librdkafka reconnects by itself; what it does not survive is a broker that
+/// lost its state (memory storage, a reset cluster, a deleted topic). So a produce
+/// or read that finds its topic missing declares the topics again, and a producer
+/// that hit a fatal error (the broker forgot its producer id) is replaced. While
 /// the cluster is down, produces fail after `message_timeout` and tails wait.
 /// Errors a tail recovers from are logged, not yielded; a fatal one is yielded and
 /// ends the stream.
 pub struct KafkaLog {
+    shared: Arc<Shared>,
+}
+
+/// What produces and tails share: the producer and the recovery state.
+struct Shared {
     settings: KafkaSettings,
-    producer: FutureProducer,
+    producer: ArcSwap<CurrentProducer>,
+    /// When the topics were last declared again; held while recovering.
+    recovery: tokio::sync::Mutex<Option<Instant>>,
+    /// Whether the last produce failed, to log the change of state once.
+    failing: AtomicBool,
+}
+
+/// The current producer and how many were replaced before it.
+struct CurrentProducer {
+    generation: u64,
+    producer: FutureProducer<QuietContext>,
 }
 
 impl KafkaLog {
     /// Creates the producer and checks the cluster answers (a metadata request,
     /// at most 10 s), so a misconfigured deployment stops at startup.
     pub async fn connect(settings: KafkaSettings) -> Result<Self, TransportError> {
-        let producer: FutureProducer = settings.producer_config().create().map_err(|e| config_error(&e))?;
+        let producer = settings.producer()?;
         let probe = producer.clone();
         let servers = settings.bootstrap_servers.clone();
         blocking(move || probe.client().fetch_metadata(None, METADATA_TIMEOUT))
             .await?
             .map_err(|e| unavailable(format!("no metadata from {servers}: {e}")))?;
-        Ok(Self { settings, producer })
+        let shared = Shared {
+            settings,
+            producer: ArcSwap::from_pointee(CurrentProducer { generation: 0, producer }),
+            recovery: tokio::sync::Mutex::new(None),
+            failing: AtomicBool::new(false),
+        };
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// The settings this log was connected with.
     pub fn settings(&self) -> &KafkaSettings {
-        &self.settings
+        &self.shared.settings
+    }
+}
+
+impl Shared {
+    /// After a failed produce or read: replaces the producer if the failure was
+    /// fatal to it (and nobody replaced it yet), and declares the topics again if
+    /// one was missing (at most once per [`REDECLARE_EVERY`]).
+    async fn recover(&self, failed: Option<&CurrentProducer>, error: &KafkaError) {
+        let mut last_declared = self.recovery.lock().await;
+        if let Some(failed) = failed {
+            let current = self.producer.load();
+            if current.generation == failed.generation {
+                if let Some((code, reason)) = failed.producer.client().fatal_error() {
+                    match self.settings.producer() {
+                        Ok(producer) => {
+                            let generation = failed.generation + 1;
+                            self.producer.store(Arc::new(CurrentProducer { generation, producer }));
+                            tracing::warn!(%code, %reason, generation, "Kafka producer hit a fatal error; replaced it");
+                        }
+                        Err(e) => tracing::error!(error = %e, "Kafka producer hit a fatal error; cannot replace it"),
+                    }
+                }
+            }
+        }
+        let missing_topic = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        );
+        if missing_topic && last_declared.is_none_or(|at| at.elapsed() >= REDECLARE_EVERY) {
+            *last_declared = Some(Instant::now());
+            tracing::warn!(%error, "a Kafka topic is missing; declaring the topics again");
+            declare_topics(&self.settings).await;
+        }
+    }
+
+    fn produce_succeeded(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("Kafka produces succeed again");
+        }
+    }
+
+    fn produce_failed(&self, error: &TransportError) {
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, "Kafka produces fail; the messages stay queued and are retried");
+        }
+    }
+}
+
+/// Creates the topics the cluster lacks, within [`DECLARE_TIMEOUT`]; logs, never fails.
+async fn declare_topics(settings: &KafkaSettings) {
+    match tokio::time::timeout(DECLARE_TIMEOUT, create_missing_topics(settings)).await {
+        Ok(Ok(())) => {}
+        // Best effort: on clusters where eligo may not create topics (or on the
+        // mock cluster, which does not answer CreateTopics) they exist already or
+        // are auto-created by the first produce, with the broker's defaults.
+        Ok(Err(error)) => tracing::warn!(%error, "could not create the Kafka topics; continuing"),
+        Err(_) => {
+            tracing::warn!(timeout_s = DECLARE_TIMEOUT.as_secs(), "creating the Kafka topics timed out; continuing")
+        }
     }
 }
 
 #[async_trait]
 impl EventLog for KafkaLog {
     async fn declare(&self) -> Result<(), TransportError> {
-        match tokio::time::timeout(DECLARE_TIMEOUT, create_missing_topics(&self.settings)).await {
-            Ok(Ok(())) => {}
-            // Best effort: on clusters where eligo may not create topics (or on the
-            // mock cluster, which does not answer CreateTopics) they exist already or
-            // are auto-created by the first produce, with the broker's defaults.
-            Ok(Err(error)) => tracing::warn!(%error, "could not create the Kafka topics; continuing"),
-            Err(_) => {
-                tracing::warn!(timeout_s = DECLARE_TIMEOUT.as_secs(), "creating the Kafka topics timed out; continuing")
-            }
-        }
+        declare_topics(&self.shared.settings).await;
         Ok(())
     }
 
     async fn produce(&self, topic: Topic, key: &str, payload: &[u8]) -> Result<(), TransportError> {
+        let current = self.shared.producer.load_full();
         let record = FutureRecord::to(topic.name()).key(key).payload(payload);
         // The queue timeout only bounds waiting for room in a full local queue; the
         // delivery itself is bounded by `message.timeout.ms`.
-        match self.producer.send(record, Timeout::After(self.settings.message_timeout)).await {
-            Ok(_) => Ok(()),
-            Err((error, _message)) => Err(produce_error(topic, error)),
+        match current.producer.send(record, Timeout::After(self.shared.settings.message_timeout)).await {
+            Ok(_) => {
+                self.shared.produce_succeeded();
+                Ok(())
+            }
+            Err((error, _message)) => {
+                self.shared.recover(Some(&current), &error).await;
+                let error = produce_error(topic, error);
+                self.shared.produce_failed(&error);
+                Err(error)
+            }
         }
     }
 
     async fn tail(&self, topic: Topic) -> Result<Tail, TransportError> {
-        let config = self.settings.tail_config();
-        let consumer: StreamConsumer = config.create().map_err(|e| config_error(&e))?;
+        let config = self.shared.settings.tail_config();
+        let consumer: StreamConsumer<QuietContext> =
+            config.create_with_context(QuietContext::default()).map_err(|e| config_error(&e))?;
         let name = topic.name();
         // Metadata, watermarks and assign are blocking librdkafka calls.
         let consumer = blocking(move || assign_at_end(consumer, name)).await??;
-        let stream = futures::stream::unfold(Some(consumer), move |consumer| async move {
-            let consumer = consumer?;
-            loop {
-                let error = match consumer.recv().await {
-                    Ok(message) => {
-                        let payload = message.payload().unwrap_or_default().to_vec();
-                        drop(message);
-                        return Some((Ok(payload), Some(consumer)));
+        let shared = self.shared.clone();
+        let stream = futures::stream::unfold(Some(consumer), move |consumer| {
+            let shared = shared.clone();
+            async move {
+                let consumer = consumer?;
+                loop {
+                    let error = match consumer.recv().await {
+                        Ok(message) => {
+                            let payload = message.payload().unwrap_or_default().to_vec();
+                            drop(message);
+                            return Some((Ok(payload), Some(consumer)));
+                        }
+                        Err(error) => error,
+                    };
+                    if let KafkaError::MessageConsumptionFatal(code) = error {
+                        let error = unavailable(format!("reading topic `{name}`: fatal error {code}"));
+                        return Some((Err(error), None));
                     }
-                    Err(error) => error,
-                };
-                if let KafkaError::MessageConsumptionFatal(code) = error {
-                    return Some((Err(unavailable(format!("reading topic `{name}`: fatal error {code}"))), None));
+                    consumer.context().throttle.log(
+                        tracing::Level::WARN,
+                        "tail",
+                        &format!("reading `{name}`: {error}"),
+                    );
+                    shared.recover(None, &error).await;
                 }
-                tracing::warn!(topic = name, %error, "Kafka tail error; librdkafka retries");
             }
         });
         Ok(stream.boxed())
@@ -233,7 +376,10 @@ impl EventLog for KafkaLog {
 /// The end offsets are read here rather than left to `Offset::End`, which
 /// librdkafka resolves later, when it starts fetching: a message produced between
 /// `tail` returning and that lookup would be skipped.
-fn assign_at_end(consumer: StreamConsumer, topic: &str) -> Result<StreamConsumer, TransportError> {
+fn assign_at_end(
+    consumer: StreamConsumer<QuietContext>,
+    topic: &str,
+) -> Result<StreamConsumer<QuietContext>, TransportError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|e| unavailable(format!("metadata of topic `{topic}`: {e}")))?;
@@ -263,7 +409,8 @@ fn assign_at_end(consumer: StreamConsumer, topic: &str) -> Result<StreamConsumer
 
 /// Creates the topics the cluster lacks, with the pipeline's retention.
 async fn create_missing_topics(settings: &KafkaSettings) -> Result<(), TransportError> {
-    let admin: AdminClient<DefaultClientContext> = settings.admin_config().create().map_err(|e| config_error(&e))?;
+    let admin: AdminClient<QuietContext> =
+        settings.admin_config().create_with_context(QuietContext::default()).map_err(|e| config_error(&e))?;
     // Asking first avoids CreateTopics altogether when the topics exist, which is
     // every start but the first (and always on the mock cluster).
     let (admin, existing) = blocking(move || {
@@ -320,7 +467,15 @@ fn produce_error(topic: Topic, error: KafkaError) -> TransportError {
             | C::NotEnoughReplicas
             | C::NotEnoughReplicasAfterAppend
             | C::BrokerNotAvailable
-            | C::OperationTimedOut,
+            | C::OperationTimedOut
+            // A broker that lost its state: the topic is declared again and the
+            // producer replaced (see `Shared::recover`), so a retry can succeed.
+            | C::UnknownTopicOrPartition
+            | C::UnknownTopic
+            | C::Fatal
+            | C::UnknownProducerId
+            | C::OutOfOrderSequenceNumber
+            | C::InvalidProducerEpoch,
         ) => unavailable(detail),
         _ => refused(detail),
     }
@@ -358,15 +513,22 @@ fn millis(duration: Duration) -> String {
 pub struct MockKafka {
     bootstrap_servers: String,
     /// Dropping it tells the owning thread to destroy the cluster.
-    stop: Option<mpsc::Sender<()>>,
+    commands: Option<mpsc::Sender<MockCommand>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Fault injection, run by the thread that owns the cluster.
+enum MockCommand {
+    BrokerDown(mpsc::Sender<Result<(), TransportError>>),
+    BrokerUp(mpsc::Sender<Result<(), TransportError>>),
+    FailProduces(RDKafkaRespErr, usize, mpsc::Sender<Result<(), TransportError>>),
 }
 
 impl MockKafka {
     /// Starts the cluster and creates the topics.
     pub fn start() -> Result<Self, TransportError> {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String, TransportError>>();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (commands, command_rx) = mpsc::channel::<MockCommand>();
         let thread = std::thread::Builder::new()
             .name("kafka-mock".into())
             .spawn(move || {
@@ -384,8 +546,22 @@ impl MockKafka {
                     }
                 }
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
-                // Until a stop message or the handle's drop (both end `recv`).
-                let _ = stop_rx.recv();
+                // Until the handle's drop ends `recv`.
+                while let Ok(command) = command_rx.recv() {
+                    let mock_error = |e: KafkaError| unavailable(format!("mock cluster: {e}"));
+                    match command {
+                        MockCommand::BrokerDown(done) => {
+                            let _ = done.send(cluster.broker_down(-1).map_err(mock_error));
+                        }
+                        MockCommand::BrokerUp(done) => {
+                            let _ = done.send(cluster.broker_up(-1).map_err(mock_error));
+                        }
+                        MockCommand::FailProduces(error, count, done) => {
+                            cluster.request_errors(RDKafkaApiKey::Produce, &vec![error; count]);
+                            let _ = done.send(Ok(()));
+                        }
+                    }
+                }
                 drop(cluster);
             })
             .map_err(|e| unavailable(format!("spawning the mock cluster thread: {e}")))?;
@@ -393,7 +569,37 @@ impl MockKafka {
             Ok(ready) => ready?,
             Err(_) => return Err(unavailable("the mock cluster thread died while starting".into())),
         };
-        Ok(Self { bootstrap_servers, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(Self { bootstrap_servers, commands: Some(commands), thread: Some(thread) })
+    }
+
+    /// Takes the broker down: its connections are closed and new ones refused,
+    /// its topics and data kept, as a broker restart that keeps its state.
+    pub fn broker_down(&self) -> Result<(), TransportError> {
+        self.command(MockCommand::BrokerDown)
+    }
+
+    /// Brings the broker back after [`Self::broker_down`].
+    pub fn broker_up(&self) -> Result<(), TransportError> {
+        self.command(MockCommand::BrokerUp)
+    }
+
+    /// The next `count` produce requests fail with `error`: with
+    /// `RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH` an idempotent producer hits the
+    /// fatal error a broker that forgot its producer ids causes.
+    pub fn fail_produces(&self, error: RDKafkaRespErr, count: usize) -> Result<(), TransportError> {
+        self.command(|done| MockCommand::FailProduces(error, count, done))
+    }
+
+    fn command(
+        &self,
+        command: impl FnOnce(mpsc::Sender<Result<(), TransportError>>) -> MockCommand,
+    ) -> Result<(), TransportError> {
+        let (done, result) = mpsc::channel();
+        let sent = self.commands.as_ref().map(|commands| commands.send(command(done)));
+        match (sent, result.recv()) {
+            (Some(Ok(())), Ok(outcome)) => outcome,
+            _ => Err(unavailable("the mock cluster thread is gone".into())),
+        }
     }
 
     /// The cluster's `bootstrap.servers` (`127.0.0.1:<port>`).
@@ -409,7 +615,7 @@ impl MockKafka {
 
 impl Drop for MockKafka {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        drop(self.commands.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

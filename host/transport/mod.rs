@@ -12,6 +12,7 @@
 pub mod amqp;
 pub mod embedded;
 pub mod kafka;
+pub mod log_throttle;
 pub mod sqlite_queue;
 
 use async_trait::async_trait;
