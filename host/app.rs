@@ -2,6 +2,7 @@
 //! roles asked for, and the admin endpoints; and taking it down gracefully.
 
 use crate::config::{Config, RoleName};
+use crate::listener;
 use crate::pipeline::node_server::{NodeServer, NodeServerSettings};
 use crate::pipeline::worker_server::{WorkerServer, WorkerServerSettings};
 use crate::pipeline::{job_processor, solution_processor, Services};
@@ -158,7 +159,11 @@ pub async fn start_with(
     if runs(RoleName::NodeServer) {
         let server = NodeServer::new(
             services.clone(),
-            NodeServerSettings { outbox_capacity: config.node.outbox, socket: config.node.socket.clone() },
+            NodeServerSettings {
+                outbox_capacity: config.node.outbox,
+                socket: config.node.socket.clone(),
+                connections: config.node.connections.clone(),
+            },
             shutdown.clone(),
         );
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -166,7 +171,17 @@ pub async fn start_with(
         // A node must not submit a job before the solution reader is in place, or
         // a fast solution could pass unseen.
         let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
-        node_addr = Some(serve_http(&mut tasks, config.node.listen, server.router(), &shutdown, "node").await?);
+        node_addr = Some(
+            listener::serve(
+                &mut tasks,
+                config.node.listen,
+                config.node.tls.as_ref(),
+                server.router(),
+                &shutdown,
+                "node",
+            )
+            .await?,
+        );
         node_server = Some(server);
     }
     if runs(RoleName::WorkerServer) {
@@ -178,6 +193,7 @@ pub async fn start_with(
                 instance: config.instance.clone(),
                 publishes_in_flight: config.worker.publishes_in_flight,
                 socket: config.worker.socket.clone(),
+                connections: config.worker.connections.clone(),
             },
             shutdown.clone(),
         );
@@ -185,7 +201,9 @@ pub async fn start_with(
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
         let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
-        worker_addr = Some(serve_http(&mut tasks, config.worker.listen, server.router(), &shutdown, "worker").await?);
+        let router = server.router();
+        let tls = config.worker.tls.as_ref();
+        worker_addr = Some(listener::serve(&mut tasks, config.worker.listen, tls, router, &shutdown, "worker").await?);
         worker_server = Some(server);
     }
     if runs(RoleName::JobProcessor) {
@@ -198,7 +216,7 @@ pub async fn start_with(
         Some(listen) => {
             let router =
                 admin_router(plugins.clone(), node_server.clone(), worker_server.clone(), config.roles.clone());
-            Some(serve_http(&mut tasks, listen, router, &shutdown, "admin").await?)
+            Some(listener::serve(&mut tasks, listen, config.admin.tls.as_ref(), router, &shutdown, "admin").await?)
         }
         None => None,
     };
@@ -220,28 +238,6 @@ pub async fn start_with(
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let (queue, log, store) = connect_backends(config).await?;
     start_with(config, queue, log, store).await
-}
-
-async fn serve_http(
-    tasks: &mut JoinSet<()>,
-    listen: SocketAddr,
-    router: Router,
-    shutdown: &CancellationToken,
-    what: &'static str,
-) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the {what} server to {listen}"))?;
-    let addr = listener.local_addr()?;
-    let shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-        if let Err(e) = served {
-            tracing::error!(server = what, error = %e, "server stopped with an error");
-        }
-    });
-    Ok(addr)
 }
 
 fn admin_router(

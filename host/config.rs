@@ -91,11 +91,21 @@ pub struct NodeConfig {
     pub outbox: usize,
     /// WebSocket buffers of each connection.
     pub socket: SocketConfig,
+    /// Caps on open connections.
+    pub connections: ConnectionLimits,
+    /// Serve `wss://` with this certificate.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { listen: ([127, 0, 0, 1], 8001).into(), outbox: 1024, socket: SocketConfig::default() }
+        NodeConfig {
+            listen: ([127, 0, 0, 1], 8001).into(),
+            outbox: 1024,
+            socket: SocketConfig::default(),
+            connections: ConnectionLimits { max: 1_000, max_per_ip: 100, ..ConnectionLimits::default() },
+            tls: None,
+        }
     }
 }
 
@@ -159,6 +169,30 @@ impl SocketConfig {
     }
 }
 
+/// Caps on one server's open connections; 0 is no cap. Over a cap, the upgrade
+/// is answered 503 (server full) or 429 (this IP full) with the limit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// Connections open at once.
+    pub max: usize,
+    /// Connections open at once from one client IP.
+    pub max_per_ip: usize,
+    /// Client IPs the per-IP cap does not apply to: your own TLS proxies and load
+    /// testers, whose connections all come from one address.
+    pub per_ip_exempt: Vec<std::net::IpAddr>,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max: 100_000,
+            max_per_ip: 1_000,
+            per_ip_exempt: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
+        }
+    }
+}
+
 /// The worker WebSocket server.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -174,6 +208,10 @@ pub struct WorkerConfig {
     pub publishes_in_flight: usize,
     /// WebSocket buffers of each connection.
     pub socket: SocketConfig,
+    /// Caps on open connections.
+    pub connections: ConnectionLimits,
+    /// Serve `wss://` with this certificate.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for WorkerConfig {
@@ -184,6 +222,8 @@ impl Default for WorkerConfig {
             welcome_timeout_secs: 30,
             publishes_in_flight: 32,
             socket: SocketConfig::default(),
+            connections: ConnectionLimits::default(),
+            tls: None,
         }
     }
 }
@@ -194,12 +234,24 @@ impl Default for WorkerConfig {
 pub struct AdminConfig {
     /// Address to listen on; `None` turns the admin server off.
     pub listen: Option<SocketAddr>,
+    /// Serve `https://` with this certificate.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: Some(([127, 0, 0, 1], 8003).into()) }
+        AdminConfig { listen: Some(([127, 0, 0, 1], 8003).into()), tls: None }
     }
+}
+
+/// A listener's TLS certificate: PEM files, reloaded when they change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// The policy plugins.

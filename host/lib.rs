@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod config;
+pub mod listener;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;

@@ -62,8 +62,8 @@ pub struct Hot {
     pub worker_connections: Gauge,
     /// Jobs queued to a worker's outbox.
     pub jobs_delivered: Counter,
-    /// Jobs not queued to a worker because its outbox was full (latest wins).
-    pub jobs_dropped_outbox_full: Counter,
+    /// Jobs never sent to a slow worker: a newer one replaced them (latest wins).
+    pub jobs_superseded: Counter,
     /// Jobs a node server published to the queue.
     pub jobs_published: Counter,
     /// Solutions a worker server published to the queue.
@@ -99,7 +99,7 @@ pub fn hot() -> &'static Hot {
             node_connections: metrics::gauge!("eligo_connections", "role" => "node"),
             worker_connections: metrics::gauge!("eligo_connections", "role" => "worker"),
             jobs_delivered: metrics::counter!("eligo_jobs_delivered_total"),
-            jobs_dropped_outbox_full: metrics::counter!("eligo_jobs_dropped_total", "reason" => "outbox_full"),
+            jobs_superseded: metrics::counter!("eligo_jobs_dropped_total", "reason" => "superseded"),
             jobs_published: metrics::counter!("eligo_jobs_published_total"),
             solutions_published: metrics::counter!("eligo_solutions_published_total"),
             solutions_delivered: metrics::counter!("eligo_solutions_delivered_total"),

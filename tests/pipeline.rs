@@ -359,6 +359,141 @@ async fn oversized_input_is_refused_with_its_limit_and_the_server_stays(kind: Ki
     server.stop().await;
 }
 
+/// A node that stops reading is closed with 1008 once its outbox is full, and
+/// says so; a node that reads gets every solution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_reading_is_closed_with_1008_and_the_others_get_everything() {
+    let backends = Backends::new(Kind::Embedded).await;
+    let server = Server::start_configured(backends, &["seed-rules"], None, |config| {
+        config.node.outbox = 64;
+        // Small batches: a node that reads gets solutions a few at a time.
+        config.processor.max_batch = 16;
+    })
+    .await;
+    let mut worker = server.worker("hw-1").await;
+    let node_addr = server.running.node_addr.expect("node server");
+    let mut slow = Client::connect_slow(node_addr).await;
+    let mut reader = server.node().await;
+    slow.send(&job(40, 1)).await;
+    reader.send(&job(40, 1)).await;
+    let task = worker.recv("job 40").await["task_id"].as_str().expect("task id").to_owned();
+
+    const SENT: u64 = 1_000;
+    // Read as a node keeping up does, all along.
+    let reading = tokio::spawn(async move {
+        let mut delivered = std::collections::HashSet::new();
+        while delivered.len() < SENT as usize {
+            let got = reader.recv("every solution, for the node that reads").await;
+            delivered.insert(got["partial_solution"]["nonce"].as_u64().unwrap_or_default());
+        }
+        delivered.len()
+    });
+    for nonce in 1..=SENT {
+        let mut big = solution(&task, nonce, 1);
+        // Big enough that a few fill the slow node's socket buffers.
+        big["solution"]["proof.w"] = json!({ "x": "p".repeat(12_000) });
+        worker.send(&big).await;
+        if nonce % 100 == 0 {
+            // Under the worker's frame budget.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(reading.await.expect("reader"), SENT as usize);
+    // The slow node reads at last: what was queued, then the close with its reason.
+    let mut before_close = 0;
+    loop {
+        match slow.next_within(Duration::from_secs(10)).await {
+            Next::Frame(_) => before_close += 1,
+            Next::Closed(code, reason) => {
+                assert_eq!(code, 1008, "{reason}");
+                assert!(reason.contains("too slow"), "{reason}");
+                break;
+            }
+            Next::Quiet => panic!("the slow node was never closed ({before_close} frames)"),
+        }
+    }
+    assert!(before_close < SENT, "closed before the end: {before_close} of {SENT} reached it");
+    server.stop().await;
+}
+
+/// A worker that reads slowly skips only jobs superseded by newer ones: what it
+/// gets is in height order and ends with the newest job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_worker_loses_only_jobs_superseded_by_newer_ones() {
+    let backends = Backends::new(Kind::Embedded).await;
+    let server = Server::start_configured(backends, &["seed-rules"], None, |config| {
+        config.worker.outbox = 4;
+        // Jobs big enough that a few dozen outgrow any socket buffer.
+        config.node.socket.max_message_bytes = 512 * 1024;
+        config.node.socket.max_object_field_bytes = 400 * 1024;
+    })
+    .await;
+    let mut slow = Client::connect_slow(server.running.worker_addr.expect("worker server")).await;
+    slow.send(&welcome("slow")).await;
+    let mut fast = server.worker("fast").await;
+    let mut node = server.node().await;
+    const JOBS: i64 = 60;
+    let big = |height: i64| json!({ "epoch_challenge": { "e": height, "pad": "j".repeat(200_000) }, "proof_target": 1, "block_height": height });
+    for height in 1..=JOBS {
+        node.send(&big(height)).await;
+        // The fast worker keeps up (and so paces the node).
+        let got = fast.recv("every job, for a worker that reads").await;
+        assert_eq!(got["epoch_challenge"]["e"], height);
+    }
+    let mut heights = Vec::new();
+    loop {
+        match slow.next_within(Duration::from_secs(2)).await {
+            Next::Frame(work) => heights.push(work["epoch_challenge"]["e"].as_i64().unwrap_or_default()),
+            Next::Quiet => break,
+            Next::Closed(code, reason) => panic!("a slow worker is not closed: {code} {reason}"),
+        }
+    }
+    assert!(heights.windows(2).all(|w| w[0] < w[1]), "in height order: {heights:?}");
+    assert_eq!(heights.last(), Some(&JOBS), "the newest job always arrives: {heights:?}");
+    assert!(heights.len() < JOBS as usize, "some superseded jobs were skipped: {heights:?}");
+    server.stop().await;
+}
+
+/// Over a cap, the upgrade is refused with the limit in the answer; a place
+/// comes back when a connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_a_cap_are_refused_with_the_limit() {
+    use eligo::config::ConnectionLimits;
+    let backends = Backends::new(Kind::Embedded).await;
+    let server = Server::start_configured(backends, &["seed-rules"], None, |config| {
+        // Tests connect from 127.0.0.1, exempt from the per-IP cap by default.
+        config.worker.connections = ConnectionLimits { max: 0, max_per_ip: 2, per_ip_exempt: vec![] };
+        config.node.connections = ConnectionLimits { max: 1, max_per_ip: 0, per_ip_exempt: vec![] };
+    })
+    .await;
+    let worker_addr = server.running.worker_addr.expect("worker server");
+    let first = server.worker("hw-1").await;
+    let mut second = server.worker("hw-2").await;
+    let refused = Client::refused(worker_addr).await;
+    assert_eq!(refused, (429, "too many worker connections from 127.0.0.1 (limit 2)".to_owned()));
+
+    let mut node = server.node().await;
+    let refused = Client::refused(server.running.node_addr.expect("node server")).await;
+    assert_eq!(refused, (503, "too many node connections (limit 1); try again later".to_owned()));
+
+    first.close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut third = loop {
+        match Client::try_connect(worker_addr).await {
+            Ok(mut client) => {
+                client.send(&welcome("hw-3")).await;
+                break client;
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("the closed connection's place never came back: {e}"),
+        }
+    };
+    node.send(&job(7, 1)).await;
+    third.recv("the job, on the place that came back").await;
+    second.recv("the job, on a connection under the cap").await;
+    server.stop().await;
+}
+
 async fn a_flood_of_frames_is_dropped_then_closed_and_others_are_served(kind: Kind) {
     let server = Server::start_configured(Backends::new(kind).await, &["seed-rules"], None, |config| {
         config.node.socket.frames_per_second = 5;

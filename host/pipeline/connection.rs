@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,6 +49,21 @@ pub struct CloseReason {
 pub struct Outbox {
     tx: mpsc::Sender<Utf8Bytes>,
     close: watch::Sender<Option<CloseReason>>,
+    latest: Arc<Latest>,
+}
+
+/// For latest-wins frames (jobs): the newest one that found the outbox full,
+/// sent once the frames queued before it are out.
+#[derive(Default)]
+struct Latest {
+    frame: Mutex<Option<Utf8Bytes>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Latest {
+    fn take(&self) -> Option<Utf8Bytes> {
+        self.frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
 }
 
 /// The outbox is full: the peer does not read fast enough.
@@ -59,6 +74,30 @@ impl Outbox {
     /// Queues a text frame without waiting.
     pub fn try_send(&self, text: Utf8Bytes) -> Result<(), Full> {
         self.tx.try_send(text).map_err(|_| Full)
+    }
+
+    /// Queues a frame of a latest-wins stream without waiting: when the outbox is
+    /// full, the frame waits in a one-frame slot sent after the queued frames, and
+    /// replaces the frame waiting there. Says whether one was replaced (a frame
+    /// superseded by a newer one, never sent).
+    pub fn send_latest(&self, text: Utf8Bytes) -> bool {
+        let mut waiting = self.latest.frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // While a frame waits in the slot, newer ones go there too, to stay behind
+        // every queued frame and in order.
+        if waiting.is_none() {
+            match self.tx.try_send(text) {
+                Ok(()) => return false,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(text)) => {
+                    *waiting = Some(text);
+                    drop(waiting);
+                    self.latest.ready.notify_one();
+                    return false;
+                }
+            }
+        }
+        *waiting = Some(text);
+        true
     }
 
     /// Queues a text frame, waiting for room.
@@ -98,6 +137,8 @@ impl Outbox {
 pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) -> (Outbox, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(capacity.max(1));
     let (close, mut close_rx) = watch::channel::<Option<CloseReason>>(None);
+    let latest = Arc::new(Latest::default());
+    let waiting = latest.clone();
     let writer = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -117,11 +158,20 @@ pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) ->
                         return;
                     }
                 },
+                // Only once the queue is empty (biased): the slot holds the newest.
+                _ = waiting.ready.notified() => {
+                    if let Some(text) = waiting.take() {
+                        if sink.send(Message::Text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 changed = close_rx.changed() => {
                     let reason = if changed.is_ok() { close_rx.borrow().clone() } else { None };
                     let Some(reason) = reason else { return };
                     // Frames queued before the close still go out.
-                    while let Ok(text) = rx.try_recv() {
+                    let queued = std::iter::from_fn(|| rx.try_recv().ok()).chain(waiting.take());
+                    for text in queued.collect::<Vec<_>>() {
                         if sink.send(Message::Text(text)).await.is_err() {
                             return;
                         }
@@ -132,7 +182,7 @@ pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) ->
             }
         }
     });
-    (Outbox { tx, close }, writer)
+    (Outbox { tx, close, latest }, writer)
 }
 
 /// Ends a connection: lets the writer send what is queued and the close frame.

@@ -10,6 +10,7 @@
 //! Every decision on the way is asked of the plugins ([`crate::plugin::PolicySet`]).
 
 pub mod connection;
+pub mod connection_cap;
 pub mod consume;
 pub mod fanout;
 pub mod job_processor;

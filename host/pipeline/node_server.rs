@@ -14,16 +14,17 @@ use super::connection::{
     admit_connection, close_code, close_for_publish_error, finish, read_frames, sized, start_writer, Handshake, Outbox,
     Registry,
 };
+use super::connection_cap::ConnectionCap;
 use super::solution_processor::solution_event;
 use super::Services;
-use crate::config::SocketConfig;
+use crate::config::{ConnectionLimits, SocketConfig};
 use crate::plugin::{now_ms, Job, JobSubmission, NodeState, Role, Solution};
 use crate::protocol::{canonical_json, error_frame, JobFrame, SolutionEvent};
 use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use futures::StreamExt;
@@ -42,6 +43,8 @@ pub struct NodeServerSettings {
     pub outbox_capacity: usize,
     /// WebSocket buffer sizes and input bounds.
     pub socket: SocketConfig,
+    /// Caps on open connections.
+    pub connections: ConnectionLimits,
 }
 
 struct NodeConn {
@@ -79,13 +82,15 @@ pub struct NodeServer {
     services: Services,
     settings: NodeServerSettings,
     nodes: Registry<NodeConn>,
+    cap: Arc<ConnectionCap>,
     shutdown: CancellationToken,
 }
 
 impl NodeServer {
     /// A node server over `services`; connections close when `shutdown` fires.
     pub fn new(services: Services, settings: NodeServerSettings, shutdown: CancellationToken) -> Arc<Self> {
-        Arc::new(NodeServer { services, settings, nodes: Registry::default(), shutdown })
+        let cap = ConnectionCap::new("node", &settings.connections);
+        Arc::new(NodeServer { services, settings, nodes: Registry::default(), cap, shutdown })
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
@@ -235,9 +240,15 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let place = match server.cap.enter(remote.ip()) {
+        Ok(place) => place,
+        Err(full) => return full.into_response(),
+    };
     match admit_connection(&server.services, Role::Node, remote, &uri, &headers) {
-        Ok(handshake) => sized(ws, &server.settings.socket)
-            .on_upgrade(move |socket| async move { server.nodes.track(server.serve(socket, handshake)).await }),
+        Ok(handshake) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
+            server.nodes.track(server.serve(socket, handshake)).await;
+            drop(place);
+        }),
         Err(refused) => refused,
     }
 }

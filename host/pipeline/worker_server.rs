@@ -4,16 +4,19 @@
 //!
 //! One reader of the `job` log per process feeds every connection; a worker that
 //! connects is offered the current job at once. Slow connections: jobs are
-//! latest-wins, so a job that finds a connection's outbox full is dropped for
-//! that connection (and counted); the next job still goes.
+//! latest-wins, so a job that finds a connection's outbox full waits in a
+//! one-job slot behind the queued ones, and a newer job replaces it there: a
+//! slow worker loses only jobs superseded by newer ones (counted), never the
+//! newest.
 
 use super::connection::{
     admit_connection, close_code, close_for_publish_error, close_for_read_error, finish, read_frames, sized,
     start_writer, Handshake, Outbox, Registry,
 };
+use super::connection_cap::ConnectionCap;
 use super::solution_processor::job_view;
 use super::Services;
-use crate::config::SocketConfig;
+use crate::config::{ConnectionLimits, SocketConfig};
 use crate::plugin::{now_ms, Job, Role, Welcome, WorkerState};
 use crate::protocol::{canonical_json, error_frame, JobEvent, SolutionFrame, SolutionMessage, WelcomeFrame, WorkFrame};
 use crate::store::WorkerConnection;
@@ -21,7 +24,7 @@ use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use futures::StreamExt;
@@ -34,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 /// Settings of the worker server.
 #[derive(Clone, Debug)]
 pub struct WorkerServerSettings {
-    /// Frames queued per connection; past that, jobs are dropped for it.
+    /// Frames queued per connection; past that, a newer job supersedes the one
+    /// waiting behind them.
     pub outbox_capacity: usize,
     /// How long a new connection may take to send its welcome.
     pub welcome_timeout: Duration,
@@ -44,6 +48,8 @@ pub struct WorkerServerSettings {
     pub publishes_in_flight: usize,
     /// WebSocket buffer sizes and input bounds.
     pub socket: SocketConfig,
+    /// Caps on open connections.
+    pub connections: ConnectionLimits,
 }
 
 struct WorkerConn {
@@ -65,13 +71,16 @@ pub struct WorkerServer {
     settings: WorkerServerSettings,
     workers: Registry<WorkerConn>,
     current: Mutex<Option<ReadyJob>>,
+    cap: Arc<ConnectionCap>,
     shutdown: CancellationToken,
 }
 
 impl WorkerServer {
     /// A worker server over `services`; connections close when `shutdown` fires.
     pub fn new(services: Services, settings: WorkerServerSettings, shutdown: CancellationToken) -> Arc<Self> {
-        Arc::new(WorkerServer { services, settings, workers: Registry::default(), current: Mutex::new(None), shutdown })
+        let cap = ConnectionCap::new("worker", &settings.connections);
+        let workers = Registry::default();
+        Arc::new(WorkerServer { services, settings, workers, current: Mutex::new(None), cap, shutdown })
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
@@ -156,16 +165,15 @@ impl WorkerServer {
         let (mut queued, mut dropped) = (0, 0);
         for i in chosen {
             let Some(conn) = workers.get(&ids[i]) else { continue };
-            if conn.outbox.try_send(ready.frame.clone()).is_ok() {
-                queued += 1;
-            } else {
+            queued += 1;
+            if conn.outbox.send_latest(ready.frame.clone()) {
                 dropped += 1;
             }
         }
         drop(workers);
         let hot = crate::metrics::hot();
         hot.jobs_delivered.increment(queued);
-        hot.jobs_dropped_outbox_full.increment(dropped);
+        hot.jobs_superseded.increment(dropped);
         if only.is_none() {
             hot.job_fanout_workers.record(queued as f64);
         }
@@ -330,9 +338,15 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let place = match server.cap.enter(remote.ip()) {
+        Ok(place) => place,
+        Err(full) => return full.into_response(),
+    };
     match admit_connection(&server.services, Role::Worker, remote, &uri, &headers) {
-        Ok(handshake) => sized(ws, &server.settings.socket)
-            .on_upgrade(move |socket| async move { server.workers.track(server.serve(socket, handshake)).await }),
+        Ok(handshake) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
+            server.workers.track(server.serve(socket, handshake)).await;
+            drop(place);
+        }),
         Err(refused) => refused,
     }
 }

@@ -27,9 +27,38 @@ pub enum Next {
 impl Client {
     /// Connects to `ws://addr/`.
     pub async fn connect(addr: std::net::SocketAddr) -> Client {
-        let (socket, _) =
-            connect_async(format!("ws://{addr}/")).await.expect("the server accepts WebSocket connections");
+        Self::try_connect(addr).await.expect("the server accepts WebSocket connections")
+    }
+
+    /// Connects with a receive buffer of a few KiB, as a peer on a slow link or
+    /// one that stopped reading: what the server sends soon waits on it.
+    pub async fn connect_slow(addr: std::net::SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(2048).expect("SO_RCVBUF");
+        let tcp = socket.connect(addr).await.expect("connect");
+        let (socket, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("the server accepts WebSocket connections");
         Client { socket }
+    }
+
+    /// Connects to `ws://addr/`, or says why not.
+    pub async fn try_connect(addr: std::net::SocketAddr) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (socket, _) = connect_async(format!("ws://{addr}/")).await?;
+        Ok(Client { socket })
+    }
+
+    /// Connects to `ws://addr/` expecting the upgrade to be refused: its HTTP
+    /// status and body.
+    pub async fn refused(addr: std::net::SocketAddr) -> (u16, String) {
+        match connect_async(format!("ws://{addr}/")).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                (response.status().as_u16(), body.into_owned())
+            }
+            Err(other) => panic!("expected an HTTP refusal, got {other}"),
+            Ok(_) => panic!("expected an HTTP refusal, the connection was accepted"),
+        }
     }
 
     /// Sends a JSON value as a text frame.
@@ -69,7 +98,12 @@ impl Client {
 
     /// The next frame; panics if none comes within 10 s.
     pub async fn recv(&mut self, what: &str) -> Value {
-        match self.next_within(Duration::from_secs(10)).await {
+        self.recv_within(what, Duration::from_secs(10)).await
+    }
+
+    /// The next frame; panics if none comes within `wait`.
+    pub async fn recv_within(&mut self, what: &str, wait: Duration) -> Value {
+        match self.next_within(wait).await {
             Next::Frame(v) => v,
             other => panic!("expected {what}, got {other:?}"),
         }

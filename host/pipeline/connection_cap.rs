@@ -1,0 +1,154 @@
+//! Caps on a server's open connections: in all, and from one client IP. Checked
+//! before the WebSocket upgrade, so a refused client costs an HTTP answer, not a
+//! connection: 503 when the server is full, 429 when its own IP is.
+
+use crate::config::ConnectionLimits;
+use axum::http::StatusCode;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// Open connections of one server, counted against its caps.
+pub struct ConnectionCap {
+    role: &'static str,
+    max_total: usize,
+    max_per_ip: usize,
+    exempt: Vec<IpAddr>,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// A place under the caps, given back when dropped (when the connection ends).
+pub struct Place {
+    cap: Arc<ConnectionCap>,
+    ip: IpAddr,
+}
+
+/// Why a connection was not let in, as its HTTP answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full {
+    /// 503 (the server is full) or 429 (this IP is).
+    pub status: StatusCode,
+    /// What the client reads.
+    pub reason: String,
+}
+
+impl ConnectionCap {
+    /// The configured caps of `role` (a metrics label); 0 means no cap.
+    pub fn new(role: &'static str, limits: &ConnectionLimits) -> Arc<Self> {
+        let no_cap = |n: usize| if n == 0 { usize::MAX } else { n };
+        Arc::new(ConnectionCap {
+            role,
+            max_total: no_cap(limits.max),
+            max_per_ip: no_cap(limits.max_per_ip),
+            exempt: limits.per_ip_exempt.clone(),
+            open: Mutex::new(Open::default()),
+        })
+    }
+
+    /// Takes a place for a connection from `ip`, or says which cap is reached.
+    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Result<Place, Full> {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if open.total >= self.max_total {
+            drop(open);
+            return Err(self.refuse(
+                "server",
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("too many {} connections (limit {}); try again later", self.role, self.max_total),
+            ));
+        }
+        let from_ip = open.by_ip.get(&ip).copied().unwrap_or_default();
+        if from_ip >= self.max_per_ip && !self.exempt.contains(&ip) {
+            drop(open);
+            return Err(self.refuse(
+                "ip",
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many {} connections from {ip} (limit {})", self.role, self.max_per_ip),
+            ));
+        }
+        open.total += 1;
+        open.by_ip.insert(ip, from_ip + 1);
+        Ok(Place { cap: self.clone(), ip })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().map(|open| open.total).unwrap_or_default()
+    }
+
+    fn refuse(&self, cap: &'static str, status: StatusCode, reason: String) -> Full {
+        crate::metrics::add("eligo_connections_over_cap_total", &[("role", self.role), ("cap", cap)], 1);
+        Full { status, reason }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut open = self.cap.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                // An IP with no connection left takes no memory.
+                open.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl axum::response::IntoResponse for Full {
+    fn into_response(self) -> axum::response::Response {
+        (self.status, self.reason).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    fn limits(max: usize, max_per_ip: usize) -> ConnectionLimits {
+        ConnectionLimits { max, max_per_ip, per_ip_exempt: vec![ip(9)] }
+    }
+
+    #[test]
+    fn an_exempt_ip_only_meets_the_total() {
+        let cap = ConnectionCap::new("worker", &limits(3, 1));
+        let places: Vec<Place> = (0..3).map(|_| cap.enter(ip(9)).expect("exempt from the per-IP cap")).collect();
+        assert_eq!(cap.enter(ip(9)).err().map(|full| full.status), Some(StatusCode::SERVICE_UNAVAILABLE));
+        drop(places);
+    }
+
+    #[test]
+    fn an_ip_at_its_cap_is_refused_while_others_come_in() {
+        let cap = ConnectionCap::new("worker", &limits(10, 2));
+        let places: Vec<Place> = (0..2).map(|_| cap.enter(ip(1)).expect("under the per-IP cap")).collect();
+        let full = cap.enter(ip(1)).err().expect("third from one IP");
+        assert_eq!(full.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(full.reason, "too many worker connections from 10.0.0.1 (limit 2)");
+        assert!(cap.enter(ip(2)).is_ok(), "another IP is not affected");
+        drop(places);
+        assert!(cap.enter(ip(1)).is_ok(), "places come back when connections end");
+    }
+
+    #[test]
+    fn a_full_server_refuses_with_503_until_one_leaves() {
+        let cap = ConnectionCap::new("node", &limits(2, 0));
+        let first = cap.enter(ip(1)).expect("1");
+        let _second = cap.enter(ip(2)).expect("2");
+        let full = cap.enter(ip(3)).err().expect("over the total");
+        assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(full.reason.contains("limit 2"), "{}", full.reason);
+        assert_eq!(cap.open(), 2);
+        drop(first);
+        assert!(cap.enter(ip(3)).is_ok());
+    }
+}
