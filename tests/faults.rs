@@ -1,12 +1,15 @@
 //! A broker restart under a running eligo: affected connections are closed with
 //! 1013 and the reason, the server stays up and resumes on its own, and what was
-//! accepted before the outage is not lost.
+//! accepted is delivered once. Each test prints its counts (`--nocapture`).
 
 mod support;
 
 use eligo::app::start_with;
+use eligo::app::Running;
 use eligo::config::Config;
 use serde_json::json;
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 use support::backends::{Backends, Kind};
@@ -79,6 +82,268 @@ async fn a_rabbitmq_restart_closes_with_1013_and_eligo_recovers_without_losing_j
     }
     let work = worker.recv("job 902 after the broker came back").await;
     assert_eq!(work["epoch_challenge"], json!({ "e": 3 }));
+    let mut jobs = Tally::default();
+    jobs.add(900);
+    jobs.add(902);
+    // 901 was refused with 1013, so it was never accepted.
+    jobs.assert_exactly("jobs across a RabbitMQ restart", &[900, 902]);
+
+    // Solutions sent across a second outage: each accepted one (its connection
+    // not closed with 1013) arrives once; a refused one closes the connection.
+    let mut waiting = Client::connect(node_addr).await;
+    waiting.send(&job(903)).await;
+    let task = worker.recv("job 903").await["task_id"].as_str().expect("task id").to_owned();
+    let restart = Restart;
+    let mut accepted = Vec::new();
+    let mut sender = worker;
+    for nonce in 1..=40i64 {
+        if nonce == 11 {
+            rabbitmqctl(&["stop_app"]);
+        }
+        if nonce == 21 {
+            rabbitmqctl(&["start_app"]);
+        }
+        sender.send(&solution(&task, nonce as u64)).await;
+        match sender.next_within(Duration::from_millis(300)).await {
+            Next::Quiet => accepted.push(nonce),
+            Next::Closed(code, _) => {
+                assert!(
+                    code == 1013 || code == 1011,
+                    "a solution the broker refused closes with 1013/1011, got {code}"
+                );
+                // Its last solution was not confirmed; a new connection goes on.
+                sender = reconnect_worker(running.worker_addr.expect("worker")).await;
+            }
+            Next::Frame(frame) => panic!("unexpected {frame}"),
+        }
+    }
+    drop(restart);
+    let mut solutions = Tally::default();
+    while solutions.0.len() < accepted.len() {
+        let got = waiting.recv_within("every accepted solution", RECOVERY).await;
+        solutions.add(got["partial_solution"]["nonce"].as_i64().unwrap_or_default());
+    }
+    // A solution whose connection closed may still have been confirmed late;
+    // count only those, never a duplicate.
+    while let Next::Frame(got) = waiting.next_within(Duration::from_secs(2)).await {
+        solutions.add(got["partial_solution"]["nonce"].as_i64().unwrap_or_default());
+    }
+    let delivered: Vec<i64> = solutions.0.keys().copied().collect();
+    assert!(accepted.iter().all(|n| delivered.contains(n)), "accepted {accepted:?}, delivered {delivered:?}");
+    solutions.assert_exactly("solutions across a RabbitMQ restart", &delivered);
+    println!("solutions across a RabbitMQ restart: {} of 40 accepted before their connection closed", accepted.len());
+    running.stop().await;
+    backends.finish().await;
+}
+
+/// A new worker connection, past the current job it is sent on connecting.
+async fn reconnect_worker(addr: std::net::SocketAddr) -> Client {
+    let mut worker = Client::connect(addr).await;
+    worker.send(&welcome()).await;
+    worker.recv("the current job, on connecting").await;
+    worker
+}
+
+/// eligo on `backends` with the seed rules, listening on free ports.
+async fn start_eligo(backends: &Backends) -> Running {
+    let dir = backends.dir().join("policies");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(support::plugin_path("seed-rules"), dir.join("seed-rules.wasm")).expect("copy");
+    let mut config = Config::default();
+    config.node.listen = ([127, 0, 0, 1], 0).into();
+    config.worker.listen = ([127, 0, 0, 1], 0).into();
+    config.admin.listen = None;
+    config.plugins.dir = dir;
+    start_with(&config, backends.queue.clone(), backends.log.clone(), backends.store.clone())
+        .await
+        .expect("eligo starts")
+}
+
+fn job(height: i64) -> Value {
+    json!({ "epoch_challenge": { "e": height }, "proof_target": 1, "block_height": height })
+}
+
+fn solution(task_id: &str, nonce: u64) -> Value {
+    json!({ "type": "solution", "task_id": task_id, "solution_target": 1,
+            "solution": { "partial_solution": { "nonce": nonce, "address": "a" } } })
+}
+
+fn welcome() -> Value {
+    json!({ "ip": "1.1.1.1", "address": "a", "hardware": "cpu", "hardware_id": "hw", "caption": "c" })
+}
+
+/// How long a test waits for the pipeline to recover and deliver.
+const RECOVERY: Duration = Duration::from_secs(90);
+
+/// Counts what each side received, by key, to tell lost from duplicated.
+#[derive(Default)]
+struct Tally(BTreeMap<i64, u32>);
+
+impl Tally {
+    fn add(&mut self, key: i64) {
+        *self.0.entry(key).or_default() += 1;
+    }
+
+    /// "accepted N, delivered N, duplicated 0", asserted.
+    fn assert_exactly(&self, what: &str, accepted: &[i64]) {
+        let delivered = accepted.iter().filter(|k| self.0.contains_key(k)).count();
+        let duplicated: u32 = self.0.values().map(|n| n - 1).sum();
+        let stray: Vec<&i64> = self.0.keys().filter(|k| !accepted.contains(k)).collect();
+        println!("{what}: accepted {}, delivered {delivered}, duplicated {duplicated}", accepted.len());
+        assert_eq!(delivered, accepted.len(), "{what}: every accepted one arrives ({:?})", self.0);
+        assert_eq!(duplicated, 0, "{what}: none twice ({:?})", self.0);
+        assert!(stray.is_empty(), "{what}: nothing that was not sent ({stray:?})");
+    }
+}
+
+/// Restarts this machine's PostgreSQL cluster; `start`s it when dropped, so a
+/// failing test leaves it running for the others.
+struct PostgresRestart;
+
+fn pg_ctlcluster(action: &str) -> std::process::Output {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .ok()
+        .and_then(|mut versions| versions.next())
+        .and_then(|v| v.ok())
+        .map(|v| v.file_name().to_string_lossy().into_owned())
+        .expect("a PostgreSQL cluster under /etc/postgresql");
+    Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", action])
+        .output()
+        .expect("pg_ctlcluster is installed with PostgreSQL")
+}
+
+impl Drop for PostgresRestart {
+    fn drop(&mut self) {
+        let _ = pg_ctlcluster("start");
+    }
+}
+
+/// PostgreSQL restarted while nodes and workers keep sending: the processors
+/// retry until it is back; everything accepted arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_under_load_loses_and_duplicates_nothing() {
+    let backends = Backends::new(Kind::Networked).await;
+    let running = start_eligo(&backends).await;
+    let mut worker = Client::connect(running.worker_addr.expect("worker server")).await;
+    worker.send(&welcome()).await;
+    let mut waiting = Client::connect(running.node_addr.expect("node server")).await;
+    waiting.send(&job(1000)).await;
+    let task = worker.recv("job 1000").await["task_id"].as_str().expect("task id").to_owned();
+    let mut submitting = Client::connect(running.node_addr.expect("node server")).await;
+
+    let guard = PostgresRestart;
+    let restart = tokio::task::spawn_blocking(|| pg_ctlcluster("restart"));
+    let (mut accepted_jobs, mut accepted_solutions) = (vec![1000], Vec::new());
+    // ~3 s of traffic spanning the restart.
+    for i in 1..=30i64 {
+        worker.send(&solution(&task, i as u64)).await;
+        accepted_solutions.push(i);
+        if i % 10 == 0 {
+            submitting.send(&job(1000 + i / 10)).await;
+            accepted_jobs.push(1000 + i / 10);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restarted = restart.await.expect("restart ran");
+    assert!(restarted.status.success(), "pg_ctlcluster restart: {}", String::from_utf8_lossy(&restarted.stderr));
+    drop(guard);
+
+    let mut jobs = Tally::default();
+    jobs.add(1000);
+    while jobs.0.len() < accepted_jobs.len() {
+        let work = worker.recv_within("every job accepted across the restart", RECOVERY).await;
+        jobs.add(work["epoch_challenge"]["e"].as_i64().unwrap_or_default());
+    }
+    let mut solutions = Tally::default();
+    while solutions.0.len() < accepted_solutions.len() {
+        let got = waiting.recv_within("every solution accepted across the restart", RECOVERY).await;
+        solutions.add(got["partial_solution"]["nonce"].as_i64().unwrap_or_default());
+    }
+    worker.assert_quiet("no job twice").await;
+    waiting.assert_quiet("no solution twice").await;
+    jobs.assert_exactly("jobs across a PostgreSQL restart", &accepted_jobs);
+    solutions.assert_exactly("solutions across a PostgreSQL restart", &accepted_solutions);
+    running.stop().await;
+    backends.finish().await;
+}
+
+/// The Kafka broker goes down and comes back with its data (a restart that keeps
+/// its state) while nodes and workers keep sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_broker_restart_that_keeps_its_state_loses_and_duplicates_nothing() {
+    let backends = Backends::new(Kind::Networked).await;
+    let running = start_eligo(&backends).await;
+    let mut worker = Client::connect(running.worker_addr.expect("worker server")).await;
+    worker.send(&welcome()).await;
+    let mut node = Client::connect(running.node_addr.expect("node server")).await;
+    node.send(&job(2000)).await;
+    let task = worker.recv("job 2000").await["task_id"].as_str().expect("task id").to_owned();
+
+    backends.kafka_mock().broker_down().expect("broker down");
+    let (mut accepted_jobs, mut accepted_solutions) = (vec![2000], Vec::new());
+    for i in 1..=30i64 {
+        worker.send(&solution(&task, i as u64)).await;
+        accepted_solutions.push(i);
+        if i % 10 == 0 {
+            node.send(&job(2000 + i / 10)).await;
+            accepted_jobs.push(2000 + i / 10);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    backends.kafka_mock().broker_up().expect("broker up");
+
+    let mut jobs = Tally::default();
+    jobs.add(2000);
+    while jobs.0.len() < accepted_jobs.len() {
+        let work = worker.recv_within("every job accepted while Kafka was down", RECOVERY).await;
+        jobs.add(work["epoch_challenge"]["e"].as_i64().unwrap_or_default());
+    }
+    let mut solutions = Tally::default();
+    while solutions.0.len() < accepted_solutions.len() {
+        let got = node.recv_within("every solution accepted while Kafka was down", RECOVERY).await;
+        solutions.add(got["partial_solution"]["nonce"].as_i64().unwrap_or_default());
+    }
+    worker.assert_quiet("no job twice").await;
+    node.assert_quiet("no solution twice").await;
+    jobs.assert_exactly("jobs across a Kafka restart that kept its state", &accepted_jobs);
+    solutions.assert_exactly("solutions across a Kafka restart that kept its state", &accepted_solutions);
+    running.stop().await;
+    backends.finish().await;
+}
+
+/// A broker that lost the producer's state answers with an error fatal to an
+/// idempotent producer, which librdkafka never recovers from by itself (every
+/// later produce fails): eligo replaces the producer, and the jobs and solutions
+/// being produced go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_hit_by_a_fatal_error_is_replaced_and_nothing_is_lost() {
+    let _ = tracing_subscriber::fmt().with_env_filter("eligo=warn,librdkafka=warn").with_test_writer().try_init();
+    let backends = Backends::new(Kind::Networked).await;
+    let running = start_eligo(&backends).await;
+    let mut worker = Client::connect(running.worker_addr.expect("worker server")).await;
+    worker.send(&welcome()).await;
+    let mut node = Client::connect(running.node_addr.expect("node server")).await;
+    node.send(&job(3000)).await;
+    let task = worker.recv("job 3000").await["task_id"].as_str().expect("task id").to_owned();
+
+    // On the request at the head of the line, librdkafka cannot tell what the
+    // broker kept: a fatal error. Every produce on that producer fails from then on.
+    let fatal = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
+    backends.kafka_mock().fail_produces(fatal, 1).expect("injecting a produce error");
+    node.send(&job(3001)).await;
+    let work = worker.recv_within("the job produced after the fatal error", RECOVERY).await;
+    assert_eq!(work["epoch_challenge"]["e"], 3001);
+    for nonce in 1..=5u64 {
+        worker.send(&solution(&task, nonce)).await;
+    }
+    let mut solutions = Tally::default();
+    while solutions.0.len() < 5 {
+        let got = node.recv_within("solutions after the producer was replaced", RECOVERY).await;
+        solutions.add(got["partial_solution"]["nonce"].as_i64().unwrap_or_default());
+    }
+    node.assert_quiet("no solution twice").await;
+    solutions.assert_exactly("solutions after a fatal producer error", &[1, 2, 3, 4, 5]);
     running.stop().await;
     backends.finish().await;
 }

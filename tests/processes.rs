@@ -30,6 +30,11 @@ fn free_port() -> SocketAddr {
 }
 
 fn spawn(backends: &Backends, name: &str, roles: &str) -> Process {
+    spawn_roles(backends, name, roles, true)
+}
+
+/// Starts `eligo serve` with `roles`; waits for its listeners if it serves.
+fn spawn_roles(backends: &Backends, name: &str, roles: &str, serves: bool) -> Process {
     let plugins = backends.dir().join(format!("policies-{name}"));
     std::fs::create_dir_all(&plugins).expect("plugin dir");
     std::fs::copy(support::plugin_path("seed-rules"), plugins.join("seed-rules.wasm")).expect("copy");
@@ -49,7 +54,7 @@ fn spawn(backends: &Backends, name: &str, roles: &str) -> Process {
         .expect("spawning eligo");
     let process = Process { child, node, worker };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(worker).is_err() || std::net::TcpStream::connect(node).is_err() {
+    while serves && (std::net::TcpStream::connect(worker).is_err() || std::net::TcpStream::connect(node).is_err()) {
         assert!(Instant::now() < deadline, "eligo {name} did not start listening");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -116,4 +121,67 @@ async fn connections_left_open_by_a_killed_process_are_finished_when_it_restarts
     assert_eq!(rows[0].disconnected_at, Some(rows[0].connected_at), "finished at its last solution, or else its start");
     drop((worker, again));
     backends.finish().await;
+}
+
+/// `kill -9` of the process running the solution processor while it works
+/// through a backlog: a new one takes over, and every solution a worker had
+/// accepted reaches the node once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_killed_mid_batch_loses_and_duplicates_nothing() {
+    let backends = Backends::new(Kind::Networked).await;
+    let server = spawn(&backends, "edge", "node-server,worker-server,job-processor");
+    let mut processor = spawn_processor(&backends, "first");
+    let mut worker = Client::connect(server.worker).await;
+    worker
+        .send(&json!({ "ip": "1.1.1.1", "address": "a", "hardware": "cpu", "hardware_id": "hw", "caption": "c" }))
+        .await;
+    let mut node = Client::connect(server.node).await;
+    node.send(&json!({ "epoch_challenge": { "e": 1 }, "proof_target": 1, "block_height": 600 })).await;
+    let task = worker.recv("job 600").await["task_id"].as_str().expect("task id").to_owned();
+
+    const SOLUTIONS: u64 = 3_000;
+    for nonce in 1..=SOLUTIONS {
+        worker.send(&json!({ "task_id": task, "solution_target": 1, "solution": { "partial_solution": { "nonce": nonce } } }))
+            .await;
+        if nonce % 100 == 0 {
+            // Under the connection's frame budget (1000/s), so every one is accepted.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    let mut received = std::collections::HashMap::<u64, u32>::new();
+    // Kill it once it is under way: some delivered, most still queued.
+    while received.len() < 200 {
+        let got = node.recv_within("solutions before the kill", Duration::from_secs(60)).await;
+        *received.entry(got["partial_solution"]["nonce"].as_u64().unwrap_or_default()).or_default() += 1;
+    }
+    processor.kill_now();
+    processor = spawn_processor(&backends, "second");
+    while received.len() < SOLUTIONS as usize {
+        let got = match node.next_within(Duration::from_secs(60)).await {
+            support::ws::Next::Frame(got) => got,
+            other => panic!("after {} of {SOLUTIONS} solutions: {other:?}", received.len()),
+        };
+        *received.entry(got["partial_solution"]["nonce"].as_u64().unwrap_or_default()).or_default() += 1;
+    }
+    node.assert_quiet("nothing twice").await;
+    worker.assert_quiet("no error frame: every solution was accepted").await;
+    let duplicated: u32 = received.values().map(|n| n - 1).sum();
+    println!("processor killed mid-batch: accepted {SOLUTIONS}, delivered {}, duplicated {duplicated}", received.len());
+    assert_eq!(duplicated, 0);
+    assert!((1..=SOLUTIONS).all(|n| received.contains_key(&n)));
+    drop((worker, node, processor, server));
+    backends.finish().await;
+}
+
+/// A process running only the solution processor.
+fn spawn_processor(backends: &Backends, name: &str) -> Process {
+    spawn_roles(backends, name, "solution-processor", false)
+}
+
+impl Process {
+    /// SIGKILL, now: nothing is flushed, acked or recorded.
+    fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -99,6 +99,11 @@ impl Backends {
         }
     }
 
+    /// The mock Kafka cluster of networked backends, for fault injection.
+    pub fn kafka_mock(&self) -> &MockKafka {
+        self.kafka.as_ref().expect("networked backends run librdkafka's mock cluster")
+    }
+
     /// A folder for this test's files.
     pub fn dir(&self) -> &std::path::Path {
         self._dir.path()
