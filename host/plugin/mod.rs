@@ -24,6 +24,7 @@ pub use dir::{loaded_policy, LoadFailure, PluginHost, RescanSummary, WatchGuard}
 pub use engine::{Limits, LoadError, PluginEngine};
 pub(crate) use host_state::truncate;
 pub use native::{NativeSeedRules, BUILTIN_KEY, NOTHING_SENT, WAIT_MS};
+pub(crate) use policy::{check_indices, check_job_offer};
 pub use policy::{Decision, Policy, PolicyError, Reason, Verdict};
 pub use set::{
     hook_names, LoadedPolicy, NodeState, PluginKey, PluginReport, PolicySet, Refusal, Validation, WorkerState,

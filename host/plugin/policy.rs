@@ -83,6 +83,19 @@ pub trait Policy: Send + Sync {
     fn offer_solution(&self, job: &Job, solution: &Solution, nodes: &[NodeView], now_ms: u64) -> Decision<Vec<u32>>;
 }
 
+/// Checks an `offer-job` answer for `workers` candidates: chosen indices in range
+/// and unique, and one state per chosen worker or one for all of them.
+pub(crate) fn check_job_offer(offer: &JobOffer, workers: usize) -> Decision<()> {
+    if offer.states.len() != offer.workers.len() && offer.states.len() != 1 {
+        return Err(PolicyError::BadOutput(format!(
+            "offer-job chose {} workers but gave {} states (one each, or one for all)",
+            offer.workers.len(),
+            offer.states.len()
+        )));
+    }
+    check_indices(&offer.workers, workers, "worker")
+}
+
 /// Checks that a list of chosen indices is within `0..len` and has no repeats.
 pub(crate) fn check_indices(indices: &[u32], len: usize, what: &str) -> Decision<()> {
     let out_of_range = |i: u32| PolicyError::BadOutput(format!("{what} index {i} out of range 0..{len}"));

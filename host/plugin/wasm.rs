@@ -6,7 +6,7 @@ use super::bindings::{
 };
 use super::engine::{LoadError, PluginEngine, EPOCH_TICK};
 use super::host_state::{truncate, HostState, LogBudget};
-use super::policy::{check_indices, Decision, Policy, PolicyError, Verdict};
+use super::policy::{check_indices, check_job_offer, Decision, Policy, PolicyError, Verdict};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
@@ -258,15 +258,7 @@ impl Policy for WasmPlugin {
         let offer = self.call(Hook::OfferJob, |b, s| {
             b.eligo_policy_decisions().call_offer_job(s, job, profiles, workers, now_ms)
         })?;
-        if offer.states.len() != offer.workers.len() && offer.states.len() != 1 {
-            crate::metrics::plugin_failure(&self.name, "bad_output");
-            return Err(PolicyError::BadOutput(format!(
-                "offer-job chose {} workers but gave {} states (one each, or one for all)",
-                offer.workers.len(),
-                offer.states.len()
-            )));
-        }
-        self.counted(check_indices(&offer.workers, workers.states.len(), "worker"))?;
+        self.counted(check_job_offer(&offer, workers.states.len()))?;
         Ok(offer)
     }
 
