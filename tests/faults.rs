@@ -272,6 +272,7 @@ async fn a_postgresql_restart_under_load_loses_and_duplicates_nothing() {
 /// its state) while nodes and workers keep sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_broker_restart_that_keeps_its_state_loses_and_duplicates_nothing() {
+    let _ = tracing_subscriber::fmt().with_env_filter("eligo=info,librdkafka=warn").with_test_writer().try_init();
     let backends = Backends::new(Kind::Networked).await;
     let running = start_eligo(&backends).await;
     let mut worker = Client::connect(running.worker_addr.expect("worker server")).await;

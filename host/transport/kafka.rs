@@ -334,52 +334,102 @@ impl EventLog for KafkaLog {
     }
 
     async fn tail(&self, topic: Topic) -> Result<Tail, TransportError> {
-        let config = self.shared.settings.tail_config();
-        let consumer: StreamConsumer<QuietContext> =
-            config.create_with_context(QuietContext::default()).map_err(|e| config_error(&e))?;
         let name = topic.name();
+        let settings = self.shared.settings.clone();
         // Metadata, watermarks and assign are blocking librdkafka calls.
-        let consumer = blocking(move || assign_at_end(consumer, name)).await??;
-        let shared = self.shared.clone();
-        let stream = futures::stream::unfold(Some(consumer), move |consumer| {
-            let shared = shared.clone();
-            async move {
-                let consumer = consumer?;
-                loop {
-                    let error = match consumer.recv().await {
-                        Ok(message) => {
-                            let payload = message.payload().unwrap_or_default().to_vec();
-                            drop(message);
-                            return Some((Ok(payload), Some(consumer)));
-                        }
-                        Err(error) => error,
-                    };
-                    if let KafkaError::MessageConsumptionFatal(code) = error {
-                        let error = unavailable(format!("reading topic `{name}`: fatal error {code}"));
-                        return Some((Err(error), None));
-                    }
-                    consumer.context().throttle.log(
-                        tracing::Level::WARN,
-                        "tail",
-                        &format!("reading `{name}`: {error}"),
-                    );
-                    shared.recover(None, &error).await;
-                }
+        let (consumer, positions) = blocking(move || open_tail(&settings, name, &Positions::new())).await??;
+        let reader = TailReader { consumer: Some(consumer), positions, name, shared: self.shared.clone() };
+        let stream = futures::stream::unfold(Some(reader), |reader| async move {
+            let mut reader = reader?;
+            match reader.next().await {
+                Ok(payload) => Some((Ok(payload), Some(reader))),
+                Err(error) => Some((Err(error), None)),
             }
         });
         Ok(stream.boxed())
     }
 }
 
-/// Assigns every partition of `topic` at its current end.
+/// The next offset to read, by partition.
+type Positions = BTreeMap<i32, i64>;
+
+/// One topic's reader. It remembers where it is in each partition, so that when
+/// it lost the cluster (every broker down: a restart) it opens a new consumer at
+/// exactly those offsets once the cluster answers again: a librdkafka consumer
+/// left to reconnect by itself was seen never to fetch again.
+struct TailReader {
+    consumer: Option<StreamConsumer<QuietContext>>,
+    positions: Positions,
+    name: &'static str,
+    shared: Arc<Shared>,
+}
+
+impl TailReader {
+    /// The next message's payload; an error only if the stream must end.
+    async fn next(&mut self) -> Result<Vec<u8>, TransportError> {
+        loop {
+            let Some(consumer) = &self.consumer else {
+                self.reopen().await;
+                continue;
+            };
+            let error = match consumer.recv().await {
+                Ok(message) => {
+                    self.positions.insert(message.partition(), message.offset() + 1);
+                    return Ok(message.payload().unwrap_or_default().to_vec());
+                }
+                Err(error) => error,
+            };
+            if let KafkaError::MessageConsumptionFatal(code) = error {
+                return Err(unavailable(format!("reading topic `{}`: fatal error {code}", self.name)));
+            }
+            consumer.context().throttle.log(tracing::Level::WARN, "tail", &format!("reading `{}`: {error}", self.name));
+            self.shared.recover(None, &error).await;
+            if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+                // Destroying a consumer blocks until its threads end.
+                if let Some(old) = self.consumer.take() {
+                    let _ = blocking(move || drop(old)).await;
+                }
+            }
+        }
+    }
+
+    /// Opens a new consumer at the remembered offsets, retrying until the
+    /// cluster answers.
+    async fn reopen(&mut self) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let (settings, name, positions) = (self.shared.settings.clone(), self.name, self.positions.clone());
+            match blocking(move || open_tail(&settings, name, &positions)).await.and_then(|opened| opened) {
+                Ok((consumer, positions)) => {
+                    tracing::info!(topic = self.name, "Kafka reader reopened at the offsets it had reached");
+                    self.consumer = Some(consumer);
+                    self.positions = positions;
+                    return;
+                }
+                Err(error) => {
+                    let throttle = log_throttle::librdkafka();
+                    throttle.log(tracing::Level::WARN, "tail", &format!("reopening the reader of `{name}`: {error}"));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// A consumer assigned every partition of `topic`: at `positions` where known,
+/// else at the partition's current end. Returns the offsets it starts from.
 ///
 /// The end offsets are read here rather than left to `Offset::End`, which
 /// librdkafka resolves later, when it starts fetching: a message produced between
 /// `tail` returning and that lookup would be skipped.
-fn assign_at_end(
-    consumer: StreamConsumer<QuietContext>,
+fn open_tail(
+    settings: &KafkaSettings,
     topic: &str,
-) -> Result<StreamConsumer<QuietContext>, TransportError> {
+    positions: &Positions,
+) -> Result<(StreamConsumer<QuietContext>, Positions), TransportError> {
+    let consumer: StreamConsumer<QuietContext> =
+        settings.tail_config().create_with_context(QuietContext::default()).map_err(|e| config_error(&e))?;
     let metadata = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|e| unavailable(format!("metadata of topic `{topic}`: {e}")))?;
@@ -395,16 +445,24 @@ fn assign_at_end(
         return Err(unavailable(format!("topic `{topic}` has no partitions yet")));
     }
     let mut assignment = TopicPartitionList::new();
+    let mut starts = Positions::new();
     for partition in partitions {
-        let (_low, high) = consumer
-            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-            .map_err(|e| unavailable(format!("end of `{topic}` partition {partition}: {e}")))?;
+        let offset = match positions.get(&partition) {
+            Some(&known) => known,
+            None => {
+                consumer
+                    .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+                    .map_err(|e| unavailable(format!("end of `{topic}` partition {partition}: {e}")))?
+                    .1
+            }
+        };
+        starts.insert(partition, offset);
         assignment
-            .add_partition_offset(topic, partition, Offset::Offset(high))
+            .add_partition_offset(topic, partition, Offset::Offset(offset))
             .map_err(|e| refused(format!("assigning `{topic}` partition {partition}: {e}")))?;
     }
     consumer.assign(&assignment).map_err(|e| refused(format!("assigning `{topic}`: {e}")))?;
-    Ok(consumer)
+    Ok((consumer, starts))
 }
 
 /// Creates the topics the cluster lacks, with the pipeline's retention.
