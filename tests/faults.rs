@@ -4,11 +4,9 @@
 
 mod support;
 
-use eligo::app::start_with;
-use eligo::app::Running;
+use eligo::app::{start_with, Running};
 use eligo::config::Config;
-use serde_json::json;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -196,6 +194,77 @@ impl Tally {
     }
 }
 
+/// eligo on fresh networked backends, a welcomed worker, and a node whose job
+/// at `height` the worker has received.
+struct Rig {
+    backends: Backends,
+    running: Running,
+    worker: Client,
+    node: Client,
+    /// The task id of the job at `height`.
+    task: String,
+}
+
+impl Rig {
+    async fn start(height: i64) -> Rig {
+        let backends = Backends::new(Kind::Networked).await;
+        let running = start_eligo(&backends).await;
+        let mut worker = Client::connect(running.worker_addr.expect("worker server")).await;
+        worker.send(&welcome()).await;
+        let mut node = Client::connect(running.node_addr.expect("node server")).await;
+        node.send(&job(height)).await;
+        let task = worker.recv("the first job").await["task_id"].as_str().expect("task id").to_owned();
+        Rig { backends, running, worker, node, task }
+    }
+
+    async fn stop(self) {
+        self.running.stop().await;
+        self.backends.finish().await;
+    }
+}
+
+/// What was sent while a fault was under way, all of it accepted.
+struct Sent {
+    jobs: Vec<i64>,
+    solutions: Vec<i64>,
+}
+
+/// ~3 s of traffic: 30 solutions for `task` from `worker`, and after every
+/// 10th a job from `node` at the next height above `height`.
+async fn send_traffic(worker: &mut Client, node: &mut Client, task: &str, height: i64) -> Sent {
+    let mut sent = Sent { jobs: vec![height], solutions: Vec::new() };
+    for i in 1..=30i64 {
+        worker.send(&solution(task, i as u64)).await;
+        sent.solutions.push(i);
+        if i % 10 == 0 {
+            node.send(&job(height + i / 10)).await;
+            sent.jobs.push(height + i / 10);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sent
+}
+
+/// Waits until every job sent reached `worker` and every solution `waiting`,
+/// then asserts none arrived twice and prints the counts.
+async fn assert_everything_arrives(worker: &mut Client, waiting: &mut Client, sent: &Sent, across: &str) {
+    let mut jobs = Tally::default();
+    jobs.add(sent.jobs[0]);
+    while jobs.0.len() < sent.jobs.len() {
+        let work = worker.recv_within(&format!("every job accepted {across}"), RECOVERY).await;
+        jobs.add(work["epoch_challenge"]["e"].as_i64().unwrap_or_default());
+    }
+    let mut solutions = Tally::default();
+    while solutions.0.len() < sent.solutions.len() {
+        let got = waiting.recv_within(&format!("every solution accepted {across}"), RECOVERY).await;
+        solutions.add(got["partial_solution"]["nonce"].as_i64().unwrap_or_default());
+    }
+    worker.assert_quiet("no job twice").await;
+    waiting.assert_quiet("no solution twice").await;
+    jobs.assert_exactly(&format!("jobs {across}"), &sent.jobs);
+    solutions.assert_exactly(&format!("solutions {across}"), &sent.solutions);
+}
+
 /// Restarts this machine's PostgreSQL cluster; `start`s it when dropped, so a
 /// failing test leaves it running for the others.
 struct PostgresRestart;
@@ -223,49 +292,17 @@ impl Drop for PostgresRestart {
 /// retry until it is back; everything accepted arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgresql_restart_under_load_loses_and_duplicates_nothing() {
-    let backends = Backends::new(Kind::Networked).await;
-    let running = start_eligo(&backends).await;
-    let mut worker = Client::connect(running.worker_addr.expect("worker server")).await;
-    worker.send(&welcome()).await;
-    let mut waiting = Client::connect(running.node_addr.expect("node server")).await;
-    waiting.send(&job(1000)).await;
-    let task = worker.recv("job 1000").await["task_id"].as_str().expect("task id").to_owned();
-    let mut submitting = Client::connect(running.node_addr.expect("node server")).await;
-
+    let mut rig = Rig::start(1000).await;
+    // A second node sends the jobs: the first waits on the solutions of 1000.
+    let mut submitting = Client::connect(rig.running.node_addr.expect("node server")).await;
     let guard = PostgresRestart;
     let restart = tokio::task::spawn_blocking(|| pg_ctlcluster("restart"));
-    let (mut accepted_jobs, mut accepted_solutions) = (vec![1000], Vec::new());
-    // ~3 s of traffic spanning the restart.
-    for i in 1..=30i64 {
-        worker.send(&solution(&task, i as u64)).await;
-        accepted_solutions.push(i);
-        if i % 10 == 0 {
-            submitting.send(&job(1000 + i / 10)).await;
-            accepted_jobs.push(1000 + i / 10);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let sent = send_traffic(&mut rig.worker, &mut submitting, &rig.task, 1000).await;
     let restarted = restart.await.expect("restart ran");
     assert!(restarted.status.success(), "pg_ctlcluster restart: {}", String::from_utf8_lossy(&restarted.stderr));
     drop(guard);
-
-    let mut jobs = Tally::default();
-    jobs.add(1000);
-    while jobs.0.len() < accepted_jobs.len() {
-        let work = worker.recv_within("every job accepted across the restart", RECOVERY).await;
-        jobs.add(work["epoch_challenge"]["e"].as_i64().unwrap_or_default());
-    }
-    let mut solutions = Tally::default();
-    while solutions.0.len() < accepted_solutions.len() {
-        let got = waiting.recv_within("every solution accepted across the restart", RECOVERY).await;
-        solutions.add(got["partial_solution"]["nonce"].as_i64().unwrap_or_default());
-    }
-    worker.assert_quiet("no job twice").await;
-    waiting.assert_quiet("no solution twice").await;
-    jobs.assert_exactly("jobs across a PostgreSQL restart", &accepted_jobs);
-    solutions.assert_exactly("solutions across a PostgreSQL restart", &accepted_solutions);
-    running.stop().await;
-    backends.finish().await;
+    assert_everything_arrives(&mut rig.worker, &mut rig.node, &sent, "across a PostgreSQL restart").await;
+    rig.stop().await;
 }
 
 /// The Kafka broker goes down and comes back with its data (a restart that keeps
@@ -273,44 +310,32 @@ async fn a_postgresql_restart_under_load_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_broker_restart_that_keeps_its_state_loses_and_duplicates_nothing() {
     let _ = tracing_subscriber::fmt().with_env_filter("eligo=info,librdkafka=warn").with_test_writer().try_init();
-    let backends = Backends::new(Kind::Networked).await;
-    let running = start_eligo(&backends).await;
-    let mut worker = Client::connect(running.worker_addr.expect("worker server")).await;
-    worker.send(&welcome()).await;
-    let mut node = Client::connect(running.node_addr.expect("node server")).await;
-    node.send(&job(2000)).await;
-    let task = worker.recv("job 2000").await["task_id"].as_str().expect("task id").to_owned();
+    let mut rig = Rig::start(2000).await;
+    rig.backends.kafka_mock().broker_down().expect("broker down");
+    let sent = send_traffic(&mut rig.worker, &mut rig.node, &rig.task, 2000).await;
+    bring_back(rig.backends.kafka_mock());
+    assert_everything_arrives(&mut rig.worker, &mut rig.node, &sent, "across a Kafka restart that kept its state")
+        .await;
+    rig.stop().await;
+}
 
-    backends.kafka_mock().broker_down().expect("broker down");
-    let (mut accepted_jobs, mut accepted_solutions) = (vec![2000], Vec::new());
-    for i in 1..=30i64 {
-        worker.send(&solution(&task, i as u64)).await;
-        accepted_solutions.push(i);
-        if i % 10 == 0 {
-            node.send(&job(2000 + i / 10)).await;
-            accepted_jobs.push(2000 + i / 10);
+/// Brings the mock broker back up. Once in a while (under load) librdkafka's
+/// mock broker refuses connections for good after coming back up; it is then
+/// cycled again, so the test is about eligo's recovery, not the mock's.
+fn bring_back(kafka: &eligo::transport::kafka::MockKafka) {
+    let addr: std::net::SocketAddr = kafka.bootstrap_servers().parse().expect("the mock's address");
+    for _ in 0..3 {
+        kafka.broker_up().expect("broker up");
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        kafka.broker_down().expect("broker down");
     }
-    backends.kafka_mock().broker_up().expect("broker up");
-
-    let mut jobs = Tally::default();
-    jobs.add(2000);
-    while jobs.0.len() < accepted_jobs.len() {
-        let work = worker.recv_within("every job accepted while Kafka was down", RECOVERY).await;
-        jobs.add(work["epoch_challenge"]["e"].as_i64().unwrap_or_default());
-    }
-    let mut solutions = Tally::default();
-    while solutions.0.len() < accepted_solutions.len() {
-        let got = node.recv_within("every solution accepted while Kafka was down", RECOVERY).await;
-        solutions.add(got["partial_solution"]["nonce"].as_i64().unwrap_or_default());
-    }
-    worker.assert_quiet("no job twice").await;
-    node.assert_quiet("no solution twice").await;
-    jobs.assert_exactly("jobs across a Kafka restart that kept its state", &accepted_jobs);
-    solutions.assert_exactly("solutions across a Kafka restart that kept its state", &accepted_solutions);
-    running.stop().await;
-    backends.finish().await;
+    panic!("librdkafka's mock broker did not come back up at {addr}");
 }
 
 /// A broker that lost the producer's state answers with an error fatal to an
@@ -320,31 +345,12 @@ async fn a_kafka_broker_restart_that_keeps_its_state_loses_and_duplicates_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_hit_by_a_fatal_error_is_replaced_and_nothing_is_lost() {
     let _ = tracing_subscriber::fmt().with_env_filter("eligo=warn,librdkafka=warn").with_test_writer().try_init();
-    let backends = Backends::new(Kind::Networked).await;
-    let running = start_eligo(&backends).await;
-    let mut worker = Client::connect(running.worker_addr.expect("worker server")).await;
-    worker.send(&welcome()).await;
-    let mut node = Client::connect(running.node_addr.expect("node server")).await;
-    node.send(&job(3000)).await;
-    let task = worker.recv("job 3000").await["task_id"].as_str().expect("task id").to_owned();
-
+    let mut rig = Rig::start(3000).await;
     // On the request at the head of the line, librdkafka cannot tell what the
     // broker kept: a fatal error. Every produce on that producer fails from then on.
     let fatal = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
-    backends.kafka_mock().fail_produces(fatal, 1).expect("injecting a produce error");
-    node.send(&job(3001)).await;
-    let work = worker.recv_within("the job produced after the fatal error", RECOVERY).await;
-    assert_eq!(work["epoch_challenge"]["e"], 3001);
-    for nonce in 1..=5u64 {
-        worker.send(&solution(&task, nonce)).await;
-    }
-    let mut solutions = Tally::default();
-    while solutions.0.len() < 5 {
-        let got = node.recv_within("solutions after the producer was replaced", RECOVERY).await;
-        solutions.add(got["partial_solution"]["nonce"].as_i64().unwrap_or_default());
-    }
-    node.assert_quiet("no solution twice").await;
-    solutions.assert_exactly("solutions after a fatal producer error", &[1, 2, 3, 4, 5]);
-    running.stop().await;
-    backends.finish().await;
+    rig.backends.kafka_mock().fail_produces(fatal, 1).expect("injecting a produce error");
+    let sent = send_traffic(&mut rig.worker, &mut rig.node, &rig.task, 3000).await;
+    assert_everything_arrives(&mut rig.worker, &mut rig.node, &sent, "after a fatal producer error").await;
+    rig.stop().await;
 }
