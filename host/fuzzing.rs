@@ -5,10 +5,12 @@
 //! Each takes arbitrary bytes and panics only on a broken invariant (a bug).
 //! Rejecting the input with an error is the expected outcome for most of them.
 
-use crate::plugin::{check_indices, check_job_offer, loaded_policy, runner, NativeSeedRules, NodeState, PolicySet};
 use crate::plugin::{
-    ConnectionRequest, Decision, Hook, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo, Policy,
-    PolicyError, Solution, Verdict, Welcome, WorkerAdmission, WorkerProfile, Workers,
+    check_indices, check_job_offer, loaded_policy, runner, NativeSeedRules, NodeState, PolicySet, ALL_HOOKS,
+};
+use crate::plugin::{
+    ConnectionRequest, Decision, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo, Policy, PolicyError,
+    Solution, Verdict, Welcome, WorkerAdmission, WorkerProfile, Workers,
 };
 use crate::protocol::{canonical_json, FieldLimits, JobFrame, SolutionFrame, WelcomeFrame};
 use serde_json::Value;
@@ -170,18 +172,7 @@ struct FuzzedPolicy {
 
 impl FuzzedPolicy {
     fn new(answers: &[u8]) -> Self {
-        let info = PluginInfo {
-            name: "fuzzed".into(),
-            version: "0".into(),
-            hooks: vec![
-                Hook::AdmitConnection,
-                Hook::AdmitWorker,
-                Hook::AdmitJob,
-                Hook::OfferJob,
-                Hook::ValidateSolution,
-                Hook::OfferSolution,
-            ],
-        };
+        let info = PluginInfo { name: "fuzzed".into(), version: "0".into(), hooks: ALL_HOOKS.to_vec() };
         FuzzedPolicy { info, answers: Mutex::new(answers.to_vec()) }
     }
 

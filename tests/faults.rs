@@ -31,17 +31,7 @@ impl Drop for Restart {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_restart_closes_with_1013_and_eligo_recovers_without_losing_jobs() {
     let backends = Backends::new(Kind::Networked).await;
-    let dir = backends.dir().join("policies");
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::copy(support::plugin_path("seed-rules"), dir.join("seed-rules.wasm")).expect("copy");
-    let mut config = Config::default();
-    config.node.listen = ([127, 0, 0, 1], 0).into();
-    config.worker.listen = ([127, 0, 0, 1], 0).into();
-    config.admin.listen = None;
-    config.plugins.dir = dir;
-    let running = start_with(&config, backends.queue.clone(), backends.log.clone(), backends.store.clone())
-        .await
-        .expect("eligo starts");
+    let running = start_eligo(&backends).await;
     let node_addr = running.node_addr.expect("node server");
     let mut worker = Client::connect(running.worker_addr.expect("worker server")).await;
     worker

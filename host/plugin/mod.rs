@@ -29,6 +29,7 @@ pub use policy::{Decision, Policy, PolicyError, Reason, Verdict};
 pub use set::{
     hook_names, LoadedPolicy, NodeState, PluginKey, PluginReport, PolicySet, Refusal, Validation, WorkerState,
 };
+pub(crate) use wasm::HOOKS as ALL_HOOKS;
 pub use wasm::{Cost, WasmPlugin};
 
 /// Milliseconds since the Unix epoch: the `now` passed to plugins.

@@ -26,7 +26,7 @@ pub struct Cost {
 }
 
 /// Every decision hook, in the order of [`WasmPlugin`]'s call timers.
-const HOOKS: [Hook; 6] = [
+pub(crate) const HOOKS: [Hook; 6] = [
     Hook::AdmitConnection,
     Hook::AdmitWorker,
     Hook::AdmitJob,
