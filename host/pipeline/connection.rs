@@ -57,12 +57,16 @@ pub struct Outbox {
 #[derive(Default)]
 struct Latest {
     frame: Mutex<Option<Utf8Bytes>>,
+    /// Whether `frame` holds one: read without the lock on every job of a fan-out.
+    waiting: std::sync::atomic::AtomicBool,
     ready: tokio::sync::Notify,
 }
 
 impl Latest {
     fn take(&self) -> Option<Utf8Bytes> {
-        self.frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+        let mut frame = self.frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.waiting.store(false, Ordering::Release);
+        frame.take()
     }
 }
 
@@ -81,23 +85,22 @@ impl Outbox {
     /// replaces the frame waiting there. Says whether one was replaced (a frame
     /// superseded by a newer one, never sent).
     pub fn send_latest(&self, text: Utf8Bytes) -> bool {
-        let mut waiting = self.latest.frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // While a frame waits in the slot, newer ones go there too, to stay behind
         // every queued frame and in order.
-        if waiting.is_none() {
+        let text = if self.latest.waiting.load(Ordering::Acquire) {
+            text
+        } else {
             match self.tx.try_send(text) {
-                Ok(()) => return false,
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                Err(mpsc::error::TrySendError::Full(text)) => {
-                    *waiting = Some(text);
-                    drop(waiting);
-                    self.latest.ready.notify_one();
-                    return false;
-                }
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(text)) => text,
             }
-        }
-        *waiting = Some(text);
-        true
+        };
+        let mut waiting = self.latest.frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let replaced = waiting.replace(text).is_some();
+        self.latest.waiting.store(true, Ordering::Release);
+        drop(waiting);
+        self.latest.ready.notify_one();
+        replaced
     }
 
     /// Queues a text frame, waiting for room.
