@@ -1,6 +1,6 @@
 //! A smoke run of every fuzz target (`fuzz/`, `host/fuzzing.rs`) on the stable
-//! toolchain: each replays its corpus (and what cargo fuzz saved as crashes),
-//! then mutations of it. The long runs are `scripts/fuzz` (cargo fuzz).
+//! toolchain: each replays its corpus (fixed crashes included) and any crash
+//! cargo fuzz saved locally, then mutations of the corpus. The long runs are `scripts/fuzz` (cargo fuzz).
 
 mod support;
 
