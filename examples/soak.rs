@@ -124,20 +124,35 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Submits a job every few seconds; receives the solutions of every job it submitted.
+/// Submits a job every few seconds; receives the solutions of every job it
+/// submitted. A job counts as accepted once its connection stayed open a second
+/// after it was sent (a refused one closes it with 1013); until then it is sent
+/// again on every new connection.
 async fn node(args: Args, tally: Shared, end: Instant) {
+    const CONFIRM: Duration = Duration::from_secs(1);
     let mut height = chrono_height();
     let mut socket = connect(&args.node_url).await;
     let mut next_job = Instant::now();
+    let mut unconfirmed: Option<(i64, Instant)> = None;
+    let job = |height: i64| {
+        Message::text(
+            json!({ "epoch_challenge": { "h": height }, "proof_target": 1, "block_height": height }).to_string(),
+        )
+    };
     loop {
         if Instant::now() >= end + Duration::from_secs(15) {
             return;
         }
-        if Instant::now() >= next_job && Instant::now() < end {
+        if let Some((sent, at)) = unconfirmed {
+            if at.elapsed() >= CONFIRM {
+                tally.lock().expect("tally").jobs.accepted.insert(sent as u64, ());
+                unconfirmed = None;
+            }
+        }
+        if unconfirmed.is_none() && Instant::now() >= next_job && Instant::now() < end {
             height += 1;
-            let job = json!({ "epoch_challenge": { "h": height }, "proof_target": 1, "block_height": height });
-            if socket.send(Message::text(job.to_string())).await.is_ok() {
-                pending_job(&tally, height);
+            if socket.send(job(height)).await.is_ok() {
+                unconfirmed = Some((height, Instant::now()));
             }
             next_job = Instant::now() + Duration::from_secs(args.job_every_secs);
         }
@@ -150,27 +165,18 @@ async fn node(args: Args, tally: Shared, end: Instant) {
                 }
             }
             Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => {
-                // The job sent last may not have been accepted: a closed node
-                // connection's reason says so; it is sent again on the new one.
-                unaccept_job(&tally, height);
                 tally.lock().expect("tally").reconnects += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 socket = connect(&args.node_url).await;
-                let job = json!({ "epoch_challenge": { "h": height }, "proof_target": 1, "block_height": height });
-                if socket.send(Message::text(job.to_string())).await.is_ok() {
-                    pending_job(&tally, height);
+                if let Some((sent, _)) = unconfirmed {
+                    if socket.send(job(sent)).await.is_ok() {
+                        unconfirmed = Some((sent, Instant::now()));
+                    }
                 }
             }
             Ok(Some(Ok(_))) => {}
         }
     }
-}
-
-fn pending_job(tally: &Shared, height: i64) {
-    tally.lock().expect("tally").jobs.accepted.insert(height as u64, ());
-}
-
-fn unaccept_job(tally: &Shared, height: i64) {
-    tally.lock().expect("tally").jobs.accepted.remove(&(height as u64));
 }
 
 /// Heights that do not collide with an earlier run on the same database.
@@ -233,6 +239,7 @@ async fn worker(
                     // A new connection is sent the current job again: not a duplicate.
                     seen.clear();
                     tally.lock().expect("tally").reconnects += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     socket = connect(&args.worker_url).await;
                     let _ = socket.send(Message::text(welcome.to_string())).await;
                 }
