@@ -266,12 +266,15 @@ impl Handshake {
 /// with the reason, before any upgrade.
 pub fn admit_connection(
     services: &super::Services,
+    cap: &Arc<super::connection_cap::ConnectionCap>,
     role: crate::plugin::Role,
     remote: SocketAddr,
     uri: &axum::http::Uri,
     headers: &axum::http::HeaderMap,
-) -> Result<Handshake, axum::response::Response> {
+) -> Result<(Handshake, super::connection_cap::Place), axum::response::Response> {
     use axum::response::IntoResponse;
+    // The caps first: a full server answers without asking the policies.
+    let place = cap.enter(remote.ip()).map_err(IntoResponse::into_response)?;
     let handshake = Handshake::read(remote, uri, headers);
     let request = crate::plugin::ConnectionRequest {
         remote_addr: remote.to_string(),
@@ -284,7 +287,7 @@ pub fn admit_connection(
         crate::plugin::Role::Worker => "worker",
     };
     match services.plugins.current().admit_connection(&request, crate::plugin::now_ms()) {
-        Ok(()) => Ok(handshake),
+        Ok(()) => Ok((handshake, place)),
         Err(refusal) => {
             crate::metrics::add("eligo_connections_refused_total", &[("role", label)], 1);
             Err((axum::http::StatusCode::FORBIDDEN, refusal.to_string()).into_response())

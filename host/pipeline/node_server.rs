@@ -24,7 +24,7 @@ use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
 use futures::StreamExt;
@@ -240,12 +240,8 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let place = match server.cap.enter(remote.ip()) {
-        Ok(place) => place,
-        Err(full) => return full.into_response(),
-    };
-    match admit_connection(&server.services, Role::Node, remote, &uri, &headers) {
-        Ok(handshake) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
+    match admit_connection(&server.services, &server.cap, Role::Node, remote, &uri, &headers) {
+        Ok((handshake, place)) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
             server.nodes.track(server.serve(socket, handshake)).await;
             drop(place);
         }),
