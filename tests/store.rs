@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use eligo::store::postgres::PgStore;
 use eligo::store::sqlite::SqliteStore;
-use eligo::store::{Inserted, NewJob, NewSolution, Store, StoredJob, StoredSolution, WorkerConnection};
+use eligo::store::{
+    Inserted, NewJob, NewSolution, Page, SolutionFilter, Store, StoredJob, StoredSolution, WorkerConnection,
+    WorkerFilter,
+};
 use futures::FutureExt;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
@@ -198,6 +201,9 @@ store_tests!(
     closing_an_instance_finishes_only_its_open_connections,
     a_connection_ends_before_the_next_connection_of_its_worker,
     a_workers_connections_are_listed_oldest_first,
+    jobs_are_listed_by_height_highest_first_page_by_page,
+    solutions_are_listed_newest_first_by_job_worker_or_nonce,
+    worker_connections_are_listed_newest_first_open_or_finished,
 );
 
 fn new_job(block_height: i64) -> NewJob {
@@ -580,4 +586,72 @@ async fn postgres_takes_over_the_original_systems_database() {
         assert_eq!(rows[0].disconnected_at, Some(at("2024-05-01 12:00:01")));
     })
     .await;
+}
+
+async fn jobs_are_listed_by_height_highest_first_page_by_page(b: Backend) {
+    let store = &*b.store;
+    assert_eq!(store.list_jobs(Page::new(10, None)).await.unwrap().items, []);
+    for height in [3, 1, 5, 2, 4] {
+        insert_job(store, &new_job(height)).await;
+    }
+    let first = store.list_jobs(Page::new(2, None)).await.unwrap();
+    assert_eq!(first.items.iter().map(|j| j.block_height).collect::<Vec<_>>(), [5, 4]);
+    let second = store.list_jobs(Page::new(2, first.next)).await.unwrap();
+    assert_eq!(second.items.iter().map(|j| j.block_height).collect::<Vec<_>>(), [3, 2]);
+    let last = store.list_jobs(Page::new(2, second.next)).await.unwrap();
+    assert_eq!(last.items.iter().map(|j| j.block_height).collect::<Vec<_>>(), [1]);
+    assert_eq!(last.next, None, "a short page is the last");
+
+    let at_four = store.job_at_height(4).await.unwrap().expect("the job at height 4");
+    assert_eq!(at_four.block_height, 4);
+    assert_eq!(Some(at_four), store.list_jobs(Page::new(1, Some(5))).await.unwrap().items.pop());
+    assert_eq!(store.job_at_height(99).await.unwrap(), None);
+}
+
+async fn solutions_are_listed_newest_first_by_job_worker_or_nonce(b: Backend) {
+    let store = &*b.store;
+    for (key, task, hw) in
+        [("1", "task-a", "hw-1"), ("2", "task-a", "hw-2"), ("3", "task-b", "hw-1"), ("4", "task-a", "hw-1")]
+    {
+        insert_solution(store, &new_solution(key, task, hw, "rig")).await;
+    }
+    let keys =
+        |page: eligo::store::Paged<StoredSolution>| page.items.into_iter().map(|s| s.unique_key).collect::<Vec<_>>();
+    let all = SolutionFilter::default();
+    assert_eq!(keys(store.list_solutions(&all, Page::new(10, None)).await.unwrap()), ["4", "3", "2", "1"]);
+    let by_task = SolutionFilter { task_id: Some("task-a".into()), ..SolutionFilter::default() };
+    assert_eq!(keys(store.list_solutions(&by_task, Page::new(10, None)).await.unwrap()), ["4", "2", "1"]);
+    let both = SolutionFilter { hardware_id: Some("hw-1".into()), ..by_task.clone() };
+    assert_eq!(keys(store.list_solutions(&both, Page::new(10, None)).await.unwrap()), ["4", "1"]);
+    let by_nonce = SolutionFilter { unique_key: Some("3".into()), ..SolutionFilter::default() };
+    let found = store.list_solutions(&by_nonce, Page::new(10, None)).await.unwrap();
+    assert_eq!((found.items.len(), &*found.items[0].task_id, found.next), (1, "task-b", None));
+
+    let first = store.list_solutions(&by_task, Page::new(2, None)).await.unwrap();
+    assert!(first.next.is_some(), "a full page has a cursor");
+    assert_eq!(keys(store.list_solutions(&by_task, Page::new(2, first.next)).await.unwrap()), ["1"]);
+}
+
+async fn worker_connections_are_listed_newest_first_open_or_finished(b: Backend) {
+    let store = &*b.store;
+    let first = store.worker_connected(&worker("hw-1", "rig-a", "i1")).await.unwrap();
+    let other = store.worker_connected(&worker("hw-2", "rig-a", "i1")).await.unwrap();
+    let second = store.worker_connected(&worker("hw-1", "rig-a", "i1")).await.unwrap();
+    let ids = |filter: WorkerFilter| async move {
+        let page = store.list_worker_connections(&filter, Page::new(10, None)).await.unwrap();
+        page.items.into_iter().map(|r| r.id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(WorkerFilter::default()).await, [second, other, first]);
+    let hw1 = WorkerFilter { hardware_id: Some("hw-1".into()), ..WorkerFilter::default() };
+    assert_eq!(ids(hw1.clone()).await, [second, first]);
+    assert_eq!(
+        ids(WorkerFilter { open: Some(true), ..hw1.clone() }).await,
+        [second],
+        "the reconnect finished the first"
+    );
+    assert_eq!(ids(WorkerFilter { open: Some(false), ..hw1 }).await, [first]);
+    let page = store.list_worker_connections(&WorkerFilter::default(), Page::new(2, None)).await.unwrap();
+    assert_eq!(page.next, Some(other));
+    let rest = store.list_worker_connections(&WorkerFilter::default(), Page::new(2, page.next)).await.unwrap();
+    assert_eq!((rest.items.len(), rest.next), (1, None));
 }

@@ -208,6 +208,64 @@ where
         .collect()
 }
 
+/// One page of a listing, newest first: the operator's API reads the store
+/// through these, never whole tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Rows to return, between 1 and [`Page::MAX_LIMIT`].
+    pub limit: u32,
+    /// Only rows older than this cursor: the `next` of the page before.
+    pub before: Option<i64>,
+}
+
+impl Page {
+    /// The most rows one page returns.
+    pub const MAX_LIMIT: u32 = 500;
+
+    /// A page of `limit` rows (clamped to 1..=[`Page::MAX_LIMIT`]) before `before`.
+    pub fn new(limit: u32, before: Option<i64>) -> Self {
+        Page { limit: limit.clamp(1, Self::MAX_LIMIT), before }
+    }
+}
+
+/// Rows of one page, and the cursor of the next (`None` on the last page).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paged<T> {
+    /// The rows, newest first.
+    pub items: Vec<T>,
+    /// Pass as [`Page::before`] for the next page.
+    pub next: Option<i64>,
+}
+
+impl<T> Paged<T> {
+    /// A page of `rows` read with `page.limit` as the limit, keyed by `cursor`: a
+    /// full page may have a next one, a short page is the last.
+    fn of<R: Into<T>>(rows: Vec<R>, page: Page, cursor: impl Fn(&R) -> i64) -> Self {
+        let next = if rows.len() as u32 >= page.limit { rows.last().map(cursor) } else { None };
+        Paged { items: rows.into_iter().map(Into::into).collect(), next }
+    }
+}
+
+/// Which solutions a listing returns; every field given must match.
+#[derive(Clone, Debug, Default)]
+pub struct SolutionFilter {
+    /// Solutions to this job.
+    pub task_id: Option<String>,
+    /// Solutions of this worker hardware.
+    pub hardware_id: Option<String>,
+    /// The solution with this key (its nonce).
+    pub unique_key: Option<String>,
+}
+
+/// Which worker connections a listing returns; every field given must match.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerFilter {
+    /// Connections of this worker hardware.
+    pub hardware_id: Option<String>,
+    /// `Some(true)`: only connections still open; `Some(false)`: only finished ones.
+    pub open: Option<bool>,
+}
+
 /// Persistence for the pipeline.
 ///
 /// The processors work in batches: every write they make is a multi-row statement
@@ -246,6 +304,15 @@ pub trait Store: Send + Sync {
     async fn close_connections_of(&self, instance: &str) -> Result<u64, StoreError>;
     /// The connections of one worker (`hardware_id` and `caption`), oldest first.
     async fn worker_connections(&self, hardware_id: &str, caption: &str) -> Result<Vec<WorkerRow>, StoreError>;
+
+    /// Jobs by height, highest first; the cursor is a block height.
+    async fn list_jobs(&self, page: Page) -> Result<Paged<StoredJob>, StoreError>;
+    /// The job at this height.
+    async fn job_at_height(&self, block_height: i64) -> Result<Option<StoredJob>, StoreError>;
+    /// Solutions matching `filter`, newest first.
+    async fn list_solutions(&self, filter: &SolutionFilter, page: Page) -> Result<Paged<StoredSolution>, StoreError>;
+    /// Worker connections matching `filter`, newest first; the cursor is a row id.
+    async fn list_worker_connections(&self, filter: &WorkerFilter, page: Page) -> Result<Paged<WorkerRow>, StoreError>;
 
     /// Inserts a job unless its height is stored; returns the stored row either way.
     async fn insert_job(&self, job: &NewJob) -> Result<Inserted<StoredJob>, StoreError> {

@@ -18,8 +18,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
 use super::{
-    in_input_order, Inserted, NewJob, NewSolution, Settlement, Store, StoreError, StoredJob, StoredSolution,
-    WorkerConnection, WorkerRow,
+    in_input_order, Inserted, NewJob, NewSolution, Page, Paged, Settlement, SolutionFilter, Store, StoreError,
+    StoredJob, StoredSolution, WorkerConnection, WorkerFilter, WorkerRow,
 };
 
 /// How long connecting (or waiting for a pooled connection) may take before failing.
@@ -176,6 +176,20 @@ impl From<SolutionRow> for StoredSolution {
             broadcast: r.broadcast,
             created_at: r.created_at.and_utc(),
         }
+    }
+}
+
+/// A `solution` row with its id: the cursor of a listing.
+#[derive(sqlx::FromRow)]
+struct KeyedSolutionRow {
+    id: i64,
+    #[sqlx(flatten)]
+    row: SolutionRow,
+}
+
+impl From<KeyedSolutionRow> for StoredSolution {
+    fn from(r: KeyedSolutionRow) -> Self {
+        r.row.into()
     }
 }
 
@@ -434,5 +448,61 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn list_jobs(&self, page: Page) -> Result<Paged<StoredJob>, StoreError> {
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM job WHERE ($1::bigint IS NULL OR block_height < $1) ORDER BY block_height DESC LIMIT $2"
+        ))
+        .bind(page.before)
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Paged::of(rows, page, |r| r.block_height))
+    }
+
+    async fn job_at_height(&self, block_height: i64) -> Result<Option<StoredJob>, StoreError> {
+        let row: Option<JobRow> =
+            sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM job WHERE block_height = $1"))
+                .bind(block_height)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn list_solutions(&self, filter: &SolutionFilter, page: Page) -> Result<Paged<StoredSolution>, StoreError> {
+        let rows: Vec<KeyedSolutionRow> = sqlx::query_as(concat!(
+            "SELECT id::bigint AS id, ",
+            solution_columns!(),
+            " FROM solution WHERE ($1::bigint IS NULL OR id < $1) AND ($2::text IS NULL OR task_id = $2) \
+             AND ($3::text IS NULL OR hardware_id = $3) AND ($4::text IS NULL OR unique_key = $4) \
+             ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(page.before)
+        .bind(filter.task_id.as_deref())
+        .bind(filter.hardware_id.as_deref())
+        .bind(filter.unique_key.as_deref())
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Paged::of(rows, page, |r| r.id))
+    }
+
+    async fn list_worker_connections(&self, filter: &WorkerFilter, page: Page) -> Result<Paged<WorkerRow>, StoreError> {
+        let rows: Vec<WorkerConnectionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            worker_columns!(),
+            " FROM worker WHERE ($1::bigint IS NULL OR id < $1) AND ($2::text IS NULL OR hardware_id = $2) \
+             AND ($3::boolean IS NULL OR (disconnected_at IS NULL) = $3) ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(page.before)
+        .bind(filter.hardware_id.as_deref())
+        .bind(filter.open)
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Paged::of(rows, page, |r| r.id))
     }
 }

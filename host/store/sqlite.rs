@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    in_input_order, Inserted, NewJob, NewSolution, Settlement, Store, StoreError, StoredJob, StoredSolution,
-    WorkerConnection, WorkerRow,
+    in_input_order, Inserted, NewJob, NewSolution, Page, Paged, Settlement, SolutionFilter, Store, StoreError,
+    StoredJob, StoredSolution, WorkerConnection, WorkerFilter, WorkerRow,
 };
 
 /// How long a write waits for another connection's write to finish.
@@ -181,6 +181,20 @@ impl From<SolutionRow> for StoredSolution {
             broadcast: r.broadcast,
             created_at: r.created_at,
         }
+    }
+}
+
+/// A `solution` row with its id: the cursor of a listing.
+#[derive(sqlx::FromRow)]
+struct KeyedSolutionRow {
+    id: i64,
+    #[sqlx(flatten)]
+    row: SolutionRow,
+}
+
+impl From<KeyedSolutionRow> for StoredSolution {
+    fn from(r: KeyedSolutionRow) -> Self {
+        r.row.into()
     }
 }
 
@@ -456,5 +470,61 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn list_jobs(&self, page: Page) -> Result<Paged<StoredJob>, StoreError> {
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM job WHERE (?1 IS NULL OR block_height < ?1) ORDER BY block_height DESC LIMIT ?2"
+        ))
+        .bind(page.before)
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Paged::of(rows, page, |r| r.block_height))
+    }
+
+    async fn job_at_height(&self, block_height: i64) -> Result<Option<StoredJob>, StoreError> {
+        let row: Option<JobRow> =
+            sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM job WHERE block_height = ?1"))
+                .bind(block_height)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn list_solutions(&self, filter: &SolutionFilter, page: Page) -> Result<Paged<StoredSolution>, StoreError> {
+        let rows: Vec<KeyedSolutionRow> = sqlx::query_as(concat!(
+            "SELECT id AS id, ",
+            solution_columns!(),
+            " FROM solution WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR task_id = ?2) \
+             AND (?3 IS NULL OR hardware_id = ?3) AND (?4 IS NULL OR unique_key = ?4) \
+             ORDER BY id DESC LIMIT ?5"
+        ))
+        .bind(page.before)
+        .bind(filter.task_id.as_deref())
+        .bind(filter.hardware_id.as_deref())
+        .bind(filter.unique_key.as_deref())
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Paged::of(rows, page, |r| r.id))
+    }
+
+    async fn list_worker_connections(&self, filter: &WorkerFilter, page: Page) -> Result<Paged<WorkerRow>, StoreError> {
+        let rows: Vec<WorkerConnectionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            worker_columns!(),
+            " FROM worker WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR hardware_id = ?2) \
+             AND (?3 IS NULL OR (disconnected_at IS NULL) = ?3) ORDER BY id DESC LIMIT ?4"
+        ))
+        .bind(page.before)
+        .bind(filter.hardware_id.as_deref())
+        .bind(filter.open)
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Paged::of(rows, page, |r| r.id))
     }
 }
