@@ -103,6 +103,11 @@ impl Outbox {
         replaced
     }
 
+    /// Frames queued and not yet written.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Queues a text frame, waiting for room.
     pub async fn send(&self, text: impl Into<Utf8Bytes>) -> bool {
         self.tx.send(text.into()).await.is_ok()

@@ -16,6 +16,7 @@ pub mod fanout;
 pub mod job_processor;
 pub mod node_server;
 pub mod solution_processor;
+pub mod views;
 pub mod worker_server;
 
 use crate::plugin::PluginHost;

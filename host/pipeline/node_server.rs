@@ -16,6 +16,7 @@ use super::connection::{
 };
 use super::connection_cap::ConnectionCap;
 use super::solution_processor::solution_event;
+use super::views::{DeliveryCounts, NodeView, RECENT_HEIGHTS};
 use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
 use crate::plugin::{now_ms, Job, JobSubmission, NodeState, Role, Solution};
@@ -51,7 +52,15 @@ struct NodeConn {
     state: NodeState,
     outbox: Outbox,
     delivered: Delivered,
+    remote: SocketAddr,
+    connected_at: chrono::DateTime<chrono::Utc>,
+    recent_heights: VecDeque<i64>,
+    jobs_submitted: u64,
+    solutions_delivered: u64,
 }
+
+/// Solutions whose delivery counts the server remembers.
+const REMEMBERED_SOLUTIONS: usize = 4096;
 
 /// Unique keys a connection was sent, bounded.
 #[derive(Default)]
@@ -83,6 +92,7 @@ pub struct NodeServer {
     settings: NodeServerSettings,
     nodes: Registry<NodeConn>,
     cap: Arc<ConnectionCap>,
+    deliveries: DeliveryCounts,
     shutdown: CancellationToken,
 }
 
@@ -90,7 +100,8 @@ impl NodeServer {
     /// A node server over `services`; connections close when `shutdown` fires.
     pub fn new(services: Services, settings: NodeServerSettings, shutdown: CancellationToken) -> Arc<Self> {
         let cap = ConnectionCap::new("node", &settings.connections);
-        Arc::new(NodeServer { services, settings, nodes: Registry::default(), cap, shutdown })
+        let deliveries = DeliveryCounts::new(REMEMBERED_SOLUTIONS);
+        Arc::new(NodeServer { services, settings, nodes: Registry::default(), cap, deliveries, shutdown })
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
@@ -106,6 +117,32 @@ impl NodeServer {
     /// Connected nodes.
     pub fn connections(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Up to `limit` of the nodes connected now, numbered above `after`, by number.
+    pub fn snapshot(&self, after: u64, limit: usize) -> Vec<NodeView> {
+        let Some(nodes) = self.nodes.lock() else { return Vec::new() };
+        let mut ids: Vec<u64> = nodes.keys().copied().filter(|id| *id > after).collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        ids.into_iter()
+            .filter_map(|id| nodes.get(&id).map(|conn| (id, conn)))
+            .map(|(id, conn)| NodeView {
+                connection: id,
+                remote: conn.remote.to_string(),
+                connected_at: conn.connected_at,
+                recent_heights: conn.recent_heights.iter().copied().collect(),
+                jobs_submitted: conn.jobs_submitted,
+                solutions_delivered: conn.solutions_delivered,
+                outbox_depth: conn.outbox.depth(),
+            })
+            .collect()
+    }
+
+    /// How many node connections this process queued the solution to, if it is
+    /// among the latest it remembers.
+    pub fn solution_deliveries(&self, unique_key: &str) -> Option<u64> {
+        self.deliveries.get(unique_key)
     }
 
     /// Reads the `solution` log and delivers each solution to the nodes the
@@ -147,6 +184,7 @@ impl NodeServer {
             let states: Vec<&NodeState> = ids.iter().filter_map(|id| nodes.get(id)).map(|n| &n.state).collect();
             policies.offer_solution(&job, &solution, &states, now_ms())
         };
+        let mut queued = 0;
         for i in chosen {
             let Some(conn) = nodes.get_mut(&ids[i]) else { continue };
             if !conn.delivered.first_time(&event.unique_key) {
@@ -156,15 +194,28 @@ impl NodeServer {
                 crate::metrics::hot().slow_nodes_closed.increment(1);
                 conn.outbox.close(close_code::POLICY, "too slow: the solution queue of this connection is full");
             } else {
-                crate::metrics::hot().solutions_delivered.increment(1);
+                conn.solutions_delivered += 1;
+                queued += 1;
             }
         }
+        drop(nodes);
+        crate::metrics::hot().solutions_delivered.increment(queued);
+        self.deliveries.add(&event.unique_key, queued);
     }
 
     async fn serve(&self, socket: WebSocket, handshake: Handshake) {
         let (sink, mut stream) = socket.split();
         let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity);
-        let conn = NodeConn { state: NodeState::default(), outbox: outbox.clone(), delivered: Delivered::default() };
+        let conn = NodeConn {
+            state: NodeState::default(),
+            outbox: outbox.clone(),
+            delivered: Delivered::default(),
+            remote: handshake.remote,
+            connected_at: chrono::Utc::now(),
+            recent_heights: VecDeque::new(),
+            jobs_submitted: 0,
+            solutions_delivered: 0,
+        };
         let id = self.nodes.insert(conn);
         crate::metrics::hot().node_connections.increment(1.0);
         tracing::info!(connection = id, remote = %handshake.remote, "node connected");
@@ -217,6 +268,13 @@ impl NodeServer {
             return;
         }
         crate::metrics::hot().jobs_published.increment(1);
+        if let Some(conn) = self.nodes.lock().as_mut().and_then(|nodes| nodes.get_mut(&id)) {
+            conn.jobs_submitted += 1;
+            if conn.recent_heights.len() == RECENT_HEIGHTS {
+                conn.recent_heights.pop_front();
+            }
+            conn.recent_heights.push_back(job.block_height);
+        }
         self.catch_up(id, job.block_height).await;
     }
 

@@ -15,6 +15,7 @@ use super::connection::{
 };
 use super::connection_cap::ConnectionCap;
 use super::solution_processor::job_view;
+use super::views::{DeliveryCounts, WorkerPolicyView, WorkerView};
 use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
 use crate::plugin::{now_ms, Job, Role, Welcome, WorkerState};
@@ -55,7 +56,13 @@ pub struct WorkerServerSettings {
 struct WorkerConn {
     state: WorkerState,
     outbox: Outbox,
+    remote: SocketAddr,
+    connected_at: chrono::DateTime<chrono::Utc>,
+    jobs_received: u64,
 }
+
+/// Jobs whose delivery counts the server remembers.
+const REMEMBERED_JOBS: usize = 1024;
 
 /// A job ready to send: the policies' view and the frame (one copy, shared by
 /// every worker it is queued to).
@@ -72,6 +79,7 @@ pub struct WorkerServer {
     workers: Registry<WorkerConn>,
     current: Mutex<Option<ReadyJob>>,
     cap: Arc<ConnectionCap>,
+    deliveries: DeliveryCounts,
     shutdown: CancellationToken,
 }
 
@@ -80,7 +88,8 @@ impl WorkerServer {
     pub fn new(services: Services, settings: WorkerServerSettings, shutdown: CancellationToken) -> Arc<Self> {
         let cap = ConnectionCap::new("worker", &settings.connections);
         let workers = Registry::default();
-        Arc::new(WorkerServer { services, settings, workers, current: Mutex::new(None), cap, shutdown })
+        let deliveries = DeliveryCounts::new(REMEMBERED_JOBS);
+        Arc::new(WorkerServer { services, settings, workers, current: Mutex::new(None), cap, deliveries, shutdown })
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
@@ -96,6 +105,50 @@ impl WorkerServer {
     /// Connected (welcomed) workers.
     pub fn connections(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Up to `limit` of the workers connected now, numbered above `after`, by number.
+    pub fn snapshot(&self, after: u64, limit: usize) -> Vec<WorkerView> {
+        let Some(workers) = self.workers.lock() else { return Vec::new() };
+        let mut ids: Vec<u64> = workers.keys().copied().filter(|id| *id > after).collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        ids.into_iter()
+            .filter_map(|id| workers.get(&id).map(|conn| (id, conn)))
+            .map(|(id, conn)| {
+                let welcome = conn.state.welcome();
+                let policies = conn
+                    .state
+                    .policies()
+                    .map(|(plugin, admitted)| WorkerPolicyView {
+                        plugin: plugin.to_string(),
+                        admitted: admitted.is_some(),
+                        tags: admitted.map(|(p, _)| p.tags.clone()).unwrap_or_default(),
+                        limits: admitted.map(|(p, _)| p.limits.iter().cloned().collect()).unwrap_or_default(),
+                        state: admitted.map(|(_, state)| state),
+                    })
+                    .collect();
+                WorkerView {
+                    connection: id,
+                    remote: conn.remote.to_string(),
+                    ip: welcome.ip.clone(),
+                    address: welcome.address.clone(),
+                    hardware: welcome.hardware.clone(),
+                    hardware_id: welcome.hardware_id.clone(),
+                    caption: welcome.caption.clone(),
+                    connected_at: conn.connected_at,
+                    jobs_received: conn.jobs_received,
+                    outbox_depth: conn.outbox.depth(),
+                    policies,
+                }
+            })
+            .collect()
+    }
+
+    /// How many worker connections this process queued the job to, if it is
+    /// among the latest it remembers.
+    pub fn job_deliveries(&self, task_id: &str) -> Option<u64> {
+        self.deliveries.get(task_id)
     }
 
     /// Finishes the connections a previous run of this instance left open, and
@@ -164,13 +217,15 @@ impl WorkerServer {
         drop(states);
         let (mut queued, mut dropped) = (0, 0);
         for i in chosen {
-            let Some(conn) = workers.get(&ids[i]) else { continue };
+            let Some(conn) = workers.get_mut(&ids[i]) else { continue };
+            conn.jobs_received += 1;
             queued += 1;
             if conn.outbox.send_latest(ready.frame.clone()) {
                 dropped += 1;
             }
         }
         drop(workers);
+        self.deliveries.add(&ready.job.task_id, queued);
         let hot = crate::metrics::hot();
         hot.jobs_delivered.increment(queued);
         hot.jobs_superseded.increment(dropped);
@@ -264,7 +319,13 @@ impl WorkerServer {
                 return;
             }
         };
-        let id = self.workers.insert(WorkerConn { state, outbox: outbox.clone() });
+        let id = self.workers.insert(WorkerConn {
+            state,
+            outbox: outbox.clone(),
+            remote: handshake.remote,
+            connected_at: chrono::Utc::now(),
+            jobs_received: 0,
+        });
         crate::metrics::hot().worker_connections.increment(1.0);
         tracing::debug!(connection = id, remote = %handshake.remote, hardware_id = %welcome.hardware_id, "worker connected");
         let current = self.current.lock().ok().and_then(|c| c.clone());

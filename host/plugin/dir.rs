@@ -29,7 +29,7 @@ pub struct LoadFailure {
 }
 
 /// What a rescan changed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RescanSummary {
     /// Keys (re)loaded.
     pub loaded: Vec<String>,
@@ -56,7 +56,21 @@ struct DirState {
     loaded: BTreeMap<String, (String, LoadedPolicy)>,
     /// Files that failed to load, with the sha256 of the bytes refused (none if unreadable).
     failures: BTreeMap<String, (Option<String>, LoadFailure)>,
+    /// The latest reloads that changed something, oldest first.
+    history: std::collections::VecDeque<Reload>,
 }
+/// A rescan that changed something, as the operator's API lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Reload {
+    /// When, RFC 3339.
+    pub at: String,
+    /// What changed.
+    #[serde(flatten)]
+    pub changes: RescanSummary,
+}
+
+/// Reloads remembered for the operator.
+const RELOAD_HISTORY: usize = 50;
 
 impl PluginHost {
     /// Loads every plugin in `dir` (creating it if missing). Failures are logged and
@@ -110,6 +124,12 @@ impl PluginHost {
     /// Files that failed to load at the last attempt.
     pub fn failures(&self) -> Vec<LoadFailure> {
         self.state.lock().map(|s| s.failures.values().map(|(_, f)| f.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The latest reloads that changed something (loaded, removed or refused a
+    /// file), oldest first.
+    pub fn history(&self) -> Vec<Reload> {
+        self.state.lock().map(|s| s.history.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Counts rescans that changed something; `changed().await` on it to wait for a reload.
@@ -189,6 +209,12 @@ impl PluginHost {
             let set = PolicySet::new(policies);
             self.active.store(Arc::new(set));
             self.generation.send_modify(|g| *g += 1);
+        }
+        if !summary.loaded.is_empty() || !summary.removed.is_empty() || !summary.failed.is_empty() {
+            if state.history.len() == RELOAD_HISTORY {
+                state.history.pop_front();
+            }
+            state.history.push_back(Reload { at: chrono::Utc::now().to_rfc3339(), changes: summary.clone() });
         }
         summary
     }

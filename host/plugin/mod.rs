@@ -20,7 +20,7 @@ pub use bindings::{
     ConnectionRequest, Hook, Job, JobAdmission, JobOffer, JobSubmission, Level, NodeView, PluginInfo, Role, Solution,
     Welcome, WorkerAdmission, WorkerProfile, Workers, DECISIONS_INTERFACE, WIT_VERSION,
 };
-pub use dir::{loaded_policy, LoadFailure, PluginHost, RescanSummary, WatchGuard};
+pub use dir::{loaded_policy, LoadFailure, PluginHost, Reload, RescanSummary, WatchGuard};
 pub use engine::{Limits, LoadError, PluginEngine};
 pub(crate) use host_state::truncate;
 pub use native::{NativeSeedRules, BUILTIN_KEY, NOTHING_SENT, WAIT_MS};

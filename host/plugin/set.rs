@@ -109,6 +109,12 @@ impl WorkerState {
         self.slot(plugin).and_then(|s| s.admitted.as_ref()).map(|(_, state)| *state)
     }
 
+    /// Each policy's view of the worker, in composition order: its key, and the
+    /// profile and state word it admitted the worker with (`None` if it refused).
+    pub fn policies(&self) -> impl Iterator<Item = (&str, Option<(&WorkerProfile, u64)>)> {
+        self.slots.iter().map(|s| (&*s.plugin, s.admitted.as_ref().map(|(profile, state)| (&**profile, *state))))
+    }
+
     fn slot(&self, plugin: &str) -> Option<&WorkerSlot> {
         self.slots.iter().find(|s| &*s.plugin == plugin)
     }

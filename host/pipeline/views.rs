@@ -1,0 +1,125 @@
+//! What the operator sees of the live pipeline: the connections a server holds
+//! now, and how many connections recent jobs and solutions were queued to. The
+//! store knows what was persisted; only the servers know this.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use utoipa::ToSchema;
+
+/// One policy's view of a connected worker.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct WorkerPolicyView {
+    /// The policy's key.
+    pub plugin: String,
+    /// Whether it admitted the worker (a policy loaded after the worker connected may not have).
+    pub admitted: bool,
+    /// The profile's tags.
+    pub tags: Vec<String>,
+    /// The profile's named limits.
+    pub limits: BTreeMap<String, u64>,
+    /// The state word the policy keeps for this worker.
+    pub state: Option<u64>,
+}
+
+/// A worker connected now.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct WorkerView {
+    /// The connection's number in this process.
+    pub connection: u64,
+    /// The peer's socket address.
+    pub remote: String,
+    /// The welcome's `ip`.
+    pub ip: String,
+    /// The welcome's `address`.
+    pub address: String,
+    /// The welcome's `hardware`.
+    pub hardware: String,
+    /// The welcome's `hardware_id`.
+    pub hardware_id: String,
+    /// The welcome's `caption`.
+    pub caption: String,
+    /// When the welcome was accepted.
+    pub connected_at: DateTime<Utc>,
+    /// Jobs queued to this connection.
+    pub jobs_received: u64,
+    /// Frames waiting to be written to it now.
+    pub outbox_depth: usize,
+    /// Each policy's profile and state of it.
+    pub policies: Vec<WorkerPolicyView>,
+}
+
+/// A node connected now.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct NodeView {
+    /// The connection's number in this process.
+    pub connection: u64,
+    /// The peer's socket address.
+    pub remote: String,
+    /// When it connected.
+    pub connected_at: DateTime<Utc>,
+    /// Heights of its latest job submissions, oldest first (at most 32).
+    pub recent_heights: Vec<i64>,
+    /// Jobs it submitted that were queued.
+    pub jobs_submitted: u64,
+    /// Solutions queued to it.
+    pub solutions_delivered: u64,
+    /// Frames waiting to be written to it now.
+    pub outbox_depth: usize,
+}
+
+/// How many heights a [`NodeView`] lists.
+pub const RECENT_HEIGHTS: usize = 32;
+
+/// How many connections each recent item (a job by task id, a solution by key)
+/// was queued to, in this process. Bounded: the oldest keys are forgotten first.
+pub struct DeliveryCounts {
+    capacity: usize,
+    counts: Mutex<(HashMap<String, u64>, VecDeque<String>)>,
+}
+
+impl DeliveryCounts {
+    /// Remembers the counts of the latest `capacity` keys.
+    pub fn new(capacity: usize) -> Self {
+        DeliveryCounts { capacity: capacity.max(1), counts: Mutex::new((HashMap::new(), VecDeque::new())) }
+    }
+
+    /// Adds `n` deliveries of `key`.
+    pub fn add(&self, key: &str, n: u64) {
+        let Ok(mut guard) = self.counts.lock() else { return };
+        let (counts, order) = &mut *guard;
+        if let Some(count) = counts.get_mut(key) {
+            *count += n;
+            return;
+        }
+        if order.len() == self.capacity {
+            if let Some(old) = order.pop_front() {
+                counts.remove(&old);
+            }
+        }
+        counts.insert(key.to_string(), n);
+        order.push_back(key.to_string());
+    }
+
+    /// The deliveries of `key`, if it is recent enough to be remembered.
+    pub fn get(&self, key: &str) -> Option<u64> {
+        self.counts.lock().ok().and_then(|c| c.0.get(key).copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_add_up_and_the_oldest_key_is_forgotten_first() {
+        let counts = DeliveryCounts::new(2);
+        counts.add("a", 3);
+        counts.add("a", 1);
+        counts.add("b", 1);
+        assert_eq!((counts.get("a"), counts.get("b")), (Some(4), Some(1)));
+        counts.add("c", 5);
+        assert_eq!((counts.get("a"), counts.get("b"), counts.get("c")), (None, Some(1), Some(5)));
+    }
+}
