@@ -14,8 +14,6 @@ use crate::transport::kafka::{KafkaLog, KafkaSettings};
 use crate::transport::sqlite_queue::SqliteQueue;
 use crate::transport::{EventLog, WorkQueue};
 use anyhow::Context;
-use axum::routing::get;
-use axum::{Json, Router};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,8 +212,15 @@ pub async fn start_with(
     }
     let admin_addr = match config.admin.listen {
         Some(listen) => {
-            let router =
-                admin_router(plugins.clone(), node_server.clone(), worker_server.clone(), config.roles.clone());
+            let state = crate::admin::AdminState::new(
+                plugins.clone(),
+                node_server.clone(),
+                worker_server.clone(),
+                services.store.clone(),
+                config.roles.clone(),
+                config.admin.token.as_deref(),
+            );
+            let router = crate::admin::router(state);
             Some(listener::serve(&mut tasks, listen, config.admin.tls.as_ref(), router, &shutdown, "admin").await?)
         }
         None => None,
@@ -238,40 +243,4 @@ pub async fn start_with(
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let (queue, log, store) = connect_backends(config).await?;
     start_with(config, queue, log, store).await
-}
-
-fn admin_router(
-    plugins: Arc<PluginHost>,
-    nodes: Option<Arc<NodeServer>>,
-    workers: Option<Arc<WorkerServer>>,
-    roles: Vec<RoleName>,
-) -> Router {
-    let for_plugins = plugins.clone();
-    let status_plugins = plugins.clone();
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/plugins",
-            get(move || {
-                let plugins = for_plugins.clone();
-                async move { Json(serde_json::json!({ "active": plugins.reports(), "failed": plugins.failures() })) }
-            }),
-        )
-        .route(
-            "/status",
-            get(move || {
-                let (plugins, nodes, workers, roles) =
-                    (status_plugins.clone(), nodes.clone(), workers.clone(), roles.clone());
-                async move {
-                    Json(serde_json::json!({
-                        "roles": roles,
-                        "nodes": nodes.map(|n| n.connections()),
-                        "workers": workers.map(|w| w.connections()),
-                        "plugins": plugins.reports().len(),
-                        "plugin_failures": plugins.failures().len(),
-                    }))
-                }
-            }),
-        )
-        .route("/metrics", get(|| async { crate::metrics::render() }))
 }

@@ -9,8 +9,10 @@
 //! - [`store`]: persistence (PostgreSQL or SQLite).
 //! - [`config`]: settings from file, environment and flags.
 //! - [`app`]: assembling and stopping a running eligo.
+//! - [`admin`]: health, metrics, the operator's JSON API and the live dashboard.
 //! - [`metrics`]: process-wide counters.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 #[doc(hidden)]

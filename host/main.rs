@@ -33,6 +33,9 @@ enum Command {
     /// Work with policy plugins: run one hook, run fixture cases, check a file.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Runs librdkafka's in-memory mock Kafka cluster (topics `job` and `solution`)
     /// until interrupted, for trying the networked roles on one machine. Prints its
     /// bootstrap servers; not for production (memory only, no TLS or SASL).
@@ -87,16 +90,51 @@ struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, env = "ELIGO_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// Token the admin API and dashboard require [default: none].
+    #[arg(long, env = "ELIGO_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// Each of `serve`'s settings: its argument id and the configuration key it sets.
+const SETTING_KEYS: &[(&str, &str)] = &[
+    ("roles", "roles"),
+    ("node_listen", "node.listen"),
+    ("worker_listen", "worker.listen"),
+    ("admin_listen", "admin.listen"),
+    ("plugins_dir", "plugins.dir"),
+    ("data_dir", "data_dir"),
+    ("instance", "instance"),
+    ("amqp_url", "amqp.url"),
+    ("kafka_bootstrap_servers", "kafka.bootstrap_servers"),
+    ("kafka_properties", "kafka.properties"),
+    ("postgres_url", "postgres.url"),
+    ("log_format", "log.format"),
+    ("admin_token", "admin.token"),
+];
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints the effective configuration (secrets masked) and where each value
+    /// came from (default, file, env, flag); exits non-zero on any problem.
+    Check {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Also connect to RabbitMQ, Kafka and PostgreSQL, if configured.
+        #[arg(long)]
+        connect: bool,
+    },
 }
 
 impl ServeArgs {
+    /// The configuration file read: the one given, else `eligo.toml` if present.
+    fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| Some(PathBuf::from("eligo.toml")).filter(|p| p.is_file()))
+    }
+
     /// The configuration: file, then environment and flags over it.
     fn config(&self) -> Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None if std::path::Path::new("eligo.toml").is_file() => {
-                Config::from_file(std::path::Path::new("eligo.toml"))?
-            }
+        let mut config = match self.config_file() {
+            Some(path) => Config::from_file(&path)?,
             None => Config::default(),
         };
         if let Some(roles) = &self.roles {
@@ -140,6 +178,9 @@ impl ServeArgs {
         if let Some(format) = self.log_format {
             config.log.format = format;
         }
+        if let Some(token) = &self.admin_token {
+            config.admin.token = Some(token.clone());
+        }
         Ok(config)
     }
 }
@@ -173,7 +214,12 @@ enum PluginCommand {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => {
             let config = args.config()?;
@@ -192,6 +238,10 @@ fn main() -> Result<()> {
             })
         }
         Command::Plugin(command) => plugin_command(command),
+        Command::Config(ConfigCommand::Check { serve, connect }) => {
+            let check = matches.subcommand_matches("config").and_then(|m| m.subcommand_matches("check"));
+            config_check(&serve, check, connect)
+        }
         Command::KafkaMock { write_to } => runtime()?.block_on(async {
             let cluster = eligo::transport::kafka::MockKafka::start().context("starting the mock cluster")?;
             let servers = cluster.bootstrap_servers();
@@ -244,7 +294,9 @@ async fn serve(config: Config) -> Result<()> {
         eprintln!("  workers connect to ws://{addr}/");
     }
     if let Some(addr) = running.admin_addr {
-        eprintln!("  health and metrics http://{addr}/healthz /metrics /plugins /status");
+        eprintln!(
+            "  dashboard          http://{addr}/  (API /api/v1, OpenAPI /api/v1/openapi.json, /healthz, /metrics)"
+        );
     }
     for line in config.describe_backends() {
         eprintln!("  {line}");
@@ -279,6 +331,127 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}
+
+/// `eligo config check`.
+fn config_check(args: &ServeArgs, matches: Option<&clap::ArgMatches>, connect: bool) -> Result<()> {
+    use clap::parser::ValueSource;
+    use clap::CommandFactory;
+    use eligo::config::report::{self, Source};
+    let file = args.config_file();
+    let config = args.config()?;
+    let table = match &file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .parse::<toml::Table>()
+                .with_context(|| format!("parsing {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let serve_command = Cli::command();
+    let env_of = |id: &str| {
+        serve_command
+            .get_arguments()
+            .find(|a| a.get_id() == id)
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+    };
+    let overrides: Vec<(&str, Source)> = SETTING_KEYS
+        .iter()
+        .filter_map(|(id, key)| {
+            let source = match matches?.value_source(id)? {
+                ValueSource::EnvVariable => Source::Env(env_of(id).unwrap_or_default()),
+                ValueSource::CommandLine => Source::Flag(format!("--{}", id.replace('_', "-"))),
+                _ => return None,
+            };
+            Some((*key, source))
+        })
+        .collect();
+    match &file {
+        Some(path) => println!("eligo configuration (file {})", path.display()),
+        None => println!("eligo configuration (no file: defaults, environment and flags)"),
+    }
+    let settings = report::settings(&config, table.as_ref(), &overrides);
+    let width = settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
+    let value_width = settings.iter().map(|s| s.value.len()).max().unwrap_or(0).min(48);
+    for s in &settings {
+        println!("  {:width$} = {:value_width$}  ({})", s.key, s.value, s.source);
+    }
+    let (mut problems, warnings) = report::review(&config);
+    let known: Vec<String> =
+        serve_command.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    for var in report::unknown_env(&known) {
+        problems.push(format!("environment variable {var} is not an eligo setting (known: {})", known.join(", ")));
+    }
+    if connect {
+        println!("connections:");
+        let outcomes = runtime()?.block_on(check_connections(&config));
+        for (what, outcome) in outcomes {
+            match outcome {
+                Ok(line) => println!("  {what}: {line}"),
+                Err(e) => {
+                    println!("  {what}: FAILED");
+                    problems.push(format!("{what}: {e:#}"));
+                }
+            }
+        }
+    }
+    for w in &warnings {
+        println!("warning: {w}");
+    }
+    for p in &problems {
+        println!("problem: {p}");
+    }
+    if problems.is_empty() {
+        println!("configuration ok");
+        Ok(())
+    } else {
+        bail!("{} problem(s) in the configuration", problems.len())
+    }
+}
+
+/// Connects to each configured backend in turn (embedded ones are opened, not
+/// created: a check must not leave files behind), with a time limit each.
+async fn check_connections(config: &Config) -> Vec<(&'static str, Result<String>)> {
+    use std::time::{Duration, Instant};
+    const LIMIT: Duration = Duration::from_secs(10);
+    async fn timed<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<String> {
+        let started = Instant::now();
+        match tokio::time::timeout(LIMIT, f).await {
+            Ok(Ok(_)) => Ok(format!("ok ({} ms)", started.elapsed().as_millis())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(anyhow::anyhow!("no answer within {} s", LIMIT.as_secs())),
+        }
+    }
+    let mut out = Vec::new();
+    out.push((
+        "queue",
+        match &config.amqp {
+            Some(a) => timed(async { Ok(eligo::transport::amqp::AmqpQueue::connect(&a.url).await?) }).await,
+            None => Ok("embedded (nothing to connect to)".into()),
+        },
+    ));
+    out.push((
+        "log",
+        match &config.kafka {
+            Some(k) => {
+                let mut settings = eligo::transport::kafka::KafkaSettings::new(&k.bootstrap_servers);
+                settings.properties = k.properties.clone();
+                timed(async { Ok(eligo::transport::kafka::KafkaLog::connect(settings).await?) }).await
+            }
+            None => Ok("embedded (nothing to connect to)".into()),
+        },
+    ));
+    out.push((
+        "store",
+        match &config.postgres {
+            Some(p) => timed(async { Ok(eligo::store::postgres::PgStore::connect(&p.url, 1).await?) }).await,
+            None => Ok(format!("SQLite at {}", config.sqlite_path().display())),
+        },
+    ));
+    out
 }
 
 fn plugin_command(command: PluginCommand) -> Result<()> {

@@ -145,22 +145,126 @@ pub fn render() -> String {
 /// The value of a counter or gauge as rendered now (0 if never recorded): for
 /// tests and status pages, not for hot paths.
 pub fn get(name: &str, with: &[(&str, &str)]) -> i64 {
-    let wanted: Vec<String> = with.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    let text = render();
-    let mut total = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let (series_name, series_labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if series_name != name {
-            continue;
-        }
-        let present: Vec<&str> = if series_labels.is_empty() { Vec::new() } else { series_labels.split(',').collect() };
-        if present.len() == wanted.len() && wanted.iter().all(|w| present.contains(&w.as_str())) {
-            total += value.parse::<f64>().unwrap_or(0.0);
-        }
+    Snapshot::now().value(name, with) as i64
+}
+
+/// Every series as rendered at one moment, read by name: for status pages and
+/// tests, not for hot paths (it renders and parses the whole exposition).
+pub struct Snapshot {
+    text: String,
+}
+
+impl Snapshot {
+    /// The series now.
+    pub fn now() -> Self {
+        Snapshot { text: render() }
     }
-    total as i64
+
+    /// Each sample of `name` whose labels other than `ignoring` are exactly `with`.
+    fn samples<'a>(
+        &'a self,
+        name: &'a str,
+        with: &'a [(&str, &str)],
+        ignoring: &'a str,
+    ) -> impl Iterator<Item = (Vec<&'a str>, f64)> + 'a {
+        let wanted: Vec<String> = with.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        self.text.lines().filter(|l| !l.starts_with('#')).filter_map(move |line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let labels: Vec<&str> =
+                if series_labels.is_empty() { Vec::new() } else { series_labels.split(',').collect() };
+            let (ignored, present): (Vec<&str>, Vec<&str>) =
+                labels.into_iter().partition(|l| !ignoring.is_empty() && l.starts_with(ignoring));
+            let matches = present.len() == wanted.len() && wanted.iter().all(|w| present.contains(&w.as_str()));
+            matches.then(|| (ignored, value.parse::<f64>().unwrap_or(0.0)))
+        })
+    }
+
+    /// The sum of the counters or gauges `name` labelled exactly `with`.
+    pub fn value(&self, name: &str, with: &[(&str, &str)]) -> f64 {
+        self.samples(name, with, "").map(|(_, v)| v).sum()
+    }
+
+    /// The cumulative buckets of the histogram `name` labelled exactly `with`.
+    pub fn buckets(&self, name: &str, with: &[(&str, &str)]) -> Buckets {
+        let bucket_name = format!("{name}_bucket");
+        let mut bounds: Vec<(f64, f64)> = self
+            .samples(&bucket_name, with, "le=")
+            .filter_map(|(le, count)| {
+                let bound = le.first()?.trim_start_matches("le=").trim_matches('"');
+                let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
+                Some((bound, count))
+            })
+            .collect();
+        bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Buckets(bounds)
+    }
+}
+
+/// A histogram's cumulative bucket counts: `(upper bound, samples at or below it)`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Buckets(pub Vec<(f64, f64)>);
+
+impl Buckets {
+    /// The samples recorded after `earlier` was read (same histogram).
+    pub fn since(&self, earlier: &Buckets) -> Buckets {
+        Buckets(
+            self.0
+                .iter()
+                .map(|&(le, count)| {
+                    let before = earlier.0.iter().find(|(b, _)| *b == le).map_or(0.0, |(_, c)| *c);
+                    (le, (count - before).max(0.0))
+                })
+                .collect(),
+        )
+    }
+
+    /// How many samples.
+    pub fn count(&self) -> f64 {
+        self.0.last().map_or(0.0, |(_, c)| *c)
+    }
+
+    /// The `q`-quantile (0 to 1), interpolated within its bucket; `None` without
+    /// samples. A quantile in the open last bucket is reported as its lower bound.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total <= 0.0 {
+            return None;
+        }
+        let target = q.clamp(0.0, 1.0) * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for &(le, count) in &self.0 {
+            if count >= target && count > below {
+                if le.is_infinite() {
+                    return Some(lower);
+                }
+                return Some(lower + (le - lower) * (target - below) / (count - below));
+            }
+            (lower, below) = (le, count);
+        }
+        Some(lower)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket() {
+        let b = Buckets(vec![(0.1, 50.0), (1.0, 100.0), (f64::INFINITY, 100.0)]);
+        assert_eq!(b.quantile(0.5), Some(0.1));
+        assert!((b.quantile(0.75).unwrap() - 0.55).abs() < 1e-9);
+        assert_eq!(Buckets::default().quantile(0.5), None);
+        let over = Buckets(vec![(1.0, 0.0), (f64::INFINITY, 4.0)]);
+        assert_eq!(over.quantile(0.99), Some(1.0), "beyond the last bound: the bound");
+        let later = Buckets(vec![(0.1, 60.0), (1.0, 130.0), (f64::INFINITY, 130.0)]);
+        assert_eq!(later.since(&b), Buckets(vec![(0.1, 10.0), (1.0, 30.0), (f64::INFINITY, 30.0)]));
+    }
 }

@@ -138,3 +138,63 @@ fn the_configuration_example_in_the_readme_is_valid() {
     assert!(!out.status.success(), "an unreachable database is an error");
     assert!(text(&out).contains("PostgreSQL at postgres://nobody@127.0.0.1:1/none"), "{}", text(&out));
 }
+
+#[test]
+fn config_check_says_where_each_value_came_from_and_masks_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("eligo.toml");
+    std::fs::write(&file, "[node]\nlisten = \"127.0.0.1:9101\"\n[postgres]\nurl = \"postgres://u:hunter2@db/eligo\"\n")
+        .expect("config file");
+    let out = Command::new(env!("CARGO_BIN_EXE_eligo"))
+        .args(["config", "check", "--config", file.to_str().expect("utf-8"), "--worker-listen", "127.0.0.1:9102"])
+        .env("ELIGO_ADMIN_TOKEN", "t0ps3cret")
+        .env("ELIGO_INSTANCE", "rig-7")
+        .output()
+        .expect("running eligo");
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let line = |key: &str| {
+        report
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("{key}: {report}"))
+    };
+    assert!(line("node.listen").ends_with("(file)"), "{report}");
+    assert!(line("worker.listen").ends_with("(flag --worker-listen)"), "{report}");
+    assert!(line("instance").ends_with("(env ELIGO_INSTANCE)"), "{report}");
+    assert!(line("admin.listen").ends_with("(default)"), "{report}");
+    assert!(line("postgres.url").contains("u:***@db"), "{report}");
+    assert!(line("admin.token").contains("***"), "{report}");
+    assert!(!report.contains("hunter2") && !report.contains("t0ps3cret"), "secrets never printed: {report}");
+    assert!(report.contains("configuration ok"), "{report}");
+}
+
+#[test]
+fn config_check_fails_on_an_unknown_key_a_misspelt_variable_or_an_unreachable_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[node]\nlisten = \"127.0.0.1:9101\"\noutbx = 5\n").expect("config file");
+    let unknown_key = eligo(&["config", "check", "--config", file.to_str().expect("utf-8")]);
+    assert!(!unknown_key.status.success());
+    assert!(text(&unknown_key).contains("unknown field `outbx`"), "{}", text(&unknown_key));
+
+    let misspelt = Command::new(env!("CARGO_BIN_EXE_eligo"))
+        .args(["config", "check"])
+        .current_dir(dir.path())
+        .env("ELIGO_POSTGRESS_URL", "postgres://x")
+        .output()
+        .expect("running eligo");
+    assert!(!misspelt.status.success());
+    assert!(text(&misspelt).contains("ELIGO_POSTGRESS_URL is not an eligo setting"), "{}", text(&misspelt));
+
+    // Port 1 on the loopback: nothing listens there.
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_eligo"))
+        .args(["config", "check", "--connect", "--postgres-url", "postgres://postgres@127.0.0.1:1/test"])
+        .current_dir(dir.path())
+        .output()
+        .expect("running eligo");
+    let report = text(&unreachable);
+    assert!(!unreachable.status.success(), "{report}");
+    assert!(report.contains("store: FAILED") && report.contains("problem: store:"), "{report}");
+    assert!(report.contains("queue: embedded"), "{report}");
+}

@@ -7,90 +7,18 @@ mod solver;
 mod support;
 
 use async_trait::async_trait;
-use eligo::app::{start_with, Running};
 use eligo::config::Config;
 use eligo::store::{
-    Inserted, NewJob, NewSolution, Settlement, Store, StoreError, StoredJob, StoredSolution, WorkerConnection,
+    Inserted, NewJob, NewSolution, Page, Paged, Settlement, SolutionFilter, Store, StoreError, StoredJob,
+    StoredSolution, WorkerConnection, WorkerFilter,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::backends::{Backends, Kind};
+use support::server::{challenge, job, solution, welcome, Server};
 use support::ws::{Client, Next};
-
-/// A running server on fresh backends, with the named plugins in its folder.
-struct Server {
-    running: Running,
-    backends: Backends,
-}
-
-impl Server {
-    async fn start(kind: Kind, plugins: &[&str]) -> Server {
-        Self::start_on(Backends::new(kind).await, plugins, None).await
-    }
-
-    async fn start_on(backends: Backends, plugins: &[&str], store: Option<Arc<dyn Store>>) -> Server {
-        Self::start_configured(backends, plugins, store, |_| {}).await
-    }
-
-    async fn start_configured(
-        backends: Backends,
-        plugins: &[&str],
-        store: Option<Arc<dyn Store>>,
-        configure: impl FnOnce(&mut Config),
-    ) -> Server {
-        let dir = backends.dir().join("policies");
-        std::fs::create_dir_all(&dir).expect("policies dir");
-        for (i, name) in plugins.iter().enumerate() {
-            std::fs::copy(support::plugin_path(name), dir.join(format!("{}0-{name}.wasm", i + 1)))
-                .expect("copy plugin");
-        }
-        let mut config = Config::default();
-        config.node.listen = ([127, 0, 0, 1], 0).into();
-        config.worker.listen = ([127, 0, 0, 1], 0).into();
-        config.admin.listen = Some(([127, 0, 0, 1], 0).into());
-        config.plugins.dir = dir;
-        config.plugins.debounce_ms = 50;
-        configure(&mut config);
-        let store = store.unwrap_or_else(|| backends.store.clone());
-        let running =
-            start_with(&config, backends.queue.clone(), backends.log.clone(), store).await.expect("eligo starts");
-        Server { running, backends }
-    }
-
-    async fn node(&self) -> Client {
-        Client::connect(self.running.node_addr.expect("node server")).await
-    }
-
-    async fn worker(&self, hardware_id: &str) -> Client {
-        let mut worker = Client::connect(self.running.worker_addr.expect("worker server")).await;
-        worker.send(&welcome(hardware_id)).await;
-        worker
-    }
-
-    async fn stop(self) {
-        self.running.stop().await;
-        self.backends.finish().await;
-    }
-}
-
-fn welcome(hardware_id: &str) -> Value {
-    json!({ "ip": "10.1.2.3", "address": "aleo1worker", "hardware": "NVIDIA RTX 4090", "hardware_id": hardware_id, "caption": "rig" })
-}
-
-fn challenge(height: i64) -> Value {
-    json!({ "epoch_number": height / 10, "seed": format!("s{height}"), "nested": { "b": 2, "a": 1 } })
-}
-
-fn job(height: i64, target: u64) -> Value {
-    json!({ "epoch_challenge": challenge(height), "proof_target": target, "block_height": height })
-}
-
-fn solution(task_id: &str, nonce: u64, target: u64) -> Value {
-    json!({ "type": "solution", "task_id": task_id, "solution_target": target,
-            "solution": { "partial_solution": { "nonce": nonce, "address": "aleo1worker" }, "proof.w": { "x": "1" } } })
-}
 
 /// Runs one case on both kinds of backends.
 macro_rules! on_both {
@@ -652,6 +580,22 @@ impl Store for FailingOnce {
         caption: &str,
     ) -> Result<Vec<eligo::store::WorkerRow>, StoreError> {
         self.inner.worker_connections(hardware_id, caption).await
+    }
+    async fn list_jobs(&self, page: Page) -> Result<Paged<StoredJob>, StoreError> {
+        self.inner.list_jobs(page).await
+    }
+    async fn job_at_height(&self, h: i64) -> Result<Option<StoredJob>, StoreError> {
+        self.inner.job_at_height(h).await
+    }
+    async fn list_solutions(&self, f: &SolutionFilter, page: Page) -> Result<Paged<StoredSolution>, StoreError> {
+        self.inner.list_solutions(f, page).await
+    }
+    async fn list_worker_connections(
+        &self,
+        f: &WorkerFilter,
+        page: Page,
+    ) -> Result<Paged<eligo::store::WorkerRow>, StoreError> {
+        self.inner.list_worker_connections(f, page).await
     }
 }
 

@@ -2,6 +2,8 @@
 //! (flags > environment > file > defaults). Every setting has a default that runs
 //! eligo on a bare machine: embedded backends, listening on 127.0.0.1.
 
+pub mod report;
+
 use crate::plugin::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -236,11 +238,13 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// Serve `https://` with this certificate.
     pub tls: Option<TlsConfig>,
+    /// Required on every admin path but `/healthz` and `/metrics`, when set.
+    pub token: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: Some(([127, 0, 0, 1], 8003).into()), tls: None }
+        AdminConfig { listen: Some(([127, 0, 0, 1], 8003).into()), tls: None, token: None }
     }
 }
 

@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod browser;
+pub mod http;
+pub mod server;
 pub mod ws;
 
 use std::path::PathBuf;

@@ -1,0 +1,479 @@
+//! `/api/v1`: the operator's read-only JSON API over the store and the live
+//! registries, described by the OpenAPI document at `/api/v1/openapi.json`
+//! (generated from these handlers and types by `utoipa`).
+
+use super::summary::Summary;
+use super::AdminState;
+use crate::pipeline::views::{NodeView, WorkerPolicyView, WorkerView};
+use crate::plugin::{LoadFailure, PluginReport, Reload};
+use crate::store::{Page, SolutionFilter, StoreError, StoredJob, StoredSolution, WorkerFilter, WorkerRow};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+/// Rows per page when the request does not say.
+const DEFAULT_LIMIT: u32 = 50;
+
+/// The API's routes, under `/api/v1`.
+pub fn routes() -> Router<Arc<AdminState>> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/api/v1/summary", get(summary))
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{task_id}", get(job_by_task))
+        .route("/api/v1/heights/{block_height}", get(job_by_height))
+        .route("/api/v1/solutions", get(list_solutions))
+        .route("/api/v1/workers", get(live_workers))
+        .route("/api/v1/workers/connections", get(worker_connections))
+        .route("/api/v1/nodes", get(live_nodes))
+        .route("/api/v1/plugins", get(plugins))
+}
+
+/// The OpenAPI document of `/api/v1`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "eligo operator API",
+        description = "Read-only views of jobs, solutions, connections and plugins. When `[admin] token` is \
+                       set, every path needs `Authorization: Bearer <token>` (or `?token=<token>`)."
+    ),
+    paths(summary, list_jobs, job_by_task, job_by_height, list_solutions, live_workers, worker_connections, live_nodes, plugins),
+    components(schemas(
+        ApiError, JobOut, JobDetail, JobPage, SolutionOut, SolutionStatus, SolutionPage, ConnectionOut, ConnectionPage,
+        LiveWorkers, LiveNodes, WorkerView, WorkerPolicyView, NodeView, PluginsOut, Summary
+    )),
+    modifiers(&BearerToken),
+    security(("admin_token" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// What a failed request gets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiError {
+    /// What went wrong, for a person.
+    pub error: String,
+    #[serde(skip)]
+    status: StatusCode,
+}
+
+impl ApiError {
+    /// An error answered with `status`.
+    pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        ApiError { error: error.into(), status }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e, "an API read from the store failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the store could not be read: {e}"))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, e.body_text())
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// `limit` and `before` of a listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Rows to return (1 to 500; default 50).
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    before: Option<i64>,
+}
+
+impl PageQuery {
+    fn page(&self) -> Page {
+        Page::new(self.limit.unwrap_or(DEFAULT_LIMIT), self.before)
+    }
+}
+
+/// A stored job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobOut {
+    /// Its id, given by the job processor.
+    pub task_id: String,
+    /// Its height (one job per height).
+    pub block_height: i64,
+    /// The target a solution must reach.
+    pub proof_target: u64,
+    /// As the node sent it.
+    #[schema(value_type = Object)]
+    pub epoch_challenge: serde_json::Value,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+    /// Whether it was produced to the `job` log (sent on to workers).
+    pub broadcast: bool,
+}
+
+impl From<StoredJob> for JobOut {
+    fn from(j: StoredJob) -> Self {
+        JobOut {
+            epoch_challenge: serde_json::from_str(&j.epoch_challenge).unwrap_or(serde_json::Value::Null),
+            task_id: j.task_id,
+            block_height: j.block_height,
+            proof_target: j.proof_target,
+            created_at: j.created_at,
+            broadcast: j.broadcast,
+        }
+    }
+}
+
+/// A page of jobs, highest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    /// The jobs.
+    pub items: Vec<JobOut>,
+    /// `before` of the next page (a height); absent on the last page.
+    pub next: Option<i64>,
+}
+
+/// A job with its solutions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobDetail {
+    /// The job.
+    #[serde(flatten)]
+    pub job: JobOut,
+    /// Worker connections this process queued it to, while it remembers (the latest 1,024 jobs).
+    pub delivered_to_workers: Option<u64>,
+    /// Its solutions, newest first (at most 500).
+    pub solutions: Vec<SolutionOut>,
+}
+
+/// What the validators said of a solution.
+#[derive(Debug, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SolutionStatus {
+    /// Every validating policy accepted it.
+    Valid,
+    /// A policy refused it; see `invalid_reason`.
+    Invalid,
+    /// No policy validates solutions, or it is not validated yet.
+    Unchecked,
+}
+
+/// A stored solution.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SolutionOut {
+    /// `partial_solution.nonce`: unique.
+    pub unique_key: String,
+    /// The job it solves.
+    pub task_id: String,
+    /// The worker's `hardware_id`.
+    pub hardware_id: String,
+    /// The worker's `caption`.
+    pub caption: String,
+    /// As the worker sent it.
+    #[schema(value_type = Object)]
+    pub solution: serde_json::Value,
+    /// The target it reaches.
+    pub solution_target: u64,
+    /// The validators' verdict.
+    pub status: SolutionStatus,
+    /// Why it is invalid.
+    pub invalid_reason: Option<String>,
+    /// Whether it was produced to the `solution` log (sent on to nodes).
+    pub broadcast: bool,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+    /// Node connections this process queued it to, while it remembers (the latest 4,096 solutions).
+    pub delivered_to_nodes: Option<u64>,
+}
+
+impl SolutionOut {
+    fn new(s: StoredSolution, state: &AdminState) -> Self {
+        let status = match (s.checked, s.valid) {
+            (true, true) => SolutionStatus::Valid,
+            (true, false) => SolutionStatus::Invalid,
+            (false, _) => SolutionStatus::Unchecked,
+        };
+        SolutionOut {
+            delivered_to_nodes: state.nodes.as_ref().and_then(|n| n.solution_deliveries(&s.unique_key)),
+            solution: serde_json::from_str(&s.solution).unwrap_or(serde_json::Value::Null),
+            unique_key: s.unique_key,
+            task_id: s.task_id,
+            hardware_id: s.hardware_id,
+            caption: s.caption,
+            solution_target: s.solution_target,
+            status,
+            invalid_reason: s.invalid_reason,
+            broadcast: s.broadcast,
+            created_at: s.created_at,
+        }
+    }
+}
+
+/// A page of solutions, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SolutionPage {
+    /// The solutions.
+    pub items: Vec<SolutionOut>,
+    /// `before` of the next page; absent on the last page.
+    pub next: Option<i64>,
+}
+
+/// A worker connection as the `worker` table keeps it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionOut {
+    /// The row's id.
+    pub id: i64,
+    /// The welcome's `ip`.
+    pub ip: String,
+    /// The welcome's `address`.
+    pub address: String,
+    /// The welcome's `hardware`.
+    pub hardware: String,
+    /// The welcome's `hardware_id`.
+    pub hardware_id: String,
+    /// The welcome's `caption`.
+    pub caption: String,
+    /// The server instance that held it.
+    pub instance: String,
+    /// When it opened.
+    pub connected_at: DateTime<Utc>,
+    /// When it ended; absent while open.
+    pub disconnected_at: Option<DateTime<Utc>>,
+}
+
+impl From<WorkerRow> for ConnectionOut {
+    fn from(r: WorkerRow) -> Self {
+        ConnectionOut {
+            id: r.id,
+            ip: r.ip,
+            address: r.address,
+            hardware: r.hardware,
+            hardware_id: r.hardware_id,
+            caption: r.caption,
+            instance: r.instance,
+            connected_at: r.connected_at,
+            disconnected_at: r.disconnected_at,
+        }
+    }
+}
+
+/// A page of worker connections, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionPage {
+    /// The connections.
+    pub items: Vec<ConnectionOut>,
+    /// `before` of the next page; absent on the last page.
+    pub next: Option<i64>,
+}
+
+/// `limit` and `after` of a listing of live connections, by connection number.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LiveQuery {
+    /// Connections to return (1 to 500; default 50).
+    limit: Option<u32>,
+    /// Only connections numbered above this: the last `connection` of the previous page.
+    after: Option<u64>,
+}
+
+impl LiveQuery {
+    fn bounds(&self) -> (u64, usize) {
+        let page = Page::new(self.limit.unwrap_or(DEFAULT_LIMIT), None);
+        (self.after.unwrap_or(0), page.limit as usize)
+    }
+}
+
+/// The workers connected to this process now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiveWorkers {
+    /// How many are connected in all.
+    pub total: usize,
+    /// This page of them, by connection number.
+    pub items: Vec<WorkerView>,
+}
+
+/// The nodes connected to this process now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiveNodes {
+    /// How many are connected in all.
+    pub total: usize,
+    /// This page of them, by connection number.
+    pub items: Vec<NodeView>,
+}
+
+/// The plugins: what serves, what was refused, and the latest reloads.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginsOut {
+    /// The active policies, in composition order.
+    #[schema(value_type = Vec<Object>)]
+    pub active: Vec<PluginReport>,
+    /// Files that failed to load at the last attempt.
+    #[schema(value_type = Vec<Object>)]
+    pub failed: Vec<LoadFailure>,
+    /// The latest reloads that changed something, oldest first (at most 50).
+    #[schema(value_type = Vec<Object>)]
+    pub reloads: Vec<Reload>,
+}
+
+/// Counters, latencies, connections and the latest jobs: what the dashboard shows.
+#[utoipa::path(get, path = "/api/v1/summary", responses((status = 200, body = Summary), (status = 401, body = ApiError)))]
+async fn summary(State(state): State<Arc<AdminState>>) -> ApiResult<Summary> {
+    Ok(Json(Summary::now(&state, None).await?))
+}
+
+/// Stored jobs, highest first.
+#[utoipa::path(get, path = "/api/v1/jobs", params(PageQuery),
+    responses((status = 200, body = JobPage), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+async fn list_jobs(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<JobPage> {
+    let page = state.store.list_jobs(query?.page()).await?;
+    Ok(Json(JobPage { items: page.items.into_iter().map(Into::into).collect(), next: page.next }))
+}
+
+/// One job by task id, with its solutions and delivery counts.
+#[utoipa::path(get, path = "/api/v1/jobs/{task_id}", params(("task_id" = String, Path, description = "The job's task id")),
+    responses((status = 200, body = JobDetail), (status = 404, body = ApiError), (status = 401, body = ApiError)))]
+async fn job_by_task(State(state): State<Arc<AdminState>>, Path(task_id): Path<String>) -> ApiResult<JobDetail> {
+    let job = state.store.job_by_task(&task_id).await?;
+    let job = job.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job with task id {task_id}")))?;
+    Ok(Json(job_detail(&state, job).await?))
+}
+
+/// The job at one height, with its solutions and delivery counts.
+#[utoipa::path(get, path = "/api/v1/heights/{block_height}", params(("block_height" = i64, Path, description = "The height")),
+    responses((status = 200, body = JobDetail), (status = 404, body = ApiError), (status = 401, body = ApiError)))]
+async fn job_by_height(State(state): State<Arc<AdminState>>, Path(height): Path<i64>) -> ApiResult<JobDetail> {
+    let job = state.store.job_at_height(height).await?;
+    let job = job.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job at height {height}")))?;
+    Ok(Json(job_detail(&state, job).await?))
+}
+
+/// A job with its solutions (newest first, one page) and delivery counts.
+pub(super) async fn job_detail(state: &AdminState, job: StoredJob) -> Result<JobDetail, ApiError> {
+    let filter = SolutionFilter { task_id: Some(job.task_id.clone()), ..SolutionFilter::default() };
+    let solutions = state.store.list_solutions(&filter, Page::new(Page::MAX_LIMIT, None)).await?;
+    Ok(JobDetail {
+        delivered_to_workers: state.workers.as_ref().and_then(|w| w.job_deliveries(&job.task_id)),
+        solutions: solutions.items.into_iter().map(|s| SolutionOut::new(s, state)).collect(),
+        job: job.into(),
+    })
+}
+
+/// Which solutions to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SolutionQuery {
+    /// Solutions to this job.
+    task_id: Option<String>,
+    /// Solutions of this worker hardware.
+    hardware_id: Option<String>,
+    /// The solution with this nonce (its unique key).
+    nonce: Option<String>,
+    /// Rows to return (1 to 500; default 50).
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    before: Option<i64>,
+}
+
+/// Stored solutions, newest first, by job, worker hardware or nonce.
+#[utoipa::path(get, path = "/api/v1/solutions", params(SolutionQuery),
+    responses((status = 200, body = SolutionPage), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+async fn list_solutions(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<SolutionQuery>, QueryRejection>,
+) -> ApiResult<SolutionPage> {
+    let Query(q) = query?;
+    let filter = SolutionFilter { task_id: q.task_id, hardware_id: q.hardware_id, unique_key: q.nonce };
+    let page = Page::new(q.limit.unwrap_or(DEFAULT_LIMIT), q.before);
+    let found = state.store.list_solutions(&filter, page).await?;
+    let items = found.items.into_iter().map(|s| SolutionOut::new(s, &state)).collect();
+    Ok(Json(SolutionPage { items, next: found.next }))
+}
+
+/// Workers connected to this process now: welcome, policies' profiles and state words, outbox, jobs received.
+#[utoipa::path(get, path = "/api/v1/workers", params(LiveQuery),
+    responses((status = 200, body = LiveWorkers), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+async fn live_workers(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<LiveQuery>, QueryRejection>,
+) -> ApiResult<LiveWorkers> {
+    let (after, limit) = query?.bounds();
+    let (total, items) =
+        state.workers.as_ref().map_or((0, Vec::new()), |w| (w.connections(), w.snapshot(after, limit)));
+    Ok(Json(LiveWorkers { total, items }))
+}
+
+/// Which worker connections to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConnectionQuery {
+    /// Connections of this worker hardware.
+    hardware_id: Option<String>,
+    /// `true`: only open ones; `false`: only finished ones.
+    open: Option<bool>,
+    /// Rows to return (1 to 500; default 50).
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    before: Option<i64>,
+}
+
+/// Worker connections as stored (every server instance's, past and present), newest first.
+#[utoipa::path(get, path = "/api/v1/workers/connections", params(ConnectionQuery),
+    responses((status = 200, body = ConnectionPage), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+async fn worker_connections(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<ConnectionQuery>, QueryRejection>,
+) -> ApiResult<ConnectionPage> {
+    let Query(q) = query?;
+    let filter = WorkerFilter { hardware_id: q.hardware_id, open: q.open };
+    let found =
+        state.store.list_worker_connections(&filter, Page::new(q.limit.unwrap_or(DEFAULT_LIMIT), q.before)).await?;
+    Ok(Json(ConnectionPage { items: found.items.into_iter().map(Into::into).collect(), next: found.next }))
+}
+
+/// Nodes connected to this process now: heights submitted, solutions delivered.
+#[utoipa::path(get, path = "/api/v1/nodes", params(LiveQuery),
+    responses((status = 200, body = LiveNodes), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+async fn live_nodes(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<LiveQuery>, QueryRejection>,
+) -> ApiResult<LiveNodes> {
+    let (after, limit) = query?.bounds();
+    let (total, items) = state.nodes.as_ref().map_or((0, Vec::new()), |n| (n.connections(), n.snapshot(after, limit)));
+    Ok(Json(LiveNodes { total, items }))
+}
+
+/// Active plugins, files that failed to load, and the latest reloads.
+#[utoipa::path(get, path = "/api/v1/plugins", responses((status = 200, body = PluginsOut), (status = 401, body = ApiError)))]
+async fn plugins(State(state): State<Arc<AdminState>>) -> ApiResult<PluginsOut> {
+    let plugins = &state.plugins;
+    Ok(Json(PluginsOut { active: plugins.reports(), failed: plugins.failures(), reloads: plugins.history() }))
+}

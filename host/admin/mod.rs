@@ -1,0 +1,117 @@
+//! The admin server: health, metrics, the operator's JSON API (`/api/v1`), and
+//! the live dashboard at `/`.
+//!
+//! `/healthz` and `/metrics` are always open (load balancers and Prometheus).
+//! Everything else needs the admin token when `[admin] token` is set:
+//! `Authorization: Bearer <token>`, or `?token=<token>` (what a browser's
+//! address bar and `EventSource` can send).
+
+pub mod api;
+mod dashboard;
+pub mod summary;
+
+use crate::config::RoleName;
+use crate::pipeline::node_server::NodeServer;
+use crate::pipeline::worker_server::WorkerServer;
+use crate::plugin::PluginHost;
+use crate::store::Store;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    /// The plugins.
+    pub plugins: Arc<PluginHost>,
+    /// The node server, if this process runs one.
+    pub nodes: Option<Arc<NodeServer>>,
+    /// The worker server, if this process runs one.
+    pub workers: Option<Arc<WorkerServer>>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The roles this process runs.
+    pub roles: Vec<RoleName>,
+    /// SHA-256 of the admin token, if one is required.
+    token_digest: Option<[u8; 32]>,
+}
+
+impl AdminState {
+    /// The admin state; `token`, if given, is required on every path but
+    /// `/healthz` and `/metrics`.
+    pub fn new(
+        plugins: Arc<PluginHost>,
+        nodes: Option<Arc<NodeServer>>,
+        workers: Option<Arc<WorkerServer>>,
+        store: Arc<dyn Store>,
+        roles: Vec<RoleName>,
+        token: Option<&str>,
+    ) -> Self {
+        let token_digest = token.filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
+        AdminState { plugins, nodes, workers, store, roles, token_digest }
+    }
+}
+
+/// The admin server's routes.
+pub fn router(state: AdminState) -> Router {
+    let state = Arc::new(state);
+    let guarded = Router::new()
+        .route("/", get(dashboard::page))
+        .route("/plugins", get(legacy_plugins))
+        .route("/status", get(legacy_status))
+        .route("/api/v1/events", get(summary::events))
+        .merge(api::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .merge(guarded)
+}
+
+/// Refuses a request without the admin token (when one is configured).
+async fn require_token(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
+    let Some(expected) = state.token_digest else { return next.run(request).await };
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let query = request.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+    });
+    // Compared as digests: equal length, and no early exit on the secret's bytes.
+    let given: Option<[u8; 32]> = bearer.or(query).map(|t| Sha256::digest(t.as_bytes()).into());
+    match given {
+        Some(given) if given == expected => next.run(request).await,
+        Some(_) => unauthorized("the admin token is wrong"),
+        None => unauthorized("this admin server needs its token: Authorization: Bearer <token>, or ?token=<token>"),
+    }
+}
+
+fn unauthorized(why: &str) -> Response {
+    let mut response = api::ApiError::new(StatusCode::UNAUTHORIZED, why).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// `/plugins`, as before `/api/v1`: active and failed plugins.
+async fn legacy_plugins(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "active": state.plugins.reports(), "failed": state.plugins.failures() }))
+}
+
+/// `/status`, as before `/api/v1`: counts.
+async fn legacy_status(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "roles": state.roles,
+        "nodes": state.nodes.as_ref().map(|n| n.connections()),
+        "workers": state.workers.as_ref().map(|w| w.connections()),
+        "plugins": state.plugins.reports().len(),
+        "plugin_failures": state.plugins.failures().len(),
+    }))
+}

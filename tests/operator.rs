@@ -1,0 +1,212 @@
+//! The operator's view: the JSON API on the admin port, its OpenAPI document,
+//! the admin token, and the live events behind the dashboard. Run on both kinds
+//! of backends, as an operator would query either deployment.
+
+#[path = "../examples/solver/mod.rs"]
+mod solver;
+mod support;
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::backends::{Backends, Kind};
+use support::http::{first_event, get, get_with};
+use support::server::{job, solution, Server};
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { crate::$name(crate::Kind::Embedded).await; })*
+        }
+        mod networked {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { crate::$name(crate::Kind::Networked).await; })*
+        }
+    };
+}
+
+on_both!(the_api_follows_a_job_and_its_solutions_through_the_pipeline);
+
+/// Polls `path` until `done` holds for its JSON, or fails after 15 s with the last answer.
+async fn until(admin: SocketAddr, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = get(admin, path).await.ok_json();
+        if done(&answer) {
+            return answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path} never got there: {answer:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn the_api_follows_a_job_and_its_solutions_through_the_pipeline(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules", "pow-check"]).await;
+    let admin = server.running.admin_addr.expect("admin server");
+    let mut worker = server.worker("hw-api").await;
+    let mut node = server.node().await;
+    node.send(&job(700, 500)).await;
+    let work = worker.recv("job 700").await;
+    let task = work["task_id"].as_str().expect("task id").to_string();
+    let (good, reached) = solver::solve(&work["epoch_challenge"], 500, 0);
+    let (bad, _) = solver::fail(&work["epoch_challenge"], 500, 0);
+    worker.send(&solution(&task, good, reached)).await;
+    worker.send(&solution(&task, bad, 500)).await;
+    node.recv("the valid solution").await;
+
+    // One job by task id: both solutions with their verdicts, and where they went.
+    let detail = until(admin, &format!("/api/v1/jobs/{task}"), |j| {
+        j["solutions"].as_array().is_some_and(|s| s.len() == 2 && s.iter().all(|s| s["status"] != "unchecked"))
+    })
+    .await;
+    assert_eq!((detail["block_height"].as_i64(), detail["proof_target"].as_u64()), (Some(700), Some(500)));
+    assert_eq!(detail["delivered_to_workers"], 1, "{detail:#}");
+    let by_key = |key: u64| {
+        detail["solutions"].as_array().and_then(|s| s.iter().find(|s| s["unique_key"] == key.to_string())).cloned()
+    };
+    let valid = by_key(good).expect("the valid solution is listed");
+    assert_eq!((valid["status"].as_str(), valid["hardware_id"].as_str()), (Some("valid"), Some("hw-api")));
+    let invalid = by_key(bad).expect("the invalid solution is listed");
+    assert_eq!(invalid["status"], "invalid");
+    assert!(invalid["invalid_reason"].as_str().is_some_and(|r| r.contains("pow-check")), "{invalid:#}");
+    let valid =
+        until(admin, &format!("/api/v1/solutions?nonce={good}"), |p| p["items"][0]["delivered_to_nodes"] == 1).await;
+    assert_eq!(valid["items"].as_array().map(Vec::len), Some(1), "one solution per nonce");
+    assert_eq!(valid["items"][0]["solution"]["partial_solution"]["nonce"], good, "the solution as the worker sent it");
+
+    // The same job by height, and in the listing.
+    let at_height = get(admin, "/api/v1/heights/700").await.ok_json();
+    assert_eq!(at_height["task_id"], task.as_str());
+    let jobs = get(admin, "/api/v1/jobs?limit=10").await.ok_json();
+    assert_eq!(jobs["items"][0]["task_id"], task.as_str());
+    assert_eq!(jobs["next"], Value::Null, "one job: one page");
+    let by_worker = get(admin, "/api/v1/solutions?hardware_id=hw-api&limit=1").await.ok_json();
+    assert_eq!(by_worker["items"].as_array().map(Vec::len), Some(1));
+    let rest = get(admin, &format!("/api/v1/solutions?hardware_id=hw-api&limit=1&before={}", by_worker["next"])).await;
+    assert_eq!(rest.ok_json()["items"].as_array().map(Vec::len), Some(1), "the second page holds the other one");
+
+    // Who is connected now, and what each policy made of them.
+    let workers = get(admin, "/api/v1/workers").await.ok_json();
+    assert_eq!(workers["total"], 1);
+    let w = &workers["items"][0];
+    assert_eq!(
+        (w["hardware_id"].as_str(), w["caption"].as_str(), w["jobs_received"].as_u64()),
+        (Some("hw-api"), Some("rig"), Some(1))
+    );
+    assert!(w["connected_at"].is_string() && w["outbox_depth"].is_u64(), "{w:#}");
+    let policies: Vec<&str> =
+        w["policies"].as_array().expect("policies").iter().filter_map(|p| p["plugin"].as_str()).collect();
+    assert_eq!(policies, ["10-seed-rules", "20-pow-check"]);
+    assert!(w["policies"][0]["admitted"].as_bool().unwrap_or(false));
+    let nodes = get(admin, "/api/v1/nodes").await.ok_json();
+    assert_eq!(nodes["total"], 1);
+    assert_eq!(nodes["items"][0]["recent_heights"], serde_json::json!([700]));
+    assert_eq!(
+        (nodes["items"][0]["jobs_submitted"].as_u64(), nodes["items"][0]["solutions_delivered"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let open = get(admin, "/api/v1/workers/connections?open=true&hardware_id=hw-api").await.ok_json();
+    assert_eq!(open["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(open["items"][0]["disconnected_at"], Value::Null);
+
+    let plugins = get(admin, "/api/v1/plugins").await.ok_json();
+    assert_eq!(plugins["active"].as_array().map(Vec::len), Some(2));
+    assert!(plugins["reloads"][0]["loaded"].as_array().is_some_and(|l| l.len() == 2), "{plugins:#}");
+    let summary = get(admin, "/api/v1/summary").await.ok_json();
+    assert_eq!((summary["workers_connected"].as_u64(), summary["nodes_connected"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(summary["recent_jobs"][0]["task_id"], task.as_str());
+    assert!(summary["totals"]["solutions_published"].as_u64() >= Some(2), "{summary:#}");
+
+    // Wrong requests get a JSON error that says what is wrong.
+    let missing = get(admin, "/api/v1/jobs/no-such-task").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"].as_str().is_some_and(|e| e.contains("no-such-task")));
+    let bad = get(admin, "/api/v1/jobs?limit=many").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"].as_str().is_some_and(|e| e.contains("limit")), "{}", bad.body);
+
+    worker.close().await;
+    let gone = until(admin, "/api/v1/workers", |w| w["total"] == 0).await;
+    assert_eq!(gone["items"], serde_json::json!([]));
+    until(admin, "/api/v1/workers/connections?open=false&hardware_id=hw-api", |p| {
+        p["items"].as_array().is_some_and(|i| i.len() == 1)
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_api_path_and_each_answers() {
+    let server = Server::start(Kind::Embedded, &["seed-rules"]).await;
+    let admin = server.running.admin_addr.expect("admin server");
+    let doc = get(admin, "/api/v1/openapi.json").await.ok_json();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc:#}");
+    let paths: BTreeSet<&str> = doc["paths"].as_object().expect("paths").keys().map(String::as_str).collect();
+    let expected = [
+        "/api/v1/heights/{block_height}",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{task_id}",
+        "/api/v1/nodes",
+        "/api/v1/plugins",
+        "/api/v1/solutions",
+        "/api/v1/summary",
+        "/api/v1/workers",
+        "/api/v1/workers/connections",
+    ];
+    assert_eq!(paths, expected.into_iter().collect(), "the document and the routes agree");
+    for path in paths {
+        let concrete = path.replace("{block_height}", "1").replace("{task_id}", "none");
+        let answer = get(admin, &concrete).await;
+        let described = doc["paths"][path]["get"]["responses"].as_object().expect("responses");
+        assert!(
+            described.contains_key(&answer.status.to_string()),
+            "{concrete} answered {} ({})",
+            answer.status,
+            answer.body
+        );
+        answer.json();
+    }
+    assert!(doc["components"]["schemas"]["WorkerView"]["properties"]["policies"].is_object(), "types are described");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_admin_token_guards_everything_but_health_and_metrics() {
+    let server = Server::start_configured(Backends::new(Kind::Embedded).await, &[], None, |c| {
+        c.admin.token = Some("s3cret-token".into());
+    })
+    .await;
+    let admin = server.running.admin_addr.expect("admin server");
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    assert_eq!(get(admin, "/metrics").await.status, 200);
+    for path in ["/", "/status", "/plugins", "/api/v1/jobs", "/api/v1/openapi.json", "/api/v1/events"] {
+        let refused = get(admin, path).await;
+        assert_eq!(refused.status, 401, "{path} without the token");
+        assert!(refused.head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{}", refused.head);
+        assert!(refused.json()["error"].as_str().is_some_and(|e| e.contains("token")));
+    }
+    let wrong = get_with(admin, "/api/v1/jobs", &[("Authorization", "Bearer not-it")]).await;
+    assert_eq!((wrong.status, wrong.json()["error"].as_str()), (401, Some("the admin token is wrong")));
+    assert_eq!(get_with(admin, "/api/v1/jobs", &[("Authorization", "Bearer s3cret-token")]).await.status, 200);
+    assert_eq!(get(admin, "/api/v1/jobs?token=s3cret-token").await.status, 200);
+    let page = get(admin, "/?token=s3cret-token").await;
+    assert!(page.status == 200 && page.body.contains("<title>eligo</title>"), "the dashboard with the token");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_stream_sends_summaries() {
+    let server = Server::start(Kind::Embedded, &["seed-rules"]).await;
+    let admin = server.running.admin_addr.expect("admin server");
+    let _worker = server.worker("hw-events").await;
+    let event = first_event(admin, "/api/v1/events").await;
+    assert_eq!(event.status, 200);
+    assert!(event.head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{}", event.head);
+    assert!(event.body.contains("event: summary"), "{}", event.body);
+    let data = event.body.lines().find_map(|l| l.strip_prefix("data: ")).expect("a data line");
+    let summary: Value = serde_json::from_str(data).expect("the event is JSON");
+    assert!(summary["totals"].is_object() && summary["latency"].is_object(), "{summary:#}");
+    server.stop().await;
+}

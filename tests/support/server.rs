@@ -1,0 +1,81 @@
+//! A whole eligo on fresh backends, and the frames nodes and workers send it.
+
+use super::backends::{Backends, Kind};
+use super::ws::Client;
+use eligo::app::{start_with, Running};
+use eligo::config::Config;
+use eligo::store::Store;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// A running server on fresh backends, with the named plugins in its folder.
+pub struct Server {
+    pub running: Running,
+    pub backends: Backends,
+}
+
+impl Server {
+    pub async fn start(kind: Kind, plugins: &[&str]) -> Server {
+        Self::start_on(Backends::new(kind).await, plugins, None).await
+    }
+
+    pub async fn start_on(backends: Backends, plugins: &[&str], store: Option<Arc<dyn Store>>) -> Server {
+        Self::start_configured(backends, plugins, store, |_| {}).await
+    }
+
+    pub async fn start_configured(
+        backends: Backends,
+        plugins: &[&str],
+        store: Option<Arc<dyn Store>>,
+        configure: impl FnOnce(&mut Config),
+    ) -> Server {
+        let dir = backends.dir().join("policies");
+        std::fs::create_dir_all(&dir).expect("policies dir");
+        for (i, name) in plugins.iter().enumerate() {
+            std::fs::copy(super::plugin_path(name), dir.join(format!("{}0-{name}.wasm", i + 1))).expect("copy plugin");
+        }
+        let mut config = Config::default();
+        config.node.listen = ([127, 0, 0, 1], 0).into();
+        config.worker.listen = ([127, 0, 0, 1], 0).into();
+        config.admin.listen = Some(([127, 0, 0, 1], 0).into());
+        config.plugins.dir = dir;
+        config.plugins.debounce_ms = 50;
+        configure(&mut config);
+        let store = store.unwrap_or_else(|| backends.store.clone());
+        let running =
+            start_with(&config, backends.queue.clone(), backends.log.clone(), store).await.expect("eligo starts");
+        Server { running, backends }
+    }
+
+    pub async fn node(&self) -> Client {
+        Client::connect(self.running.node_addr.expect("node server")).await
+    }
+
+    pub async fn worker(&self, hardware_id: &str) -> Client {
+        let mut worker = Client::connect(self.running.worker_addr.expect("worker server")).await;
+        worker.send(&welcome(hardware_id)).await;
+        worker
+    }
+
+    pub async fn stop(self) {
+        self.running.stop().await;
+        self.backends.finish().await;
+    }
+}
+
+pub fn welcome(hardware_id: &str) -> Value {
+    json!({ "ip": "10.1.2.3", "address": "aleo1worker", "hardware": "NVIDIA RTX 4090", "hardware_id": hardware_id, "caption": "rig" })
+}
+
+pub fn challenge(height: i64) -> Value {
+    json!({ "epoch_number": height / 10, "seed": format!("s{height}"), "nested": { "b": 2, "a": 1 } })
+}
+
+pub fn job(height: i64, target: u64) -> Value {
+    json!({ "epoch_challenge": challenge(height), "proof_target": target, "block_height": height })
+}
+
+pub fn solution(task_id: &str, nonce: u64, target: u64) -> Value {
+    json!({ "type": "solution", "task_id": task_id, "solution_target": target,
+            "solution": { "partial_solution": { "nonce": nonce, "address": "aleo1worker" }, "proof.w": { "x": "1" } } })
+}
