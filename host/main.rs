@@ -213,7 +213,27 @@ enum PluginCommand {
     },
 }
 
-fn main() -> Result<()> {
+/// Prints a failure as its cause chain, one line each. anyhow's own report adds
+/// a backtrace whenever `RUST_BACKTRACE` is set, common on developer machines and
+/// useless to someone whose file is missing: eligo shows it only when
+/// `ELIGO_BACKTRACE=1` asks for it.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if std::env::var_os("ELIGO_BACKTRACE").is_some_and(|v| v != "0") {
+                eprintln!("{}", error.backtrace());
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {

@@ -198,3 +198,24 @@ fn config_check_fails_on_an_unknown_key_a_misspelt_variable_or_an_unreachable_se
     assert!(report.contains("store: FAILED") && report.contains("problem: store:"), "{report}");
     assert!(report.contains("queue: embedded"), "{report}");
 }
+
+#[test]
+fn cli_errors_are_their_cause_chain_with_a_backtrace_only_on_request() {
+    let missing = |backtrace: &str| {
+        Command::new(env!("CARGO_BIN_EXE_eligo"))
+            .args(["plugin", "check", "no-such-plugin.wasm"])
+            .env("RUST_BACKTRACE", "1")
+            .env("ELIGO_BACKTRACE", backtrace)
+            .output()
+            .expect("running eligo")
+    };
+    let out = missing("0");
+    assert_eq!(out.status.code(), Some(1));
+    let report = text(&out);
+    assert!(report.starts_with("error: reading no-such-plugin.wasm\n"), "{report}");
+    assert!(report.contains("caused by: No such file or directory"), "{report}");
+    assert!(!report.to_lowercase().contains("backtrace"), "RUST_BACKTRACE alone adds nothing: {report}");
+    assert!(report.lines().count() <= 3, "{report}");
+    let asked = text(&missing("1"));
+    assert!(asked.lines().count() > 3, "ELIGO_BACKTRACE=1 adds the backtrace: {asked}");
+}
