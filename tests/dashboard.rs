@@ -3,14 +3,12 @@
 //! passed, and the page must show them, live. The screenshot is kept as a test
 //! artifact at `target/test-artifacts/dashboard.png`.
 
-#[path = "../examples/solver/mod.rs"]
-mod solver;
 mod support;
 
 use std::time::Duration;
 use support::backends::Kind;
 use support::browser::Browser;
-use support::server::{job, solution, Server};
+use support::server::{Server, Solved};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_connections_jobs_and_solutions_live() {
@@ -22,16 +20,7 @@ async fn the_dashboard_shows_connections_jobs_and_solutions_live() {
     browser.wait_for_text("#recent-jobs", Duration::from_secs(5), |t| t.contains("no job yet")).await;
 
     // Traffic after the page opened: what it shows now came live.
-    let mut worker = server.worker("rig-7f3a").await;
-    let mut node = server.node().await;
-    node.send(&job(4242, 500)).await;
-    let work = worker.recv("job 4242").await;
-    let task = work["task_id"].as_str().expect("task id").to_string();
-    let (good, reached) = solver::solve(&work["epoch_challenge"], 500, 0);
-    let (bad, _) = solver::fail(&work["epoch_challenge"], 500, 0);
-    worker.send(&solution(&task, good, reached)).await;
-    worker.send(&solution(&task, bad, 500)).await;
-    node.recv("the valid solution").await;
+    let (_worker, _node, Solved { task, good, .. }) = server.solve_one_job("rig-7f3a", 4242).await;
 
     let wait = Duration::from_secs(15);
     browser.wait_for_text("#workers-count", wait, |t| t == "1").await;

@@ -2,8 +2,6 @@
 //! the admin token, and the live events behind the dashboard. Run on both kinds
 //! of backends, as an operator would query either deployment.
 
-#[path = "../examples/solver/mod.rs"]
-mod solver;
 mod support;
 
 use serde_json::Value;
@@ -12,20 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use support::backends::{Backends, Kind};
 use support::http::{first_event, get, get_with};
-use support::server::{job, solution, Server};
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { crate::$name(crate::Kind::Embedded).await; })*
-        }
-        mod networked {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { crate::$name(crate::Kind::Networked).await; })*
-        }
-    };
-}
+use support::server::{Server, Solved};
 
 on_both!(the_api_follows_a_job_and_its_solutions_through_the_pipeline);
 
@@ -45,16 +30,7 @@ async fn until(admin: SocketAddr, path: &str, done: impl Fn(&Value) -> bool) -> 
 async fn the_api_follows_a_job_and_its_solutions_through_the_pipeline(kind: Kind) {
     let server = Server::start(kind, &["seed-rules", "pow-check"]).await;
     let admin = server.running.admin_addr.expect("admin server");
-    let mut worker = server.worker("hw-api").await;
-    let mut node = server.node().await;
-    node.send(&job(700, 500)).await;
-    let work = worker.recv("job 700").await;
-    let task = work["task_id"].as_str().expect("task id").to_string();
-    let (good, reached) = solver::solve(&work["epoch_challenge"], 500, 0);
-    let (bad, _) = solver::fail(&work["epoch_challenge"], 500, 0);
-    worker.send(&solution(&task, good, reached)).await;
-    worker.send(&solution(&task, bad, 500)).await;
-    node.recv("the valid solution").await;
+    let (worker, _node, Solved { task, good, bad }) = server.solve_one_job("hw-api", 700).await;
 
     // One job by task id: both solutions with their verdicts, and where they went.
     let detail = until(admin, &format!("/api/v1/jobs/{task}"), |j| {

@@ -2,8 +2,6 @@
 //! Every case runs twice: on the embedded backends and on the networked ones
 //! (RabbitMQ and PostgreSQL of this machine, librdkafka's mock Kafka cluster).
 
-#[path = "../examples/solver/mod.rs"]
-mod solver;
 mod support;
 
 use async_trait::async_trait;
@@ -18,21 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::backends::{Backends, Kind};
 use support::server::{challenge, job, solution, welcome, Server};
+use support::solver;
 use support::ws::{Client, Next};
-
-/// Runs one case on both kinds of backends.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { crate::$name(crate::Kind::Embedded).await; })*
-        }
-        mod networked {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { crate::$name(crate::Kind::Networked).await; })*
-        }
-    };
-}
 
 on_both!(
     a_job_goes_node_to_worker_and_its_solution_back,

@@ -46,7 +46,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
     ),
     paths(summary, list_jobs, job_by_task, job_by_height, list_solutions, live_workers, worker_connections, live_nodes, plugins),
     components(schemas(
-        ApiError, JobOut, JobDetail, JobPage, SolutionOut, SolutionStatus, SolutionPage, ConnectionOut, ConnectionPage,
+        ApiError, JobOut, JobDetail, JobPage, SolutionOut, SolutionStatus, SolutionPage, WorkerRow, ConnectionPage,
         LiveWorkers, LiveNodes, WorkerView, WorkerPolicyView, NodeView, PluginsOut, Summary
     )),
     modifiers(&BearerToken),
@@ -244,50 +244,11 @@ pub struct SolutionPage {
     pub next: Option<i64>,
 }
 
-/// A worker connection as the `worker` table keeps it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ConnectionOut {
-    /// The row's id.
-    pub id: i64,
-    /// The welcome's `ip`.
-    pub ip: String,
-    /// The welcome's `address`.
-    pub address: String,
-    /// The welcome's `hardware`.
-    pub hardware: String,
-    /// The welcome's `hardware_id`.
-    pub hardware_id: String,
-    /// The welcome's `caption`.
-    pub caption: String,
-    /// The server instance that held it.
-    pub instance: String,
-    /// When it opened.
-    pub connected_at: DateTime<Utc>,
-    /// When it ended; absent while open.
-    pub disconnected_at: Option<DateTime<Utc>>,
-}
-
-impl From<WorkerRow> for ConnectionOut {
-    fn from(r: WorkerRow) -> Self {
-        ConnectionOut {
-            id: r.id,
-            ip: r.ip,
-            address: r.address,
-            hardware: r.hardware,
-            hardware_id: r.hardware_id,
-            caption: r.caption,
-            instance: r.instance,
-            connected_at: r.connected_at,
-            disconnected_at: r.disconnected_at,
-        }
-    }
-}
-
 /// A page of worker connections, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConnectionPage {
     /// The connections.
-    pub items: Vec<ConnectionOut>,
+    pub items: Vec<WorkerRow>,
     /// `before` of the next page; absent on the last page.
     pub next: Option<i64>,
 }
@@ -456,7 +417,7 @@ async fn worker_connections(
     let filter = WorkerFilter { hardware_id: q.hardware_id, open: q.open };
     let found =
         state.store.list_worker_connections(&filter, Page::new(q.limit.unwrap_or(DEFAULT_LIMIT), q.before)).await?;
-    Ok(Json(ConnectionPage { items: found.items.into_iter().map(Into::into).collect(), next: found.next }))
+    Ok(Json(ConnectionPage { items: found.items, next: found.next }))
 }
 
 /// Nodes connected to this process now: heights submitted, solutions delivered.

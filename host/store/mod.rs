@@ -105,8 +105,8 @@ pub struct WorkerConnection {
     pub instance: String,
 }
 
-/// A row of `worker`: one connection of a worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A row of `worker`: one connection of a worker (`disconnected_at` absent while open).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct WorkerRow {
     pub id: i64,
     pub ip: String,

@@ -5,7 +5,25 @@ pub mod backends;
 pub mod browser;
 pub mod http;
 pub mod server;
+#[path = "../../examples/solver/mod.rs"]
+pub mod solver;
 pub mod ws;
+
+/// Generates, for each case `async fn name(kind: Kind)`, one `#[tokio::test]` on
+/// the embedded backends and one on the networked ones.
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { crate::$name(crate::Kind::Embedded).await; })*
+        }
+        mod networked {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { crate::$name(crate::Kind::Networked).await; })*
+        }
+    };
+}
 
 use std::path::PathBuf;
 

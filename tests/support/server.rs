@@ -8,6 +8,16 @@ use eligo::store::Store;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// What [`Server::solve_one_job`] sent.
+pub struct Solved {
+    /// The job's task id.
+    pub task: String,
+    /// The nonce of the valid solution.
+    pub good: u64,
+    /// The nonce of the invalid one.
+    pub bad: u64,
+}
+
 /// A running server on fresh backends, with the named plugins in its folder.
 pub struct Server {
     pub running: Running,
@@ -55,6 +65,23 @@ impl Server {
         let mut worker = Client::connect(self.running.worker_addr.expect("worker server")).await;
         worker.send(&welcome(hardware_id)).await;
         worker
+    }
+
+    /// A worker `hardware_id` and a node connect; the node sends a job at `height`
+    /// (target 500), the worker a valid and an invalid solution to it. Returns
+    /// once the node has the valid one, with both connections still open.
+    pub async fn solve_one_job(&self, hardware_id: &str, height: i64) -> (Client, Client, Solved) {
+        let mut worker = self.worker(hardware_id).await;
+        let mut node = self.node().await;
+        node.send(&job(height, 500)).await;
+        let work = worker.recv("the job").await;
+        let task = work["task_id"].as_str().expect("task id").to_string();
+        let (good, reached) = super::solver::solve(&work["epoch_challenge"], 500, 0);
+        let (bad, _) = super::solver::fail(&work["epoch_challenge"], 500, 0);
+        worker.send(&solution(&task, good, reached)).await;
+        worker.send(&solution(&task, bad, 500)).await;
+        node.recv("the valid solution").await;
+        (worker, node, Solved { task, good, bad })
     }
 
     pub async fn stop(self) {
