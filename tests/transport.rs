@@ -419,6 +419,53 @@ async fn kafka_mock_cluster() {
     drop(mock);
 }
 
+/// The broker goes down and comes back with its data while messages are being
+/// produced: a tail reads each exactly once, whichever client reconnects first.
+/// Three restarts, so that one run covers several reconnect orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_tail_reads_everything_once_across_broker_restarts() {
+    let mock = MockKafka::start().expect("starting librdkafka's mock Kafka cluster");
+    {
+        let log = Arc::new(KafkaLog::connect(mock.settings()).await.expect("connecting to the mock cluster"));
+        let mut reader = tail(&*log, Topic::Solution).await;
+        for round in 0..3 {
+            mock.broker_down().expect("broker down");
+            let sent: Vec<String> = (0..16).map(|i| payload(&format!("r{round}k{i}"))).collect();
+            // A produce returns once delivered, so they wait for the broker together.
+            let producing: Vec<_> = sent
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    let (log, body) = (log.clone(), body.clone());
+                    tokio::spawn(async move { produce(&*log, Topic::Solution, &format!("key-{i}"), &body).await })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            mock.broker_up().expect("broker up");
+            for produced in producing {
+                produced.await.expect("a produce task panicked");
+            }
+            let mut got = Vec::new();
+            while got.len() < sent.len() {
+                match tokio::time::timeout(Duration::from_secs(60), reader.next()).await {
+                    Ok(Some(Ok(bytes))) => got.push(String::from_utf8(bytes).expect("UTF-8")),
+                    other => panic!("round {round}: read {} of {}, then {other:?}", got.len(), sent.len()),
+                }
+            }
+            if let Ok(item) = tokio::time::timeout(QUIET, reader.next()).await {
+                panic!("round {round}: read a message twice or one never sent: {item:?}");
+            }
+            let (mut got, mut sent) = (got, sent);
+            got.sort();
+            sent.sort();
+            assert_eq!(got, sent, "round {round}: every message once");
+        }
+    }
+    // Clients need a moment to let go before the cluster goes (see MockKafka).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(mock);
+}
+
 // ---------------------------------------------------------------- embedded
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,10 @@
 //!
 //! Jobs of a batch are produced one after another in height order (jobs are few;
 //! their order matters, as worker servers skip heights below the last they sent).
+//! They all carry one key, so they share one partition and every reader gets them
+//! in that order, also when it catches up on several at once (after an outage).
+//! Keyed by height they were spread over the partitions, and a reader could get a
+//! higher height first: the lower one was then never sent to any worker.
 
 use super::consume::{consume_until, BatchSettings, Retry};
 use super::Services;
@@ -18,6 +22,9 @@ use crate::store::{NewJob, Rejected, Settlement};
 use crate::transport::{Stream, Topic};
 use std::collections::HashSet;
 use tokio_util::sync::CancellationToken;
+
+/// The key of every job in the `job` topic (see the module comment).
+const JOB_KEY: &str = "job";
 
 /// What became of one message.
 #[derive(Debug, PartialEq, Eq)]
@@ -106,7 +113,7 @@ pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<
             proof_target: job.proof_target,
         };
         let bytes = serde_json::to_vec(&event).map_err(Retry::from)?;
-        services.log.produce(Topic::Job, &job.block_height.to_string(), &bytes).await.map_err(Retry::from)?;
+        services.log.produce(Topic::Job, JOB_KEY, &bytes).await.map_err(Retry::from)?;
         tracing::debug!(task_id = %job.task_id, block_height = job.block_height, "job broadcast");
     }
     let broadcast: Vec<String> = to_broadcast.into_iter().map(|job| job.task_id).collect();

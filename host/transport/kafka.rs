@@ -43,6 +43,21 @@ const MOCK_PARTITIONS: i32 = 4;
 /// Least time between two re-declarations of missing topics.
 const REDECLARE_EVERY: Duration = Duration::from_secs(5);
 
+/// How long a tail may read nothing before it asks the cluster whether it is
+/// missing something (see [`TailReader::stalled`]).
+const STALL_CHECK: Duration = Duration::from_secs(10);
+
+/// Longest wait between two such checks: the wait doubles up to this while
+/// reopening does not make the reader deliver anything.
+const STALL_CHECK_MAX: Duration = Duration::from_secs(300);
+
+/// Longest wait for one partition's high watermark during a stall check.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait for a dropped tail consumer to close before the reader goes on
+/// (it then finishes closing in the background).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where and how to reach Kafka.
 ///
 /// `properties` are librdkafka settings passed verbatim to every client this module
@@ -338,7 +353,14 @@ impl EventLog for KafkaLog {
         let settings = self.shared.settings.clone();
         // Metadata, watermarks and assign are blocking librdkafka calls.
         let (consumer, positions) = blocking(move || open_tail(&settings, name, &Positions::new())).await??;
-        let reader = TailReader { consumer: Some(consumer), positions, name, shared: self.shared.clone() };
+        let reader = TailReader {
+            consumer: Some(consumer),
+            positions,
+            name,
+            shared: self.shared.clone(),
+            behind: None,
+            check_every: STALL_CHECK,
+        };
         let stream = futures::stream::unfold(Some(reader), |reader| async move {
             let mut reader = reader?;
             match reader.next().await {
@@ -356,12 +378,18 @@ type Positions = BTreeMap<i32, i64>;
 /// One topic's reader. It remembers where it is in each partition, so that when
 /// it lost the cluster (every broker down: a restart) it opens a new consumer at
 /// exactly those offsets once the cluster answers again: a librdkafka consumer
-/// left to reconnect by itself was seen never to fetch again.
+/// left to reconnect by itself was seen never to fetch again. The same reopen
+/// happens when a quiet reader finds the cluster holding messages it should have
+/// read long ago (see [`TailReader::stalled`]), whatever the reason.
 struct TailReader {
     consumer: Option<StreamConsumer<QuietContext>>,
     positions: Positions,
     name: &'static str,
     shared: Arc<Shared>,
+    /// High watermarks of the last stall check, if the reader was behind them.
+    behind: Option<Positions>,
+    /// Quiet time before the next stall check.
+    check_every: Duration,
 }
 
 impl TailReader {
@@ -372,12 +400,27 @@ impl TailReader {
                 self.reopen().await;
                 continue;
             };
-            let error = match consumer.recv().await {
-                Ok(message) => {
+            // `recv` is cancellation safe: a message is only taken off the queue
+            // when it is returned.
+            let error = match tokio::time::timeout(self.check_every, consumer.recv()).await {
+                Ok(Ok(message)) => {
                     self.positions.insert(message.partition(), message.offset() + 1);
+                    self.behind = None;
+                    self.check_every = STALL_CHECK;
                     return Ok(message.payload().unwrap_or_default().to_vec());
                 }
-                Err(error) => error,
+                Ok(Err(error)) => Some(error),
+                Err(_quiet) => None,
+            };
+            let Some(error) = error else {
+                if self.stalled().await {
+                    self.restart("stalled").await;
+                    // Reopening again soon only helps if this one did: a record
+                    // that is never delivered (a transaction marker) keeps a
+                    // partition "behind" for good.
+                    self.check_every = (self.check_every * 2).min(STALL_CHECK_MAX);
+                }
+                continue;
             };
             if let KafkaError::MessageConsumptionFatal(code) = error {
                 return Err(unavailable(format!("reading topic `{}`: fatal error {code}", self.name)));
@@ -385,10 +428,67 @@ impl TailReader {
             consumer.context().throttle.log(tracing::Level::WARN, "tail", &format!("reading `{}`: {error}", self.name));
             self.shared.recover(None, &error).await;
             if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-                // Destroying a consumer blocks until its threads end.
-                if let Some(old) = self.consumer.take() {
-                    let _ = blocking(move || drop(old)).await;
-                }
+                self.restart("all_brokers_down").await;
+            }
+        }
+    }
+
+    /// Called after `check_every` without a message: whether the consumer stopped
+    /// fetching. The high watermarks are read through the producer, another client
+    /// with its own connections. The reader is stalled if offsets that were below
+    /// a high watermark at the previous check are still not delivered now, a whole
+    /// quiet period later; one check is never enough (a message produced just
+    /// before it would look missing). A check the cluster does not answer
+    /// concludes nothing.
+    async fn stalled(&mut self) -> bool {
+        let producer = self.shared.producer.load_full();
+        let (name, partitions): (&'static str, Vec<i32>) = (self.name, self.positions.keys().copied().collect());
+        let highs = blocking(move || {
+            let client = producer.producer.client();
+            partitions
+                .into_iter()
+                .map(|p| client.fetch_watermarks(name, p, WATERMARK_TIMEOUT).map(|(_, high)| (p, high)))
+                .collect::<Result<Positions, KafkaError>>()
+        })
+        .await;
+        let Ok(Ok(highs)) = highs else {
+            self.behind = None;
+            return false;
+        };
+        let positions = &self.positions;
+        let first_behind = |highs: &Positions| {
+            highs.iter().find(|&(p, &high)| positions.get(p).is_some_and(|&at| at < high)).map(|(&p, &high)| (p, high))
+        };
+        let stalled = self.behind.as_ref().and_then(first_behind);
+        let behind_now = first_behind(&highs).is_some();
+        self.behind = behind_now.then_some(highs);
+        if let Some((partition, high)) = stalled {
+            let at = self.positions.get(&partition).copied().unwrap_or_default();
+            let quiet = 2 * self.check_every.as_secs();
+            log_throttle::librdkafka().log(
+                tracing::Level::WARN,
+                "tail",
+                &format!(
+                    "the reader of `{name}` read nothing for {quiet}s while partition {partition} held \
+                     offsets {at}..{high}; reopening it there"
+                ),
+            );
+        }
+        stalled.is_some()
+    }
+
+    /// Drops the consumer, so that the next call reopens at the positions, and
+    /// counts why. Destroying a consumer blocks until its threads end, which
+    /// librdkafka may make wait on an unreachable broker: past [`CLOSE_TIMEOUT`]
+    /// the reader goes on and the old consumer finishes closing in the background.
+    async fn restart(&mut self, reason: &'static str) {
+        crate::metrics::add("eligo_kafka_tail_reopens_total", &[("topic", self.name), ("reason", reason)], 1);
+        self.behind = None;
+        if let Some(old) = self.consumer.take() {
+            let closing = tokio::task::spawn_blocking(move || drop(old));
+            if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+                let line = format!("the old reader of `{}` is still closing; reopening anyway", self.name);
+                log_throttle::librdkafka().log(tracing::Level::WARN, "tail", &line);
             }
         }
     }
@@ -403,7 +503,8 @@ impl TailReader {
                 Ok((consumer, positions)) => {
                     tracing::info!(topic = self.name, "Kafka reader reopened at the offsets it had reached");
                     self.consumer = Some(consumer);
-                    self.positions = positions;
+                    // Keeps the offsets of partitions this metadata did not list.
+                    self.positions.extend(positions);
                     return;
                 }
                 Err(error) => {
