@@ -43,20 +43,8 @@ fn build_plugins() -> Result<()> {
     let root = root();
     let target_dir = root.join("target/wasm");
     let toolchain = pick_toolchain()?;
-    let mut cargo = match toolchain {
-        Toolchain::Rustup => Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
-        Toolchain::Debian => {
-            let mut c = Command::new("/usr/bin/cargo");
-            c.env("PATH", "/usr/bin:/bin")
-                .env("RUSTC", "/usr/bin/rustc")
-                .env("RUSTDOC", "/usr/bin/rustdoc")
-                .env("RUSTC_BOOTSTRAP", "1")
-                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", DEBIAN_LINKER)
-                .env_remove("RUSTUP_TOOLCHAIN")
-                .env_remove("CARGO");
-            c
-        }
-    };
+    lock_new_members(&root.join("plugins"), &toolchain)?;
+    let mut cargo = cargo_command(&toolchain);
     cargo
         .current_dir(root.join("plugins"))
         .args(["build", "--release", "--locked", "--target", TARGET])
@@ -80,6 +68,52 @@ fn build_plugins() -> Result<()> {
         let core = target_dir.join(TARGET).join("release").join(format!("{}.wasm", name.replace('-', "_")));
         let out = out_dir.join(format!("{name}.wasm"));
         componentize(&core, &out)?;
+    }
+    Ok(())
+}
+
+/// The cargo that builds the plugins with `toolchain`.
+fn cargo_command(toolchain: &Toolchain) -> Command {
+    match toolchain {
+        Toolchain::Rustup => Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
+        Toolchain::Debian => {
+            let mut c = Command::new("/usr/bin/cargo");
+            c.env("PATH", "/usr/bin:/bin")
+                .env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTDOC", "/usr/bin/rustdoc")
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", DEBIAN_LINKER)
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env_remove("CARGO");
+            c
+        }
+    }
+}
+
+/// A plugin crate added to the workspace (by `eligo plugin new`, or by copying
+/// one) is not in `plugins/Cargo.lock` yet, and `--locked` would refuse to build.
+/// The lock file gets the new members, and only them: every dependency keeps
+/// its locked version.
+fn lock_new_members(workspace: &Path, toolchain: &Toolchain) -> Result<()> {
+    let lock = std::fs::read_to_string(workspace.join("Cargo.lock")).unwrap_or_default();
+    let locked = |name: &str| lock.contains(&format!("name = \"{name}\"\n"));
+    let mut members = plugin_crates(workspace)?;
+    members.push("eligo-plugin-sdk".into());
+    let new: Vec<&String> = members.iter().filter(|m| !locked(m)).collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: adding {} to plugins/Cargo.lock (dependencies keep their locked versions)",
+        new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let status = cargo_command(toolchain)
+        .current_dir(workspace)
+        .args(["update", "--workspace"])
+        .status()
+        .context("running cargo update for new plugin crates")?;
+    if !status.success() {
+        bail!("adding the new plugin crates to plugins/Cargo.lock failed ({status})");
     }
     Ok(())
 }
