@@ -126,7 +126,7 @@ pub async fn start_with(
     log.declare().await.context("declaring topics")?;
     let engine = PluginEngine::new(config.plugins.limits.clone()).context("starting the plugin engine")?;
     let fallback = config.plugins.builtin_seed_rules.then(NativeSeedRules::builtin);
-    let plugins = PluginHost::open_with_fallback(engine, &config.plugins.dir, fallback)
+    let plugins = PluginHost::open_configured(engine, &config.plugins.dir, fallback, config.plugins.config.clone())
         .with_context(|| format!("opening the plugin folder {}", config.plugins.dir.display()))?;
     let watch = plugins
         .watch(Duration::from_millis(config.plugins.debounce_ms))

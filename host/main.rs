@@ -198,6 +198,8 @@ enum PluginCommand {
         hook: String,
         /// The JSON input file; `-` for standard input.
         input: PathBuf,
+        #[command(flatten)]
+        settings: SettingsArg,
     },
     /// Runs fixture cases against a plugin; exits non-zero on a mismatch.
     Test {
@@ -205,12 +207,30 @@ enum PluginCommand {
         plugin: PathBuf,
         /// The case file (JSON; see the README).
         cases: PathBuf,
+        #[command(flatten)]
+        settings: SettingsArg,
     },
     /// Loads a plugin as the server would and prints what it reports.
     Check {
         /// The plugin component (.wasm).
         plugin: PathBuf,
+        #[command(flatten)]
+        settings: SettingsArg,
     },
+}
+
+/// The settings a plugin command hands the plugin.
+#[derive(clap::Args)]
+struct SettingsArg {
+    /// The plugin's settings (TOML). Without it, the `.toml` beside the plugin
+    /// file is used if there is one, as the server does; else none (`{}`).
+    #[arg(long = "config", value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+/// How a plugin command names the settings it used.
+fn settings_used(settings: &plugin::Settings) -> String {
+    settings.source.clone().unwrap_or_else(|| "none ({})".into())
 }
 
 /// Prints a failure as its cause chain, one line each. anyhow's own report adds
@@ -476,8 +496,8 @@ async fn check_connections(config: &Config) -> Vec<(&'static str, Result<String>
 
 fn plugin_command(command: PluginCommand) -> Result<()> {
     match command {
-        PluginCommand::Run { plugin, hook, input } => {
-            let plugin = plugin::load_file(&plugin)?;
+        PluginCommand::Run { plugin, hook, input, settings } => {
+            let (plugin, settings) = plugin::load_file_configured(&plugin, settings.file.as_deref())?;
             let text = if input.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin()).context("reading standard input")?
             } else {
@@ -486,17 +506,17 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             let input = serde_json::from_str(&text).context("the input is not JSON")?;
             let (decision, cost) = runner::run_hook(&plugin, &hook, input)?;
             let out = serde_json::json!({
+                "config": settings_used(&settings),
                 "decision": decision,
                 "cost": { "micros": cost.elapsed.as_secs_f64() * 1e6, "fuel": cost.fuel, "memory_bytes": cost.memory_bytes },
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
-        PluginCommand::Test { plugin, cases } => {
-            let plugin = plugin::load_file(&plugin)?;
-            let text = std::fs::read_to_string(&cases).with_context(|| format!("reading {}", cases.display()))?;
-            let cases: runner::CaseFile =
-                serde_json::from_str(&text).with_context(|| format!("parsing {}", cases.display()))?;
+        PluginCommand::Test { plugin, cases: cases_file, settings } => {
+            let cases = runner::CaseFile::read(&cases_file)?;
+            let (plugin, settings) = cases.load(&plugin, &cases_file, settings.file.as_deref())?;
+            println!("config: {}", settings_used(&settings));
             let outcomes = runner::run_cases(Arc::new(plugin), &cases);
             let failed = outcomes.iter().filter(|o| !o.mismatches.is_empty()).count();
             for o in &outcomes {
@@ -515,18 +535,16 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             }
             Ok(())
         }
-        PluginCommand::Check { plugin } => {
+        PluginCommand::Check { plugin, settings } => {
             let path = plugin;
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
-            let plugin = plugin::PluginEngine::new(plugin::Limits::default())?
-                .load(name, &bytes)
-                .with_context(|| format!("loading {}", path.display()))?;
+            let (plugin, settings) = plugin::load_file_configured(&path, settings.file.as_deref())?;
             let sha = {
                 use sha2::Digest;
                 hex::encode(sha2::Sha256::digest(&bytes))
             };
-            let report = plugin::loaded_policy(plugin.name().into(), &path, &sha, Arc::new(plugin)).report;
+            let mut report = plugin::loaded_policy(plugin.name().into(), &path, &sha, Arc::new(plugin)).report;
+            report.settings = Some(settings_used(&settings));
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

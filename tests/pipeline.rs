@@ -92,7 +92,7 @@ async fn the_admin_endpoints_report_health_plugins_and_metrics(kind: Kind) {
     assert!(get("/healthz").await.ends_with("ok"));
     let plugins = get("/plugins").await;
     assert!(plugins.contains("\"name\":\"seed-rules\"") && plugins.contains("\"name\":\"pow-check\""), "{plugins}");
-    assert!(plugins.contains("eligo:policy@0.1.0"), "{plugins}");
+    assert!(plugins.contains("eligo:policy@0.2.0"), "{plugins}");
     let mut node = server.node().await;
     node.send_text("nope").await;
     node.recv("an error frame").await;

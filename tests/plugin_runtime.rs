@@ -49,7 +49,7 @@ fn every_shipped_plugin_passes_its_fixture_cases() {
 #[test]
 fn a_plugin_built_against_another_contract_version_is_refused_with_both_versions_named() {
     let mut bytes = plugin_bytes("seed-rules");
-    let from = b"eligo:policy/decisions@0.1.0";
+    let from = b"eligo:policy/decisions@0.2.0";
     let to = b"eligo:policy/decisions@0.9.0";
     let mut patched = 0;
     let mut i = 0;
@@ -64,7 +64,7 @@ fn a_plugin_built_against_another_contract_version_is_refused_with_both_versions
     match engine().load("old", &bytes) {
         Err(LoadError::IncompatibleVersion { found, expected }) => {
             assert_eq!(found, "eligo:policy/decisions@0.9.0");
-            assert_eq!(expected, "eligo:policy/decisions@0.1.0");
+            assert_eq!(expected, "eligo:policy/decisions@0.2.0");
         }
         Err(other) => panic!("expected a version refusal, got: {other}"),
         Ok(_) => panic!("a plugin of another contract version was loaded"),

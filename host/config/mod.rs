@@ -271,6 +271,10 @@ pub struct PluginsConfig {
     /// While the folder holds no plugin that loads, apply the original system's
     /// rules (built in, natively) rather than admitting and offering everything.
     pub builtin_seed_rules: bool,
+    /// Settings by plugin key (`[plugins.config.20-tag-router]`), handed to the
+    /// plugin's `configure`. A `<key>.toml` beside the plugin file does the same
+    /// and is reloaded when it changes; a plugin may have one or the other.
+    pub config: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl Default for PluginsConfig {
@@ -280,6 +284,7 @@ impl Default for PluginsConfig {
             debounce_ms: 250,
             limits: Limits::default(),
             builtin_seed_rules: true,
+            config: Default::default(),
         }
     }
 }

@@ -7,8 +7,12 @@
 //! changed on its own thread and swaps the new set in atomically. Calls in flight
 //! finish on the set they started with; a file that fails to load leaves the
 //! previous version of that plugin serving.
+//!
+//! A plugin's settings come from `<key>.toml` beside `<key>.wasm`, or from the
+//! `[plugins.config.<key>]` table of eligo's configuration (never both). A change
+//! of either reloads the plugin like a change of its file; settings it refuses
+//! leave the previous version serving.
 
-use super::bindings::WIT_VERSION;
 use super::engine::PluginEngine;
 use super::set::{hook_names, LoadedPolicy, PluginKey, PluginReport, PolicySet};
 use super::Policy;
@@ -48,13 +52,15 @@ pub struct PluginHost {
     generation: tokio::sync::watch::Sender<u64>,
     /// Serves while the folder holds no plugin that loads.
     fallback: Option<LoadedPolicy>,
+    /// Settings by key from eligo's configuration (`[plugins.config.<key>]`).
+    configured: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Default)]
 struct DirState {
-    /// Loaded plugins by key, with the sha256 of the bytes they came from.
+    /// Loaded plugins by key, with the fingerprint of the bytes and settings they came from.
     loaded: BTreeMap<String, (String, LoadedPolicy)>,
-    /// Files that failed to load, with the sha256 of the bytes refused (none if unreadable).
+    /// Files that failed to load, with the fingerprint refused (none if unreadable).
     failures: BTreeMap<String, (Option<String>, LoadFailure)>,
     /// The latest reloads that changed something, oldest first.
     history: std::collections::VecDeque<Reload>,
@@ -86,6 +92,17 @@ impl PluginHost {
         dir: impl Into<PathBuf>,
         fallback: Option<LoadedPolicy>,
     ) -> std::io::Result<Arc<Self>> {
+        Self::open_configured(engine, dir, fallback, BTreeMap::new())
+    }
+
+    /// Like [`open_with_fallback`](Self::open_with_fallback), with settings by
+    /// plugin key from eligo's own configuration.
+    pub fn open_configured(
+        engine: PluginEngine,
+        dir: impl Into<PathBuf>,
+        fallback: Option<LoadedPolicy>,
+        configured: BTreeMap<String, serde_json::Value>,
+    ) -> std::io::Result<Arc<Self>> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         let initial = PolicySet::new(fallback.iter().cloned().collect());
@@ -96,6 +113,7 @@ impl PluginHost {
             state: Mutex::new(DirState::default()),
             generation: tokio::sync::watch::channel(0).0,
             fallback,
+            configured,
         });
         host.rescan();
         Ok(host)
@@ -167,20 +185,32 @@ impl PluginHost {
                 }
             };
             let sha = hex::encode(Sha256::digest(&bytes));
-            if state.loaded.get(&key).is_some_and(|(loaded_sha, _)| *loaded_sha == sha) {
+            let settings = self.settings_of(&key, &path);
+            // What was loaded, or refused, is the plugin's bytes with its settings.
+            let fingerprint = match &settings {
+                Ok(s) => format!("{sha}:{}", hex::encode(Sha256::digest(s.json.as_bytes()))),
+                Err(e) => format!("{sha}:{e}"),
+            };
+            if state.loaded.get(&key).is_some_and(|(loaded, _)| *loaded == fingerprint) {
                 continue;
             }
             // The same bytes were refused already: compiling them again would fail again.
-            if state.failures.get(&key).is_some_and(|(refused, _)| refused.as_deref() == Some(sha.as_str())) {
+            if state.failures.get(&key).is_some_and(|(refused, _)| refused.as_deref() == Some(fingerprint.as_str())) {
                 continue;
             }
-            match self.engine.load(&key, &bytes) {
-                Ok(plugin) => {
-                    let loaded = loaded_policy(key.as_str().into(), &path, &sha, Arc::new(plugin));
+            let loaded = settings.and_then(|settings| {
+                let plugin = self.engine.load_with_settings(&key, &bytes, &settings.json).map_err(|e| e.to_string())?;
+                let mut loaded = loaded_policy(key.as_str().into(), &path, &sha, Arc::new(plugin));
+                loaded.report.settings = settings.source;
+                Ok(loaded)
+            });
+            match loaded {
+                Ok(loaded) => {
                     tracing::info!(plugin = %key, name = %loaded.report.name, version = %loaded.report.version,
-                        sha256 = %sha, hooks = ?loaded.report.hooks, "plugin loaded");
+                        contract = %loaded.report.wit, sha256 = %sha, settings = ?loaded.report.settings,
+                        hooks = ?loaded.report.hooks, "plugin loaded");
                     state.failures.remove(&key);
-                    state.loaded.insert(key.clone(), (sha, loaded));
+                    state.loaded.insert(key.clone(), (fingerprint, loaded));
                     summary.loaded.push(key);
                 }
                 Err(e) => {
@@ -193,7 +223,7 @@ impl PluginHost {
                     crate::metrics::plugin_failure(&key, "load");
                     let failure =
                         LoadFailure { file: path.display().to_string(), error: format!("{e} (sha256 {})", &sha[..12]) };
-                    state.failures.insert(key, (Some(sha), failure.clone()));
+                    state.failures.insert(key, (Some(fingerprint), failure.clone()));
                     summary.failed.push(failure);
                 }
             }
@@ -217,6 +247,24 @@ impl PluginHost {
             state.history.push_back(Reload { at: chrono::Utc::now().to_rfc3339(), changes: summary.clone() });
         }
         summary
+    }
+
+    /// The settings of the plugin `key` loaded from `wasm`: its `.toml` beside it,
+    /// or its table in eligo's configuration, or none.
+    fn settings_of(&self, key: &str, wasm: &Path) -> Result<Settings, String> {
+        let file = wasm.with_extension("toml");
+        let table = self.configured.get(key);
+        match (file.is_file(), table) {
+            (true, Some(_)) => {
+                Err(format!("configured twice, by {} and by [plugins.config.{key}]: keep one", file.display()))
+            }
+            (true, None) => Settings::from_file(&file),
+            (false, Some(table)) => Ok(Settings {
+                json: crate::protocol::canonical_json(table),
+                source: Some(format!("[plugins.config.{key}]")),
+            }),
+            (false, None) => Ok(Settings::none()),
+        }
     }
 
     /// Watches the folder and rescans after each burst of changes has been quiet for
@@ -255,6 +303,30 @@ pub struct WatchGuard {
     _watcher: Box<dyn notify::Watcher + Send>,
 }
 
+/// A plugin's settings, as it receives them, and where they came from.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// A JSON object as compact text with sorted keys: what `configure` gets.
+    pub json: String,
+    /// The file or configuration table they came from; `None` when there were none.
+    pub source: Option<String>,
+}
+
+impl Settings {
+    /// No settings: `configure` gets `{}`.
+    pub fn none() -> Self {
+        Settings { json: super::wasm::NO_SETTINGS.to_string(), source: None }
+    }
+
+    /// Reads a TOML file of settings (a plugin's `<key>.toml`).
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let value: serde_json::Value =
+            toml::from_str(&text).map_err(|e| format!("{} is not valid TOML: {}", path.display(), e.message()))?;
+        Ok(Settings { json: crate::protocol::canonical_json(&value), source: Some(path.display().to_string()) })
+    }
+}
+
 /// Wraps a policy for a [`PolicySet`], with its report.
 pub fn loaded_policy(key: PluginKey, path: &Path, sha256: &str, policy: Arc<dyn Policy>) -> LoadedPolicy {
     let info = policy.info();
@@ -263,7 +335,8 @@ pub fn loaded_policy(key: PluginKey, path: &Path, sha256: &str, policy: Arc<dyn 
         file: path.display().to_string(),
         name: info.name.clone(),
         version: info.version.clone(),
-        wit: WIT_VERSION.to_string(),
+        wit: policy.contract().to_string(),
+        settings: None,
         sha256: sha256.to_string(),
         loaded_at: chrono::Utc::now().to_rfc3339(),
         hooks: hook_names(&info.hooks),

@@ -1,8 +1,8 @@
 //! The wasmtime engine every plugin runs on, and the limits of each call.
 
-use super::bindings::{Policy as PolicyWorld, PolicyPre, DECISIONS_INTERFACE};
+use super::bindings::{v0_1, Policy as PolicyWorld, PolicyPre, DECISIONS_INTERFACE};
 use super::host_state::HostState;
-use super::wasm::WasmPlugin;
+use super::wasm::{Contract, WasmPlugin, NO_SETTINGS};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -54,7 +54,7 @@ pub enum LoadError {
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
     /// The component is built against another version of the contract.
-    #[error("built against {found}; this eligo speaks {expected}: rebuild the plugin against wit/ of this eligo")]
+    #[error("built against {found}; this eligo speaks {expected} (and 0.1.0): rebuild the plugin against wit/ of this eligo")]
     IncompatibleVersion {
         /// What the plugin exports.
         found: String,
@@ -75,6 +75,9 @@ pub enum LoadError {
     /// The component instantiated but its `info` call failed.
     #[error("its info() call failed: {0}")]
     Info(String),
+    /// The plugin refused the settings it was given.
+    #[error("it refused its settings: {0}")]
+    Settings(String),
 }
 
 /// The engine, linker and limits shared by all plugins of a host.
@@ -108,6 +111,7 @@ impl PluginEngine {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         PolicyWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v0_1::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         start_epoch_ticker(&engine);
         Ok(PluginEngine { engine, linker: Arc::new(linker), limits })
     }
@@ -117,23 +121,43 @@ impl PluginEngine {
         &self.limits
     }
 
-    /// Compiles, checks and pre-instantiates a plugin. `name` is how logs and
-    /// metrics call it (usually its file name).
+    /// Compiles, checks and pre-instantiates a plugin with no settings. `name` is
+    /// how logs and metrics call it (usually its file name).
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<WasmPlugin, LoadError> {
+        self.load_with_settings(name, bytes, NO_SETTINGS)
+    }
+
+    /// Like [`load`](Self::load), handing the plugin `settings` (a JSON object as
+    /// text) through `configure`; a plugin that refuses them does not load.
+    pub fn load_with_settings(&self, name: &str, bytes: &[u8], settings: &str) -> Result<WasmPlugin, LoadError> {
         let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        check_contract(&self.engine, &component)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre = PolicyPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        WasmPlugin::new(self.clone(), name, pre)
+        let version = check_contract(&self.engine, &component)?;
+        let link = |e: wasmtime::Error| LoadError::Link(format!("{e:#}"));
+        let pre = self.linker.instantiate_pre(&component).map_err(link)?;
+        let contract = match version {
+            Version::V0_1 => Contract::V0_1(v0_1::PolicyPre::new(pre).map_err(link)?),
+            Version::Current => Contract::Current(PolicyPre::new(pre).map_err(link)?),
+        };
+        WasmPlugin::new(self.clone(), name, contract, settings)
     }
 }
 
-/// Refuses a component whose exported policy interface is missing or of another version.
-fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+/// The contract versions this host binds.
+enum Version {
+    V0_1,
+    Current,
+}
+
+/// Which version of the contract a component exports; refuses one whose policy
+/// interface is missing or of a version this host does not know.
+fn check_contract(engine: &Engine, component: &Component) -> Result<Version, LoadError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
     if exports.iter().any(|e| e == DECISIONS_INTERFACE) {
-        return Ok(());
+        return Ok(Version::Current);
+    }
+    if exports.iter().any(|e| e == v0_1::DECISIONS_INTERFACE) {
+        return Ok(Version::V0_1);
     }
     let unversioned = DECISIONS_INTERFACE.split('@').next().unwrap_or(DECISIONS_INTERFACE);
     match exports.iter().find(|e| e.split('@').next() == Some(unversioned)) {

@@ -103,6 +103,13 @@ impl host::Host for HostState {
 
 impl types::Host for HostState {}
 
+// A 0.1.0 plugin logs through the same budget.
+impl super::bindings::v0_1::eligo::policy::host::Host for HostState {
+    fn log(&mut self, level: types::Level, message: String) {
+        host::Host::log(self, level, message)
+    }
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary.
 pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {

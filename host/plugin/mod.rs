@@ -20,7 +20,7 @@ pub use bindings::{
     ConnectionRequest, Hook, Job, JobAdmission, JobOffer, JobSubmission, Level, NodeView, PluginInfo, Role, Solution,
     Welcome, WorkerAdmission, WorkerProfile, Workers, DECISIONS_INTERFACE, WIT_VERSION,
 };
-pub use dir::{loaded_policy, LoadFailure, PluginHost, Reload, RescanSummary, WatchGuard};
+pub use dir::{loaded_policy, LoadFailure, PluginHost, Reload, RescanSummary, Settings, WatchGuard};
 pub use engine::{Limits, LoadError, PluginEngine};
 pub(crate) use host_state::truncate;
 pub use native::{NativeSeedRules, BUILTIN_KEY, NOTHING_SENT, WAIT_MS};
@@ -30,7 +30,7 @@ pub use set::{
     hook_names, LoadedPolicy, NodeState, PluginKey, PluginReport, PolicySet, Refusal, Validation, WorkerState,
 };
 pub(crate) use wasm::HOOKS as ALL_HOOKS;
-pub use wasm::{Cost, WasmPlugin};
+pub use wasm::{Cost, Exports, WasmPlugin, NO_SETTINGS};
 
 /// Milliseconds since the Unix epoch: the `now` passed to plugins.
 pub fn now_ms() -> u64 {
@@ -38,12 +38,37 @@ pub fn now_ms() -> u64 {
 }
 
 /// Loads one plugin file with default limits: the helper for plugin authors'
-/// `#[test]`s (see the README).
+/// `#[test]`s (see the README). Its settings are the `.toml` beside it, as in the
+/// server, if there is one.
 pub fn load_file(path: impl AsRef<std::path::Path>) -> anyhow::Result<WasmPlugin> {
-    use anyhow::Context;
+    load_file_configured(path, None).map(|(plugin, _)| plugin)
+}
+
+/// Loads one plugin file with default limits and the settings of the TOML file
+/// `settings`, or, when `None`, of the `.toml` beside the plugin if there is one.
+/// Says which settings it used.
+pub fn load_file_configured(
+    path: impl AsRef<std::path::Path>,
+    settings: Option<&std::path::Path>,
+) -> anyhow::Result<(WasmPlugin, Settings)> {
     let path = path.as_ref();
+    let beside = path.with_extension("toml");
+    let settings = match settings {
+        Some(file) => Settings::from_file(file).map_err(anyhow::Error::msg)?,
+        None if beside.is_file() => Settings::from_file(&beside).map_err(anyhow::Error::msg)?,
+        None => Settings::none(),
+    };
+    load_file_with(path, settings)
+}
+
+/// Loads one plugin file with default limits and the given settings.
+pub fn load_file_with(path: &std::path::Path, settings: Settings) -> anyhow::Result<(WasmPlugin, Settings)> {
+    use anyhow::Context;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let engine = PluginEngine::new(Limits::default())?;
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
-    engine.load(name, &bytes).with_context(|| format!("loading {}", path.display()))
+    let plugin = engine
+        .load_with_settings(name, &bytes, &settings.json)
+        .with_context(|| format!("loading {}", path.display()))?;
+    Ok((plugin, settings))
 }

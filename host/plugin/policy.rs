@@ -81,6 +81,34 @@ pub trait Policy: Send + Sync {
 
     /// Which of `nodes` receive `solution`.
     fn offer_solution(&self, job: &Job, solution: &Solution, nodes: &[NodeView], now_ms: u64) -> Decision<Vec<u32>>;
+
+    /// This server's answer to a client's challenge `once`. Only called on a
+    /// policy with the `challenge` hook.
+    fn challenge_answer(&self, _request: &ConnectionRequest, _once: &str) -> Decision<Verdict<String>> {
+        Ok(Err("this policy does not take the challenge".into()))
+    }
+
+    /// The client's answer to the host's `once` (`None`: it took no challenge):
+    /// may the connection go on? Only called on a policy with the `challenge` hook.
+    fn check_challenge(
+        &self,
+        _request: &ConnectionRequest,
+        _once: &str,
+        _answer: Option<&str>,
+        _now_ms: u64,
+    ) -> Decision<Verdict<()>> {
+        Ok(Ok(()))
+    }
+
+    /// The contract it was built against, e.g. `eligo:policy@0.2.0`.
+    fn contract(&self) -> &str {
+        super::bindings::WIT_VERSION
+    }
+
+    /// The settings it runs with, as JSON text (`{}` for none).
+    fn settings(&self) -> &str {
+        "{}"
+    }
 }
 
 /// Checks an `offer-job` answer for `workers` candidates: chosen indices in range

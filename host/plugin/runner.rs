@@ -81,47 +81,40 @@ pub fn run_hook(plugin: &WasmPlugin, hook: &str, input: Value) -> Result<(Value,
     let now = input.now;
     let (decision, cost) = match hook {
         "info" => {
-            let (d, c) = plugin.call_measured(|b, s| b.eligo_policy_decisions().call_info(s));
+            let (d, c) = plugin.call_measured(|b, s| b.info(s));
             (d.map(|i| json!({ "name": i.name, "version": i.version, "hooks": super::hook_names(&i.hooks) })), c)
         }
         "admit-connection" => {
             let request = required(hook, "request", input.request)?;
-            let (d, c) =
-                plugin.call_measured(|b, s| b.eligo_policy_decisions().call_admit_connection(s, &request, now));
+            let (d, c) = plugin.call_measured(|b, s| b.admit_connection(s, &request, now));
             (d.map(verdict), c)
         }
         "admit-worker" => {
             let welcome = required(hook, "welcome", input.welcome)?;
-            let (d, c) = plugin.call_measured(|b, s| b.eligo_policy_decisions().call_admit_worker(s, &welcome, now));
+            let (d, c) = plugin.call_measured(|b, s| b.admit_worker(s, &welcome, now));
             (d.map(verdict), c)
         }
         "admit-job" => {
             let job: JobSubmission = parse(hook, required(hook, "job", input.job)?)?;
-            let (d, c) =
-                plugin.call_measured(|b, s| b.eligo_policy_decisions().call_admit_job(s, &job, &input.state, now));
+            let (d, c) = plugin.call_measured(|b, s| b.admit_job(s, &job, &input.state, now));
             (d.map(verdict), c)
         }
         "offer-job" => {
             let job: Job = parse(hook, required(hook, "job", input.job)?)?;
             let workers = required(hook, "workers", input.workers)?;
-            let (d, c) = plugin.call_measured(|b, s| {
-                b.eligo_policy_decisions().call_offer_job(s, &job, &input.profiles, &workers, now)
-            });
+            let (d, c) = plugin.call_measured(|b, s| b.offer_job(s, &job, &input.profiles, &workers, now));
             (d.map(|v| json!(v)), c)
         }
         "validate-solution" => {
             let job: Job = parse(hook, required(hook, "job", input.job)?)?;
             let solution = required(hook, "solution", input.solution)?;
-            let (d, c) =
-                plugin.call_measured(|b, s| b.eligo_policy_decisions().call_validate_solution(s, &job, &solution));
+            let (d, c) = plugin.call_measured(|b, s| b.validate_solution(s, &job, &solution));
             (d.map(verdict), c)
         }
         "offer-solution" => {
             let job: Job = parse(hook, required(hook, "job", input.job)?)?;
             let solution = required(hook, "solution", input.solution)?;
-            let (d, c) = plugin.call_measured(|b, s| {
-                b.eligo_policy_decisions().call_offer_solution(s, &job, &solution, &input.nodes, now)
-            });
+            let (d, c) = plugin.call_measured(|b, s| b.offer_solution(s, &job, &solution, &input.nodes, now));
             (d.map(|v| json!(v)), c)
         }
         other => return Err(RunnerError::UnknownHook(other.to_string())),
@@ -135,8 +128,41 @@ pub fn run_hook(plugin: &WasmPlugin, hook: &str, input: Value) -> Result<(Value,
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaseFile {
+    /// The settings the plugin is loaded with for these cases (a JSON object, as
+    /// a `<key>.toml` would give them); none: the plugin's usual settings.
+    #[serde(default)]
+    pub settings: Option<Value>,
     /// The cases, run each from a fresh state.
     pub cases: Vec<Case>,
+}
+
+impl CaseFile {
+    /// Reads a case file.
+    pub fn read(path: &Path) -> anyhow::Result<CaseFile> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Loads `plugin` for these cases: with `settings_file` if given, else with
+    /// the case file's own settings, else as [`load_file`](super::load_file) would.
+    pub fn load(
+        &self,
+        plugin: &Path,
+        cases_file: &Path,
+        settings_file: Option<&Path>,
+    ) -> anyhow::Result<(WasmPlugin, super::Settings)> {
+        match (&self.settings, settings_file) {
+            (Some(settings), None) => {
+                let settings = super::Settings {
+                    json: crate::protocol::canonical_json(settings),
+                    source: Some(format!("{} (settings)", cases_file.display())),
+                };
+                super::load_file_with(plugin, settings)
+            }
+            _ => super::load_file_configured(plugin, settings_file),
+        }
+    }
 }
 
 /// One case: steps run in order, state carried between them.
@@ -173,6 +199,34 @@ pub enum Step {
     AdmitConnection {
         /// The request.
         request: ConnectionRequest,
+        /// Time of the step.
+        #[serde(default)]
+        now: u64,
+        /// Expected verdict.
+        expect: Expect,
+    },
+    /// A connection that asked for the challenge with `once`: this server's answer.
+    ChallengeAnswer {
+        /// The request.
+        request: ConnectionRequest,
+        /// The client's `once`.
+        once: String,
+        /// Expected verdict.
+        expect: Expect,
+        /// The answer, if the step checks it.
+        #[serde(default)]
+        expect_answer: Option<String>,
+    },
+    /// A connection's answer to the host's `once` (none: it took no challenge).
+    CheckChallenge {
+        /// The request.
+        request: ConnectionRequest,
+        /// The host's `once`.
+        #[serde(default)]
+        once: String,
+        /// The client's answer.
+        #[serde(default)]
+        answer: Option<String>,
         /// Time of the step.
         #[serde(default)]
         now: u64,
@@ -275,6 +329,23 @@ fn run_case(set: &PolicySet, case: &Case) -> CaseOutcome {
                     mismatches.push(format!("step {n} admit-connection: expected {expect:?}, got {got:?}"));
                 }
             }
+            Step::ChallengeAnswer { request, once, expect, expect_answer } => {
+                let got = set.challenge_answer(request, once).map_err(|r| r.to_string());
+                if !verdict_matches(expect, &got.as_ref().map(|_| ()).map_err(Clone::clone)) {
+                    mismatches.push(format!("step {n} challenge-answer: expected {expect:?}, got {got:?}"));
+                }
+                if let (Some(want), Ok(got)) = (expect_answer, &got) {
+                    if want != got {
+                        mismatches.push(format!("step {n} challenge-answer: expected answer {want}, got {got}"));
+                    }
+                }
+            }
+            Step::CheckChallenge { request, once, answer, now, expect } => {
+                let got = set.check_challenge(request, once, answer.as_deref(), *now).map_err(|r| r.to_string());
+                if !verdict_matches(expect, &got) {
+                    mismatches.push(format!("step {n} check-challenge: expected {expect:?}, got {got:?}"));
+                }
+            }
             Step::AdmitWorker { worker, welcome, now, expect } => {
                 let got = set.admit_worker(welcome, *now);
                 let as_verdict = got.as_ref().map(|_| ()).map_err(|r| r.to_string());
@@ -342,14 +413,9 @@ fn run_case(set: &PolicySet, case: &Case) -> CaseOutcome {
 /// Loads a plugin and a case file and panics with every mismatch: the helper for a
 /// plugin author's `#[test]`.
 pub fn assert_cases(plugin: impl AsRef<Path>, cases: impl AsRef<Path>) {
-    let plugin = match super::load_file(plugin.as_ref()) {
-        Ok(p) => p,
-        Err(e) => panic!("{e:#}"),
-    };
-    let text =
-        std::fs::read_to_string(cases.as_ref()).unwrap_or_else(|e| panic!("reading {}: {e}", cases.as_ref().display()));
-    let cases: CaseFile =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", cases.as_ref().display()));
+    let file = CaseFile::read(cases.as_ref()).unwrap_or_else(|e| panic!("{e:#}"));
+    let (plugin, _) = file.load(plugin.as_ref(), cases.as_ref(), None).unwrap_or_else(|e| panic!("{e:#}"));
+    let cases = file;
     let failed: Vec<String> = run_cases(Arc::new(plugin), &cases)
         .into_iter()
         .filter(|o| !o.mismatches.is_empty())

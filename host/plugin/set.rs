@@ -34,8 +34,12 @@ pub struct PluginReport {
     pub name: String,
     /// The version the plugin gives itself.
     pub version: String,
-    /// The contract it was checked against.
+    /// The contract it was built against, e.g. `eligo:policy@0.2.0`.
     pub wit: String,
+    /// Where its settings came from (a `.toml` file or a configuration table);
+    /// `None` when it runs with none. The settings themselves are not shown: they
+    /// may hold secrets.
+    pub settings: Option<String>,
     /// sha256 of the file, hex.
     pub sha256: String,
     /// When it was loaded, RFC 3339.
@@ -179,6 +183,39 @@ impl PolicySet {
     pub fn admit_connection(&self, request: &ConnectionRequest, now_ms: u64) -> Result<(), Refusal> {
         for p in self.with_hook(Hook::AdmitConnection) {
             match p.policy.admit_connection(request, now_ms) {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => return Err(Refusal { plugin: p.key.to_string(), reason }),
+                Err(e) => return Err(failed_closed(&p.key, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// This server's answer to a client's challenge `once`: the first policy with
+    /// the `admit-connection` hook that takes the challenge gives it.
+    pub fn challenge_answer(&self, request: &ConnectionRequest, once: &str) -> Result<String, Refusal> {
+        let mut refusal = Refusal { plugin: "eligo".into(), reason: "no policy takes the challenge".into() };
+        for p in self.with_hook(Hook::AdmitConnection) {
+            match p.policy.challenge_answer(request, once) {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(reason)) => refusal = Refusal { plugin: p.key.to_string(), reason },
+                Err(e) => return Err(failed_closed(&p.key, e)),
+            }
+        }
+        Err(refusal)
+    }
+
+    /// May a connection go on, given its answer to the host's `once` (`None`: it
+    /// took no challenge)? Every policy with the `admit-connection` hook must agree.
+    pub fn check_challenge(
+        &self,
+        request: &ConnectionRequest,
+        once: &str,
+        answer: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        for p in self.with_hook(Hook::AdmitConnection) {
+            match p.policy.check_challenge(request, once, answer, now_ms) {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => return Err(Refusal { plugin: p.key.to_string(), reason }),
                 Err(e) => return Err(failed_closed(&p.key, e)),

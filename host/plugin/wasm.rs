@@ -1,8 +1,8 @@
 //! A loaded plugin: pre-instantiated once, instances reused, every call limited.
 
 use super::bindings::{
-    ConnectionRequest, Hook, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo, Policy as PolicyWorld,
-    PolicyPre, Solution, Welcome, WorkerAdmission, WorkerProfile, Workers,
+    v0_1, ConnectionRequest, Hook, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo,
+    Policy as PolicyWorld, PolicyPre, Solution, Welcome, WorkerAdmission, WorkerProfile, Workers, WIT_VERSION,
 };
 use super::engine::{LoadError, PluginEngine, EPOCH_TICK};
 use super::host_state::{truncate, HostState, LogBudget};
@@ -35,9 +35,154 @@ pub(crate) const HOOKS: [Hook; 6] = [
     Hook::OfferSolution,
 ];
 
+/// A compiled plugin, bound to the version of the contract it was built against.
+pub(crate) enum Contract {
+    /// `eligo:policy@0.1.0`: no settings, no challenge.
+    V0_1(v0_1::PolicyPre<HostState>),
+    /// The current contract.
+    Current(PolicyPre<HostState>),
+}
+
+impl Contract {
+    /// The contract's package and version, as users write it.
+    pub(crate) fn version(&self) -> &'static str {
+        match self {
+            Contract::V0_1(_) => "eligo:policy@0.1.0",
+            Contract::Current(_) => WIT_VERSION,
+        }
+    }
+}
+
+/// One instance's exports, whichever contract version they follow. Each method
+/// is one call of the current contract; a hook an older version lacks answers as
+/// a plugin without that hook would.
+pub enum Exports {
+    /// A 0.1.0 plugin.
+    V0_1(v0_1::Policy),
+    /// A plugin of the current contract.
+    Current(PolicyWorld),
+}
+
+/// Calls the same function of `decisions` whichever version `$exports` follows:
+/// the records are shared, so arguments and answers need no conversion.
+macro_rules! on_either {
+    ($exports:expr, |$d:ident| $call:expr) => {
+        match $exports {
+            Exports::V0_1(b) => {
+                let $d = b.eligo_policy_decisions();
+                $call
+            }
+            Exports::Current(b) => {
+                let $d = b.eligo_policy_decisions();
+                $call
+            }
+        }
+    };
+}
+
+type S<'a> = &'a mut Store<HostState>;
+
+#[allow(missing_docs)]
+impl Exports {
+    pub fn info(&self, s: S) -> wasmtime::Result<PluginInfo> {
+        match self {
+            Exports::V0_1(b) => b.eligo_policy_decisions().call_info(s),
+            Exports::Current(b) => b.eligo_policy_decisions().call_info(s),
+        }
+    }
+
+    /// Hands the plugin its settings (JSON text). A 0.1.0 plugin has no way to
+    /// take them, so any settings but `{}` are refused for it.
+    pub fn configure(&self, s: S, settings: &str) -> wasmtime::Result<Verdict<()>> {
+        match self {
+            Exports::V0_1(_) if settings == NO_SETTINGS => Ok(Ok(())),
+            Exports::V0_1(_) => Ok(Err(
+                "it is built against eligo:policy@0.1.0, which takes no settings: rebuild it against 0.2.0 to configure it"
+                    .into(),
+            )),
+            Exports::Current(b) => b.eligo_policy_decisions().call_configure(s, settings),
+        }
+    }
+
+    pub fn admit_connection(&self, s: S, request: &ConnectionRequest, now: u64) -> wasmtime::Result<Verdict<()>> {
+        on_either!(self, |d| d.call_admit_connection(s, request, now))
+    }
+
+    pub fn admit_worker(&self, s: S, welcome: &Welcome, now: u64) -> wasmtime::Result<Verdict<WorkerAdmission>> {
+        on_either!(self, |d| d.call_admit_worker(s, welcome, now))
+    }
+
+    pub fn admit_job(
+        &self,
+        s: S,
+        job: &JobSubmission,
+        state: &[u8],
+        now: u64,
+    ) -> wasmtime::Result<Verdict<JobAdmission>> {
+        on_either!(self, |d| d.call_admit_job(s, job, state, now))
+    }
+
+    pub fn offer_job(
+        &self,
+        s: S,
+        job: &Job,
+        profiles: &[WorkerProfile],
+        workers: &Workers,
+        now: u64,
+    ) -> wasmtime::Result<JobOffer> {
+        on_either!(self, |d| d.call_offer_job(s, job, profiles, workers, now))
+    }
+
+    pub fn validate_solution(&self, s: S, job: &Job, solution: &Solution) -> wasmtime::Result<Verdict<()>> {
+        on_either!(self, |d| d.call_validate_solution(s, job, solution))
+    }
+
+    pub fn offer_solution(
+        &self,
+        s: S,
+        job: &Job,
+        solution: &Solution,
+        nodes: &[NodeView],
+        now: u64,
+    ) -> wasmtime::Result<Vec<u32>> {
+        on_either!(self, |d| d.call_offer_solution(s, job, solution, nodes, now))
+    }
+
+    pub fn challenge_answer(&self, s: S, request: &ConnectionRequest, once: &str) -> wasmtime::Result<Verdict<String>> {
+        match self {
+            Exports::V0_1(_) => Ok(Err(NO_CHALLENGE.into())),
+            Exports::Current(b) => b.eligo_policy_decisions().call_challenge_answer(s, request, once),
+        }
+    }
+
+    pub fn check_challenge(
+        &self,
+        s: S,
+        request: &ConnectionRequest,
+        once: &str,
+        answer: Option<&str>,
+        now: u64,
+    ) -> wasmtime::Result<Verdict<()>> {
+        match self {
+            Exports::V0_1(_) => Ok(Ok(())),
+            Exports::Current(b) => b.eligo_policy_decisions().call_check_challenge(s, request, once, answer, now),
+        }
+    }
+}
+
+/// The settings of a plugin the operator did not configure.
+pub const NO_SETTINGS: &str = "{}";
+const NO_CHALLENGE: &str = "this plugin does not take the challenge";
+
 struct Instance {
     store: Store<HostState>,
-    bindings: PolicyWorld,
+    exports: Exports,
+}
+
+/// Why no instance could be made.
+enum InstantiateError {
+    Failed(String),
+    SettingsRefused(String),
 }
 
 /// A plugin ready to decide. Cheap to call from many threads at once: each call
@@ -46,7 +191,9 @@ struct Instance {
 pub struct WasmPlugin {
     engine: PluginEngine,
     name: Arc<str>,
-    pre: PolicyPre<HostState>,
+    pre: Contract,
+    /// Handed to `configure` on every new instance.
+    settings: Arc<str>,
     info: PluginInfo,
     idle: Mutex<Vec<Instance>>,
     log: Arc<LogBudget>,
@@ -56,21 +203,33 @@ pub struct WasmPlugin {
 }
 
 impl WasmPlugin {
-    pub(crate) fn new(engine: PluginEngine, name: &str, pre: PolicyPre<HostState>) -> Result<Self, LoadError> {
+    pub(crate) fn new(engine: PluginEngine, name: &str, pre: Contract, settings: &str) -> Result<Self, LoadError> {
         let log = Arc::new(LogBudget::new(engine.limits.log_lines_per_second));
         let placeholder = PluginInfo { name: name.to_string(), version: String::new(), hooks: Vec::new() };
         let timers = HOOKS.map(|hook| {
             let hook = super::hook_names(&[hook]).remove(0);
             crate::metrics::histogram("eligo_plugin_call_seconds", &[("plugin", name), ("hook", &hook)])
         });
-        let mut plugin =
-            WasmPlugin { engine, name: name.into(), pre, info: placeholder, idle: Mutex::new(Vec::new()), log, timers };
-        let info = plugin
-            .run(|b, s| b.eligo_policy_decisions().call_info(s), false)
-            .0
-            .map_err(|e| LoadError::Info(e.to_string()))?;
-        plugin.info = info;
-        Ok(plugin)
+        let plugin = WasmPlugin {
+            engine,
+            name: name.into(),
+            pre,
+            settings: settings.into(),
+            info: placeholder,
+            idle: Mutex::new(Vec::new()),
+            log,
+            timers,
+        };
+        // The first instance tells whether the plugin takes its settings at all.
+        let first = plugin.instantiate().map_err(|e| match e {
+            InstantiateError::SettingsRefused(reason) => LoadError::Settings(reason),
+            InstantiateError::Failed(e) => LoadError::Info(e),
+        })?;
+        if let Ok(mut idle) = plugin.idle.lock() {
+            idle.push(first);
+        }
+        let info = plugin.run(|b, s| b.info(s), false).0.map_err(|e| LoadError::Info(e.to_string()))?;
+        Ok(WasmPlugin { info, ..plugin })
     }
 
     /// The name logs and metrics use for this plugin.
@@ -78,40 +237,57 @@ impl WasmPlugin {
         &self.name
     }
 
-    fn instantiate(&self) -> Result<Instance, PolicyError> {
+    /// The settings it was configured with (JSON text; `{}` for none).
+    pub fn settings(&self) -> &str {
+        &self.settings
+    }
+
+    fn instantiate(&self) -> Result<Instance, InstantiateError> {
         let limits = &self.engine.limits;
         let mut store =
             Store::new(&self.engine.engine, HostState::new(self.name.clone(), limits.memory_bytes, self.log.clone()));
         store.limiter(|s| &mut s.memory);
         arm(&mut store, limits.fuel, limits.deadline_ms);
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| PolicyError::Instantiate(format!("{e:#}")))?;
-        Ok(Instance { store, bindings })
+        let failed = |e: wasmtime::Error| InstantiateError::Failed(format!("{e:#}"));
+        let exports = match &self.pre {
+            Contract::V0_1(pre) => Exports::V0_1(pre.instantiate(&mut store).map_err(failed)?),
+            Contract::Current(pre) => Exports::Current(pre.instantiate(&mut store).map_err(failed)?),
+        };
+        match exports.configure(&mut store, &self.settings) {
+            Ok(Ok(())) => Ok(Instance { store, exports }),
+            Ok(Err(reason)) => Err(InstantiateError::SettingsRefused(reason)),
+            Err(e) => Err(InstantiateError::Failed(format!("its configure() call failed: {e:#}"))),
+        }
     }
 
     /// Runs `f` on an instance under the call limits, and says what it cost.
     pub fn call_measured<R>(
         &self,
-        f: impl FnOnce(&PolicyWorld, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> (Decision<R>, Cost) {
         self.run(f, true)
     }
 
     fn run<R>(
         &self,
-        f: impl FnOnce(&PolicyWorld, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
         measure: bool,
     ) -> (Decision<R>, Cost) {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut instance = match idle.map(Ok).unwrap_or_else(|| self.instantiate()) {
             Ok(i) => i,
-            Err(e) => return (Err(e), Cost::default()),
+            Err(InstantiateError::Failed(e)) => return (Err(PolicyError::Instantiate(e)), Cost::default()),
+            Err(InstantiateError::SettingsRefused(reason)) => {
+                let error = format!("a new instance refused the settings its first one took: {reason}");
+                return (Err(PolicyError::Instantiate(error)), Cost::default());
+            }
         };
         let limits = &self.engine.limits;
         arm(&mut instance.store, limits.fuel, limits.deadline_ms);
         instance.store.data_mut().memory.refused = false;
         // Reading the clock costs ~25 ns, a twentieth of the smallest call: only when asked.
         let started = measure.then(Instant::now);
-        let result = f(&instance.bindings, &mut instance.store);
+        let result = f(&instance.exports, &mut instance.store);
         let cost = Cost {
             elapsed: started.map(|s| s.elapsed()).unwrap_or_default(),
             fuel: limits.fuel.saturating_sub(instance.store.get_fuel().unwrap_or(limits.fuel)),
@@ -136,7 +312,7 @@ impl WasmPlugin {
     fn call<R>(
         &self,
         hook: Hook,
-        f: impl FnOnce(&PolicyWorld, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Decision<R> {
         let (decision, cost) = self.run(f, true);
         if let Some(timer) = HOOKS.iter().position(|h| *h == hook).and_then(|i| self.timers.get(i)) {
@@ -213,8 +389,7 @@ impl Policy for WasmPlugin {
     fn admit_connection(&self, request: &ConnectionRequest, now_ms: u64) -> Decision<Verdict<()>> {
         let credential_len = request.credential.as_ref().map_or(0, String::len);
         self.check_input("credential", credential_len + request.path.len(), self.blob_limit())?;
-        self.call(Hook::AdmitConnection, |b, s| b.eligo_policy_decisions().call_admit_connection(s, request, now_ms))
-            .map(|v| v.map_err(reason))
+        self.call(Hook::AdmitConnection, |b, s| b.admit_connection(s, request, now_ms)).map(|v| v.map_err(reason))
     }
 
     fn admit_worker(&self, welcome: &Welcome, now_ms: u64) -> Decision<Verdict<WorkerAdmission>> {
@@ -224,8 +399,7 @@ impl Policy for WasmPlugin {
             + welcome.hardware_id.len()
             + welcome.caption.len();
         self.check_input("welcome", size, self.blob_limit())?;
-        let verdict =
-            self.call(Hook::AdmitWorker, |b, s| b.eligo_policy_decisions().call_admit_worker(s, welcome, now_ms))?;
+        let verdict = self.call(Hook::AdmitWorker, |b, s| b.admit_worker(s, welcome, now_ms))?;
         if let Ok(admission) = &verdict {
             let p = &admission.profile;
             let size: usize = p.tags.iter().map(String::len).sum::<usize>()
@@ -238,8 +412,7 @@ impl Policy for WasmPlugin {
     fn admit_job(&self, job: &JobSubmission, state: &[u8], now_ms: u64) -> Decision<Verdict<JobAdmission>> {
         self.check_input("epoch_challenge", job.epoch_challenge.len(), self.blob_limit())?;
         self.check_input("node state", state.len(), self.blob_limit())?;
-        let verdict =
-            self.call(Hook::AdmitJob, |b, s| b.eligo_policy_decisions().call_admit_job(s, job, state, now_ms))?;
+        let verdict = self.call(Hook::AdmitJob, |b, s| b.admit_job(s, job, state, now_ms))?;
         if let Ok(admission) = &verdict {
             self.check_output("node state", admission.state.len(), self.blob_limit())?;
             self.check_output("epoch_challenge", admission.job.epoch_challenge.len(), self.blob_limit())?;
@@ -255,9 +428,7 @@ impl Policy for WasmPlugin {
         if workers.profiles.len() != workers.states.len() {
             return Err(PolicyError::InputTooLarge("workers.profiles and workers.states differ in length".into()));
         }
-        let offer = self.call(Hook::OfferJob, |b, s| {
-            b.eligo_policy_decisions().call_offer_job(s, job, profiles, workers, now_ms)
-        })?;
+        let offer = self.call(Hook::OfferJob, |b, s| b.offer_job(s, job, profiles, workers, now_ms))?;
         self.counted(check_job_offer(&offer, workers.states.len()))?;
         Ok(offer)
     }
@@ -265,17 +436,43 @@ impl Policy for WasmPlugin {
     fn validate_solution(&self, job: &Job, solution: &Solution) -> Decision<Verdict<()>> {
         self.check_input("epoch_challenge", job.epoch_challenge.len(), self.blob_limit())?;
         self.check_input("solution", solution.solution.len(), self.blob_limit())?;
-        self.call(Hook::ValidateSolution, |b, s| b.eligo_policy_decisions().call_validate_solution(s, job, solution))
-            .map(|v| v.map_err(reason))
+        self.call(Hook::ValidateSolution, |b, s| b.validate_solution(s, job, solution)).map(|v| v.map_err(reason))
     }
 
     fn offer_solution(&self, job: &Job, solution: &Solution, nodes: &[NodeView], now_ms: u64) -> Decision<Vec<u32>> {
         self.check_input("nodes", nodes.len(), self.engine.limits.max_batch)?;
         self.check_input("solution", solution.solution.len(), self.blob_limit())?;
-        let chosen = self.call(Hook::OfferSolution, |b, s| {
-            b.eligo_policy_decisions().call_offer_solution(s, job, solution, nodes, now_ms)
-        })?;
+        let chosen = self.call(Hook::OfferSolution, |b, s| b.offer_solution(s, job, solution, nodes, now_ms))?;
         self.counted(check_indices(&chosen, nodes.len(), "node"))?;
         Ok(chosen)
+    }
+
+    fn challenge_answer(&self, request: &ConnectionRequest, once: &str) -> Decision<Verdict<String>> {
+        self.check_input("once", once.len(), MAX_REASON)?;
+        let answer = self.call(Hook::AdmitConnection, |b, s| b.challenge_answer(s, request, once))?;
+        if let Ok(answer) = &answer {
+            self.check_output("challenge answer", answer.len(), MAX_REASON)?;
+        }
+        Ok(answer.map_err(reason))
+    }
+
+    fn check_challenge(
+        &self,
+        request: &ConnectionRequest,
+        once: &str,
+        answer: Option<&str>,
+        now_ms: u64,
+    ) -> Decision<Verdict<()>> {
+        self.check_input("challenge answer", answer.map_or(0, str::len), MAX_REASON)?;
+        self.call(Hook::AdmitConnection, |b, s| b.check_challenge(s, request, once, answer, now_ms))
+            .map(|v| v.map_err(reason))
+    }
+
+    fn contract(&self) -> &str {
+        self.pre.version()
+    }
+
+    fn settings(&self) -> &str {
+        &self.settings
     }
 }

@@ -5,9 +5,47 @@
 //! reaches the job's `proof_target`, and the solution does not claim more than it
 //! reaches. What a digest reaches is `u64::MAX / max(1, first 8 bytes of the digest,
 //! big-endian)`, so finding a solution takes about `proof_target` hashes.
+//!
+//! Settings (`<key>.toml`), the difficulty rule:
+//! - `min_target` (default 0): a floor; a solution must reach at least this,
+//!   whatever its job asks;
+//! - `ignore_job_target` (default false): check only `min_target`, not the job's
+//!   `proof_target` (a pool that sets one difficulty for all);
+//! - `check_claim` (default true): refuse a solution claiming a `solution_target`
+//!   above what its proof of work reaches.
 
+use eligo_plugin_sdk::serde::Deserialize;
 use eligo_plugin_sdk::*;
 use sha2::{Digest, Sha256};
+
+/// The difficulty rule.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields, crate = "eligo_plugin_sdk::serde")]
+pub struct Config {
+    /// Every solution must reach at least this target.
+    pub min_target: u64,
+    /// Check `min_target` only, not the job's `proof_target`.
+    pub ignore_job_target: bool,
+    /// Refuse a `solution_target` above what the proof of work reaches.
+    pub check_claim: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { min_target: 0, ignore_job_target: false, check_claim: true }
+    }
+}
+
+static CONFIG: Settings<Config> = Settings::new();
+
+/// The target a solution for `job` must reach under `config`.
+pub fn required_target(config: &Config, job_target: u64) -> u64 {
+    if config.ignore_job_target {
+        config.min_target
+    } else {
+        job_target.max(config.min_target)
+    }
+}
 
 /// The target a nonce reaches for a challenge.
 pub fn reached_target(epoch_challenge: &str, nonce: u64) -> u64 {
@@ -23,7 +61,7 @@ pub fn reached_target(epoch_challenge: &str, nonce: u64) -> u64 {
 /// The validator.
 pub struct PowCheck;
 
-impl Guest for PowCheck {
+impl Policy for PowCheck {
     fn info() -> PluginInfo {
         PluginInfo {
             name: "pow-check".into(),
@@ -32,32 +70,22 @@ impl Guest for PowCheck {
         }
     }
 
-    fn admit_connection(_: ConnectionRequest, _: TimestampMs) -> Result<(), Reason> {
-        unused::admit_connection()
-    }
-
-    fn admit_worker(_: Welcome, _: TimestampMs) -> Result<WorkerAdmission, Reason> {
-        unused::admit_worker()
-    }
-
-    fn admit_job(job: JobSubmission, state: Vec<u8>, _: TimestampMs) -> Result<JobAdmission, Reason> {
-        unused::admit_job(job, state)
-    }
-
-    fn offer_job(_: Job, _: Vec<WorkerProfile>, workers: Workers, _: TimestampMs) -> JobOffer {
-        unused::offer_job(workers)
+    fn configure(settings: String) -> Result<(), Reason> {
+        CONFIG.configure(&settings)
     }
 
     fn validate_solution(job: Job, solution: Solution) -> Result<(), Reason> {
+        let config = CONFIG.get();
         let nonce: u64 = solution
             .unique_key
             .parse()
             .map_err(|_| format!("nonce {:?} is not an unsigned 64-bit integer", solution.unique_key))?;
         let reached = reached_target(&job.epoch_challenge, nonce);
-        if reached < job.proof_target {
-            return Err(format!("proof of work reaches target {reached}, the job needs {}", job.proof_target));
+        let required = required_target(config, job.proof_target);
+        if reached < required {
+            return Err(format!("proof of work reaches target {reached}, the job needs {required}"));
         }
-        if solution.solution_target > reached {
+        if config.check_claim && solution.solution_target > reached {
             return Err(format!(
                 "solution claims target {}, its proof of work reaches {reached}",
                 solution.solution_target
@@ -65,10 +93,6 @@ impl Guest for PowCheck {
         }
         Ok(())
     }
-
-    fn offer_solution(_: Job, _: Solution, nodes: Vec<NodeView>, _: TimestampMs) -> Vec<u32> {
-        unused::offer_solution(&nodes)
-    }
 }
 
-export!(PowCheck with_types_in eligo_plugin_sdk);
+export_policy!(PowCheck);

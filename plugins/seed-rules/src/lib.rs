@@ -6,14 +6,34 @@
 //!   and receives a solution at that height whose `solution_target` is at least that
 //!   `proof_target`.
 //!
+//! Settings (`<key>.toml`): `wait_minutes` (default 20), how long a node waits
+//! on a job it submitted.
+//!
 //! State: a worker's state word is the last height sent (as `i64` bits, `i64::MIN`
 //! when nothing was sent). A node's state blob is a list of 24-byte waits
 //! `(height: i64, target: u64, expires_ms: u64)`, little-endian.
 
+use eligo_plugin_sdk::serde::Deserialize;
 use eligo_plugin_sdk::*;
 
-/// How long a node waits for solutions to a job it submitted.
+/// How long a node waits for solutions to a job it submitted, unless configured.
 pub const WAIT_MS: u64 = 20 * 60 * 1000;
+
+/// What an operator can set.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields, crate = "eligo_plugin_sdk::serde")]
+pub struct Config {
+    /// How long a node waits on a job it submitted, in minutes.
+    pub wait_minutes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { wait_minutes: WAIT_MS / 60_000 }
+    }
+}
+
+static CONFIG: Settings<Config> = Settings::new();
 /// State word of a worker that was sent nothing yet.
 pub const NOTHING_SENT: u64 = i64::MIN as u64;
 const WAIT_LEN: usize = 24;
@@ -52,7 +72,7 @@ pub fn encode_waits(waits: &[Wait]) -> Vec<u8> {
 /// The seed rules.
 pub struct SeedRules;
 
-impl Guest for SeedRules {
+impl Policy for SeedRules {
     fn info() -> PluginInfo {
         PluginInfo {
             name: "seed-rules".into(),
@@ -61,8 +81,12 @@ impl Guest for SeedRules {
         }
     }
 
-    fn admit_connection(_: ConnectionRequest, _: TimestampMs) -> Result<(), Reason> {
-        unused::admit_connection()
+    fn configure(settings: String) -> Result<(), Reason> {
+        CONFIG.configure(&settings)?;
+        if CONFIG.get().wait_minutes == 0 {
+            return Err("wait_minutes must be at least 1: a node would never receive a solution".into());
+        }
+        Ok(())
     }
 
     fn admit_worker(_: Welcome, _: TimestampMs) -> Result<WorkerAdmission, Reason> {
@@ -71,7 +95,7 @@ impl Guest for SeedRules {
 
     fn admit_job(job: JobSubmission, state: Vec<u8>, now: TimestampMs) -> Result<JobAdmission, Reason> {
         let mut waits: Vec<Wait> = decode_waits(&state).into_iter().filter(|w| w.expires_ms >= now).collect();
-        let expires_ms = now.saturating_add(WAIT_MS);
+        let expires_ms = now.saturating_add(CONFIG.get().wait_minutes.saturating_mul(60_000));
         // Every matching wait is renewed (a state written by another version may hold repeats).
         let mut renewed = false;
         for w in waits.iter_mut().filter(|w| w.height == job.block_height && w.target == job.proof_target) {
@@ -97,10 +121,6 @@ impl Guest for SeedRules {
         JobOffer { workers: chosen, states: vec![height as u64] }
     }
 
-    fn validate_solution(_: Job, _: Solution) -> Result<(), Reason> {
-        unused::validate_solution()
-    }
-
     fn offer_solution(job: Job, solution: Solution, nodes: Vec<NodeView>, now: TimestampMs) -> Vec<u32> {
         nodes
             .iter()
@@ -115,4 +135,4 @@ impl Guest for SeedRules {
     }
 }
 
-export!(SeedRules with_types_in eligo_plugin_sdk);
+export_policy!(SeedRules);

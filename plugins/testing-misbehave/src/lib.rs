@@ -8,6 +8,9 @@
 //! | 3 / `trap`  | traps (`unreachable`) |
 //! | 4 / `huge`  | returns an output larger than the host accepts (a state blob of 1 MiB, or 4 million deliveries) |
 //! | anything else | refuses, with the reason "misbehave refuses everything" |
+//!
+//! Settings: `configure = "loop" | "oom" | "trap" | "refuse"` misbehaves in
+//! `configure` itself; any other settings are taken.
 
 use eligo_plugin_sdk::*;
 
@@ -47,7 +50,7 @@ fn by_height(height: i64) -> &'static str {
 /// The misbehaving plugin.
 pub struct Misbehave;
 
-impl Guest for Misbehave {
+impl Policy for Misbehave {
     fn info() -> PluginInfo {
         PluginInfo {
             name: "testing-misbehave".into(),
@@ -60,6 +63,14 @@ impl Guest for Misbehave {
                 Hook::ValidateSolution,
                 Hook::OfferSolution,
             ],
+        }
+    }
+
+    fn configure(settings: String) -> Result<(), Reason> {
+        let settings: serde_json::Value = serde_json::from_str(&settings).map_err(|e| e.to_string())?;
+        match settings.get("configure").and_then(|v| v.as_str()) {
+            Some(what) => Err(misbehave(what)),
+            None => Ok(()),
         }
     }
 
@@ -97,4 +108,4 @@ impl Guest for Misbehave {
     }
 }
 
-export!(Misbehave with_types_in eligo_plugin_sdk);
+export_policy!(Misbehave);
