@@ -1,6 +1,6 @@
 //! What node and worker connections share: a writer task that owns a bounded
 //! outbox, a way to close a connection from anywhere with a code and a reason,
-//! and the pieces of the handshake the policies see.
+//! and the loop that reads a connection's frames within its budget.
 
 use crate::plugin::truncate as host_truncate;
 use crate::transport::TransportError;
@@ -9,7 +9,6 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch};
@@ -238,65 +237,6 @@ pub fn close_for_read_error(outbox: &Outbox, error: axum::Error, role: &'static 
     {
         crate::metrics::add("eligo_frames_refused_total", &[("role", role), ("reason", "too_large")], 1);
         outbox.close(close_code::TOO_BIG, &format!("message of {size} bytes is over the limit of {max_size} bytes"));
-    }
-}
-
-/// The parts of the WebSocket handshake policies see.
-#[derive(Clone, Debug)]
-pub struct Handshake {
-    /// The peer's address.
-    pub remote: SocketAddr,
-    /// `Authorization: Bearer …`, or the `token` query parameter.
-    pub credential: Option<String>,
-    /// The request path.
-    pub path: String,
-}
-
-impl Handshake {
-    /// Reads the handshake from the upgrade request.
-    pub fn read(remote: SocketAddr, uri: &axum::http::Uri, headers: &axum::http::HeaderMap) -> Self {
-        let bearer = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_string);
-        let query_token = uri.query().and_then(|q| {
-            url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
-        });
-        Handshake { remote, credential: bearer.or(query_token), path: uri.path().to_string() }
-    }
-}
-
-/// Asks the policies whether a connection may open; the refusal is an HTTP 403
-/// with the reason, before any upgrade.
-pub fn admit_connection(
-    services: &super::Services,
-    cap: &Arc<super::connection_cap::ConnectionCap>,
-    role: crate::plugin::Role,
-    remote: SocketAddr,
-    uri: &axum::http::Uri,
-    headers: &axum::http::HeaderMap,
-) -> Result<(Handshake, super::connection_cap::Place), axum::response::Response> {
-    use axum::response::IntoResponse;
-    // The caps first: a full server answers without asking the policies.
-    let place = cap.enter(remote.ip()).map_err(IntoResponse::into_response)?;
-    let handshake = Handshake::read(remote, uri, headers);
-    let request = crate::plugin::ConnectionRequest {
-        remote_addr: remote.to_string(),
-        role,
-        credential: handshake.credential.clone(),
-        path: handshake.path.clone(),
-    };
-    let label = match role {
-        crate::plugin::Role::Node => "node",
-        crate::plugin::Role::Worker => "worker",
-    };
-    match services.plugins.current().admit_connection(&request, crate::plugin::now_ms()) {
-        Ok(()) => Ok((handshake, place)),
-        Err(refusal) => {
-            crate::metrics::add("eligo_connections_refused_total", &[("role", label)], 1);
-            Err((axum::http::StatusCode::FORBIDDEN, refusal.to_string()).into_response())
-        }
     }
 }
 

@@ -9,6 +9,7 @@
 //!
 //! Every decision on the way is asked of the plugins ([`crate::plugin::PolicySet`]).
 
+pub mod admission;
 pub mod connection;
 pub mod connection_cap;
 pub mod consume;

@@ -10,9 +10,9 @@
 //! Slow connections: solutions are never dropped silently. A connection whose
 //! outbox is full is closed with code 1008 and a reason.
 
+use super::admission::{admit_connection, run_challenge, Admitted};
 use super::connection::{
-    admit_connection, close_code, close_for_publish_error, finish, read_frames, sized, start_writer, Handshake, Outbox,
-    Registry,
+    close_code, close_for_publish_error, finish, read_frames, sized, start_writer, Outbox, Registry,
 };
 use super::connection_cap::ConnectionCap;
 use super::solution_processor::solution_event;
@@ -203,9 +203,17 @@ impl NodeServer {
         self.deliveries.add(&event.unique_key, queued);
     }
 
-    async fn serve(&self, socket: WebSocket, handshake: Handshake) {
+    async fn serve(&self, socket: WebSocket, admitted: Admitted) {
+        let Admitted { handshake, place: _place, challenge } = admitted;
         let (sink, mut stream) = socket.split();
         let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity);
+        if let Some(challenge) = &challenge {
+            let policies = self.services.plugins.current();
+            if !run_challenge(challenge, &policies, &handshake.request(Role::Node), &mut stream, &outbox).await {
+                finish(&mut stream, outbox, writer).await;
+                return;
+            }
+        }
         let conn = NodeConn {
             state: NodeState::default(),
             outbox: outbox.clone(),
@@ -299,9 +307,8 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     match admit_connection(&server.services, &server.cap, Role::Node, remote, &uri, &headers) {
-        Ok((handshake, place)) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
-            server.nodes.track(server.serve(socket, handshake)).await;
-            drop(place);
+        Ok(admitted) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
+            server.nodes.track(server.serve(socket, admitted)).await;
         }),
         Err(refused) => refused,
     }

@@ -9,9 +9,10 @@
 //! slow worker loses only jobs superseded by newer ones (counted), never the
 //! newest.
 
+use super::admission::{admit_connection, run_challenge, Admitted, Handshake};
 use super::connection::{
-    admit_connection, close_code, close_for_publish_error, close_for_read_error, finish, read_frames, sized,
-    start_writer, Handshake, Outbox, Registry,
+    close_code, close_for_publish_error, close_for_read_error, finish, read_frames, sized, start_writer, Outbox,
+    Registry,
 };
 use super::connection_cap::ConnectionCap;
 use super::solution_processor::job_view;
@@ -234,9 +235,17 @@ impl WorkerServer {
         }
     }
 
-    async fn serve(&self, socket: WebSocket, handshake: Handshake) {
+    async fn serve(&self, socket: WebSocket, admitted: Admitted) {
+        let Admitted { handshake, place: _place, challenge } = admitted;
         let (sink, mut stream) = socket.split();
         let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity);
+        if let Some(challenge) = &challenge {
+            let policies = self.services.plugins.current();
+            if !run_challenge(challenge, &policies, &handshake.request(Role::Worker), &mut stream, &outbox).await {
+                finish(&mut stream, outbox, writer).await;
+                return;
+            }
+        }
         if let Some((welcome, state)) = self.welcome(&mut stream, &outbox).await {
             self.session(&mut stream, &outbox, welcome, state, &handshake).await;
         }
@@ -400,9 +409,8 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     match admit_connection(&server.services, &server.cap, Role::Worker, remote, &uri, &headers) {
-        Ok((handshake, place)) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
-            server.workers.track(server.serve(socket, handshake)).await;
-            drop(place);
+        Ok(admitted) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
+            server.workers.track(server.serve(socket, admitted)).await;
         }),
         Err(refused) => refused,
     }

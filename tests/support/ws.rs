@@ -48,6 +48,32 @@ impl Client {
         Ok(Client { socket })
     }
 
+    /// Connects to `ws://addr/?query` with extra request headers; a refused
+    /// upgrade is its HTTP status and body.
+    pub async fn connect_with(
+        addr: std::net::SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, (u16, String)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = if query.is_empty() { format!("ws://{addr}/") } else { format!("ws://{addr}/?{query}") };
+        let mut request = url.into_client_request().expect("a valid request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                value.parse().expect("header value"),
+            );
+        }
+        match connect_async(request).await {
+            Ok((socket, _)) => Ok(Client { socket }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                Err((response.status().as_u16(), body.into_owned()))
+            }
+            Err(other) => panic!("expected an upgrade or an HTTP refusal, got {other}"),
+        }
+    }
+
     /// Connects to `ws://addr/` expecting the upgrade to be refused: its HTTP
     /// status and body.
     pub async fn refused(addr: std::net::SocketAddr) -> (u16, String) {
