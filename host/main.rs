@@ -210,6 +210,21 @@ enum PluginCommand {
         #[command(flatten)]
         settings: SettingsArg,
     },
+    /// Starts a new plugin crate: every hook with a comment on what it decides,
+    /// a cases.json and a #[test] that runs it.
+    ///
+    /// Inside an eligo checkout the crate joins the plugins/ workspace (built by
+    /// `cargo xtask plugins`); elsewhere, or with --dir, it is a crate of its own
+    /// with a copy of the contract. Both build with
+    /// `cargo component build --release --target wasm32-unknown-unknown`.
+    New {
+        /// The plugin's name: lowercase letters, digits and '-'.
+        name: String,
+        /// The folder of the new crate (default: plugins/<name> in an eligo
+        /// checkout, else ./<name>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Loads a plugin as the server would and prints what it reports.
     Check {
         /// The plugin component (.wasm).
@@ -532,6 +547,33 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             println!("{} passed, {} failed", outcomes.len() - failed, failed);
             if failed > 0 {
                 std::process::exit(1);
+            }
+            Ok(())
+        }
+        PluginCommand::New { name, dir } => {
+            use plugin::scaffold::{default_layout, scaffold, Layout};
+            let layout = match dir {
+                Some(dir) => Layout::Standalone(dir),
+                None => default_layout(&std::env::current_dir().context("reading the current folder")?, &name),
+            };
+            let files = scaffold(&name, &layout)?;
+            for file in &files {
+                println!("wrote {}", file.display());
+            }
+            let lib = name.replace('-', "_");
+            match &layout {
+                Layout::Workspace(plugins) => println!(
+                    "\nnext:\n  cargo xtask plugins                      # builds target/plugins/{name}.wasm\n  \
+                     eligo plugin test target/plugins/{name}.wasm {}/{name}/cases.json\n  \
+                     cp target/plugins/{name}.wasm policies/50-{name}.wasm   # a running server loads it",
+                    plugins.display()
+                ),
+                Layout::Standalone(dir) => println!(
+                    "\nnext:\n  cd {}\n  cargo component build --release --target wasm32-unknown-unknown\n  \
+                     eligo plugin test target/wasm32-unknown-unknown/release/{lib}.wasm cases.json\n  \
+                     cp target/wasm32-unknown-unknown/release/{lib}.wasm <policies>/50-{name}.wasm",
+                    dir.display()
+                ),
             }
             Ok(())
         }

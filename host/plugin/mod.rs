@@ -13,6 +13,7 @@ mod host_state;
 mod native;
 mod policy;
 pub mod runner;
+pub mod scaffold;
 mod set;
 mod wasm;
 

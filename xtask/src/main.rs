@@ -17,11 +17,26 @@ const DEBIAN_LINKER: &str = "/usr/lib/llvm-22/bin/wasm-ld";
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("plugins") => build_plugins(),
+        Some("plugins") => {
+            let root = root();
+            let flag =
+                |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(PathBuf::from);
+            let workspace = flag("--workspace").unwrap_or_else(|| root.join("plugins"));
+            // Another workspace (a copy, a test's) builds apart, not over the checkout's artifacts.
+            let target_dir = flag("--target-dir").unwrap_or_else(|| {
+                if workspace == root.join("plugins") {
+                    root.join("target/wasm")
+                } else {
+                    workspace.join("target")
+                }
+            });
+            let out_dir = flag("--out").unwrap_or_else(|| root.join("target/plugins"));
+            build_plugins(&workspace, &target_dir, &out_dir)
+        }
         Some("componentize") if args.len() == 3 => componentize(Path::new(&args[1]), Path::new(&args[2])),
         _ => {
             eprintln!(
-                "usage:\n  cargo xtask plugins                      build every plugin into target/plugins/\n  \
+                "usage:\n  cargo xtask plugins [--workspace DIR] [--out DIR] [--target-dir DIR]\n      build every plugin of plugins/ (or DIR) into target/plugins/ (or DIR)\n  \
                  cargo xtask componentize <core.wasm> <out.wasm>   wrap one core module into a component"
             );
             std::process::exit(2)
@@ -39,17 +54,15 @@ enum Toolchain {
     Debian,
 }
 
-fn build_plugins() -> Result<()> {
-    let root = root();
-    let target_dir = root.join("target/wasm");
+fn build_plugins(workspace: &Path, target_dir: &Path, out_dir: &Path) -> Result<()> {
     let toolchain = pick_toolchain()?;
-    lock_new_members(&root.join("plugins"), &toolchain)?;
+    lock_new_members(workspace, &toolchain)?;
     let mut cargo = cargo_command(&toolchain);
     cargo
-        .current_dir(root.join("plugins"))
+        .current_dir(workspace)
         .args(["build", "--release", "--locked", "--target", TARGET])
         .arg("--target-dir")
-        .arg(&target_dir);
+        .arg(target_dir);
     if matches!(toolchain, Toolchain::Debian) {
         cargo.arg("-Zbuild-std=std,panic_abort");
     }
@@ -62,9 +75,8 @@ fn build_plugins() -> Result<()> {
         bail!("building the plugins failed ({status})");
     }
 
-    let out_dir = root.join("target/plugins");
-    std::fs::create_dir_all(&out_dir)?;
-    for name in plugin_crates(&root.join("plugins"))? {
+    std::fs::create_dir_all(out_dir)?;
+    for name in plugin_crates(workspace)? {
         let core = target_dir.join(TARGET).join("release").join(format!("{}.wasm", name.replace('-', "_")));
         let out = out_dir.join(format!("{name}.wasm"));
         componentize(&core, &out)?;
