@@ -5,7 +5,7 @@
 use super::summary::Summary;
 use super::AdminState;
 use crate::pipeline::views::{NodeView, WorkerPolicyView, WorkerView};
-use crate::plugin::{LoadFailure, PluginReport, Reload};
+use crate::plugin::{LoadFailure, PluginReport, Reload, ShadowReport};
 use crate::store::{Page, SolutionFilter, StoreError, StoredJob, StoredSolution, WorkerFilter, WorkerRow};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -297,6 +297,10 @@ pub struct PluginsOut {
     /// Files that failed to load at the last attempt.
     #[schema(value_type = Vec<Object>)]
     pub failed: Vec<LoadFailure>,
+    /// Candidates in `shadow/`: whom each shadows, how often it agreed, its cost
+    /// per call and samples of disagreements.
+    #[schema(value_type = Vec<Object>)]
+    pub shadows: Vec<ShadowReport>,
     /// The latest reloads that changed something, oldest first (at most 50).
     #[schema(value_type = Vec<Object>)]
     pub reloads: Vec<Reload>,
@@ -436,5 +440,10 @@ async fn live_nodes(
 #[utoipa::path(get, path = "/api/v1/plugins", responses((status = 200, body = PluginsOut), (status = 401, body = ApiError)))]
 async fn plugins(State(state): State<Arc<AdminState>>) -> ApiResult<PluginsOut> {
     let plugins = &state.plugins;
-    Ok(Json(PluginsOut { active: plugins.reports(), failed: plugins.failures(), reloads: plugins.history() }))
+    Ok(Json(PluginsOut {
+        active: plugins.reports(),
+        failed: plugins.failures(),
+        shadows: plugins.shadows(),
+        reloads: plugins.history(),
+    }))
 }

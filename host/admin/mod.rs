@@ -100,9 +100,10 @@ fn unauthorized(why: &str) -> Response {
     response
 }
 
-/// `/plugins`, as before `/api/v1`: active and failed plugins.
+/// `/plugins`, as before `/api/v1`: active and failed plugins, and candidates in shadow.
 async fn legacy_plugins(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "active": state.plugins.reports(), "failed": state.plugins.failures() }))
+    let plugins = &state.plugins;
+    Json(serde_json::json!({ "active": plugins.reports(), "failed": plugins.failures(), "shadows": plugins.shadows() }))
 }
 
 /// `/status`, as before `/api/v1`: counts.

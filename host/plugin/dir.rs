@@ -15,6 +15,7 @@
 
 use super::engine::PluginEngine;
 use super::set::{hook_names, LoadedPolicy, PluginKey, PluginReport, PolicySet};
+use super::shadow::{Shadow, ShadowReport};
 use super::Policy;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
@@ -58,13 +59,27 @@ pub struct PluginHost {
 
 #[derive(Default)]
 struct DirState {
+    /// The plugins that decide.
+    active: Folder,
+    /// The candidates of `shadow/`, each shadowing the active plugin of its key.
+    candidates: Folder,
+    /// The running shadow of each loaded candidate, by key.
+    shadows: BTreeMap<String, Arc<Shadow>>,
+    /// The latest reloads that changed something, oldest first.
+    history: std::collections::VecDeque<Reload>,
+}
+/// The plugins of one folder.
+#[derive(Default)]
+struct Folder {
     /// Loaded plugins by key, with the fingerprint of the bytes and settings they came from.
     loaded: BTreeMap<String, (String, LoadedPolicy)>,
     /// Files that failed to load, with the fingerprint refused (none if unreadable).
     failures: BTreeMap<String, (Option<String>, LoadFailure)>,
-    /// The latest reloads that changed something, oldest first.
-    history: std::collections::VecDeque<Reload>,
 }
+
+/// The subfolder of candidates.
+pub const SHADOW_DIR: &str = "shadow";
+
 /// A rescan that changed something, as the operator's API lists it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Reload {
@@ -139,9 +154,22 @@ impl PluginHost {
         self.current().reports()
     }
 
-    /// Files that failed to load at the last attempt.
+    /// Files that failed to load at the last attempt (candidates of `shadow/` too).
     pub fn failures(&self) -> Vec<LoadFailure> {
-        self.state.lock().map(|s| s.failures.values().map(|(_, f)| f.clone()).collect()).unwrap_or_default()
+        let Ok(state) = self.state.lock() else { return Vec::new() };
+        state.active.failures.values().chain(state.candidates.failures.values()).map(|(_, f)| f.clone()).collect()
+    }
+
+    /// The candidates of `shadow/`: what each shadows, how often it agreed, and
+    /// samples of where it did not.
+    pub fn shadows(&self) -> Vec<ShadowReport> {
+        let active = self.current();
+        let Ok(state) = self.state.lock() else { return Vec::new() };
+        state
+            .shadows
+            .iter()
+            .map(|(key, shadow)| shadow.report(active.policies().iter().any(|p| &*p.key == key)))
+            .collect()
     }
 
     /// The latest reloads that changed something (loaded, removed or refused a
@@ -155,89 +183,40 @@ impl PluginHost {
         self.generation.subscribe()
     }
 
-    /// Reads the folder and loads what changed. Synchronous: compiles on the caller's thread.
+    /// Reads the folder and `shadow/` and loads what changed. Synchronous:
+    /// compiles on the caller's thread.
     pub fn rescan(&self) -> RescanSummary {
         let mut summary = RescanSummary::default();
-        let files = match plugin_files(&self.dir) {
-            Ok(files) => files,
-            Err(e) => {
-                tracing::error!(dir = %self.dir.display(), error = %e, "cannot read the plugin folder");
-                return summary;
-            }
-        };
         let Ok(mut state) = self.state.lock() else { return summary };
-        let present: Vec<String> = files.keys().cloned().collect();
-        let gone: Vec<String> = state.loaded.keys().filter(|k| !present.contains(k)).cloned().collect();
-        for key in gone {
-            state.loaded.remove(&key);
-            tracing::info!(plugin = %key, "plugin file removed: unloaded");
-            summary.removed.push(key);
-        }
-        state.failures.retain(|k, _| present.contains(k));
-        for (key, path) in files {
-            let bytes = match read_settled(&path) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    let failure = LoadFailure { file: path.display().to_string(), error: format!("cannot read: {e}") };
-                    state.failures.insert(key, (None, failure.clone()));
-                    summary.failed.push(failure);
-                    continue;
-                }
-            };
-            let sha = hex::encode(Sha256::digest(&bytes));
-            let settings = self.settings_of(&key, &path);
-            // What was loaded, or refused, is the plugin's bytes with its settings.
-            let fingerprint = match &settings {
-                Ok(s) => format!("{sha}:{}", hex::encode(Sha256::digest(s.json.as_bytes()))),
-                Err(e) => format!("{sha}:{e}"),
-            };
-            if state.loaded.get(&key).is_some_and(|(loaded, _)| *loaded == fingerprint) {
-                continue;
-            }
-            // The same bytes were refused already: compiling them again would fail again.
-            if state.failures.get(&key).is_some_and(|(refused, _)| refused.as_deref() == Some(fingerprint.as_str())) {
-                continue;
-            }
-            let loaded = settings.and_then(|settings| {
-                let plugin = self.engine.load_with_settings(&key, &bytes, &settings.json).map_err(|e| e.to_string())?;
-                let mut loaded = loaded_policy(key.as_str().into(), &path, &sha, Arc::new(plugin));
-                loaded.report.settings = settings.source;
-                Ok(loaded)
-            });
-            match loaded {
-                Ok(loaded) => {
-                    tracing::info!(plugin = %key, name = %loaded.report.name, version = %loaded.report.version,
-                        contract = %loaded.report.wit, sha256 = %sha, settings = ?loaded.report.settings,
-                        hooks = ?loaded.report.hooks, "plugin loaded");
-                    state.failures.remove(&key);
-                    state.loaded.insert(key.clone(), (fingerprint, loaded));
-                    summary.loaded.push(key);
-                }
-                Err(e) => {
-                    let keeps = if state.loaded.contains_key(&key) {
-                        "the previous version keeps serving"
-                    } else {
-                        "not loaded"
-                    };
-                    tracing::error!(plugin = %key, file = %path.display(), error = %e, "plugin refused; {keeps}");
-                    crate::metrics::plugin_failure(&key, "load");
-                    let failure =
-                        LoadFailure { file: path.display().to_string(), error: format!("{e} (sha256 {})", &sha[..12]) };
-                    state.failures.insert(key, (Some(fingerprint), failure.clone()));
-                    summary.failed.push(failure);
+        let state = &mut *state;
+        let active_changed = self.sync(&self.dir, "", &mut state.active, &mut summary);
+        let candidates_changed = self.sync(&self.dir.join(SHADOW_DIR), "shadow/", &mut state.candidates, &mut summary);
+        if candidates_changed {
+            // A new or changed candidate starts afresh; one left as it was keeps its counts.
+            let loaded = &state.candidates.loaded;
+            state.shadows.retain(|key, _| loaded.contains_key(key));
+            for key in summary.loaded.iter().filter_map(|k| k.strip_prefix("shadow/")) {
+                let Some((_, candidate)) = loaded.get(key) else { continue };
+                match Shadow::start(candidate.policy.clone(), candidate.report.clone(), key) {
+                    Ok(shadow) => {
+                        state.shadows.insert(key.to_string(), shadow);
+                    }
+                    Err(e) => tracing::error!(plugin = %key, error = %e, "could not start a shadow"),
                 }
             }
         }
-        if !summary.loaded.is_empty() || !summary.removed.is_empty() {
-            let mut policies: Vec<LoadedPolicy> = state.loaded.values().map(|(_, p)| p.clone()).collect();
+        if active_changed || candidates_changed {
+            let mut policies: Vec<LoadedPolicy> = state.active.loaded.values().map(|(_, p)| p.clone()).collect();
             if policies.is_empty() {
                 if let Some(fallback) = &self.fallback {
                     tracing::info!(plugin = %fallback.key, "no plugin in the folder: the built-in policy serves");
                     policies.push(fallback.clone());
                 }
             }
-            let set = PolicySet::new(policies);
-            self.active.store(Arc::new(set));
+            for policy in &mut policies {
+                policy.shadow = state.shadows.get(&*policy.key).cloned();
+            }
+            self.active.store(Arc::new(PolicySet::new(policies)));
             self.generation.send_modify(|g| *g += 1);
         }
         if !summary.loaded.is_empty() || !summary.removed.is_empty() || !summary.failed.is_empty() {
@@ -249,16 +228,95 @@ impl PluginHost {
         summary
     }
 
+    /// Brings `folder` up to the `*.wasm` files of `dir` (a missing `dir` holds
+    /// none); `label` prefixes the keys reported. Whether anything was loaded or removed.
+    fn sync(&self, dir: &Path, label: &str, folder: &mut Folder, summary: &mut RescanSummary) -> bool {
+        let files = match plugin_files(dir) {
+            Ok(files) => files,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !label.is_empty() => BTreeMap::new(),
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot read the plugin folder");
+                return false;
+            }
+        };
+        let (loaded_before, removed_before) = (summary.loaded.len(), summary.removed.len());
+        let gone: Vec<String> = folder.loaded.keys().filter(|k| !files.contains_key(*k)).cloned().collect();
+        for key in gone {
+            folder.loaded.remove(&key);
+            tracing::info!(plugin = %format!("{label}{key}"), "plugin file removed: unloaded");
+            summary.removed.push(format!("{label}{key}"));
+        }
+        folder.failures.retain(|k, _| files.contains_key(k));
+        for (key, path) in files {
+            let bytes = match read_settled(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    let failure = LoadFailure { file: path.display().to_string(), error: format!("cannot read: {e}") };
+                    folder.failures.insert(key, (None, failure.clone()));
+                    summary.failed.push(failure);
+                    continue;
+                }
+            };
+            let sha = hex::encode(Sha256::digest(&bytes));
+            let settings = self.settings_of(&key, &path);
+            // What was loaded, or refused, is the plugin's bytes with its settings.
+            let fingerprint = match &settings {
+                Ok(s) => format!("{sha}:{}", hex::encode(Sha256::digest(s.json.as_bytes()))),
+                Err(e) => format!("{sha}:{e}"),
+            };
+            if folder.loaded.get(&key).is_some_and(|(loaded, _)| *loaded == fingerprint) {
+                continue;
+            }
+            // The same bytes were refused already: compiling them again would fail again.
+            if folder.failures.get(&key).is_some_and(|(refused, _)| refused.as_deref() == Some(fingerprint.as_str())) {
+                continue;
+            }
+            let loaded = settings.and_then(|settings| {
+                let plugin = self.engine.load_with_settings(&key, &bytes, &settings.json).map_err(|e| e.to_string())?;
+                let mut loaded = loaded_policy(key.as_str().into(), &path, &sha, Arc::new(plugin));
+                loaded.report.settings = settings.source;
+                Ok(loaded)
+            });
+            let shown = format!("{label}{key}");
+            match loaded {
+                Ok(loaded) => {
+                    tracing::info!(plugin = %shown, name = %loaded.report.name, version = %loaded.report.version,
+                        contract = %loaded.report.wit, sha256 = %sha, settings = ?loaded.report.settings,
+                        hooks = ?loaded.report.hooks, "plugin loaded");
+                    folder.failures.remove(&key);
+                    folder.loaded.insert(key, (fingerprint, loaded));
+                    summary.loaded.push(shown);
+                }
+                Err(e) => {
+                    let keeps = if folder.loaded.contains_key(&key) {
+                        "the previous version keeps serving"
+                    } else {
+                        "not loaded"
+                    };
+                    tracing::error!(plugin = %shown, file = %path.display(), error = %e, "plugin refused; {keeps}");
+                    crate::metrics::plugin_failure(&shown, "load");
+                    let failure =
+                        LoadFailure { file: path.display().to_string(), error: format!("{e} (sha256 {})", &sha[..12]) };
+                    folder.failures.insert(key, (Some(fingerprint), failure.clone()));
+                    summary.failed.push(failure);
+                }
+            }
+        }
+        summary.loaded.len() > loaded_before || summary.removed.len() > removed_before
+    }
+
     /// The settings of the plugin `key` loaded from `wasm`: its `.toml` beside it,
     /// or its table in eligo's configuration, or none.
     fn settings_of(&self, key: &str, wasm: &Path) -> Result<Settings, String> {
         let file = wasm.with_extension("toml");
         let table = self.configured.get(key);
+        // A candidate's own file wins; without one it runs with the active plugin's table.
+        let candidate = wasm.parent() != Some(self.dir.as_path());
         match (file.is_file(), table) {
-            (true, Some(_)) => {
+            (true, Some(_)) if !candidate => {
                 Err(format!("configured twice, by {} and by [plugins.config.{key}]: keep one", file.display()))
             }
-            (true, None) => Settings::from_file(&file),
+            (true, _) => Settings::from_file(&file),
             (false, Some(table)) => Ok(Settings {
                 json: crate::protocol::canonical_json(table),
                 source: Some(format!("[plugins.config.{key}]")),
@@ -277,7 +335,8 @@ impl PluginHost {
                 let _ = tx.send(());
             }
         })?;
-        watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
+        // Recursive: `shadow/` is watched too, whenever it is made.
+        watcher.watch(&self.dir, notify::RecursiveMode::Recursive)?;
         let host = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("eligo-plugin-watch".into())
@@ -341,7 +400,7 @@ pub fn loaded_policy(key: PluginKey, path: &Path, sha256: &str, policy: Arc<dyn 
         loaded_at: chrono::Utc::now().to_rfc3339(),
         hooks: hook_names(&info.hooks),
     };
-    LoadedPolicy { key, policy, report }
+    LoadedPolicy { key, policy, report, shadow: None }
 }
 
 /// `*.wasm` files of `dir` by key (file stem). Hidden files are skipped.

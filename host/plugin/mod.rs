@@ -15,6 +15,7 @@ mod policy;
 pub mod runner;
 pub mod scaffold;
 mod set;
+mod shadow;
 mod wasm;
 
 pub use bindings::{
@@ -30,6 +31,7 @@ pub use policy::{Decision, Policy, PolicyError, Reason, Verdict};
 pub use set::{
     hook_names, LoadedPolicy, NodeState, PluginKey, PluginReport, PolicySet, Refusal, Validation, WorkerState,
 };
+pub use shadow::{Disagreement, Shadow, ShadowReport};
 pub(crate) use wasm::HOOKS as ALL_HOOKS;
 pub use wasm::{Cost, Exports, WasmPlugin, NO_SETTINGS};
 

@@ -57,6 +57,8 @@ pub struct LoadedPolicy {
     pub policy: Arc<dyn Policy>,
     /// What is reported about it.
     pub report: PluginReport,
+    /// A candidate version answering copies of its calls, if one is in `shadow/`.
+    pub shadow: Option<Arc<super::shadow::Shadow>>,
 }
 
 /// Why something was refused, and by whom.
@@ -182,7 +184,11 @@ impl PolicySet {
     /// May this connection open?
     pub fn admit_connection(&self, request: &ConnectionRequest, now_ms: u64) -> Result<(), Refusal> {
         for p in self.with_hook(Hook::AdmitConnection) {
-            match p.policy.admit_connection(request, now_ms) {
+            let answer = p.policy.admit_connection(request, now_ms);
+            if let Some(shadow) = &p.shadow {
+                shadow.admit_connection(request, now_ms, &answer);
+            }
+            match answer {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => return Err(Refusal { plugin: p.key.to_string(), reason }),
                 Err(e) => return Err(failed_closed(&p.key, e)),
@@ -239,7 +245,11 @@ impl PolicySet {
             let profile = intern(WorkerProfile { tags: Vec::new(), limits: Vec::new() });
             return Ok(WorkerSlot { plugin: p.key.clone(), admitted: Some((profile, 0)) });
         }
-        match p.policy.admit_worker(welcome, now_ms) {
+        let answer = p.policy.admit_worker(welcome, now_ms);
+        if let Some(shadow) = &p.shadow {
+            shadow.admit_worker(welcome, now_ms, &answer);
+        }
+        match answer {
             Ok(Ok(a)) => Ok(WorkerSlot { plugin: p.key.clone(), admitted: Some((intern(a.profile), a.state)) }),
             Ok(Err(reason)) => Err(Refusal { plugin: p.key.to_string(), reason }),
             Err(e) => Err(failed_closed(&p.key, e)),
@@ -252,7 +262,11 @@ impl PolicySet {
         let mut job = job.clone();
         let mut new_states = Vec::new();
         for p in self.with_hook(Hook::AdmitJob) {
-            match p.policy.admit_job(&job, node.state_of(&p.key), now_ms) {
+            let answer = p.policy.admit_job(&job, node.state_of(&p.key), now_ms);
+            if let Some(shadow) = &p.shadow {
+                shadow.admit_job(&job, node.state_of(&p.key), now_ms, &answer);
+            }
+            match answer {
                 Ok(Ok(admission)) => {
                     job = admission.job;
                     new_states.push((p.key.clone(), admission.state));
@@ -301,7 +315,11 @@ impl PolicySet {
                 columns.states.push(*state);
                 asked.push(w);
             }
-            match p.policy.offer_job(job, &profiles, &columns, now_ms) {
+            let answer = p.policy.offer_job(job, &profiles, &columns, now_ms);
+            if let Some(shadow) = &p.shadow {
+                shadow.offer_job(job, &profiles, &columns, now_ms, &answer);
+            }
+            match answer {
                 Ok(offer) => {
                     // One state per chosen worker, or one for all of them.
                     let state_of = |k: usize| offer.states.get(k).or(offer.states.first()).copied().unwrap_or(0);
@@ -350,7 +368,11 @@ impl PolicySet {
     pub fn validate_solution(&self, job: &Job, solution: &Solution) -> Validation {
         let mut outcome = Validation::Unchecked;
         for p in self.with_hook(Hook::ValidateSolution) {
-            match p.policy.validate_solution(job, solution) {
+            let answer = p.policy.validate_solution(job, solution);
+            if let Some(shadow) = &p.shadow {
+                shadow.validate_solution(job, solution, &answer);
+            }
+            match answer {
                 Ok(Ok(())) => outcome = Validation::Valid,
                 Ok(Err(reason)) => return Validation::Invalid(Refusal { plugin: p.key.to_string(), reason }),
                 Err(e) => return Validation::Invalid(failed_closed(&p.key, e)),
@@ -368,7 +390,11 @@ impl PolicySet {
             }
             let views: Vec<NodeView> =
                 candidates.iter().map(|&n| NodeView { state: nodes[n].state_of(&p.key).to_vec() }).collect();
-            match p.policy.offer_solution(job, solution, &views, now_ms) {
+            let answer = p.policy.offer_solution(job, solution, &views, now_ms);
+            if let Some(shadow) = &p.shadow {
+                shadow.offer_solution(job, solution, &views, now_ms, &answer);
+            }
+            match answer {
                 Ok(chosen) => {
                     let mut next: Vec<usize> = chosen.iter().map(|&i| candidates[i as usize]).collect();
                     next.sort_unstable();
