@@ -69,8 +69,8 @@ pub enum LoadError {
         /// What this host expects.
         expected: &'static str,
     },
-    /// The component imports something the host does not provide (e.g. WASI).
-    #[error("imports something eligo does not provide (plugins get no WASI; only eligo:policy/host): {0}")]
+    /// The component imports something the host does not provide.
+    #[error("imports something eligo does not provide (plugins get eligo:policy/host and a deny-all WASI 0.2): {0}")]
     Link(String),
     /// The component instantiated but its `info` call failed.
     #[error("its info() call failed: {0}")]
@@ -112,6 +112,8 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         PolicyWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         v0_1::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        // Offered to plugins that import it; a pure plugin never touches it.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         start_epoch_ticker(&engine);
         Ok(PluginEngine { engine, linker: Arc::new(linker), limits })
     }

@@ -4,17 +4,57 @@ use super::bindings::eligo::policy::{host, types};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 /// Per-store data of one plugin instance.
 pub struct HostState {
     pub(crate) plugin: Arc<str>,
     pub(crate) memory: MemoryLimiter,
     pub(crate) log: Arc<LogBudget>,
+    /// WASI for a plugin that imports it, made at its first WASI call.
+    wasi: Option<(WasiCtx, ResourceTable)>,
 }
 
 impl HostState {
     pub(crate) fn new(plugin: Arc<str>, memory_bytes: usize, log: Arc<LogBudget>) -> Self {
-        HostState { plugin, memory: MemoryLimiter::new(memory_bytes), log }
+        HostState { plugin, memory: MemoryLimiter::new(memory_bytes), log, wasi: None }
+    }
+}
+
+/// WASI that denies everything a policy must not depend on: no files (no
+/// preopened folder), no network (every address refused, no name lookup), no
+/// environment or arguments, stdio closed, and clocks frozen at zero (time is an
+/// argument of the hooks). Randomness is left: it is no channel out. This is
+/// what lets components from other languages (whose runtimes import WASI) load.
+fn deny_all_wasi() -> WasiCtx {
+    WasiCtx::builder().wall_clock(FrozenClock).monotonic_clock(FrozenClock).allow_ip_name_lookup(false).build()
+}
+
+/// A clock that always reads zero.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        let (ctx, table) = self.wasi.get_or_insert_with(|| (deny_all_wasi(), ResourceTable::new()));
+        WasiCtxView { ctx, table }
     }
 }
 
