@@ -197,7 +197,10 @@ struct Rig {
 
 impl Rig {
     async fn start(height: i64) -> Rig {
-        let backends = Backends::new(Kind::Networked).await;
+        Self::start_on(Backends::new(Kind::Networked).await, height).await
+    }
+
+    async fn start_on(backends: Backends, height: i64) -> Rig {
         let running = start_eligo(&backends).await;
         let mut worker = Client::connect(running.worker_addr.expect("worker server")).await;
         worker.send(&welcome()).await;
@@ -316,6 +319,27 @@ async fn a_kafka_broker_restart_that_keeps_its_state_loses_and_duplicates_nothin
     tokio::task::block_in_place(|| bring_back(rig.backends.kafka_mock()));
     assert_everything_arrives(&mut rig.worker, &mut rig.node, &sent, "across a Kafka restart that kept its state")
         .await;
+    rig.stop().await;
+}
+
+/// A real Kafka-protocol broker, in its own process, restarts while nodes and
+/// workers keep sending. `scripts/kafka-restart` runs this against tansu with its
+/// PostgreSQL storage (a broker that keeps its state); any other broker works:
+/// `ELIGO_TEST_KAFKA_BOOTSTRAP=host:port` and `ELIGO_TEST_KAFKA_RESTART='a shell
+/// command that restarts it'`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kafka broker in a process of its own: scripts/kafka-restart starts one and runs this"]
+async fn an_external_kafka_broker_restart_loses_and_duplicates_nothing() {
+    let _ = tracing_subscriber::fmt().with_env_filter("eligo=info,librdkafka=warn").with_test_writer().try_init();
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (see scripts/kafka-restart)"));
+    let (bootstrap, restart) = (var("ELIGO_TEST_KAFKA_BOOTSTRAP"), var("ELIGO_TEST_KAFKA_RESTART"));
+    let mut rig = Rig::start_on(Backends::networked_on_kafka(&bootstrap).await, 1).await;
+    let restarting = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh").arg("-c").arg(&restart).status().expect("running the restart command")
+    });
+    let sent = send_traffic(&mut rig.worker, &mut rig.node, &rig.task, 1).await;
+    assert!(restarting.await.expect("the restart").success(), "the restart command failed");
+    assert_everything_arrives(&mut rig.worker, &mut rig.node, &sent, "across an external Kafka broker restart").await;
     rig.stop().await;
 }
 

@@ -65,37 +65,51 @@ impl Backends {
                 }
             }
             Kind::Networked => {
-                let serial = serial().lock_owned().await;
-                let amqp = amqp_url();
-                reset_rabbitmq(&amqp).await;
-                let queue = AmqpQueue::connect(&amqp).await.unwrap_or_else(|e| {
-                    panic!("RabbitMQ at {amqp} is unreachable: {e} (start it with `rabbitmq-server -detached`)")
-                });
-                queue.declare().await.expect("declaring RabbitMQ topology");
                 let kafka = MockKafka::start().expect("starting librdkafka's mock Kafka cluster");
-                let log = KafkaLog::connect(kafka.settings()).await.expect("connecting to the mock Kafka cluster");
-                let (pg_url, schema) = fresh_postgres_schema().await;
-                let store = PgStore::connect(&pg_url, 8)
-                    .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL at {pg_url} is unreachable: {e}"));
-                store.migrate().await.expect("migrating PostgreSQL");
-                let env = vec![
-                    ("ELIGO_AMQP_URL".into(), amqp),
-                    ("ELIGO_KAFKA_BOOTSTRAP_SERVERS".into(), kafka.bootstrap_servers()),
-                    ("ELIGO_KAFKA_PROPERTIES".into(), "fetch.wait.max.ms=10".into()),
-                    ("ELIGO_POSTGRES_URL".into(), pg_url),
-                ];
-                Backends {
-                    queue: Arc::new(queue),
-                    log: Arc::new(log),
-                    store: Arc::new(store),
-                    env,
-                    schema: Some(schema),
-                    kafka: Some(kafka),
-                    _dir: dir,
-                    _serial: Some(serial),
-                }
+                Self::networked(dir, kafka.bootstrap_servers(), Some(kafka)).await
             }
+        }
+    }
+
+    /// Networked backends whose Kafka is the broker at `bootstrap` (a real one,
+    /// in its own process), not the mock cluster.
+    pub async fn networked_on_kafka(bootstrap: &str) -> Backends {
+        Self::networked(tempfile::tempdir().expect("tempdir"), bootstrap.to_string(), None).await
+    }
+
+    async fn networked(dir: tempfile::TempDir, bootstrap: String, kafka: Option<MockKafka>) -> Backends {
+        let serial = serial().lock_owned().await;
+        let amqp = amqp_url();
+        reset_rabbitmq(&amqp).await;
+        let queue = AmqpQueue::connect(&amqp).await.unwrap_or_else(|e| {
+            panic!("RabbitMQ at {amqp} is unreachable: {e} (start it with `rabbitmq-server -detached`)")
+        });
+        queue.declare().await.expect("declaring RabbitMQ topology");
+        let settings = eligo::transport::kafka::KafkaSettings::new(bootstrap.clone());
+        let log = KafkaLog::connect(settings).await.unwrap_or_else(|e| panic!("Kafka at {bootstrap}: {e}"));
+        if kafka.is_none() {
+            // The mock cluster was made with its topics; a real broker may need them.
+            log.declare().await.expect("declaring the Kafka topics");
+        }
+        let (pg_url, schema) = fresh_postgres_schema().await;
+        let store =
+            PgStore::connect(&pg_url, 8).await.unwrap_or_else(|e| panic!("PostgreSQL at {pg_url} is unreachable: {e}"));
+        store.migrate().await.expect("migrating PostgreSQL");
+        let env = vec![
+            ("ELIGO_AMQP_URL".into(), amqp),
+            ("ELIGO_KAFKA_BOOTSTRAP_SERVERS".into(), bootstrap),
+            ("ELIGO_KAFKA_PROPERTIES".into(), "fetch.wait.max.ms=10".into()),
+            ("ELIGO_POSTGRES_URL".into(), pg_url),
+        ];
+        Backends {
+            queue: Arc::new(queue),
+            log: Arc::new(log),
+            store: Arc::new(store),
+            env,
+            schema: Some(schema),
+            kafka,
+            _dir: dir,
+            _serial: Some(serial),
         }
     }
 
