@@ -331,7 +331,8 @@ async fn a_kafka_broker_restart_that_keeps_its_state_loses_and_duplicates_nothin
 #[ignore = "needs a Kafka broker in a process of its own: scripts/kafka-restart starts one and runs this"]
 async fn an_external_kafka_broker_restart_loses_and_duplicates_nothing() {
     let _ = tracing_subscriber::fmt().with_env_filter("eligo=info,librdkafka=warn").with_test_writer().try_init();
-    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (see scripts/kafka-restart)"));
+    let var =
+        |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (see scripts/kafka-restart)"));
     let (bootstrap, restart) = (var("ELIGO_TEST_KAFKA_BOOTSTRAP"), var("ELIGO_TEST_KAFKA_RESTART"));
     let mut rig = Rig::start_on(Backends::networked_on_kafka(&bootstrap).await, 1).await;
     let restarting = tokio::task::spawn_blocking(move || {
