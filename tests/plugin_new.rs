@@ -26,9 +26,11 @@ fn run(command: &mut Command, what: &str) -> String {
     stdout
 }
 
-/// Where scaffolded crates build, shared between runs so dependencies compile once.
-fn scaffold_target() -> PathBuf {
-    support::root().join("target/scaffold")
+/// Where a route's scaffolded crate builds, kept between runs so dependencies
+/// compile once. One per route: both build a crate named `my-policy`, and
+/// `cargo xtask` leaves a core module where `cargo component` leaves a component.
+fn scaffold_target(route: &str) -> PathBuf {
+    support::root().join("target/scaffold").join(route)
 }
 
 /// The scaffolded plugin decides in a running server: hot-loaded from its file,
@@ -100,17 +102,17 @@ async fn a_new_plugin_builds_with_cargo_component_passes_its_tests_and_hot_loads
         Command::new("cargo")
             .args(["component", "build", "--release", "--target", "wasm32-unknown-unknown"])
             .current_dir(&crate_dir)
-            .env("CARGO_TARGET_DIR", scaffold_target()),
+            .env("CARGO_TARGET_DIR", scaffold_target("component")),
         "cargo component build",
     );
-    let component = scaffold_target().join("wasm32-unknown-unknown/release/my_policy.wasm");
+    let component = scaffold_target("component").join("wasm32-unknown-unknown/release/my_policy.wasm");
     check_and_test(&component, &crate_dir.join("cases.json"));
     // The crate's own #[test], which runs its cases through eligo's runner.
     let tested = run(
         Command::new("cargo")
             .args(["test", "--lib"])
             .current_dir(&crate_dir)
-            .env("CARGO_TARGET_DIR", scaffold_target())
+            .env("CARGO_TARGET_DIR", scaffold_target("component"))
             .env("ELIGO", eligo()),
         "cargo test in the new crate",
     );
@@ -156,7 +158,7 @@ async fn a_new_plugin_in_the_workspace_builds_with_xtask_without_touching_the_lo
             .arg("--out")
             .arg(&out)
             .arg("--target-dir")
-            .arg(scaffold_target())
+            .arg(scaffold_target("workspace"))
             .current_dir(support::root()),
         "cargo xtask plugins",
     );
