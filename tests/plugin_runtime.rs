@@ -77,6 +77,14 @@ fn truncated_and_foreign_files_are_refused() {
     let half = &bytes[..bytes.len() / 2];
     assert!(matches!(engine().load("half", half), Err(LoadError::Invalid(_))));
     assert!(matches!(engine().load("text", b"hello"), Err(LoadError::Invalid(_))));
+    // What `cargo build` leaves before the module is made a component: said so.
+    let core = std::fs::read(root().join("target/wasm/wasm32-unknown-unknown/release/seed_rules.wasm"))
+        .expect("the core module `cargo xtask plugins` built");
+    match engine().load("core", &core) {
+        Err(e @ LoadError::CoreModule) => assert!(e.to_string().contains("cargo component build"), "{e}"),
+        Err(other) => panic!("expected a core-module refusal, got {other}"),
+        Ok(_) => panic!("a core module loaded"),
+    }
 }
 
 /// Each misbehaviour fails closed, within the deadline (plus scheduling slack),

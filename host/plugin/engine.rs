@@ -53,6 +53,9 @@ pub enum LoadError {
     /// The bytes are not a valid WebAssembly component (or the file was cut short).
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
+    /// The bytes are a core WebAssembly module: built, but not made a component.
+    #[error("a core WebAssembly module, not a component: build it with `cargo component build`, or wrap it with `cargo xtask componentize <module> <out>`")]
+    CoreModule,
     /// The component is built against another version of the contract.
     #[error("built against {found}; this eligo speaks {expected} (and 0.1.0): rebuild the plugin against wit/ of this eligo")]
     IncompatibleVersion {
@@ -132,6 +135,10 @@ impl PluginEngine {
     /// Like [`load`](Self::load), handing the plugin `settings` (a JSON object as
     /// text) through `configure`; a plugin that refuses them does not load.
     pub fn load_with_settings(&self, name: &str, bytes: &[u8], settings: &str) -> Result<WasmPlugin, LoadError> {
+        // A core module's preamble: magic, then version 1 (a component's layer is 1).
+        if bytes.starts_with(b"\0asm\x01\0\0\0") {
+            return Err(LoadError::CoreModule);
+        }
         let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let version = check_contract(&self.engine, &component)?;
         let link = |e: wasmtime::Error| LoadError::Link(format!("{e:#}"));
