@@ -112,15 +112,25 @@ async fn main() -> Result<()> {
     let tally = tally.lock().expect("tally");
     print!("soak final ");
     report(&tally);
-    let lost = |c: &Counts| c.accepted.keys().filter(|k| !c.received.contains_key(k)).count();
+    let lost = |c: &Counts| {
+        let mut keys: Vec<u64> = c.accepted.keys().filter(|k| !c.received.contains_key(k)).copied().collect();
+        keys.sort_unstable();
+        keys
+    };
     let duplicated = |c: &Counts| c.duplicated();
+    let (jobs_lost, solutions_lost) = (lost(&tally.jobs), lost(&tally.solutions));
     println!(
         "soak result: jobs lost {} duplicated {}; solutions lost {} duplicated {}",
-        lost(&tally.jobs),
+        jobs_lost.len(),
         duplicated(&tally.jobs),
-        lost(&tally.solutions),
+        solutions_lost.len(),
         duplicated(&tally.solutions)
     );
+    // The keys, so the store can say whether eligo had them (unique_key, block_height).
+    let first = |keys: &[u64]| keys.iter().take(50).map(u64::to_string).collect::<Vec<_>>().join(" ");
+    if !jobs_lost.is_empty() || !solutions_lost.is_empty() {
+        println!("soak lost: heights [{}] nonces [{}]", first(&jobs_lost), first(&solutions_lost));
+    }
     Ok(())
 }
 
