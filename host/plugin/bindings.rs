@@ -27,4 +27,6 @@ pub mod v0_1 {
 
     /// The exported interface of a 0.1.0 plugin.
     pub const DECISIONS_INTERFACE: &str = "eligo:policy/decisions@0.1.0";
+    /// This version, as users write it.
+    pub const WIT_VERSION: &str = "eligo:policy@0.1.0";
 }

@@ -47,7 +47,7 @@ impl Contract {
     /// The contract's package and version, as users write it.
     pub(crate) fn version(&self) -> &'static str {
         match self {
-            Contract::V0_1(_) => "eligo:policy@0.1.0",
+            Contract::V0_1(_) => v0_1::WIT_VERSION,
             Contract::Current(_) => WIT_VERSION,
         }
     }
@@ -85,10 +85,7 @@ type S<'a> = &'a mut Store<HostState>;
 #[allow(missing_docs)]
 impl Exports {
     pub fn info(&self, s: S) -> wasmtime::Result<PluginInfo> {
-        match self {
-            Exports::V0_1(b) => b.eligo_policy_decisions().call_info(s),
-            Exports::Current(b) => b.eligo_policy_decisions().call_info(s),
-        }
+        on_either!(self, |d| d.call_info(s))
     }
 
     /// Hands the plugin its settings (JSON text). A 0.1.0 plugin has no way to
