@@ -1,13 +1,18 @@
 //! What the pipeline persists, behind the [`Store`] trait: PostgreSQL in
 //! production ([`postgres::PgStore`]), SQLite on a bare machine
-//! ([`sqlite::SqliteStore`]). Both pass the same test suite (`tests/store.rs`).
+//! ([`sqlite::SqliteStore`]). Both are one implementation ([`sql::SqlStore`]): the
+//! queries and row mapping are written once, and each database states only what it
+//! says differently ([`dialect::Dialect`]: parameters, batches, time, transactions).
+//! Both pass the same test suite (`tests/store.rs`).
 //!
 //! Tables are those of the original system (`job`, `solution`, `worker`) plus
 //! what eligo needs: a job's `proof_target` and broadcast marker, a solution's
 //! broadcast marker and validation reason, the server instance owning a worker
 //! connection, and `rejected_message` for messages the processors could not use.
 
+pub mod dialect;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;

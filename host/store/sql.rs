@@ -1,0 +1,477 @@
+//! The store's queries and row mapping, written once for every SQL [`Dialect`].
+//!
+//! `proof_target` and `solution_target` are u64 values stored bit-cast to a signed
+//! 64-bit integer (`as i64` on write, `as u64` on read): never compare them in SQL.
+//! `id` and `block_height` are read through `CAST(… AS bigint)` because a PostgreSQL
+//! database taken over from the original system may hold them as `integer`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+
+use super::dialect::{Column, Dialect, Exec, Query, Sql};
+use super::{
+    in_input_order, Inserted, NewJob, NewSolution, Page, Paged, Settlement, SolutionFilter, Store,
+    StoreError, StoredJob, StoredSolution, WorkerConnection, WorkerFilter, WorkerRow,
+};
+
+/// A timestamp as stored: each dialect says how its column decodes into one.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp(pub DateTime<Utc>);
+
+/// Columns of a [`JobRow`].
+const JOB_COLUMNS: &str = "task_id, CAST(block_height AS bigint) AS block_height, proof_target, epoch_challenge, \
+                           created_at, broadcast_at IS NOT NULL AS broadcast";
+
+/// Columns of a [`SolutionRow`]. The original system's columns are nullable; a row it
+/// wrote without them reads as empty text or `false`.
+const SOLUTION_COLUMNS: &str =
+    "unique_key, coalesce(hardware_id, '') AS hardware_id, coalesce(caption, '') AS caption, \
+     coalesce(task_id, '') AS task_id, coalesce(solution, '') AS solution, solution_target, \
+     coalesce(valid, false) AS valid, coalesce(checked, false) AS checked, invalid_reason, \
+     broadcast_at IS NOT NULL AS broadcast, created_at";
+
+/// Columns of a [`WorkerConnectionRow`]; the original system's columns are nullable.
+const WORKER_COLUMNS: &str = "CAST(id AS bigint) AS id, coalesce(ip, '') AS ip, coalesce(address, '') AS address, \
+     coalesce(hardware, '') AS hardware, coalesce(hardware_id, '') AS hardware_id, coalesce(caption, '') AS caption, \
+     instance, connected_at, disconnected_at";
+
+/// When an open connection of a worker (the `worker` row being updated) ended, as far as
+/// the database knows: at that worker's latest solution sent during it (after it opened,
+/// before the worker's next connection opened), or else when it opened. Timestamps of
+/// both databases compare in time order (SQLite's text always has six fraction digits).
+const FINISHED_AT: &str = "coalesce(
+    (SELECT max(s.created_at) FROM solution s
+     WHERE s.hardware_id = worker.hardware_id AND s.caption = worker.caption
+       AND s.created_at >= worker.connected_at
+       AND NOT EXISTS (
+           SELECT 1 FROM worker n
+           WHERE n.hardware_id = worker.hardware_id AND n.caption = worker.caption
+             AND n.connected_at > worker.connected_at AND n.connected_at <= s.created_at)),
+    worker.connected_at)";
+
+/// The store on a SQL database of dialect `D`.
+#[derive(Debug)]
+pub struct SqlStore<D: Dialect> {
+    pool: D::Pool,
+    /// Worker connects and disconnects come in storms (every worker of a pool
+    /// reconnects after a restart); queued here, they wait their turn instead of
+    /// timing out on the pool or the write lock, which would close the worker.
+    connection_writes: Arc<Semaphore>,
+}
+
+impl<D: Dialect> Clone for SqlStore<D> {
+    fn clone(&self) -> Self {
+        SqlStore { pool: self.pool.clone(), connection_writes: self.connection_writes.clone() }
+    }
+}
+
+impl<D: Dialect> SqlStore<D> {
+    /// A store on `pool` that lets at most `connection_writers` worker connection
+    /// records be written at once.
+    pub(super) fn with_pool(pool: D::Pool, connection_writers: usize) -> Self {
+        SqlStore { pool, connection_writes: Arc::new(Semaphore::new(connection_writers.max(1))) }
+    }
+
+    /// The connection pool, for queries outside the [`Store`] trait.
+    pub fn pool(&self) -> &D::Pool {
+        &self.pool
+    }
+
+    async fn fetch<R: super::dialect::StoreRow>(&self, query: Query) -> Result<Vec<R>, StoreError> {
+        D::fetch(Exec::Pool(&self.pool), query).await
+    }
+
+    async fn fetch_optional<R: super::dialect::StoreRow>(&self, query: Query) -> Result<Option<R>, StoreError> {
+        Ok(self.fetch(query).await?.pop())
+    }
+
+    async fn execute(&self, query: Query) -> Result<u64, StoreError> {
+        D::execute(Exec::Pool(&self.pool), query).await
+    }
+
+    /// The job at `block_height`, read with the statement both lookups by height use.
+    async fn job_row_at(&self, block_height: i64) -> Result<Option<StoredJob>, StoreError> {
+        let mut q = Sql::<D>::default();
+        let sql = format!("SELECT {JOB_COLUMNS} FROM job WHERE block_height = {}", q.arg(block_height));
+        Ok(self.fetch_optional::<JobRow>(q.finish(sql)).await?.map(Into::into))
+    }
+}
+
+/// A `job` row as read.
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    task_id: String,
+    block_height: i64,
+    proof_target: i64,
+    epoch_challenge: String,
+    created_at: Stamp,
+    broadcast: bool,
+}
+
+impl From<JobRow> for StoredJob {
+    fn from(r: JobRow) -> Self {
+        StoredJob {
+            task_id: r.task_id,
+            block_height: r.block_height,
+            proof_target: r.proof_target as u64,
+            epoch_challenge: r.epoch_challenge,
+            created_at: r.created_at.0,
+            broadcast: r.broadcast,
+        }
+    }
+}
+
+/// A `solution` row as read.
+#[derive(sqlx::FromRow)]
+struct SolutionRow {
+    unique_key: String,
+    hardware_id: String,
+    caption: String,
+    task_id: String,
+    solution: String,
+    solution_target: i64,
+    valid: bool,
+    checked: bool,
+    invalid_reason: Option<String>,
+    broadcast: bool,
+    created_at: Stamp,
+}
+
+impl From<SolutionRow> for StoredSolution {
+    fn from(r: SolutionRow) -> Self {
+        StoredSolution {
+            unique_key: r.unique_key,
+            hardware_id: r.hardware_id,
+            caption: r.caption,
+            task_id: r.task_id,
+            solution: r.solution,
+            solution_target: r.solution_target as u64,
+            valid: r.valid,
+            checked: r.checked,
+            invalid_reason: r.invalid_reason,
+            broadcast: r.broadcast,
+            created_at: r.created_at.0,
+        }
+    }
+}
+
+/// A `solution` row with its id: the cursor of a listing.
+#[derive(sqlx::FromRow)]
+struct KeyedSolutionRow {
+    id: i64,
+    #[sqlx(flatten)]
+    row: SolutionRow,
+}
+
+impl From<KeyedSolutionRow> for StoredSolution {
+    fn from(r: KeyedSolutionRow) -> Self {
+        r.row.into()
+    }
+}
+
+/// A `worker` row as read.
+#[derive(sqlx::FromRow)]
+struct WorkerConnectionRow {
+    id: i64,
+    ip: String,
+    address: String,
+    hardware: String,
+    hardware_id: String,
+    caption: String,
+    instance: String,
+    connected_at: Stamp,
+    disconnected_at: Option<Stamp>,
+}
+
+impl From<WorkerConnectionRow> for WorkerRow {
+    fn from(r: WorkerConnectionRow) -> Self {
+        WorkerRow {
+            id: r.id,
+            ip: r.ip,
+            address: r.address,
+            hardware: r.hardware,
+            hardware_id: r.hardware_id,
+            caption: r.caption,
+            instance: r.instance,
+            connected_at: r.connected_at.0,
+            disconnected_at: r.disconnected_at.map(|d| d.0),
+        }
+    }
+}
+
+/// Texts of a batch, one per input.
+fn texts<T>(items: &[T], field: impl Fn(&T) -> &str) -> Column {
+    Column::Texts(items.iter().map(|i| field(i).to_string()).collect())
+}
+
+#[async_trait]
+impl<D: Dialect> Store for SqlStore<D> {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        D::migrate(&self.pool).await
+    }
+
+    async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Inserted<StoredJob>>, StoreError> {
+        let heights: Vec<i64> = jobs.iter().map(|j| j.block_height).collect();
+        let mut tx = D::begin(&self.pool).await?;
+        // ON CONFLICT waits for a concurrent insert of the same height to commit, so the
+        // select after it always finds the row one of them stored. Sorted by height,
+        // concurrent batches take the unique index's locks in one order: no deadlock.
+        // (`WHERE true` tells SQLite's parser that ON CONFLICT is the upsert clause.)
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "INSERT INTO job (task_id, block_height, proof_target, epoch_challenge, created_at) \
+             SELECT b.t, b.h, b.p, b.e, {now} FROM {rows} WHERE true ORDER BY b.h \
+             ON CONFLICT (block_height) DO NOTHING RETURNING CAST(block_height AS bigint)",
+            rows = q.rows(
+                "b",
+                vec![
+                    ("t", texts(jobs, |j| &j.task_id)),
+                    ("h", Column::Ints(heights.clone())),
+                    ("p", Column::Ints(jobs.iter().map(|j| j.proof_target as i64).collect())),
+                    ("e", texts(jobs, |j| &j.epoch_challenge)),
+                ],
+            ),
+            now = q.now(),
+        );
+        let created: Vec<(i64,)> = D::fetch(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        let mut q = Sql::<D>::default();
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM job WHERE {}", q.is_in("block_height", Column::Ints(heights.clone())));
+        let rows: Vec<JobRow> = D::fetch(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        D::commit(tx).await?;
+        in_input_order(heights, rows, |r| r.block_height, created.into_iter().map(|(h,)| h).collect())
+    }
+
+    async fn jobs_by_task(&self, task_ids: &[String]) -> Result<Vec<StoredJob>, StoreError> {
+        let mut q = Sql::<D>::default();
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM job WHERE {}", q.is_in("task_id", Column::Texts(task_ids.to_vec())));
+        let rows: Vec<JobRow> = self.fetch(q.finish(sql)).await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn latest_broadcast_job(&self) -> Result<Option<StoredJob>, StoreError> {
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM job WHERE broadcast_at IS NOT NULL ORDER BY block_height DESC LIMIT 1");
+        let row: Option<JobRow> = self.fetch_optional(Sql::<D>::default().finish(sql)).await?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn insert_solutions(&self, solutions: &[NewSolution]) -> Result<Vec<Inserted<StoredSolution>>, StoreError> {
+        let keys: Vec<String> = solutions.iter().map(|s| s.unique_key.clone()).collect();
+        let mut tx = D::begin(&self.pool).await?;
+        // Sorted by key for the same reason as jobs by height. The time is taken inside
+        // the transaction, so rows are stamped in the order they commit.
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "INSERT INTO solution (unique_key, hardware_id, caption, task_id, solution, solution_target, created_at) \
+             SELECT b.k, b.h, b.c, b.t, b.s, b.st, {now} FROM {rows} WHERE true ORDER BY b.k \
+             ON CONFLICT (unique_key) DO NOTHING RETURNING unique_key",
+            rows = q.rows(
+                "b",
+                vec![
+                    ("k", Column::Texts(keys.clone())),
+                    ("h", texts(solutions, |s| &s.hardware_id)),
+                    ("c", texts(solutions, |s| &s.caption)),
+                    ("t", texts(solutions, |s| &s.task_id)),
+                    ("s", texts(solutions, |s| &s.solution)),
+                    ("st", Column::Ints(solutions.iter().map(|s| s.solution_target as i64).collect())),
+                ],
+            ),
+            now = q.now(),
+        );
+        let created: Vec<(String,)> = D::fetch(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "SELECT {SOLUTION_COLUMNS} FROM solution WHERE {}",
+            q.is_in("unique_key", Column::Texts(keys.clone()))
+        );
+        let rows: Vec<SolutionRow> = D::fetch(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        D::commit(tx).await?;
+        in_input_order(keys, rows, |r| r.unique_key.clone(), created.into_iter().map(|(k,)| k).collect())
+    }
+
+    async fn settle(&self, settlement: &Settlement<'_>) -> Result<(), StoreError> {
+        if settlement.is_empty() {
+            return Ok(());
+        }
+        let mut tx = D::begin(&self.pool).await?;
+        let verdicts = settlement.verdicts;
+        if !verdicts.is_empty() {
+            let mut q = Sql::<D>::default();
+            let sql = format!(
+                "UPDATE solution SET valid = v.valid, checked = v.checked, invalid_reason = v.reason \
+                 FROM {} WHERE solution.unique_key = v.k",
+                q.rows(
+                    "v",
+                    vec![
+                        ("k", texts(verdicts, |v| &v.unique_key)),
+                        ("valid", Column::Bools(verdicts.iter().map(|v| v.valid).collect())),
+                        ("checked", Column::Bools(verdicts.iter().map(|v| v.checked).collect())),
+                        ("reason", Column::OptionalTexts(verdicts.iter().map(|v| v.invalid_reason.clone()).collect())),
+                    ],
+                )
+            );
+            D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        }
+        // A broadcast keeps its first time.
+        for (table, key, keys) in
+            [("job", "task_id", settlement.jobs_broadcast), ("solution", "unique_key", settlement.solutions_broadcast)]
+        {
+            if !keys.is_empty() {
+                let mut q = Sql::<D>::default();
+                let sql = format!(
+                    "UPDATE {table} SET broadcast_at = {} WHERE {} AND broadcast_at IS NULL",
+                    q.now(),
+                    q.is_in(key, Column::Texts(keys.to_vec()))
+                );
+                D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
+            }
+        }
+        let rejected = settlement.rejected;
+        if !rejected.is_empty() {
+            let mut q = Sql::<D>::default();
+            let sql = format!(
+                "INSERT INTO rejected_message (stream, payload, reason, created_at) \
+                 SELECT r.s, r.p, r.r, {now} FROM {rows}",
+                rows = q.rows(
+                    "r",
+                    vec![
+                        ("s", texts(rejected, |r| &r.stream)),
+                        ("p", texts(rejected, |r| &r.payload)),
+                        ("r", texts(rejected, |r| &r.reason)),
+                    ],
+                ),
+                now = q.now(),
+            );
+            D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        }
+        D::commit(tx).await
+    }
+
+    async fn broadcast_solutions_at(&self, block_height: i64) -> Result<Vec<(StoredJob, StoredSolution)>, StoreError> {
+        // `block_height` is unique: at most one job, whose solutions are all the answer.
+        let Some(job) = self.job_row_at(block_height).await? else {
+            return Ok(Vec::new());
+        };
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "SELECT {SOLUTION_COLUMNS} FROM solution WHERE task_id = {} AND broadcast_at IS NOT NULL ORDER BY id",
+            q.arg(job.task_id.as_str())
+        );
+        let solutions: Vec<SolutionRow> = self.fetch(q.finish(sql)).await?;
+        Ok(solutions.into_iter().map(|s| (job.clone(), s.into())).collect())
+    }
+
+    async fn worker_connected(&self, worker: &WorkerConnection) -> Result<i64, StoreError> {
+        let _turn = self.connection_writes.acquire().await.ok();
+        let mut tx = D::begin(&self.pool).await?;
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "UPDATE worker SET disconnected_at = {FINISHED_AT} \
+             WHERE hardware_id = {} AND caption = {} AND disconnected_at IS NULL",
+            q.arg(worker.hardware_id.as_str()),
+            q.arg(worker.caption.as_str())
+        );
+        D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "INSERT INTO worker (ip, address, hardware, hardware_id, caption, instance, connected_at) \
+             VALUES ({}, {}, {}, {}, {}, {}, {}) RETURNING CAST(id AS bigint)",
+            q.arg(worker.ip.as_str()),
+            q.arg(worker.address.as_str()),
+            q.arg(worker.hardware.as_str()),
+            q.arg(worker.hardware_id.as_str()),
+            q.arg(worker.caption.as_str()),
+            q.arg(worker.instance.as_str()),
+            q.now()
+        );
+        let id: Vec<(i64,)> = D::fetch(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        D::commit(tx).await?;
+        id.first().map(|(id,)| *id).ok_or_else(|| StoreError::Corrupt("an inserted worker row has no id".into()))
+    }
+
+    async fn worker_disconnected(&self, id: i64) -> Result<(), StoreError> {
+        let _turn = self.connection_writes.acquire().await.ok();
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "UPDATE worker SET disconnected_at = {} WHERE id = {} AND disconnected_at IS NULL",
+            q.now(),
+            q.arg(id)
+        );
+        self.execute(q.finish(sql)).await?;
+        Ok(())
+    }
+
+    async fn close_connections_of(&self, instance: &str) -> Result<u64, StoreError> {
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "UPDATE worker SET disconnected_at = {FINISHED_AT} WHERE instance = {} AND disconnected_at IS NULL",
+            q.arg(instance)
+        );
+        self.execute(q.finish(sql)).await
+    }
+
+    async fn worker_connections(&self, hardware_id: &str, caption: &str) -> Result<Vec<WorkerRow>, StoreError> {
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "SELECT {WORKER_COLUMNS} FROM worker WHERE hardware_id = {} AND caption = {} ORDER BY connected_at, id",
+            q.arg(hardware_id),
+            q.arg(caption)
+        );
+        let rows: Vec<WorkerConnectionRow> = self.fetch(q.finish(sql)).await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn list_jobs(&self, page: Page) -> Result<Paged<StoredJob>, StoreError> {
+        let mut q = Sql::<D>::default();
+        let before = q.arg(page.before);
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM job WHERE (CAST({before} AS bigint) IS NULL OR block_height < {before}) \
+             ORDER BY block_height DESC LIMIT {}",
+            q.arg(i64::from(page.limit))
+        );
+        let rows: Vec<JobRow> = self.fetch(q.finish(sql)).await?;
+        Ok(Paged::of(rows, page, |r| r.block_height))
+    }
+
+    async fn job_at_height(&self, block_height: i64) -> Result<Option<StoredJob>, StoreError> {
+        self.job_row_at(block_height).await
+    }
+
+    async fn list_solutions(&self, filter: &SolutionFilter, page: Page) -> Result<Paged<StoredSolution>, StoreError> {
+        let mut q = Sql::<D>::default();
+        let before = q.arg(page.before);
+        let task = q.arg(filter.task_id.as_deref());
+        let hardware = q.arg(filter.hardware_id.as_deref());
+        let key = q.arg(filter.unique_key.as_deref());
+        let sql = format!(
+            "SELECT CAST(id AS bigint) AS id, {SOLUTION_COLUMNS} FROM solution \
+             WHERE (CAST({before} AS bigint) IS NULL OR id < {before}) \
+             AND (CAST({task} AS text) IS NULL OR task_id = {task}) \
+             AND (CAST({hardware} AS text) IS NULL OR hardware_id = {hardware}) \
+             AND (CAST({key} AS text) IS NULL OR unique_key = {key}) ORDER BY id DESC LIMIT {}",
+            q.arg(i64::from(page.limit))
+        );
+        let rows: Vec<KeyedSolutionRow> = self.fetch(q.finish(sql)).await?;
+        Ok(Paged::of(rows, page, |r| r.id))
+    }
+
+    async fn list_worker_connections(&self, filter: &WorkerFilter, page: Page) -> Result<Paged<WorkerRow>, StoreError> {
+        let mut q = Sql::<D>::default();
+        let before = q.arg(page.before);
+        let hardware = q.arg(filter.hardware_id.as_deref());
+        let open = q.arg(filter.open);
+        let sql = format!(
+            "SELECT {WORKER_COLUMNS} FROM worker WHERE (CAST({before} AS bigint) IS NULL OR id < {before}) \
+             AND (CAST({hardware} AS text) IS NULL OR hardware_id = {hardware}) \
+             AND (CAST({open} AS boolean) IS NULL OR (disconnected_at IS NULL) = {open}) ORDER BY id DESC LIMIT {}",
+            q.arg(i64::from(page.limit))
+        );
+        let rows: Vec<WorkerConnectionRow> = self.fetch(q.finish(sql)).await?;
+        Ok(Paged::of(rows, page, |r| r.id))
+    }
+}
