@@ -2,6 +2,9 @@
 //! (cargo fuzz, libFuzzer) drives them for long runs, and `tests/fuzz_smoke.rs`
 //! replays the corpus and random inputs through them in every test run.
 //!
+//! Built only with the `fuzzing` feature (on for both of them), so the server and
+//! the library's users do not carry them.
+//!
 //! Each takes arbitrary bytes and panics only on a broken invariant (a bug).
 //! Rejecting the input with an error is the expected outcome for most of them.
 

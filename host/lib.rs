@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod listener;

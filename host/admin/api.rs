@@ -2,21 +2,25 @@
 //! registries, described by the OpenAPI document at `/api/v1/openapi.json`
 //! (generated from these handlers and types by `utoipa`).
 
+use super::jobs::job_detail;
 use super::summary::Summary;
 use super::AdminState;
 use crate::pipeline::views::{NodeView, WorkerPolicyView, WorkerView};
 use crate::plugin::{LoadFailure, PluginReport, Reload, ShadowReport};
-use crate::store::{Page, SolutionFilter, StoreError, StoredJob, StoredSolution, WorkerFilter, WorkerRow};
+use crate::store::{Page, SolutionFilter, WorkerFilter, WorkerRow};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoParams, OpenApi, ToSchema};
+
+// Defined below both this API and the dashboard's summary, which show them too;
+// named here, where they were defined before.
+pub use super::error::ApiError;
+pub use super::jobs::{JobDetail, JobOut, SolutionOut, SolutionStatus};
 
 /// Rows per page when the request does not say.
 const DEFAULT_LIMIT: u32 = 50;
@@ -67,41 +71,6 @@ impl utoipa::Modify for BearerToken {
     }
 }
 
-/// What a failed request gets.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ApiError {
-    /// What went wrong, for a person.
-    pub error: String,
-    #[serde(skip)]
-    status: StatusCode,
-}
-
-impl ApiError {
-    /// An error answered with `status`.
-    pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        ApiError { error: error.into(), status }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(self)).into_response()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        tracing::warn!(error = %e, "an API read from the store failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the store could not be read: {e}"))
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, e.body_text())
-    }
-}
-
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// `limit` and `before` of a listing.
@@ -120,37 +89,6 @@ impl PageQuery {
     }
 }
 
-/// A stored job.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobOut {
-    /// Its id, given by the job processor.
-    pub task_id: String,
-    /// Its height (one job per height).
-    pub block_height: i64,
-    /// The target a solution must reach.
-    pub proof_target: u64,
-    /// As the node sent it.
-    #[schema(value_type = Object)]
-    pub epoch_challenge: serde_json::Value,
-    /// When it was stored.
-    pub created_at: DateTime<Utc>,
-    /// Whether it was produced to the `job` log (sent on to workers).
-    pub broadcast: bool,
-}
-
-impl From<StoredJob> for JobOut {
-    fn from(j: StoredJob) -> Self {
-        JobOut {
-            epoch_challenge: serde_json::from_str(&j.epoch_challenge).unwrap_or(serde_json::Value::Null),
-            task_id: j.task_id,
-            block_height: j.block_height,
-            proof_target: j.proof_target,
-            created_at: j.created_at,
-            broadcast: j.broadcast,
-        }
-    }
-}
-
 /// A page of jobs, highest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobPage {
@@ -158,81 +96,6 @@ pub struct JobPage {
     pub items: Vec<JobOut>,
     /// `before` of the next page (a height); absent on the last page.
     pub next: Option<i64>,
-}
-
-/// A job with its solutions.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobDetail {
-    /// The job.
-    #[serde(flatten)]
-    pub job: JobOut,
-    /// Worker connections this process queued it to, while it remembers (the latest 1,024 jobs).
-    pub delivered_to_workers: Option<u64>,
-    /// Its solutions, newest first (at most 500).
-    pub solutions: Vec<SolutionOut>,
-}
-
-/// What the validators said of a solution.
-#[derive(Debug, Serialize, ToSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SolutionStatus {
-    /// Every validating policy accepted it.
-    Valid,
-    /// A policy refused it; see `invalid_reason`.
-    Invalid,
-    /// No policy validates solutions, or it is not validated yet.
-    Unchecked,
-}
-
-/// A stored solution.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SolutionOut {
-    /// `partial_solution.nonce`: unique.
-    pub unique_key: String,
-    /// The job it solves.
-    pub task_id: String,
-    /// The worker's `hardware_id`.
-    pub hardware_id: String,
-    /// The worker's `caption`.
-    pub caption: String,
-    /// As the worker sent it.
-    #[schema(value_type = Object)]
-    pub solution: serde_json::Value,
-    /// The target it reaches.
-    pub solution_target: u64,
-    /// The validators' verdict.
-    pub status: SolutionStatus,
-    /// Why it is invalid.
-    pub invalid_reason: Option<String>,
-    /// Whether it was produced to the `solution` log (sent on to nodes).
-    pub broadcast: bool,
-    /// When it was stored.
-    pub created_at: DateTime<Utc>,
-    /// Node connections this process queued it to, while it remembers (the latest 4,096 solutions).
-    pub delivered_to_nodes: Option<u64>,
-}
-
-impl SolutionOut {
-    fn new(s: StoredSolution, state: &AdminState) -> Self {
-        let status = match (s.checked, s.valid) {
-            (true, true) => SolutionStatus::Valid,
-            (true, false) => SolutionStatus::Invalid,
-            (false, _) => SolutionStatus::Unchecked,
-        };
-        SolutionOut {
-            delivered_to_nodes: state.nodes.as_ref().and_then(|n| n.solution_deliveries(&s.unique_key)),
-            solution: serde_json::from_str(&s.solution).unwrap_or(serde_json::Value::Null),
-            unique_key: s.unique_key,
-            task_id: s.task_id,
-            hardware_id: s.hardware_id,
-            caption: s.caption,
-            solution_target: s.solution_target,
-            status,
-            invalid_reason: s.invalid_reason,
-            broadcast: s.broadcast,
-            created_at: s.created_at,
-        }
-    }
 }
 
 /// A page of solutions, newest first.
@@ -339,17 +202,6 @@ async fn job_by_height(State(state): State<Arc<AdminState>>, Path(height): Path<
     let job = state.store.job_at_height(height).await?;
     let job = job.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job at height {height}")))?;
     Ok(Json(job_detail(&state, job).await?))
-}
-
-/// A job with its solutions (newest first, one page) and delivery counts.
-pub(super) async fn job_detail(state: &AdminState, job: StoredJob) -> Result<JobDetail, ApiError> {
-    let filter = SolutionFilter { task_id: Some(job.task_id.clone()), ..SolutionFilter::default() };
-    let solutions = state.store.list_solutions(&filter, Page::new(Page::MAX_LIMIT, None)).await?;
-    Ok(JobDetail {
-        delivered_to_workers: state.workers.as_ref().and_then(|w| w.job_deliveries(&job.task_id)),
-        solutions: solutions.items.into_iter().map(|s| SolutionOut::new(s, state)).collect(),
-        job: job.into(),
-    })
 }
 
 /// Which solutions to list.

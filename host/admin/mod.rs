@@ -8,6 +8,8 @@
 
 pub mod api;
 mod dashboard;
+mod error;
+mod jobs;
 pub mod summary;
 
 use crate::config::RoleName;
@@ -95,7 +97,7 @@ async fn require_token(State(state): State<Arc<AdminState>>, request: Request, n
 }
 
 fn unauthorized(why: &str) -> Response {
-    let mut response = api::ApiError::new(StatusCode::UNAUTHORIZED, why).into_response();
+    let mut response = error::ApiError::new(StatusCode::UNAUTHORIZED, why).into_response();
     response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     response
 }

@@ -2,7 +2,8 @@
 //! connections, plugins and the latest jobs, as one JSON object; and the
 //! server-sent events stream that repeats it every second.
 
-use super::api::{job_detail, ApiError, JobDetail};
+use super::error::ApiError;
+use super::jobs::{job_detail, JobDetail};
 use super::AdminState;
 use crate::metrics::{Buckets, Snapshot};
 use crate::pipeline::views::{NodeView, WorkerView};

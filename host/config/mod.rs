@@ -4,7 +4,6 @@
 
 pub mod report;
 
-use crate::plugin::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -50,7 +49,7 @@ pub struct Config {
     /// Health, metrics and plugin reports over HTTP.
     pub admin: AdminConfig,
     /// How the job and solution processors take messages from their queues.
-    pub processor: crate::pipeline::consume::BatchSettings,
+    pub processor: BatchSettings,
     /// The policy plugins.
     pub plugins: PluginsConfig,
     /// RabbitMQ; without it, a queue in a SQLite file in `data_dir`.
@@ -157,11 +156,6 @@ impl Default for SocketConfig {
 }
 
 impl SocketConfig {
-    /// A new connection's frame allowance.
-    pub fn frame_budget(&self) -> crate::pipeline::connection::FrameBudget {
-        crate::pipeline::connection::FrameBudget::new(self.frames_per_second, self.frame_burst)
-    }
-
     /// The bounds on a frame's fields.
     pub fn fields(&self) -> crate::protocol::FieldLimits {
         crate::protocol::FieldLimits {
@@ -258,6 +252,25 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
+/// How a processor takes messages from its queue.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchSettings {
+    /// Messages the broker may have out with this consumer, unacked.
+    pub prefetch: u16,
+    /// Most messages handled as one batch. Below `prefetch`, so the broker keeps
+    /// delivering while a batch is handled.
+    pub max_batch: usize,
+    /// Longest wait for more messages once one is in hand, in milliseconds.
+    pub linger_ms: u64,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings { prefetch: 512, max_batch: 256, linger_ms: 2 }
+    }
+}
+
 /// The policy plugins.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -285,6 +298,42 @@ impl Default for PluginsConfig {
             limits: Limits::default(),
             builtin_seed_rules: true,
             config: Default::default(),
+        }
+    }
+}
+
+/// Limits applied to every plugin call.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock budget of one call, in milliseconds (epoch interruption).
+    pub deadline_ms: u64,
+    /// Fuel (roughly, wasm instructions) one call may use; 0 turns fuel off and
+    /// leaves the deadline alone to stop runaway plugins (faster: fuel metering
+    /// costs every loop iteration a counter update).
+    pub fuel: u64,
+    /// Linear memory one plugin instance may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Largest string or state blob passed to or accepted from a plugin, in bytes.
+    pub max_blob_bytes: usize,
+    /// Most workers or nodes passed to one `offer-*` call.
+    pub max_batch: usize,
+    /// Log lines per second a plugin may write before they are dropped.
+    pub log_lines_per_second: u32,
+    /// Idle instances kept per plugin for reuse.
+    pub idle_instances: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline_ms: 100,
+            fuel: 200_000_000,
+            memory_bytes: 32 << 20,
+            max_blob_bytes: 256 << 10,
+            max_batch: 200_000,
+            log_lines_per_second: 50,
+            idle_instances: 8,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! outbox, a way to close a connection from anywhere with a code and a reason,
 //! and the loop that reads a connection's frames within its budget.
 
+use crate::config::SocketConfig;
 use crate::plugin::truncate as host_truncate;
 use crate::transport::TransportError;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -217,10 +218,7 @@ async fn send_close(sink: &mut SplitSink<WebSocket, Message>, reason: CloseReaso
 }
 
 /// Applies the configured buffer sizes to a connection being upgraded.
-pub fn sized(
-    ws: axum::extract::ws::WebSocketUpgrade,
-    socket: &crate::config::SocketConfig,
-) -> axum::extract::ws::WebSocketUpgrade {
+pub fn sized(ws: axum::extract::ws::WebSocketUpgrade, socket: &SocketConfig) -> axum::extract::ws::WebSocketUpgrade {
     ws.read_buffer_size(socket.read_buffer_bytes)
         .write_buffer_size(socket.write_buffer_bytes)
         .max_message_size(socket.max_message_bytes)
@@ -332,6 +330,12 @@ impl FrameBudget {
             refilled: std::time::Instant::now(),
             dropped_in_a_row: 0,
         }
+    }
+
+    /// A new connection's frame allowance, as `socket` sets it. Built here rather
+    /// than by the settings, which know nothing of the pipeline that reads them.
+    pub fn for_socket(socket: &SocketConfig) -> Self {
+        FrameBudget::new(socket.frames_per_second, socket.frame_burst)
     }
 
     /// Spends one frame at `now`.

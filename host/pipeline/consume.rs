@@ -9,6 +9,8 @@
 //! broker connection breaks, so nothing accepted is lost.
 
 use super::{Backoff, Services};
+// Re-exported where it was defined before it moved down to the settings.
+pub use crate::config::BatchSettings;
 use crate::store::{Rejected, Settlement};
 use crate::transport::{Deliveries, Delivery, Stream, TransportError};
 use futures::future::BoxFuture;
@@ -16,25 +18,6 @@ use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// How a processor takes messages from its queue.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BatchSettings {
-    /// Messages the broker may have out with this consumer, unacked.
-    pub prefetch: u16,
-    /// Most messages handled as one batch. Below `prefetch`, so the broker keeps
-    /// delivering while a batch is handled.
-    pub max_batch: usize,
-    /// Longest wait for more messages once one is in hand, in milliseconds.
-    pub linger_ms: u64,
-}
-
-impl Default for BatchSettings {
-    fn default() -> Self {
-        BatchSettings { prefetch: 512, max_batch: 256, linger_ms: 2 }
-    }
-}
 
 /// Handling a batch failed; it is retried.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@
 
 use super::admission::{admit_connection, run_challenge, Admitted};
 use super::connection::{
-    close_code, close_for_publish_error, finish, read_frames, sized, start_writer, Outbox, Registry,
+    close_code, close_for_publish_error, finish, read_frames, sized, start_writer, FrameBudget, Outbox, Registry,
 };
 use super::connection_cap::ConnectionCap;
 use super::solution_processor::solution_event;
@@ -227,10 +227,9 @@ impl NodeServer {
         let id = self.nodes.insert(conn);
         crate::metrics::hot().node_connections.increment(1.0);
         tracing::info!(connection = id, remote = %handshake.remote, "node connected");
-        read_frames(&mut stream, &outbox, &self.shutdown, "node", self.settings.socket.frame_budget(), |frame| {
-            self.on_frame(id, &outbox, frame)
-        })
-        .await;
+        let budget = FrameBudget::for_socket(&self.settings.socket);
+        read_frames(&mut stream, &outbox, &self.shutdown, "node", budget, |frame| self.on_frame(id, &outbox, frame))
+            .await;
         self.nodes.remove(id);
         finish(&mut stream, outbox, writer).await;
         crate::metrics::hot().node_connections.decrement(1.0);

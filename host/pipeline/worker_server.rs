@@ -11,8 +11,8 @@
 
 use super::admission::{admit_connection, run_challenge, Admitted, Handshake};
 use super::connection::{
-    close_code, close_for_publish_error, close_for_read_error, finish, read_frames, sized, start_writer, Outbox,
-    Registry,
+    close_code, close_for_publish_error, close_for_read_error, finish, read_frames, sized, start_writer, FrameBudget,
+    Outbox, Registry,
 };
 use super::connection_cap::ConnectionCap;
 use super::solution_processor::job_view;
@@ -343,7 +343,8 @@ impl WorkerServer {
         }
         let capacity = self.settings.publishes_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let in_flight = Arc::new(Semaphore::new(capacity));
-        read_frames(stream, outbox, &self.shutdown, "worker", self.settings.socket.frame_budget(), |frame| {
+        let budget = FrameBudget::for_socket(&self.settings.socket);
+        read_frames(stream, outbox, &self.shutdown, "worker", budget, |frame| {
             self.on_solution(id, outbox, &welcome, frame, &in_flight)
         })
         .await;

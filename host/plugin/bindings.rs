@@ -7,7 +7,9 @@ wasmtime::component::bindgen!({
     additional_derives: [serde::Serialize, serde::Deserialize, PartialEq, Eq, Hash],
 });
 
-pub use eligo::policy::types::*;
+// `self::`: the generated module `eligo`, not this crate, which the unit tests
+// also see as `eligo` (the dev-dependency on itself, for the fuzz entry points).
+pub use self::eligo::policy::types::*;
 
 /// The contract's package and version, as the exported interface is named.
 pub const DECISIONS_INTERFACE: &str = "eligo:policy/decisions@0.2.0";

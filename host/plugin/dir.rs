@@ -14,7 +14,8 @@
 //! leave the previous version serving.
 
 use super::engine::PluginEngine;
-use super::set::{hook_names, LoadedPolicy, PluginKey, PluginReport, PolicySet};
+use super::report::PluginReport;
+use super::set::{hook_names, LoadedPolicy, PluginKey, PolicySet};
 use super::shadow::{Shadow, ShadowReport};
 use super::Policy;
 use arc_swap::ArcSwap;

@@ -10,8 +10,10 @@ mod bindings;
 mod dir;
 mod engine;
 mod host_state;
+mod load;
 mod native;
 mod policy;
+mod report;
 pub mod runner;
 pub mod scaffold;
 mod set;
@@ -23,15 +25,20 @@ pub use bindings::{
     Welcome, WorkerAdmission, WorkerProfile, Workers, DECISIONS_INTERFACE, WIT_VERSION,
 };
 pub use dir::{loaded_policy, LoadFailure, PluginHost, Reload, RescanSummary, Settings, WatchGuard};
-pub use engine::{Limits, LoadError, PluginEngine};
+// The limits are settings (`[plugins.limits]`), so they are defined with the
+// others, below the runtime; they are named here too, where engines are built.
+pub use crate::config::Limits;
+pub use engine::{LoadError, PluginEngine};
 pub(crate) use host_state::truncate;
 pub use native::{NativeSeedRules, BUILTIN_KEY, NOTHING_SENT, WAIT_MS};
+// For the fuzz entry points only, which are built with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
 pub(crate) use policy::{check_indices, check_job_offer};
 pub use policy::{Decision, Policy, PolicyError, Reason, Verdict};
-pub use set::{
-    hook_names, LoadedPolicy, NodeState, PluginKey, PluginReport, PolicySet, Refusal, Validation, WorkerState,
-};
+pub use report::PluginReport;
+pub use set::{hook_names, LoadedPolicy, NodeState, PluginKey, PolicySet, Refusal, Validation, WorkerState};
 pub use shadow::{Disagreement, Shadow, ShadowReport};
+#[cfg(feature = "fuzzing")]
 pub(crate) use wasm::HOOKS as ALL_HOOKS;
 pub use wasm::{Cost, Exports, WasmPlugin, NO_SETTINGS};
 

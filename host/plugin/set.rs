@@ -15,6 +15,8 @@ use super::bindings::{
     ConnectionRequest, Hook, Job, JobSubmission, NodeView, Solution, Welcome, WorkerProfile, Workers,
 };
 use super::policy::Policy;
+use super::report::PluginReport;
+use super::shadow::Shadow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -22,31 +24,6 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 /// A plugin's identity for per-connection state: its file stem. A reloaded plugin
 /// (same file, new contents) keeps the state of its predecessor.
 pub type PluginKey = Arc<str>;
-
-/// What the host reports about an active plugin.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct PluginReport {
-    /// The key: the file stem, which also orders composition.
-    pub key: String,
-    /// The file it was loaded from (empty for a built-in policy).
-    pub file: String,
-    /// The name the plugin gives itself.
-    pub name: String,
-    /// The version the plugin gives itself.
-    pub version: String,
-    /// The contract it was built against, e.g. `eligo:policy@0.2.0`.
-    pub wit: String,
-    /// Where its settings came from (a `.toml` file or a configuration table);
-    /// `None` when it runs with none. The settings themselves are not shown: they
-    /// may hold secrets.
-    pub settings: Option<String>,
-    /// sha256 of the file, hex.
-    pub sha256: String,
-    /// When it was loaded, RFC 3339.
-    pub loaded_at: String,
-    /// The hooks it implements.
-    pub hooks: Vec<String>,
-}
 
 /// One active policy.
 #[derive(Clone)]
@@ -58,7 +35,7 @@ pub struct LoadedPolicy {
     /// What is reported about it.
     pub report: PluginReport,
     /// A candidate version answering copies of its calls, if one is in `shadow/`.
-    pub shadow: Option<Arc<super::shadow::Shadow>>,
+    pub shadow: Option<Arc<Shadow>>,
 }
 
 /// Why something was refused, and by whom.

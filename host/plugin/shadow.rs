@@ -13,7 +13,7 @@ use super::bindings::{
     WorkerProfile, Workers,
 };
 use super::policy::{Decision, Policy, Verdict};
-use super::set::PluginReport;
+use super::report::PluginReport;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
