@@ -11,9 +11,11 @@
 //! - [`app`]: assembling and stopping a running eligo.
 //! - [`admin`]: health, metrics, the operator's JSON API and the live dashboard.
 //! - [`metrics`]: process-wide counters.
+//! - [`cli`]: the `eligo` command's subcommands; `host/main.rs` only parses and dispatches.
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
