@@ -5,7 +5,7 @@ use crate::config::{Config, RoleName};
 use crate::listener;
 use crate::pipeline::node_server::{NodeServer, NodeServerSettings};
 use crate::pipeline::worker_server::{WorkerServer, WorkerServerSettings};
-use crate::pipeline::{job_processor, solution_processor, Services};
+use crate::pipeline::{job_processor, presence_processor, solution_processor, Services};
 use crate::plugin::{NativeSeedRules, PluginEngine, PluginHost, WatchGuard, BUILTIN_KEY};
 use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
 use crate::transport::amqp::AmqpQueue;
@@ -78,6 +78,10 @@ pub struct Running {
     /// The backends and plugins the stages share.
     pub services: Services,
     shutdown: CancellationToken,
+    /// Stops the presence processor, after the servers' last presence events.
+    presence_shutdown: CancellationToken,
+    /// Publishes the worker server's presence events.
+    presence_publisher: Option<tokio::task::JoinHandle<()>>,
     tasks: JoinSet<()>,
     node_server: Option<Arc<NodeServer>>,
     worker_server: Option<Arc<WorkerServer>>,
@@ -90,14 +94,21 @@ impl Running {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         let (nodes, workers) = (self.node_server.take(), self.worker_server.take());
+        let presence_publisher = self.presence_publisher.take();
         let drain = async {
-            // Connections first: each records its end (e.g. the worker row) before it goes.
+            // Connections first: each records its end (e.g. the worker's) before it goes.
             if let Some(n) = &nodes {
                 n.closed().await;
             }
             if let Some(w) = &workers {
                 w.closed().await;
             }
+            // Then the presence events those ends made are confirmed by the queue,
+            // and a presence processor of this process writes them before it stops.
+            if let Some(publisher) = presence_publisher {
+                let _ = publisher.await;
+            }
+            self.presence_shutdown.cancel();
             while self.tasks.join_next().await.is_some() {}
         };
         if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
@@ -147,6 +158,8 @@ pub async fn start_with(
     }
     let services = Services { queue, log, store, plugins: plugins.clone() };
     let shutdown = CancellationToken::new();
+    let presence_shutdown = CancellationToken::new();
+    let mut presence_publisher = None;
     let mut tasks = JoinSet::new();
     let runs = |role| config.roles.contains(&role);
     let mut node_server = None;
@@ -183,7 +196,7 @@ pub async fn start_with(
         node_server = Some(server);
     }
     if runs(RoleName::WorkerServer) {
-        let server = WorkerServer::new(
+        let (server, presence) = WorkerServer::new(
             services.clone(),
             WorkerServerSettings {
                 outbox_capacity: config.worker.outbox,
@@ -195,6 +208,7 @@ pub async fn start_with(
             },
             shutdown.clone(),
         );
+        presence_publisher = Some(tokio::spawn(presence));
         server.recover().await.context("recovering worker connections")?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
@@ -209,6 +223,9 @@ pub async fn start_with(
     }
     if runs(RoleName::SolutionProcessor) {
         tasks.spawn(solution_processor::run(services.clone(), config.processor.clone(), shutdown.clone()));
+    }
+    if runs(RoleName::PresenceProcessor) {
+        tasks.spawn(presence_processor::run(services.clone(), config.processor.clone(), presence_shutdown.clone()));
     }
     let admin_addr = match config.admin.listen {
         Some(listen) => {
@@ -232,6 +249,8 @@ pub async fn start_with(
         plugins,
         services,
         shutdown,
+        presence_shutdown,
+        presence_publisher,
         tasks,
         node_server,
         worker_server,

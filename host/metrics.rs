@@ -88,6 +88,10 @@ pub struct Hot {
     pub solution_batch_size: Histogram,
     /// Messages per job batch.
     pub job_batch_size: Histogram,
+    /// A presence batch taken from the queue → acked, in seconds.
+    pub presence_batch_seconds: Histogram,
+    /// Messages per presence batch.
+    pub presence_batch_size: Histogram,
 }
 
 /// The hot-path handles (installing the recorder on first use).
@@ -112,6 +116,8 @@ pub fn hot() -> &'static Hot {
             job_batch_seconds: metrics::histogram!("eligo_processing_seconds", "queue" => "job"),
             solution_batch_size: metrics::histogram!("eligo_processing_batch_size", "queue" => "solution"),
             job_batch_size: metrics::histogram!("eligo_processing_batch_size", "queue" => "job"),
+            presence_batch_seconds: metrics::histogram!("eligo_processing_seconds", "queue" => "worker"),
+            presence_batch_size: metrics::histogram!("eligo_processing_batch_size", "queue" => "worker"),
         }
     })
 }

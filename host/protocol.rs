@@ -241,6 +241,44 @@ impl SolutionMessage {
     }
 }
 
+/// Worker server → presence processor (the `worker` exchange): a connection that
+/// opened or ended, or a server instance that started again. The worker server
+/// sends these after the fact, so a welcome never waits for the database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PresenceEvent {
+    /// A welcomed connection; sent when it opens and again, with its end, when it ends.
+    Connection(ConnectionRecord),
+    /// `instance` started again at `at`: what it left open before then has ended.
+    Recovered {
+        /// The instance's name.
+        instance: String,
+        /// When it started.
+        at: chrono::DateTime<chrono::Utc>,
+    },
+}
+
+/// One welcomed worker connection, as a [`PresenceEvent`] carries it: the whole
+/// record every time, so its events may be handled in any order, or twice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionRecord {
+    /// Unique per connection.
+    pub connection: String,
+    /// The server instance holding it.
+    pub instance: String,
+    /// The welcome's fields.
+    pub ip: String,
+    pub address: String,
+    pub hardware: String,
+    pub hardware_id: String,
+    pub caption: String,
+    /// When it was welcomed.
+    pub connected_at: chrono::DateTime<chrono::Utc>,
+    /// When it ended, in the event sent then.
+    #[serde(default)]
+    pub disconnected_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Job processor → worker servers (the `job` topic). The original fields, plus
 /// `proof_target` for policies.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

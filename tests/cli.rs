@@ -122,7 +122,7 @@ fn the_configuration_example_in_the_readme_is_valid() {
     let start = readme.find("```toml\n").expect("a toml block in the README") + "```toml\n".len();
     let end = start + readme[start..].find("```").expect("the end of the block");
     let config: eligo::config::Config = toml::from_str(&readme[start..end]).expect("the README's example parses");
-    assert_eq!(config.roles.len(), 4);
+    assert_eq!(config.roles.len(), 5);
     assert!(config.amqp.is_some() && config.kafka.is_some() && config.postgres.is_some());
     assert_eq!(config.plugins.limits.deadline_ms, 100);
     let file = tempfile::tempdir().expect("tempdir");

@@ -83,7 +83,10 @@ fn compose_names_every_role_and_backend_with_health_checks() {
         assert!(!report.contains("eligo:eligo@"), "passwords are masked: {report}");
     }
     roles_run.sort();
-    assert_eq!(roles_run, ["job-processor", "node-server", "solution-processor", "worker-server"]);
+    assert_eq!(
+        roles_run,
+        ["job-processor", "node-server", "presence-processor", "solution-processor", "worker-server"]
+    );
 }
 
 #[test]

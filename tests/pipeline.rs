@@ -559,6 +559,13 @@ impl Store for FailingOnce {
     async fn close_connections_of(&self, instance: &str) -> Result<u64, StoreError> {
         self.inner.close_connections_of(instance).await
     }
+    async fn record_presence(
+        &self,
+        connections: &[eligo::store::Presence],
+        recoveries: &[eligo::store::Recovery],
+    ) -> Result<(), StoreError> {
+        self.inner.record_presence(connections, recoveries).await
+    }
     async fn worker_connections(
         &self,
         hardware_id: &str,

@@ -64,7 +64,8 @@ fn spawn_roles(backends: &Backends, name: &str, roles: &str, serves: bool) -> Pr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_server_processes_each_deliver_to_their_own_connections() {
     let backends = Backends::new(Kind::Networked).await;
-    let first = spawn(&backends, "first", "node-server,worker-server,job-processor,solution-processor");
+    let first =
+        spawn(&backends, "first", "node-server,worker-server,job-processor,solution-processor,presence-processor");
     let second = spawn(&backends, "second", "node-server,worker-server");
 
     let welcome =
@@ -100,7 +101,7 @@ async fn two_server_processes_each_deliver_to_their_own_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_left_open_by_a_killed_process_are_finished_when_it_restarts() {
     let backends = Backends::new(Kind::Networked).await;
-    let roles = "node-server,worker-server,job-processor,solution-processor";
+    let roles = "node-server,worker-server,job-processor,solution-processor,presence-processor";
     let first = spawn(&backends, "crashy", roles);
     let mut worker = Client::connect(first.worker).await;
     worker

@@ -14,8 +14,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use eligo::store::postgres::PgStore;
 use eligo::store::sqlite::SqliteStore;
 use eligo::store::{
-    Inserted, NewJob, NewSolution, Page, SolutionFilter, Store, StoredJob, StoredSolution, WorkerConnection,
-    WorkerFilter,
+    Inserted, NewJob, NewSolution, Page, Presence, Recovery, SolutionFilter, Store, StoredJob, StoredSolution,
+    WorkerConnection, WorkerFilter,
 };
 use futures::FutureExt;
 use sqlx::postgres::PgPool;
@@ -204,6 +204,10 @@ store_tests!(
     jobs_are_listed_by_height_highest_first_page_by_page,
     solutions_are_listed_newest_first_by_job_worker_or_nonce,
     worker_connections_are_listed_newest_first_open_or_finished,
+    a_connection_is_written_once_however_often_its_events_come,
+    a_connections_end_may_come_before_its_start,
+    a_later_connection_finishes_the_workers_open_one_at_its_latest_solution,
+    a_recovery_finishes_what_its_instance_left_open_before_it,
 );
 
 fn new_job(block_height: i64) -> NewJob {
@@ -528,6 +532,93 @@ async fn a_workers_connections_are_listed_oldest_first(b: Backend) {
         assert_eq!((row.connected_at, row.disconnected_at), (times.connected_at, times.disconnected_at));
     }
     assert!(rows[0].disconnected_at.is_some() && rows[1].disconnected_at.is_none());
+}
+
+/// Now, at the precision both databases keep.
+fn stamp() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
+fn presence(key: &str, worker: WorkerConnection, connected_at: DateTime<Utc>) -> Presence {
+    Presence { key: key.to_owned(), worker, connected_at, disconnected_at: None }
+}
+
+/// `(connected_at, disconnected_at)` of a worker's rows, oldest first.
+async fn times_of(store: &dyn Store, hardware_id: &str, caption: &str) -> Vec<(DateTime<Utc>, Option<DateTime<Utc>>)> {
+    let rows = store.worker_connections(hardware_id, caption).await.unwrap();
+    rows.iter().map(|r| (r.connected_at, r.disconnected_at)).collect()
+}
+
+async fn a_connection_is_written_once_however_often_its_events_come(b: Backend) {
+    let store = &*b.store;
+    let opened = presence("c-1", worker("hw-1", "rig-a", "i1"), stamp());
+    store.record_presence(&[opened.clone()], &[]).await.unwrap();
+    store.record_presence(&[opened.clone(), opened.clone()], &[]).await.unwrap();
+    assert_eq!(times_of(store, "hw-1", "rig-a").await, [(opened.connected_at, None)]);
+
+    let ended_at = stamp();
+    let ended = Presence { disconnected_at: Some(ended_at), ..opened.clone() };
+    store.record_presence(&[ended.clone()], &[]).await.unwrap();
+    // Delivered again, late: the end stays, and nothing is added.
+    store.record_presence(&[opened.clone(), ended.clone()], &[]).await.unwrap();
+    store.record_presence(&[Presence { disconnected_at: Some(stamp()), ..opened.clone() }], &[]).await.unwrap();
+    assert_eq!(times_of(store, "hw-1", "rig-a").await, [(opened.connected_at, Some(ended_at))]);
+    let row = &store.worker_connections("hw-1", "rig-a").await.unwrap()[0];
+    assert_eq!((&*row.ip, &*row.address, &*row.instance), ("192.0.2.7", "aleo1worker", "i1"));
+}
+
+async fn a_connections_end_may_come_before_its_start(b: Backend) {
+    let store = &*b.store;
+    let opened = presence("c-1", worker("hw-1", "rig-a", "i1"), stamp());
+    let ended_at = stamp();
+    store.record_presence(&[Presence { disconnected_at: Some(ended_at), ..opened.clone() }], &[]).await.unwrap();
+    store.record_presence(&[opened.clone()], &[]).await.unwrap();
+    assert_eq!(times_of(store, "hw-1", "rig-a").await, [(opened.connected_at, Some(ended_at))]);
+}
+
+async fn a_later_connection_finishes_the_workers_open_one_at_its_latest_solution(b: Backend) {
+    let store = &*b.store;
+    let rig = worker("hw-1", "rig-a", "i1");
+    let first = presence("c-1", rig.clone(), stamp());
+    let other = presence("c-other", worker("hw-1", "rig-b", "i1"), stamp());
+    store.record_presence(&[first.clone(), other.clone()], &[]).await.unwrap();
+    solve(store, "hw-1", "rig-a").await;
+    let latest = solve(store, "hw-1", "rig-a").await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let second = presence("c-2", rig.clone(), stamp());
+    // The new connection and a quiet one of the same worker in one batch.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let third = presence("c-3", rig, stamp());
+    store.record_presence(&[second.clone(), third.clone()], &[]).await.unwrap();
+    assert_eq!(
+        times_of(store, "hw-1", "rig-a").await,
+        [
+            (first.connected_at, Some(latest)),
+            (second.connected_at, Some(second.connected_at)),
+            (third.connected_at, None)
+        ]
+    );
+    assert_eq!(times_of(store, "hw-1", "rig-b").await, [(other.connected_at, None)], "another worker stays open");
+}
+
+async fn a_recovery_finishes_what_its_instance_left_open_before_it(b: Backend) {
+    let store = &*b.store;
+    let idle = presence("c-idle", worker("hw-a", "rig", "i1"), stamp());
+    let busy = presence("c-busy", worker("hw-b", "rig", "i1"), stamp());
+    let elsewhere = presence("c-else", worker("hw-c", "rig", "i2"), stamp());
+    store.record_presence(&[idle.clone(), busy.clone(), elsewhere.clone()], &[]).await.unwrap();
+    let busy_latest = solve(store, "hw-b", "rig").await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let restarted = stamp();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    // Welcomed by the restarted instance before its recovery was processed.
+    let after = presence("c-after", worker("hw-d", "rig", "i1"), stamp());
+    store.record_presence(&[after.clone()], &[Recovery { instance: "i1".into(), at: restarted }]).await.unwrap();
+    assert_eq!(times_of(store, "hw-a", "rig").await, [(idle.connected_at, Some(idle.connected_at))]);
+    assert_eq!(times_of(store, "hw-b", "rig").await, [(busy.connected_at, Some(busy_latest))]);
+    assert_eq!(times_of(store, "hw-c", "rig").await, [(elsewhere.connected_at, None)]);
+    assert_eq!(times_of(store, "hw-d", "rig").await, [(after.connected_at, None)]);
 }
 
 #[tokio::test]

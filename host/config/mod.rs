@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// The four stages a process can run.
+/// The stages a process can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum RoleName {
@@ -21,12 +21,19 @@ pub enum RoleName {
     JobProcessor,
     /// Stores, validates and broadcasts solutions.
     SolutionProcessor,
+    /// Records worker connections from the worker servers' presence events.
+    PresenceProcessor,
 }
 
 impl RoleName {
     /// Every role.
-    pub const ALL: [RoleName; 4] =
-        [RoleName::NodeServer, RoleName::WorkerServer, RoleName::JobProcessor, RoleName::SolutionProcessor];
+    pub const ALL: [RoleName; 5] = [
+        RoleName::NodeServer,
+        RoleName::WorkerServer,
+        RoleName::JobProcessor,
+        RoleName::SolutionProcessor,
+        RoleName::PresenceProcessor,
+    ];
 }
 
 /// All of eligo's settings.
@@ -495,7 +502,7 @@ mod tests {
         assert_eq!(c.node.listen.to_string(), "127.0.0.1:8001");
         assert_eq!(c.worker.listen.to_string(), "127.0.0.1:8002");
         assert!(c.amqp.is_none() && c.kafka.is_none() && c.postgres.is_none());
-        assert_eq!(c.roles.len(), 4);
+        assert_eq!(c.roles.len(), 5);
     }
 
     #[test]

@@ -52,6 +52,20 @@ pub async fn consume_until(
     shutdown: CancellationToken,
     handler: BatchHandler,
 ) {
+    consume_draining(stream, services, settings, shutdown, Duration::ZERO, handler).await
+}
+
+/// Consumes `stream` with `handler` until `shutdown`, and after it until no message
+/// has come for `drain`: how a processor takes what its own process published
+/// while stopping.
+pub async fn consume_draining(
+    stream: Stream,
+    services: Services,
+    settings: BatchSettings,
+    shutdown: CancellationToken,
+    drain: Duration,
+    handler: BatchHandler,
+) {
     let mut backoff = Backoff::default();
     let queue = stream.queue();
     while !shutdown.is_cancelled() {
@@ -64,7 +78,7 @@ pub async fn consume_until(
         };
         tracing::info!(queue, prefetch = settings.prefetch, max_batch = settings.max_batch, "consuming");
         loop {
-            let mut batch = match next_batch(&mut deliveries, &settings, &shutdown).await {
+            let mut batch = match next_batch(&mut deliveries, &settings, &shutdown, drain).await {
                 Some(Ok(batch)) => batch,
                 Some(Err(e)) => {
                     tracing::warn!(queue, error = %e, "consumer broke; reconnecting");
@@ -96,15 +110,20 @@ pub(crate) fn only<O>(mut outcomes: Vec<O>) -> Result<O, Retry> {
 }
 
 /// The next batch: one message (waiting for it), then what is ready or arrives
-/// within the linger, up to the batch size. `None` on shutdown.
+/// within the linger, up to the batch size. `None` on shutdown, once no message
+/// has come for `drain`.
 async fn next_batch(
     deliveries: &mut Deliveries,
     settings: &BatchSettings,
     shutdown: &CancellationToken,
+    drain: Duration,
 ) -> Option<Result<Vec<Delivery>, TransportError>> {
     let first = tokio::select! {
-        _ = shutdown.cancelled() => return None,
         item = deliveries.next() => item,
+        _ = shutdown.cancelled() => match tokio::time::timeout(drain, deliveries.next()).await {
+            Ok(item) if !drain.is_zero() => item,
+            _ => return None,
+        },
     };
     let first = match first {
         Some(Ok(d)) => d,
@@ -192,6 +211,7 @@ fn record(stream: Stream, outcomes: &[&'static str], elapsed: Duration) {
     let (seconds, size) = match stream {
         Stream::Job => (&hot.job_batch_seconds, &hot.job_batch_size),
         Stream::Solution => (&hot.solution_batch_seconds, &hot.solution_batch_size),
+        Stream::Worker => (&hot.presence_batch_seconds, &hot.presence_batch_size),
     };
     seconds.record(elapsed.as_secs_f64());
     size.record(outcomes.len() as f64);

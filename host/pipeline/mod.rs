@@ -1,10 +1,11 @@
-//! The pipeline's four stages, each a role `eligo serve` can run:
+//! The pipeline's stages, each a role `eligo serve` can run:
 //!
 //! ```text
 //! node ──ws──▶ node_server ──queue `job`──▶ job_processor ──▶ store, log `job`
 //! worker ◀─ws── worker_server ◀── log `job`
 //! worker ──ws──▶ worker_server ──queue `solution`──▶ solution_processor ──▶ store, log `solution`
 //! node ◀─ws── node_server ◀── log `solution`
+//! worker_server ──queue `worker`──▶ presence_processor ──▶ store (`worker` rows)
 //! ```
 //!
 //! Every decision on the way is asked of the plugins ([`crate::plugin::PolicySet`]).
@@ -16,6 +17,8 @@ pub mod consume;
 pub mod fanout;
 pub mod job_processor;
 pub mod node_server;
+pub mod presence;
+pub mod presence_processor;
 pub mod solution_processor;
 pub mod views;
 pub mod worker_server;

@@ -15,13 +15,16 @@ use super::connection::{
     Outbox, Registry,
 };
 use super::connection_cap::ConnectionCap;
+use super::presence::PresenceSender;
 use super::solution_processor::job_view;
 use super::views::{DeliveryCounts, WorkerPolicyView, WorkerView};
 use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
 use crate::plugin::{now_ms, Job, Role, Welcome, WorkerState};
-use crate::protocol::{canonical_json, error_frame, JobEvent, SolutionFrame, SolutionMessage, WelcomeFrame, WorkFrame};
-use crate::store::WorkerConnection;
+use crate::protocol::{
+    canonical_json, error_frame, ConnectionRecord, JobEvent, PresenceEvent, SolutionFrame, SolutionMessage,
+    WelcomeFrame, WorkFrame,
+};
 use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -81,16 +84,29 @@ pub struct WorkerServer {
     current: Mutex<Option<ReadyJob>>,
     cap: Arc<ConnectionCap>,
     deliveries: DeliveryCounts,
+    presence: PresenceSender,
     shutdown: CancellationToken,
 }
 
 impl WorkerServer {
     /// A worker server over `services`; connections close when `shutdown` fires.
-    pub fn new(services: Services, settings: WorkerServerSettings, shutdown: CancellationToken) -> Arc<Self> {
+    /// The returned future publishes the server's presence events (connections
+    /// opening and ending) to the `worker` queue: run it beside the server; it ends
+    /// once [`closed`](Self::closed) has returned and every event is confirmed.
+    pub fn new(
+        services: Services,
+        settings: WorkerServerSettings,
+        shutdown: CancellationToken,
+    ) -> (Arc<Self>, impl std::future::Future<Output = ()> + Send + 'static) {
         let cap = ConnectionCap::new("worker", &settings.connections);
         let workers = Registry::default();
         let deliveries = DeliveryCounts::new(REMEMBERED_JOBS);
-        Arc::new(WorkerServer { services, settings, workers, current: Mutex::new(None), cap, deliveries, shutdown })
+        let (presence, publishing) = PresenceSender::start(services.queue.clone());
+        let current = Mutex::new(None);
+        (
+            Arc::new(WorkerServer { services, settings, workers, current, cap, deliveries, presence, shutdown }),
+            publishing,
+        )
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
@@ -98,9 +114,11 @@ impl WorkerServer {
         Router::new().fallback(any(upgrade)).with_state(self.clone())
     }
 
-    /// Waits until every connection has finished (after shutdown was signalled).
+    /// Waits until every connection has finished (after shutdown was signalled);
+    /// then the presence publisher sends what is left and stops.
     pub async fn closed(&self) {
         self.workers.closed().await;
+        self.presence.close();
     }
 
     /// Connected (welcomed) workers.
@@ -154,11 +172,19 @@ impl WorkerServer {
 
     /// Finishes the connections a previous run of this instance left open, and
     /// loads the current job, so a worker connecting now gets it at once.
+    ///
+    /// The rows already written are finished now; a recovery event on the `worker`
+    /// queue finishes those whose events the previous run had queued but the
+    /// presence processor had not written yet (it reaches the processor after them).
     pub async fn recover(&self) -> anyhow::Result<()> {
-        let closed = self.services.store.close_connections_of(&self.settings.instance).await?;
+        let instance = self.settings.instance.clone();
+        let at = chrono::Utc::now();
+        let closed = self.services.store.close_connections_of(&instance).await?;
         if closed > 0 {
-            tracing::info!(closed, instance = %self.settings.instance, "finished worker connections left open by a previous run");
+            tracing::info!(closed, %instance, "finished worker connections left open by a previous run");
         }
+        let recovered = serde_json::to_vec(&PresenceEvent::Recovered { instance, at })?;
+        self.services.queue.publish(Stream::Worker, &recovered).await?;
         if let Some(job) = self.services.store.latest_broadcast_job().await? {
             let view = job_view(&job);
             let epoch_challenge = serde_json::from_str(&job.epoch_challenge).unwrap_or_default();
@@ -206,12 +232,22 @@ impl WorkerServer {
     fn offer(&self, ready: &ReadyJob, only: Option<u64>) {
         let policies = self.services.plugins.current();
         let Some(mut workers) = self.workers.lock() else { return };
-        let mut ids = Vec::with_capacity(workers.len());
-        let mut states = Vec::with_capacity(workers.len());
-        for (id, conn) in workers.iter_mut() {
-            if only.is_none_or(|o| o == *id) {
-                ids.push(*id);
-                states.push(&mut conn.state);
+        let mut ids = Vec::with_capacity(if only.is_some() { 1 } else { workers.len() });
+        let mut states = Vec::with_capacity(ids.capacity());
+        match only {
+            // A newly welcomed worker (a storm brings thousands at once): look it up
+            // instead of walking every connection.
+            Some(id) => {
+                if let Some(conn) = workers.get_mut(&id) {
+                    ids.push(id);
+                    states.push(&mut conn.state);
+                }
+            }
+            None => {
+                for (id, conn) in workers.iter_mut() {
+                    ids.push(*id);
+                    states.push(&mut conn.state);
+                }
             }
         }
         let chosen = policies.offer_job(&ready.job, &mut states, now_ms());
@@ -312,22 +348,6 @@ impl WorkerServer {
         state: WorkerState,
         handshake: &Handshake,
     ) {
-        let row = WorkerConnection {
-            ip: welcome.ip.clone(),
-            address: welcome.address.clone(),
-            hardware: welcome.hardware.clone(),
-            hardware_id: welcome.hardware_id.clone(),
-            caption: welcome.caption.clone(),
-            instance: self.settings.instance.clone(),
-        };
-        let row_id = match self.services.store.worker_connected(&row).await {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::error!(error = %e, "recording a worker connection failed");
-                outbox.close(close_code::INTERNAL, "storage failed");
-                return;
-            }
-        };
         let id = self.workers.insert(WorkerConn {
             state,
             outbox: outbox.clone(),
@@ -341,6 +361,19 @@ impl WorkerServer {
         if let Some(current) = current {
             self.offer(&current, Some(id));
         }
+        // Recorded after the fact: the welcome never waits for the database.
+        let mut record = ConnectionRecord {
+            connection: uuid::Uuid::new_v4().to_string(),
+            instance: self.settings.instance.clone(),
+            ip: welcome.ip.clone(),
+            address: welcome.address.clone(),
+            hardware: welcome.hardware.clone(),
+            hardware_id: welcome.hardware_id.clone(),
+            caption: welcome.caption.clone(),
+            connected_at: chrono::Utc::now(),
+            disconnected_at: None,
+        };
+        self.presence.send(&PresenceEvent::Connection(record.clone()));
         let capacity = self.settings.publishes_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let in_flight = Arc::new(Semaphore::new(capacity));
         let budget = FrameBudget::for_socket(&self.settings.socket);
@@ -350,12 +383,10 @@ impl WorkerServer {
         .await;
         self.workers.remove(id);
         crate::metrics::hot().worker_connections.decrement(1.0);
-        // What the worker sent before it went is confirmed (or refused) before its row is finished.
+        // What the worker sent before it went is confirmed (or refused) before its end is recorded.
         let _ = in_flight.acquire_many(capacity as u32).await;
-        if let Err(e) = self.services.store.worker_disconnected(row_id).await {
-            // Left open, the row is finished at this instance's next start.
-            tracing::warn!(connection = id, error = %e, "recording a disconnect failed");
-        }
+        record.disconnected_at = Some(chrono::Utc::now());
+        self.presence.send(&PresenceEvent::Connection(record));
         tracing::debug!(connection = id, "worker disconnected");
     }
 

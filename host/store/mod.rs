@@ -110,6 +110,31 @@ pub struct WorkerConnection {
     pub instance: String,
 }
 
+/// One worker connection as the presence processor records it: opened, and maybe
+/// already ended. Written by [`Store::record_presence`] once per `key`, however often
+/// its events are delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// Unique per connection (the worker server draws it).
+    pub key: String,
+    /// Who connected, and to which instance.
+    pub worker: WorkerConnection,
+    /// When the worker server welcomed it.
+    pub connected_at: DateTime<Utc>,
+    /// When it ended, once it has.
+    pub disconnected_at: Option<DateTime<Utc>>,
+}
+
+/// A server instance started again at `at`: the connections it left open before then
+/// are finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// The instance's name (`worker.instance`).
+    pub instance: String,
+    /// When it started again.
+    pub at: DateTime<Utc>,
+}
+
 /// A row of `worker`: one connection of a worker (`disconnected_at` absent while open).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct WorkerRow {
@@ -307,6 +332,13 @@ pub trait Store: Send + Sync {
     async fn worker_disconnected(&self, id: i64) -> Result<(), StoreError>;
     /// Finishes every connection `instance` left open (it crashed); returns how many.
     async fn close_connections_of(&self, instance: &str) -> Result<u64, StoreError>;
+    /// Records a batch of worker connections and instance recoveries in one
+    /// transaction, with the original system's rules: a connection's row is written
+    /// once per key (a connection seen again only gains its end); an open row of a
+    /// worker (`hardware_id` and `caption`) that has a later connection is finished at
+    /// its latest solution before that one; a recovery finishes what its instance
+    /// left open before it started.
+    async fn record_presence(&self, connections: &[Presence], recoveries: &[Recovery]) -> Result<(), StoreError>;
     /// The connections of one worker (`hardware_id` and `caption`), oldest first.
     async fn worker_connections(&self, hardware_id: &str, caption: &str) -> Result<Vec<WorkerRow>, StoreError>;
 

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 
 use super::dialect::{Column, Dialect, Exec, Query, Sql};
 use super::{
-    in_input_order, Inserted, NewJob, NewSolution, Page, Paged, Settlement, SolutionFilter, Store,
+    in_input_order, Inserted, NewJob, NewSolution, Page, Paged, Presence, Recovery, Settlement, SolutionFilter, Store,
     StoreError, StoredJob, StoredSolution, WorkerConnection, WorkerFilter, WorkerRow,
 };
 
@@ -413,6 +413,73 @@ impl<D: Dialect> Store for SqlStore<D> {
             q.arg(instance)
         );
         self.execute(q.finish(sql)).await
+    }
+
+    async fn record_presence(&self, connections: &[Presence], recoveries: &[Recovery]) -> Result<(), StoreError> {
+        if connections.is_empty() && recoveries.is_empty() {
+            return Ok(());
+        }
+        // One row per key: a batch may hold both events of a connection, and an upsert
+        // may not touch a row twice.
+        let mut merged: Vec<Presence> = Vec::with_capacity(connections.len());
+        let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for c in connections {
+            match at.get(c.key.as_str()) {
+                Some(&i) => merged[i].disconnected_at = merged[i].disconnected_at.or(c.disconnected_at),
+                None => {
+                    at.insert(&c.key, merged.len());
+                    merged.push(c.clone());
+                }
+            }
+        }
+        let mut tx = D::begin(&self.pool).await?;
+        if !merged.is_empty() {
+            let w = |field: fn(&Presence) -> &str| texts(&merged, field);
+            let mut q = Sql::<D>::default();
+            let sql = format!(
+                "INSERT INTO worker (connection_key, ip, address, hardware, hardware_id, caption, instance, \
+                 connected_at, disconnected_at) \
+                 SELECT b.k, b.ip, b.a, b.hw, b.h, b.c, b.i, b.since, b.until FROM {} WHERE true ORDER BY b.k \
+                 ON CONFLICT (connection_key) DO UPDATE \
+                 SET disconnected_at = coalesce(worker.disconnected_at, excluded.disconnected_at)",
+                q.rows(
+                    "b",
+                    vec![
+                        ("k", w(|p| &p.key)),
+                        ("ip", w(|p| &p.worker.ip)),
+                        ("a", w(|p| &p.worker.address)),
+                        ("hw", w(|p| &p.worker.hardware)),
+                        ("h", w(|p| &p.worker.hardware_id)),
+                        ("c", w(|p| &p.worker.caption)),
+                        ("i", w(|p| &p.worker.instance)),
+                        ("since", Column::Times(merged.iter().map(|p| Some(p.connected_at)).collect())),
+                        ("until", Column::Times(merged.iter().map(|p| p.disconnected_at).collect())),
+                    ],
+                )
+            );
+            D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
+            // Earlier connections of these workers left open are finished.
+            let mut q = Sql::<D>::default();
+            let sql = format!(
+                "UPDATE worker SET disconnected_at = {FINISHED_AT} WHERE disconnected_at IS NULL \
+                 AND (hardware_id, caption) IN (SELECT p.h, p.c FROM {}) \
+                 AND EXISTS (SELECT 1 FROM worker n WHERE n.hardware_id = worker.hardware_id \
+                             AND n.caption = worker.caption AND n.connected_at > worker.connected_at)",
+                q.rows("p", vec![("h", w(|p| &p.worker.hardware_id)), ("c", w(|p| &p.worker.caption))])
+            );
+            D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        }
+        for recovery in recoveries {
+            let mut q = Sql::<D>::default();
+            let sql = format!(
+                "UPDATE worker SET disconnected_at = {FINISHED_AT} \
+                 WHERE instance = {} AND disconnected_at IS NULL AND connected_at < {}",
+                q.arg(recovery.instance.as_str()),
+                q.arg(recovery.at)
+            );
+            D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        }
+        D::commit(tx).await
     }
 
     async fn worker_connections(&self, hardware_id: &str, caption: &str) -> Result<Vec<WorkerRow>, StoreError> {

@@ -73,7 +73,7 @@ impl WorkQueue for AmqpQueue {
         // arguments) closes the channel it was made on, and that must not be the
         // publishers' one.
         let channel = step("open a channel", connection.create_channel()).await?;
-        for stream in [Stream::Job, Stream::Solution] {
+        for stream in Stream::ALL {
             let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
             step(
                 "declare an exchange",

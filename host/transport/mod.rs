@@ -1,8 +1,8 @@
 //! The two transports of the pipeline, each behind a small trait:
 //!
 //! - [`WorkQueue`]: durable, at-least-once work queues (RabbitMQ in production,
-//!   [`sqlite_queue::SqliteQueue`] on a bare machine). Nodes' jobs and workers'
-//!   solutions enter the pipeline here.
+//!   [`sqlite_queue::SqliteQueue`] on a bare machine). Nodes' jobs, workers'
+//!   solutions and worker servers' presence events enter the pipeline here.
 //! - [`EventLog`]: an append-only log read from its end by every server process
 //!   (Kafka in production, [`embedded::EmbeddedLog`] on a bare machine). Stored jobs
 //!   and validated solutions leave the processors here.
@@ -42,21 +42,27 @@ pub enum TransportError {
     Closed,
 }
 
-/// The two work streams entering the pipeline: an exchange and its one queue.
+/// The work streams entering the pipeline: an exchange and its one queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stream {
     /// Jobs from nodes: exchange `job`, queue `job.persist_and_broadcast`.
     Job,
     /// Solutions from workers: exchange `solution`, queue `solution.persist_and_broadcast`.
     Solution,
+    /// Worker connections opening and ending: exchange `worker`, queue `worker.persist`.
+    Worker,
 }
 
 impl Stream {
+    /// Every stream.
+    pub const ALL: [Stream; 3] = [Stream::Job, Stream::Solution, Stream::Worker];
+
     /// The durable fanout exchange publishers write to.
     pub fn exchange(self) -> &'static str {
         match self {
             Stream::Job => "job",
             Stream::Solution => "solution",
+            Stream::Worker => "worker",
         }
     }
 
@@ -65,6 +71,7 @@ impl Stream {
         match self {
             Stream::Job => "job.persist_and_broadcast",
             Stream::Solution => "solution.persist_and_broadcast",
+            Stream::Worker => "worker.persist",
         }
     }
 }

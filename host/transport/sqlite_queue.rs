@@ -33,6 +33,9 @@ const MAX_TAKE: usize = 512;
 /// Publishes waiting for the writer; past that, `publish` waits for room.
 const PUBLISH_QUEUE: usize = 8192;
 
+/// How many streams the queue carries (see [`index`]).
+const STREAMS: usize = 3;
+
 fn unavailable(e: impl std::fmt::Display) -> TransportError {
     TransportError::Unavailable { broker: BROKER, detail: e.to_string() }
 }
@@ -45,6 +48,7 @@ fn index(stream: Stream) -> usize {
     match stream {
         Stream::Job => 0,
         Stream::Solution => 1,
+        Stream::Worker => 2,
     }
 }
 
@@ -59,7 +63,7 @@ struct Shared {
     /// Row ids delivered and not yet settled, of every consumer.
     out: Mutex<HashSet<i64>>,
     /// Wakes consumers of a stream when a message is published or requeued.
-    ready: Arc<[Notify; 2]>,
+    ready: Arc<[Notify; STREAMS]>,
 }
 
 impl Shared {
@@ -119,7 +123,7 @@ impl SqliteQueue {
             .execute(&pool)
             .await
             .map_err(unavailable)?;
-        let ready = Arc::new([Notify::new(), Notify::new()]);
+        let ready = Arc::new([Notify::new(), Notify::new(), Notify::new()]);
         let (publisher, requests) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(write_published(pool.clone(), requests, ready.clone()));
         let shared = Shared { pool, out: Mutex::new(HashSet::new()), ready };
@@ -139,7 +143,7 @@ impl SqliteQueue {
 
 /// The writer: commits what publishers sent, as many messages per transaction as
 /// are waiting, until every [`SqliteQueue`] handle is gone.
-async fn write_published(pool: SqlitePool, mut requests: mpsc::Receiver<Publish>, ready: Arc<[Notify; 2]>) {
+async fn write_published(pool: SqlitePool, mut requests: mpsc::Receiver<Publish>, ready: Arc<[Notify; STREAMS]>) {
     let mut batch = Vec::new();
     while requests.recv_many(&mut batch, MAX_PUBLISH_BATCH).await > 0 {
         let result = {
@@ -149,7 +153,7 @@ async fn write_published(pool: SqlitePool, mut requests: mpsc::Receiver<Publish>
             });
             insert.build().execute(&pool).await.map(|_| ()).map_err(|e| e.to_string())
         };
-        let mut streams = [false; 2];
+        let mut streams = [false; STREAMS];
         for p in batch.drain(..) {
             streams[index(p.stream)] = true;
             let _ = p.done.send(result.clone());

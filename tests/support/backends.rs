@@ -143,7 +143,7 @@ async fn reset_rabbitmq(url: &str) {
             panic!("RabbitMQ at {url} is unreachable: {e} (start it with `rabbitmq-server -detached`)")
         });
     let channel = connection.create_channel().await.expect("a RabbitMQ channel");
-    for stream in [Stream::Job, Stream::Solution] {
+    for stream in Stream::ALL {
         channel.queue_delete(stream.queue(), QueueDeleteOptions::default()).await.expect("deleting a test queue");
     }
     let _ = connection.close(200, "reset").await;

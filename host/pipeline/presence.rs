@@ -1,0 +1,87 @@
+//! The worker server's side of presence: connection events go to the `worker`
+//! queue from a background task, so a welcome never waits for the broker or the
+//! database. The presence processor ([`super::presence_processor`]) writes them.
+//!
+//! Events are published concurrently (up to [`IN_FLIGHT`] awaiting confirms) and
+//! retried with backoff while the queue is unavailable; their order does not matter
+//! (each carries its connection's whole record). What is still in memory when the
+//! process dies is lost, and the instance's next start finishes what it left open.
+
+use super::Backoff;
+use crate::protocol::PresenceEvent;
+use crate::transport::{Stream, WorkQueue};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Events awaiting the broker's confirm at once.
+pub const IN_FLIGHT: usize = 256;
+
+/// Hands presence events to the background publisher.
+pub struct PresenceSender {
+    events: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+}
+
+impl PresenceSender {
+    /// A sender, and the task that publishes what it is given to `queue` until the
+    /// sender is closed and everything given is confirmed.
+    pub fn start(queue: Arc<dyn WorkQueue>) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (PresenceSender { events: Mutex::new(Some(tx)) }, publish_all(queue, rx))
+    }
+
+    /// Queues an event for publishing; never waits.
+    pub fn send(&self, event: &PresenceEvent) {
+        let Ok(bytes) = serde_json::to_vec(event) else { return };
+        if let Some(events) = self.events.lock().ok().as_ref().and_then(|e| e.as_ref()) {
+            if events.send(bytes).is_err() {
+                tracing::warn!("the presence publisher has stopped; an event is not recorded");
+            }
+        }
+    }
+
+    /// No more events: the publisher finishes what it holds and stops.
+    pub fn close(&self) {
+        if let Ok(mut events) = self.events.lock() {
+            events.take();
+        }
+    }
+}
+
+/// Publishes every event received until the channel closes and all are confirmed.
+async fn publish_all(queue: Arc<dyn WorkQueue>, mut events: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    let mut backoff = Backoff::default();
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            event = events.recv(), if open && in_flight.len() < IN_FLIGHT => match event {
+                Some(bytes) => in_flight.push(publish(queue.clone(), bytes)),
+                None => open = false,
+            },
+            Some(result) = in_flight.next() => match result {
+                Ok(()) => backoff.reset(),
+                Err(bytes) => {
+                    // The queue is unavailable: try this one again after a pause (the
+                    // others in flight fail or pass on their own).
+                    backoff.wait().await;
+                    in_flight.push(publish(queue.clone(), bytes));
+                }
+            },
+        }
+    }
+}
+
+/// Publishes one event; gives it back if the queue did not take it.
+async fn publish(queue: Arc<dyn WorkQueue>, bytes: Vec<u8>) -> Result<(), Vec<u8>> {
+    match queue.publish(Stream::Worker, &bytes).await {
+        Ok(()) => {
+            crate::metrics::add("eligo_presence_events_published_total", &[], 1);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "publishing a presence event failed; retrying");
+            Err(bytes)
+        }
+    }
+}
