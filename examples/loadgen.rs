@@ -13,6 +13,12 @@
 //!   (`--mode jobs --workers 0 --run` the same) sends: one process holds only so
 //!   many sockets, so a fan-out to more workers is spread over several. Jobs carry
 //!   their send time (wall clock), so any process on the machine can time them.
+//! - `storm`: a reconnect storm. A node sends one job (none with `--no-job`, for a
+//!   server that already holds one) and a probe worker waits until a worker
+//!   connecting now is handed it; then all `--workers` connect at once, each sends
+//!   its welcome and waits for that job. Times how long until every worker holds
+//!   it, and each worker's welcome → job; nobody leaves before everyone has it.
+//!   `examples/bare_server.rs` is the floor to compare it with.
 //!
 //! More than ~28,000 client sockets need more source addresses than 127.0.0.1
 //! has ports: connections are spread over 127.0.0.1–127.0.0.`--source-ips`.
@@ -30,9 +36,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
 
 /// What the load generator does; see the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -42,6 +50,7 @@ enum Mode {
     Solutions,
     Idle,
     Receive,
+    Storm,
 }
 
 /// Drives a running eligo with workers and nodes over the original protocol.
@@ -81,7 +90,8 @@ struct Args {
     /// How long idle workers stay connected (idle mode), in seconds.
     #[arg(long, default_value_t = 10)]
     hold_secs: u64,
-    /// Longest wait for outstanding deliveries after the last send, in seconds.
+    /// Longest wait for outstanding deliveries after the last send, in seconds (storm
+    /// mode: for the probe's job, and then without a worker getting it).
     #[arg(long, default_value_t = 30)]
     wait_secs: u64,
     /// Source addresses 127.0.0.1..=127.0.0.N to spread connections over.
@@ -102,6 +112,10 @@ struct Args {
     /// Add every job latency to the report (for merging several processes).
     #[arg(long)]
     raw: bool,
+    /// Storm mode: send no job first; the worker server already holds one (the bare
+    /// server, or a job an earlier loadgen sent with the same `--run`).
+    #[arg(long)]
+    no_job: bool,
 }
 
 /// Microseconds since the Unix epoch: a clock every process on the machine shares.
@@ -200,9 +214,21 @@ async fn connected_workers(admin: &str) -> Option<u64> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = Args::parse();
+    // Every connection is a file: the soft limit (often 1024) would cap the workers
+    // far below what the hard limit allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("could not raise the open-files limit: {e}");
+    }
     let tally = Arc::new(Tally::default());
     let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let run_given = args.run.is_some();
     let run = args.run.get_or_insert_with(|| format!("load-{base}")).clone();
+    if args.mode == Mode::Storm {
+        // The run names the job to wait for when this process sends it or is told
+        // whose it is; otherwise (the bare server) any job will do.
+        let wanted = (run_given || !args.no_job).then_some(run);
+        return storm(&args, base, wanted).await;
+    }
     let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(args.workers as u64) };
     bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")?);
     bar.set_message("workers connected");
@@ -413,9 +439,211 @@ async fn worker(w: usize, socket: Socket, args: Args, tally: Arc<Tally>, base: i
                     }
                 }
             }
-            Mode::Jobs | Mode::Idle | Mode::Receive => {}
+            Mode::Jobs | Mode::Idle | Mode::Receive | Mode::Storm => {}
         }
     }
+}
+
+/// What every worker of a storm shares.
+struct Storm {
+    url: String,
+    spread: u8,
+    /// The run whose job counts as held; `None`: the first job frame.
+    wanted: Option<String>,
+    /// Connections being opened at once: the TCP and WebSocket handshakes only,
+    /// so every worker is connected as fast as the client can, and stays.
+    connecting: Semaphore,
+    /// Cancelled once every worker holds the job (or the wait is over).
+    release: CancellationToken,
+    tally: Tally,
+    last_connected: Mutex<Option<Instant>>,
+    first_error: Mutex<Option<String>>,
+    bar: ProgressBar,
+}
+
+impl Storm {
+    fn connected(&self) {
+        self.last_connected.lock().map(|mut l| *l = Some(Instant::now())).ok();
+    }
+
+    fn held(&self, latency: Duration) {
+        self.tally.job_latency.lock().map(|mut l| l.push(latency)).ok();
+        self.tally.last_receipt.lock().map(|mut l| *l = Some(Instant::now())).ok();
+        self.bar.inc(1);
+    }
+
+    fn held_count(&self) -> u64 {
+        self.tally.job_latency.lock().map(|l| l.len()).unwrap_or(0) as u64
+    }
+
+    fn failed(&self, error: anyhow::Error) {
+        self.tally.error();
+        if let Ok(mut first) = self.first_error.lock() {
+            first.get_or_insert_with(|| format!("{error:#}"));
+        }
+    }
+}
+
+/// Whether `text` is a job frame, and the `wanted` run's job when one is named.
+fn is_job(text: &str, wanted: Option<&str>) -> bool {
+    let Ok(frame) = serde_json::from_str::<Value>(text) else { return false };
+    frame["task_id"].is_string() && wanted.is_none_or(|run| frame["epoch_challenge"]["run"].as_str() == Some(run))
+}
+
+/// Storm mode: with the job already out, every worker reconnects at once (after a
+/// deploy or restart, say) and waits for it.
+async fn storm(args: &Args, base: i64, wanted: Option<String>) -> Result<()> {
+    let node = if args.no_job { None } else { Some(send_job(args, base).await?) };
+    probe(args, wanted.as_deref()).await?;
+    if let Some(mut node) = node {
+        let _ = node.close(None).await;
+    }
+
+    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(args.workers as u64) };
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")?);
+    bar.set_message("workers hold the job");
+    let storm = Arc::new(Storm {
+        url: args.worker_url.clone(),
+        spread: args.source_ips,
+        wanted,
+        connecting: Semaphore::new(args.connect_parallelism.clamp(1, Semaphore::MAX_PERMITS)),
+        release: CancellationToken::new(),
+        tally: Tally::default(),
+        last_connected: Mutex::new(None),
+        first_error: Mutex::new(None),
+        bar,
+    });
+    let started = Instant::now();
+    let handles: Vec<_> = (0..args.workers).map(|w| tokio::spawn(storm_worker(w, storm.clone()))).collect();
+
+    // Until every worker holds the job or has failed, at most `wait_secs` without progress.
+    let settled = |s: &Storm| s.held_count() + s.tally.errors.load(Ordering::Relaxed);
+    let mut last = settled(&storm);
+    let mut last_change = Instant::now();
+    while last < args.workers as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = settled(&storm);
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > Duration::from_secs(args.wait_secs) {
+            break;
+        }
+    }
+    let held = storm.held_count();
+    let since_start = |at: &Mutex<Option<Instant>>| {
+        at.lock().ok().and_then(|at| *at).map(|at| at.duration_since(started).as_secs_f64()).unwrap_or(0.0)
+    };
+    let total = since_start(&storm.tally.last_receipt);
+    let connected = since_start(&storm.last_connected);
+    storm.release.cancel();
+    for handle in handles {
+        let _ = handle.await;
+    }
+    storm.bar.finish_and_clear();
+
+    if held < args.workers as u64 {
+        eprintln!("only {held} of {} workers got the job within {} s of no progress", args.workers, args.wait_secs);
+    }
+    if let Some(error) = storm.first_error.lock().ok().and_then(|e| e.clone()) {
+        eprintln!("first error: {error}");
+    }
+    let latencies = storm.tally.job_latency.lock().map(|l| l.clone()).unwrap_or_default();
+    let report = json!({
+        "mode": "storm", "workers": args.workers, "held": held,
+        "errors": storm.tally.errors.load(Ordering::Relaxed),
+        "total_s": total, "workers_per_s": if total > 0.0 { held as f64 / total } else { 0.0 },
+        "connected_s": connected, "connect_parallelism": args.connect_parallelism,
+        "welcome_to_job": percentiles(latencies.clone()),
+        "welcome_to_job_ms": if args.raw {
+            json!(latencies.iter().map(|d| (d.as_secs_f64() * 1e5).round() / 1e2).collect::<Vec<_>>())
+        } else {
+            Value::Null
+        },
+    });
+    print_report(args, &report);
+    Ok(())
+}
+
+/// Sends this run's job through the node server; the connection is returned, and
+/// kept, until the job has reached the worker server.
+async fn send_job(args: &Args, base: i64) -> Result<Socket> {
+    let mut node = connect(&args.node_url, args.workers + 1, args.source_ips).await.context("connecting a node")?;
+    let challenge = json!({ "height": base, "run": args.run, "sent_us": unix_us() });
+    let job = json!({ "epoch_challenge": challenge, "proof_target": 1, "block_height": base });
+    node.send(Message::text(job.to_string())).await.context("sending the job")?;
+    Ok(node)
+}
+
+/// Waits until a worker connecting now is handed the job: the storm times a server
+/// that already holds it, not the pipeline bringing it there.
+async fn probe(args: &Args, wanted: Option<&str>) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
+    let mut last_error = anyhow::anyhow!("no attempt");
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, probe_once(args, wanted)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last_error = e,
+            Err(_) => last_error = anyhow::anyhow!("no job frame"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last_error.context(format!(
+        "a probe worker at {} got no job{} within {} s (was the job refused?)",
+        args.worker_url,
+        wanted.map(|run| format!(" of run {run}")).unwrap_or_default(),
+        args.wait_secs
+    )))
+}
+
+async fn probe_once(args: &Args, wanted: Option<&str>) -> Result<()> {
+    // Its own number, so its welcome is not one of the storm's.
+    let mut socket = connect(&args.worker_url, args.workers, args.source_ips).await?;
+    socket.send(Message::text(welcome(args.workers).to_string())).await?;
+    // An earlier job may come first; the wanted one follows when it reaches the server.
+    while let Some(message) = socket.next().await {
+        if let Message::Text(text) = message? {
+            if is_job(&text, wanted) {
+                let _ = socket.close(None).await;
+                return Ok(());
+            }
+        }
+    }
+    bail!("the worker server closed the probe before sending the job")
+}
+
+/// One storm worker: connect, welcome, wait for the job, stay until released.
+async fn storm_worker(w: usize, storm: Arc<Storm>) {
+    let connected = {
+        let _permit = storm.connecting.acquire().await;
+        connect(&storm.url, w, storm.spread).await
+    };
+    let mut socket = match connected {
+        Ok(socket) => socket,
+        Err(e) => return storm.failed(e),
+    };
+    storm.connected();
+    let welcomed = Instant::now();
+    if let Err(e) = socket.send(Message::text(welcome(w).to_string())).await {
+        return storm.failed(e.into());
+    }
+    let mut held = false;
+    loop {
+        tokio::select! {
+            _ = storm.release.cancelled() => break,
+            message = socket.next() => match message {
+                Some(Ok(Message::Text(text))) if !held && is_job(&text, storm.wanted.as_deref()) => {
+                    held = true;
+                    storm.held(welcomed.elapsed());
+                }
+                // Reading on after the job answers pings and notices a close.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return storm.failed(e.into()),
+                None => return storm.failed(anyhow::anyhow!("closed by the server")),
+            },
+        }
+    }
+    let _ = socket.close(None).await;
 }
 
 fn print_report(args: &Args, report: &Value) {
