@@ -186,6 +186,7 @@ pub async fn start_with(
             listener::serve(
                 &mut tasks,
                 config.node.listen,
+                config.node.socket.listen_backlog,
                 config.node.tls.as_ref(),
                 server.router(),
                 &shutdown,
@@ -215,7 +216,8 @@ pub async fn start_with(
         let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
         let router = server.router();
         let tls = config.worker.tls.as_ref();
-        worker_addr = Some(listener::serve(&mut tasks, config.worker.listen, tls, router, &shutdown, "worker").await?);
+        let (listen, backlog) = (config.worker.listen, config.worker.socket.listen_backlog);
+        worker_addr = Some(listener::serve(&mut tasks, listen, backlog, tls, router, &shutdown, "worker").await?);
         worker_server = Some(server);
     }
     if runs(RoleName::JobProcessor) {
@@ -238,7 +240,11 @@ pub async fn start_with(
                 config.admin.token.as_deref(),
             );
             let router = crate::admin::router(state);
-            Some(listener::serve(&mut tasks, listen, config.admin.tls.as_ref(), router, &shutdown, "admin").await?)
+            let backlog = listener::DEFAULT_BACKLOG;
+            Some(
+                listener::serve(&mut tasks, listen, backlog, config.admin.tls.as_ref(), router, &shutdown, "admin")
+                    .await?,
+            )
         }
         None => None,
     };

@@ -23,19 +23,32 @@ const TLS_DRAIN: Duration = Duration::from_secs(10);
 /// have been quiet this long.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// A listening socket as `TcpListener::bind` makes it (address reuse on Unix, so
+/// a restart need not wait out TIME_WAIT), with the given backlog.
+fn bind(listen: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if listen.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(backlog)
+}
+
+/// The listen backlog of a listener with no setting of its own (the admin port).
+pub const DEFAULT_BACKLOG: u32 = 1024;
+
 /// Binds `listen` and serves `router` on it until `shutdown`, over TLS when
-/// `tls` is set. Returns the bound address (for port 0).
+/// `tls` is set, with `backlog` connections queued by the kernel before they are
+/// accepted. Returns the bound address (for port 0).
 pub async fn serve(
     tasks: &mut JoinSet<()>,
     listen: SocketAddr,
+    backlog: u32,
     tls: Option<&TlsConfig>,
     router: Router,
     shutdown: &CancellationToken,
     what: &'static str,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the {what} server to {listen}"))?;
+    let listener = bind(listen, backlog).with_context(|| format!("binding the {what} server to {listen}"))?;
     let addr = listener.local_addr()?;
     let app = router.into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = shutdown.clone();

@@ -143,6 +143,10 @@ pub struct SocketConfig {
     /// Data frames a connection may send at once above the sustained rate. A
     /// connection that has this many frames dropped in a row is closed with 1008.
     pub frame_burst: u32,
+    /// Connections the kernel holds for the listener before eligo accepts them
+    /// (capped by `net.core.somaxconn`). When every worker reconnects at once, a
+    /// full queue shows as clients retrying their SYN after 1 s and 3 s.
+    pub listen_backlog: u32,
 }
 
 impl Default for SocketConfig {
@@ -158,6 +162,7 @@ impl Default for SocketConfig {
             // workers send ~250.
             frames_per_second: 1000,
             frame_burst: 2000,
+            listen_backlog: 65_535,
         }
     }
 }
