@@ -1,6 +1,7 @@
 //! An example worker: sends its welcome, solves each job it receives with the
 //! reference proof-of-work solver (what the `pow-check` plugin verifies), and
-//! submits the solution.
+//! submits the solution with an `id`, counting the server's answers the way mining
+//! software counts shares: accepted / refused (acks), valid / invalid (verdicts).
 //!
 //! `cargo run --example worker -- [ws://127.0.0.1:8002/] [target to reach]`
 
@@ -24,10 +25,16 @@ async fn main() -> anyhow::Result<()> {
     tx.send(Message::text(welcome.to_string())).await?;
     println!("worker: connected to {url} as {hardware_id}; solving to target {target}");
     let mut next_nonce = rand_start();
+    let mut counts = Counts::default();
+    let mut next_id: u64 = 1;
     while let Some(frame) = rx.next().await {
         match frame? {
             Message::Text(text) => {
                 let work: Value = serde_json::from_str(&text)?;
+                if counts.answer(&work) {
+                    println!("worker: {} ({text})", counts.line());
+                    continue;
+                }
                 let (Some(task_id), Some(challenge)) = (work["task_id"].as_str(), work.get("epoch_challenge")) else {
                     println!("worker: server says {text}");
                     continue;
@@ -37,8 +44,9 @@ async fn main() -> anyhow::Result<()> {
                 let (nonce, reached) =
                     tokio::task::spawn_blocking(move || solver::solve(&challenge, target, start)).await?;
                 next_nonce = nonce + 1;
-                let solution = json!({ "task_id": task_id, "solution_target": reached,
+                let solution = json!({ "id": next_id, "task_id": task_id, "solution_target": reached,
                                        "solution": { "partial_solution": { "nonce": nonce, "address": "aleo1example" } } });
+                next_id += 1;
                 tx.send(Message::text(solution.to_string())).await?;
                 println!("worker: task {task_id}: nonce {nonce} reaches {reached}");
             }
@@ -50,6 +58,33 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The server's answers to this worker's solutions.
+#[derive(Default)]
+struct Counts {
+    accepted: u64,
+    refused: u64,
+    valid: u64,
+    invalid: u64,
+}
+
+impl Counts {
+    /// Counts `frame` if it is an ack or a verdict.
+    fn answer(&mut self, frame: &Value) -> bool {
+        match (frame["type"].as_str(), frame["status"].as_str(), frame["valid"].as_bool()) {
+            (Some("ack"), Some("accepted"), _) => self.accepted += 1,
+            (Some("ack"), _, _) => self.refused += 1,
+            (Some("verdict"), _, Some(true)) => self.valid += 1,
+            (Some("verdict"), _, _) => self.invalid += 1,
+            _ => return false,
+        }
+        true
+    }
+
+    fn line(&self) -> String {
+        format!("accepted {} refused {} | valid {} invalid {}", self.accepted, self.refused, self.valid, self.invalid)
+    }
 }
 
 /// Workers start from different nonces so their solutions do not collide.

@@ -149,8 +149,18 @@ impl JobFrame {
     /// Reads a node's frame and holds its fields to `limits`.
     pub fn parse_within(text: &[u8], limits: &FieldLimits) -> Result<Self, FrameError> {
         let frame = Self::parse(text)?;
-        limits.object("epoch_challenge", &frame.epoch_challenge)?;
+        frame.check(limits)?;
         Ok(frame)
+    }
+
+    /// Reads a node's frame, its fields held to `limits`, with the id it is to be
+    /// acknowledged by.
+    pub fn read_within(text: &[u8], limits: &FieldLimits) -> Acked<Self> {
+        read_acked("job", text, |frame: &Self| frame.check(limits))
+    }
+
+    fn check(&self, limits: &FieldLimits) -> Result<(), FrameError> {
+        limits.object("epoch_challenge", &self.epoch_challenge)
     }
 }
 
@@ -200,10 +210,143 @@ impl SolutionFrame {
     /// Reads a worker's solution frame and holds its fields to `limits`.
     pub fn parse_within(text: &[u8], limits: &FieldLimits) -> Result<Self, FrameError> {
         let frame = Self::parse(text)?;
-        limits.text("task_id", &frame.task_id, Some(column::TASK_ID))?;
-        limits.object("solution", &frame.solution)?;
+        frame.check(limits)?;
         Ok(frame)
     }
+
+    /// Reads a worker's solution frame, its fields held to `limits`, with the id it
+    /// is to be acknowledged by.
+    pub fn read_within(text: &[u8], limits: &FieldLimits) -> Acked<Self> {
+        read_acked("solution", text, |frame: &Self| frame.check(limits))
+    }
+
+    fn check(&self, limits: &FieldLimits) -> Result<(), FrameError> {
+        limits.text("task_id", &self.task_id, Some(column::TASK_ID))?;
+        limits.object("solution", &self.solution)
+    }
+}
+
+/// The `id` a node or worker may put on a job or solution frame to have it
+/// acknowledged: a string of at most [`FrameId::MAX_CHARS`] characters, or an
+/// integer. It is echoed exactly as sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FrameId(Value);
+
+impl FrameId {
+    /// The longest string id, in characters.
+    pub const MAX_CHARS: usize = 64;
+
+    /// `value` as an id, if it is one.
+    pub fn new(value: &Value) -> Result<Self, FrameError> {
+        let valid = match value {
+            Value::String(s) => s.chars().count() <= Self::MAX_CHARS,
+            Value::Number(n) => n.is_i64() || n.is_u64(),
+            _ => false,
+        };
+        if valid {
+            Ok(FrameId(value.clone()))
+        } else {
+            let detail = format!("`id` must be a string of at most {} characters, or an integer", Self::MAX_CHARS);
+            Err(FrameError::Shape { kind: "acknowledged", detail })
+        }
+    }
+
+    /// The id as one text (its JSON), to look it up by.
+    pub fn key(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+/// A client's frame as read, with the id it asked to be acknowledged by.
+#[derive(Debug)]
+pub struct Acked<T> {
+    /// The frame's `id`; `None` when it has none (the original protocol), or when
+    /// the frame is not JSON or its id is not one (then `frame` says so).
+    pub id: Option<FrameId>,
+    /// The frame, or why it is refused.
+    pub frame: Result<T, FrameError>,
+}
+
+fn read_acked<T: serde::de::DeserializeOwned>(
+    kind: &'static str,
+    text: &[u8],
+    check: impl FnOnce(&T) -> Result<(), FrameError>,
+) -> Acked<T> {
+    let value: Value = match serde_json::from_slice(text) {
+        Ok(value) => value,
+        Err(e) => return Acked { id: None, frame: Err(FrameError::NotJson(e.to_string())) },
+    };
+    let id = match value.get("id") {
+        None | Some(Value::Null) => None,
+        Some(id) => match FrameId::new(id) {
+            Ok(id) => Some(id),
+            Err(e) => return Acked { id: None, frame: Err(e) },
+        },
+    };
+    let frame = serde_json::from_value(value)
+        .map_err(|e| FrameError::Shape { kind, detail: e.to_string() })
+        .and_then(|frame| check(&frame).map(|()| frame));
+    Acked { id, frame }
+}
+
+/// Server → client: the frame with `id` is durably queued (`refused`: `None`), or
+/// is not, and why. A job's acknowledgement may name its task.
+pub fn ack_frame(id: &FrameId, refused: Option<&str>) -> String {
+    match refused {
+        None => serde_json::json!({ "type": "ack", "id": id, "status": "accepted" }),
+        Some(reason) => serde_json::json!({ "type": "ack", "id": id, "status": "refused", "reason": reason }),
+    }
+    .to_string()
+}
+
+/// Server → client: the refusal of frame `text`, as its acknowledgement when it
+/// carries a valid `id` (a client that asked to be answered is answered), or else
+/// as an error frame.
+pub fn refusal_frame(text: &[u8], reason: &str) -> String {
+    let id = serde_json::from_slice::<Value>(text).ok().and_then(|v| v.get("id").and_then(|id| FrameId::new(id).ok()));
+    match id {
+        Some(id) => ack_frame(&id, Some(reason)),
+        None => error_frame(reason),
+    }
+}
+
+/// Server → worker: what validation found of the solution sent with `id`.
+pub fn verdict_frame(id: &FrameId, task_id: &str, invalid: Option<&str>) -> String {
+    match invalid {
+        None => serde_json::json!({ "type": "verdict", "id": id, "task_id": task_id, "valid": true }),
+        Some(reason) => {
+            serde_json::json!({ "type": "verdict", "id": id, "task_id": task_id, "valid": false, "reason": reason })
+        }
+    }
+    .to_string()
+}
+
+/// Where a solution's verdict goes: the worker-server process (`server`, drawn at
+/// its start), its connection, and the frame's id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The worker-server process.
+    pub server: String,
+    /// The connection within it.
+    pub connection: u64,
+    /// The solution frame's id.
+    pub id: FrameId,
+}
+
+/// Solution processor → worker servers (the `verdict` topic): the verdict on a
+/// solution whose worker asked for one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictEvent {
+    /// Who asked.
+    pub reply: Reply,
+    /// The solution's job.
+    pub task_id: String,
+    /// Valid (or accepted unchecked) and broadcast.
+    pub valid: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Server → worker: a job to work on.
@@ -228,6 +371,9 @@ pub struct SolutionMessage {
     pub task_id: String,
     pub solution: Map<String, Value>,
     pub solution_target: u64,
+    /// Where the verdict goes, when the worker asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Reply>,
 }
 
 impl SolutionMessage {
@@ -383,6 +529,7 @@ mod tests {
             task_id: "t".into(),
             solution: serde_json::from_str(r#"{"partial_solution":{"nonce":12345}}"#).expect("json"),
             solution_target: 1,
+            reply: None,
         };
         assert_eq!(m.unique_key().as_deref(), Some("12345"));
         m.solution = serde_json::from_str(r#"{"partial_solution":{}}"#).expect("json");

@@ -33,6 +33,7 @@ on_both!(
     an_empty_plugin_folder_applies_the_builtin_seed_rules,
     the_admin_endpoints_report_health_plugins_and_metrics,
     a_batch_handles_each_message_as_it_would_alone,
+    solutions_and_jobs_with_an_id_are_acknowledged_and_judged,
 );
 
 async fn shutting_down_closes_connections_with_1001(kind: Kind) {
@@ -719,4 +720,77 @@ async fn a_batch_handles_each_message_as_it_would_alone(kind: Kind) {
     alone_nonces.sort();
     assert_eq!(nonces, alone_nonces);
     alone.stop().await;
+}
+
+/// The acknowledged protocol: a job and solutions sent with an `id` are answered
+/// once each (accepted, or refused with why), and every accepted solution gets its
+/// verdict (valid, invalid with the validator's reason, or a duplicate); a frame
+/// without an id sees the original protocol.
+async fn solutions_and_jobs_with_an_id_are_acknowledged_and_judged(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules", "pow-check"]).await;
+    let mut worker = server.worker("hw-acks").await;
+    let mut node = server.node().await;
+    let mut acked_job = job(70, 1000);
+    acked_job["id"] = json!("job-70");
+    node.send(&acked_job).await;
+    assert_eq!(node.recv("the job's ack").await, json!({ "type": "ack", "id": "job-70", "status": "accepted" }));
+    let work = worker.recv("job 70").await;
+    let task = work["task_id"].as_str().expect("task").to_string();
+
+    let (good, reached) = solver::solve(&work["epoch_challenge"], 1000, 0);
+    let (bad, _) = solver::fail(&work["epoch_challenge"], 1000, good + 1);
+    let with_id = |nonce: u64, target: u64, id: Value| {
+        let mut frame = solution(&task, nonce, target);
+        frame["id"] = id;
+        frame
+    };
+    worker.send(&with_id(good, reached, json!(1))).await;
+    worker.send(&with_id(bad, 1000, json!("two"))).await;
+    worker.send(&with_id(good, reached, json!(3))).await;
+    let mut missing_task = with_id(good + 7, reached, json!(4));
+    missing_task.as_object_mut().expect("object").remove("task_id");
+    worker.send(&missing_task).await;
+    worker.send(&with_id(good + 8, reached, json!({ "not": "an id" }))).await;
+
+    let mut answers = std::collections::BTreeMap::new();
+    let mut errors = Vec::new();
+    while answers.len() < 7 || errors.is_empty() {
+        let frame = worker.recv("acks and verdicts").await;
+        match frame["type"].as_str() {
+            Some("error") => errors.push(frame),
+            _ => {
+                let key = format!("{}:{}", frame["type"].as_str().unwrap_or("?"), frame["id"]);
+                assert!(answers.insert(key, frame.clone()).is_none(), "one answer of each kind per id: {frame}");
+            }
+        }
+    }
+    let ack = |id: Value| answers[&format!("ack:{id}")].clone();
+    let verdict = |id: Value| answers[&format!("verdict:{id}")].clone();
+    for id in [json!(1), json!("two"), json!(3)] {
+        assert_eq!(ack(id.clone()), json!({ "type": "ack", "id": id, "status": "accepted" }));
+    }
+    // 1 and 3 carry the same nonce, published concurrently: whichever is queued
+    // first is valid, the other a duplicate.
+    let (first, second) = if verdict(json!(1))["valid"] == json!(true) { (1, 3) } else { (3, 1) };
+    assert_eq!(verdict(json!(first)), json!({ "type": "verdict", "id": first, "task_id": task, "valid": true }));
+    let duplicate = verdict(json!(second));
+    assert_eq!(duplicate["valid"], json!(false));
+    assert!(duplicate["reason"].as_str().unwrap_or_default().contains("duplicate"), "{duplicate}");
+    let invalid = verdict(json!("two"));
+    assert_eq!((invalid["valid"].clone(), invalid["task_id"].clone()), (json!(false), json!(task)));
+    assert!(invalid["reason"].as_str().unwrap_or_default().contains("reaches target"), "{invalid}");
+    let refused = ack(json!(4));
+    assert_eq!(refused["status"], "refused");
+    assert!(refused["reason"].as_str().unwrap_or_default().contains("task_id"), "{refused}");
+    assert!(!answers.contains_key("verdict:4"), "a refused solution is not judged");
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0]["error"].as_str().unwrap_or_default().contains("`id`"), "{}", errors[0]);
+    assert_eq!(node.recv("the valid solution").await["partial_solution"]["nonce"], good);
+
+    // Without an id: the original protocol, no ack, no verdict.
+    let (other, other_reached) = solver::solve(&work["epoch_challenge"], 1000, good + 100);
+    worker.send(&solution(&task, other, other_reached)).await;
+    assert_eq!(node.recv("the solution sent without an id").await["partial_solution"]["nonce"], other);
+    worker.assert_quiet("anything for a solution sent without an id").await;
+    server.stop().await;
 }

@@ -396,7 +396,12 @@ pub async fn read_frames<F, Fut>(
             FrameVerdict::Take => {}
             FrameVerdict::Drop => {
                 let error = format!("too many frames: over {}; this one was dropped", budget.describe());
-                outbox.send(crate::protocol::error_frame(&error)).await;
+                let text = match &message {
+                    Some(Ok(Message::Text(text))) => text.as_bytes(),
+                    Some(Ok(Message::Binary(bytes))) => bytes,
+                    _ => &[],
+                };
+                outbox.send(crate::protocol::refusal_frame(text, &error)).await;
                 continue;
             }
             FrameVerdict::Close => {

@@ -20,7 +20,7 @@ use super::views::{DeliveryCounts, NodeView, RECENT_HEIGHTS};
 use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
 use crate::plugin::{now_ms, Job, JobSubmission, NodeState, Role, Solution};
-use crate::protocol::{canonical_json, error_frame, JobFrame, SolutionEvent};
+use crate::protocol::{ack_frame, canonical_json, error_frame, JobFrame, SolutionEvent};
 use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -237,11 +237,15 @@ impl NodeServer {
     }
 
     async fn on_frame(&self, id: u64, outbox: &Outbox, bytes: Vec<u8>) {
-        let frame = match JobFrame::parse_within(&bytes, &self.settings.socket.fields()) {
+        let read = JobFrame::read_within(&bytes, &self.settings.socket.fields());
+        // A frame with an `id` is answered once: accepted when queued, or refused with why.
+        let ack = read.id;
+        let refuse = |reason: &str| ack.as_ref().map_or_else(|| error_frame(reason), |id| ack_frame(id, Some(reason)));
+        let frame = match read.frame {
             Ok(f) => f,
             Err(e) => {
                 crate::metrics::hot().bad_frames_node.increment(1);
-                outbox.send(error_frame(&e.to_string())).await;
+                outbox.send(refuse(&e.to_string())).await;
                 return;
             }
         };
@@ -260,7 +264,7 @@ impl NodeServer {
             Ok(job) => job,
             Err(refusal) => {
                 crate::metrics::add("eligo_jobs_refused_total", &[], 1);
-                outbox.send(error_frame(&refusal.to_string())).await;
+                outbox.send(refuse(&refusal.to_string())).await;
                 return;
             }
         };
@@ -271,10 +275,16 @@ impl NodeServer {
         });
         if let Err(e) = self.services.queue.publish(Stream::Job, message.to_string().as_bytes()).await {
             tracing::warn!(connection = id, error = %e, "publishing a job failed; closing the connection");
+            if ack.is_some() {
+                outbox.send(refuse(&format!("job not accepted: {e}"))).await;
+            }
             close_for_publish_error(outbox, &e, "job");
             return;
         }
         crate::metrics::hot().jobs_published.increment(1);
+        if let Some(ack) = &ack {
+            outbox.send(ack_frame(ack, None)).await;
+        }
         if let Some(conn) = self.nodes.lock().as_mut().and_then(|nodes| nodes.get_mut(&id)) {
             conn.jobs_submitted += 1;
             if conn.recent_heights.len() == RECENT_HEIGHTS {

@@ -12,7 +12,7 @@
 use super::consume::{consume_until, BatchSettings, Retry};
 use super::Services;
 use crate::plugin::{Job, Solution, Validation};
-use crate::protocol::{canonical_json, SolutionEvent, SolutionMessage};
+use crate::protocol::{canonical_json, Reply, SolutionEvent, SolutionMessage, VerdictEvent};
 use crate::store::{NewSolution, Rejected, Settlement, StoredJob, StoredSolution, Verdict};
 use crate::transport::{Stream, Topic};
 use std::collections::{HashMap, HashSet};
@@ -75,19 +75,39 @@ pub fn solution_event(job: &StoredJob, solution: &StoredSolution) -> SolutionEve
     }
 }
 
-/// The solution a message carries, or why it carries none.
-fn parse(payload: &[u8]) -> Result<NewSolution, String> {
-    let message: SolutionMessage =
-        serde_json::from_slice(payload).map_err(|e| format!("not a solution message: {e}"))?;
-    let unique_key = message.unique_key().ok_or("solution has no partial_solution.nonce")?;
-    Ok(NewSolution {
+/// Where a message's verdict goes, if its worker asked for one: the reply and the task.
+type Asked = Option<(Reply, String)>;
+
+/// The solution a message carries, or why it carries none; and who asked for its
+/// verdict.
+fn parse(payload: &[u8]) -> (Result<NewSolution, String>, Asked) {
+    let message: SolutionMessage = match serde_json::from_slice(payload) {
+        Ok(message) => message,
+        Err(e) => return (Err(format!("not a solution message: {e}")), None),
+    };
+    let asked = message.reply.clone().map(|reply| (reply, message.task_id.clone()));
+    let Some(unique_key) = message.unique_key() else {
+        return (Err("solution has no partial_solution.nonce".into()), asked);
+    };
+    let solution = NewSolution {
         solution: canonical_json(&serde_json::Value::Object(message.solution)),
         unique_key,
         hardware_id: message.hardware_id,
         caption: message.caption,
         task_id: message.task_id,
         solution_target: message.solution_target,
-    })
+    };
+    (Ok(solution), asked)
+}
+
+/// The verdict a worker that asked is sent for a message's outcome.
+fn verdict_event((reply, task_id): (Reply, String), outcome: &Outcome) -> VerdictEvent {
+    let reason = match outcome {
+        Outcome::Broadcast => None,
+        Outcome::Duplicate => Some("duplicate: a solution with this nonce was stored before".to_string()),
+        Outcome::Invalid(reason) | Outcome::Rejected(reason) => Some(reason.clone()),
+    };
+    VerdictEvent { reply, task_id, valid: reason.is_none(), reason }
 }
 
 /// Stores, validates and broadcasts one solution message.
@@ -104,8 +124,11 @@ pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<
     let mut new = Vec::new();
     let mut message_of = Vec::new();
     let mut keys = HashSet::new();
+    let mut asked: Vec<Asked> = Vec::with_capacity(payloads.len());
     for (i, payload) in payloads.iter().enumerate() {
-        match parse(payload) {
+        let (solution, asker) = parse(payload);
+        asked.push(asker);
+        match solution {
             Ok(solution) if keys.insert(solution.unique_key.clone()) => {
                 new.push(solution);
                 message_of.push(i);
@@ -161,10 +184,21 @@ pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<
         events.push((solution.unique_key.clone(), bytes));
         outcomes[*i] = Some(Outcome::Broadcast);
     }
+    let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Duplicate)).collect();
+    // Verdicts go out with the solutions, before the batch is settled: if the batch
+    // is redelivered, the worker server has already passed on the first verdict and
+    // drops the second.
+    let mut verdict_events = Vec::new();
+    for (asker, outcome) in asked.into_iter().zip(&outcomes) {
+        if let Some(asker) = asker {
+            let event = verdict_event(asker, outcome);
+            verdict_events.push((event.reply.server.clone(), serde_json::to_vec(&event).map_err(Retry::from)?));
+        }
+    }
     // Pipelined: every produce is in flight at once; all must be confirmed.
-    let produced =
-        futures::future::join_all(events.iter().map(|(key, bytes)| services.log.produce(Topic::Solution, key, bytes)))
-            .await;
+    let solutions = events.iter().map(|(key, bytes)| services.log.produce(Topic::Solution, key, bytes));
+    let verdicts_out = verdict_events.iter().map(|(server, bytes)| services.log.produce(Topic::Verdict, server, bytes));
+    let produced = futures::future::join_all(solutions.chain(verdicts_out)).await;
     if let Some(Err(e)) = produced.into_iter().find(Result::is_err) {
         return Err(Retry::from(e));
     }
@@ -176,7 +210,7 @@ pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<
         tracing::warn!(reason = %r.reason, "solution message rejected");
     }
     tracing::debug!(broadcast = broadcast.len(), "solution batch broadcast");
-    Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Duplicate)).collect())
+    Ok(outcomes)
 }
 
 /// Asks the validators about the solutions not checked yet, off the async threads

@@ -22,8 +22,8 @@ use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
 use crate::plugin::{now_ms, Job, Role, Welcome, WorkerState};
 use crate::protocol::{
-    canonical_json, error_frame, ConnectionRecord, JobEvent, PresenceEvent, SolutionFrame, SolutionMessage,
-    WelcomeFrame, WorkFrame,
+    ack_frame, canonical_json, error_frame, verdict_frame, ConnectionRecord, JobEvent, PresenceEvent, Reply,
+    SolutionFrame, SolutionMessage, VerdictEvent, WelcomeFrame, WorkFrame,
 };
 use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -33,6 +33,7 @@ use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
 use futures::StreamExt;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,7 +64,14 @@ struct WorkerConn {
     remote: SocketAddr,
     connected_at: chrono::DateTime<chrono::Utc>,
     jobs_received: u64,
+    /// Ids of this connection's solutions whose verdict has not come yet: each
+    /// gets one verdict, even if a redelivered batch decides it again.
+    awaiting_verdicts: HashSet<String>,
 }
+
+/// Most verdicts one connection waits for at once; a solution sent past that is
+/// acknowledged but gets no verdict.
+const AWAITED_VERDICTS: usize = 65_536;
 
 /// Jobs whose delivery counts the server remembers.
 const REMEMBERED_JOBS: usize = 1024;
@@ -85,6 +93,8 @@ pub struct WorkerServer {
     cap: Arc<ConnectionCap>,
     deliveries: DeliveryCounts,
     presence: PresenceSender,
+    /// This process among worker servers, for verdicts to find their way back.
+    server_id: String,
     shutdown: CancellationToken,
 }
 
@@ -103,10 +113,10 @@ impl WorkerServer {
         let deliveries = DeliveryCounts::new(REMEMBERED_JOBS);
         let (presence, publishing) = PresenceSender::start(services.queue.clone());
         let current = Mutex::new(None);
-        (
-            Arc::new(WorkerServer { services, settings, workers, current, cap, deliveries, presence, shutdown }),
-            publishing,
-        )
+        let server_id = uuid::Uuid::new_v4().to_string();
+        let server =
+            WorkerServer { services, settings, workers, current, cap, deliveries, presence, server_id, shutdown };
+        (Arc::new(server), publishing)
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
@@ -207,6 +217,32 @@ impl WorkerServer {
     pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
         super::fanout::tail_forever(log, Topic::Job, shutdown, ready, |event: JobEvent| self.on_job(event)).await
+    }
+
+    /// Reads the `verdict` log and hands this process's connections the verdicts
+    /// on the solutions they asked about, until shutdown.
+    pub async fn run_verdicts(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
+        let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
+        super::fanout::tail_forever(log, Topic::Verdict, shutdown, ready, |event: VerdictEvent| self.on_verdict(event))
+            .await
+    }
+
+    fn on_verdict(&self, event: VerdictEvent) {
+        if event.reply.server != self.server_id {
+            return;
+        }
+        let outbox = {
+            let Some(mut workers) = self.workers.lock() else { return };
+            let Some(conn) = workers.get_mut(&event.reply.connection) else { return };
+            if !conn.awaiting_verdicts.remove(&event.reply.id.key()) {
+                return;
+            }
+            conn.outbox.clone()
+        };
+        let frame = verdict_frame(&event.reply.id, &event.task_id, event.reason.as_deref().filter(|_| !event.valid));
+        if outbox.try_send(frame.clone().into()).is_err() {
+            tokio::spawn(async move { outbox.send(frame).await });
+        }
     }
 
     fn on_job(&self, event: JobEvent) {
@@ -354,6 +390,7 @@ impl WorkerServer {
             remote: handshake.remote,
             connected_at: chrono::Utc::now(),
             jobs_received: 0,
+            awaiting_verdicts: HashSet::new(),
         });
         crate::metrics::hot().worker_connections.increment(1.0);
         tracing::debug!(connection = id, remote = %handshake.remote, hardware_id = %welcome.hardware_id, "worker connected");
@@ -393,7 +430,8 @@ impl WorkerServer {
     /// Publishes a solution without waiting for the broker's confirm: up to
     /// `in_flight` of a connection's solutions are confirmed concurrently, so a
     /// worker (or many) never waits a round trip per solution. A refused publish
-    /// closes the connection with the reason.
+    /// closes the connection with the reason. A frame with an `id` is answered
+    /// once, accepted when confirmed or refused with why, and later gets its verdict.
     async fn on_solution(
         &self,
         id: u64,
@@ -402,34 +440,59 @@ impl WorkerServer {
         bytes: Vec<u8>,
         in_flight: &Arc<Semaphore>,
     ) {
-        let frame = match SolutionFrame::parse_within(&bytes, &self.settings.socket.fields()) {
+        let read = SolutionFrame::read_within(&bytes, &self.settings.socket.fields());
+        let frame = match read.frame {
             Ok(f) => f,
             Err(e) => {
                 crate::metrics::hot().bad_frames_worker.increment(1);
-                outbox.send(error_frame(&e.to_string())).await;
+                let reason = e.to_string();
+                outbox.send(read.id.map_or_else(|| error_frame(&reason), |ack| ack_frame(&ack, Some(&reason)))).await;
                 return;
             }
         };
+        let reply = read.id.map(|ack| Reply { server: self.server_id.clone(), connection: id, id: ack });
+        if let Some(reply) = &reply {
+            self.await_verdict(id, reply);
+        }
         let message = SolutionMessage {
             hardware_id: welcome.hardware_id.clone(),
             caption: welcome.caption.clone(),
             task_id: frame.task_id,
             solution: frame.solution,
             solution_target: frame.solution_target,
+            reply,
         };
         let Ok(bytes) = serde_json::to_vec(&message) else { return };
         let Ok(place) = in_flight.clone().acquire_owned().await else { return };
-        let (queue, outbox) = (self.services.queue.clone(), outbox.clone());
+        let (queue, outbox, ack) = (self.services.queue.clone(), outbox.clone(), message.reply.map(|r| r.id));
         tokio::spawn(async move {
             let _place = place;
             match queue.publish(Stream::Solution, &bytes).await {
-                Ok(()) => crate::metrics::hot().solutions_published.increment(1),
+                Ok(()) => {
+                    crate::metrics::hot().solutions_published.increment(1);
+                    if let Some(ack) = &ack {
+                        outbox.send(ack_frame(ack, None)).await;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(connection = id, error = %e, "publishing a solution failed; closing the connection");
+                    if let Some(ack) = &ack {
+                        outbox.send(ack_frame(ack, Some(&format!("solution not accepted: {e}")))).await;
+                    }
                     close_for_publish_error(&outbox, &e, "solution");
                 }
             }
         });
+    }
+
+    /// Waits for the verdict on a connection's solution (at most
+    /// [`AWAITED_VERDICTS`] at once).
+    fn await_verdict(&self, connection: u64, reply: &Reply) {
+        let Some(mut workers) = self.workers.lock() else { return };
+        let Some(conn) = workers.get_mut(&connection) else { return };
+        if conn.awaiting_verdicts.len() < AWAITED_VERDICTS {
+            conn.awaiting_verdicts.insert(reply.id.key());
+        }
     }
 }
 

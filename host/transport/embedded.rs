@@ -43,11 +43,11 @@ impl TopicState {
 /// An in-process append-only log with broadcast readers.
 #[derive(Clone, Default)]
 pub struct EmbeddedLog {
-    topics: Arc<[TopicLog; 2]>,
+    topics: Arc<[TopicLog; 3]>,
 }
 
 impl EmbeddedLog {
-    /// An empty log pair (jobs, solutions).
+    /// An empty log of every topic.
     pub fn new() -> Self {
         Self::default()
     }
@@ -57,6 +57,7 @@ fn topic_index(topic: Topic) -> usize {
     match topic {
         Topic::Job => 0,
         Topic::Solution => 1,
+        Topic::Verdict => 2,
     }
 }
 

@@ -581,7 +581,7 @@ async fn create_missing_topics(settings: &KafkaSettings) -> Result<(), Transport
     })
     .await?;
     let existing: Vec<String> = existing.map_err(|e| unavailable(format!("listing topics: {e}")))?;
-    let missing: Vec<NewTopic<'_>> = [Topic::Job, Topic::Solution]
+    let missing: Vec<NewTopic<'_>> = Topic::ALL
         .into_iter()
         .filter(|t| !existing.iter().any(|e| e == t.name()))
         // -1: the broker's default partition count and replication factor.
@@ -698,7 +698,7 @@ impl MockKafka {
                         return;
                     }
                 };
-                for topic in [Topic::Job, Topic::Solution] {
+                for topic in Topic::ALL {
                     if let Err(e) = cluster.create_topic(topic.name(), MOCK_PARTITIONS, 1) {
                         let _ = ready_tx.send(Err(refused(format!("creating mock topic `{}`: {e}", topic.name()))));
                         return;

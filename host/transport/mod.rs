@@ -76,21 +76,27 @@ impl Stream {
     }
 }
 
-/// The two topics leaving the processors.
+/// The topics leaving the processors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Topic {
     /// Stored jobs, for worker servers.
     Job,
     /// Validated solutions, for node servers.
     Solution,
+    /// Verdicts on solutions whose workers asked for one, for worker servers.
+    Verdict,
 }
 
 impl Topic {
+    /// Every topic.
+    pub const ALL: [Topic; 3] = [Topic::Job, Topic::Solution, Topic::Verdict];
+
     /// The topic's name.
     pub fn name(self) -> &'static str {
         match self {
             Topic::Job => "job",
             Topic::Solution => "solution",
+            Topic::Verdict => "verdict",
         }
     }
 }
