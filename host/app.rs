@@ -214,9 +214,7 @@ pub async fn start_with(
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
         let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tasks.spawn(server.clone().run_verdicts(Some(ready_tx)));
-        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        tasks.spawn(server.clone().run_verdicts());
         let router = server.router();
         let tls = config.worker.tls.as_ref();
         let (listen, backlog) = (config.worker.listen, config.worker.socket.listen_backlog);

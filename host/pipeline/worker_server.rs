@@ -95,8 +95,17 @@ pub struct WorkerServer {
     presence: PresenceSender,
     /// This process among worker servers, for verdicts to find their way back.
     server_id: String,
+    /// The verdict reader starts with the first solution that asks for a verdict:
+    /// a pool of original clients never pays for reading the `verdict` topic.
+    verdicts_wanted: tokio::sync::watch::Sender<bool>,
+    /// Whether the verdict reader is in place (no verdict produced from then on is missed).
+    verdicts_ready: tokio::sync::watch::Sender<bool>,
     shutdown: CancellationToken,
 }
+
+/// How long the first solution that asks for a verdict waits for the verdict
+/// reader to be in place before it is published anyway.
+const VERDICT_READER_START: Duration = Duration::from_secs(5);
 
 impl WorkerServer {
     /// A worker server over `services`; connections close when `shutdown` fires.
@@ -113,9 +122,19 @@ impl WorkerServer {
         let deliveries = DeliveryCounts::new(REMEMBERED_JOBS);
         let (presence, publishing) = PresenceSender::start(services.queue.clone());
         let current = Mutex::new(None);
-        let server_id = uuid::Uuid::new_v4().to_string();
-        let server =
-            WorkerServer { services, settings, workers, current, cap, deliveries, presence, server_id, shutdown };
+        let server = WorkerServer {
+            services,
+            settings,
+            workers,
+            current,
+            cap,
+            deliveries,
+            presence,
+            server_id: uuid::Uuid::new_v4().to_string(),
+            verdicts_wanted: tokio::sync::watch::Sender::new(false),
+            verdicts_ready: tokio::sync::watch::Sender::new(false),
+            shutdown,
+        };
         (Arc::new(server), publishing)
     }
 
@@ -221,10 +240,37 @@ impl WorkerServer {
 
     /// Reads the `verdict` log and hands this process's connections the verdicts
     /// on the solutions they asked about, until shutdown.
-    pub async fn run_verdicts(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
+    /// Waits for the first solution that asks for one before it starts reading.
+    pub async fn run_verdicts(self: Arc<Self>) {
+        let mut wanted = self.verdicts_wanted.subscribe();
+        tokio::select! {
+            _ = wanted.wait_for(|w| *w) => {}
+            _ = self.shutdown.cancelled() => return,
+        }
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let ready = self.verdicts_ready.clone();
+        tokio::spawn(async move {
+            if ready_rx.await.is_ok() {
+                ready.send_replace(true);
+            }
+        });
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
-        super::fanout::tail_forever(log, Topic::Verdict, shutdown, ready, |event: VerdictEvent| self.on_verdict(event))
-            .await
+        let server = self.clone();
+        super::fanout::tail_forever(log, Topic::Verdict, shutdown, Some(ready_tx), |event: VerdictEvent| {
+            server.on_verdict(event)
+        })
+        .await
+    }
+
+    /// Starts the verdict reader if it is not running, and waits (bounded) until
+    /// it is in place.
+    async fn verdict_reader(&self) {
+        if *self.verdicts_ready.borrow() {
+            return;
+        }
+        self.verdicts_wanted.send_replace(true);
+        let mut ready = self.verdicts_ready.subscribe();
+        let _ = tokio::time::timeout(VERDICT_READER_START, ready.wait_for(|r| *r)).await;
     }
 
     fn on_verdict(&self, event: VerdictEvent) {
@@ -452,6 +498,7 @@ impl WorkerServer {
         };
         let reply = read.id.map(|ack| Reply { server: self.server_id.clone(), connection: id, id: ack });
         if let Some(reply) = &reply {
+            self.verdict_reader().await;
             self.await_verdict(id, reply);
         }
         let message = SolutionMessage {
