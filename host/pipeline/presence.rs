@@ -2,9 +2,10 @@
 //! queue from a background task, so a welcome never waits for the broker or the
 //! database. The presence processor ([`super::presence_processor`]) writes them.
 //!
-//! Events are published concurrently (up to [`IN_FLIGHT`] awaiting confirms) and
-//! retried with backoff while the queue is unavailable; their order does not matter
-//! (each carries its connection's whole record). What is still in memory when the
+//! Events waiting together are published as one message, several messages
+//! concurrently (up to [`IN_FLIGHT`] awaiting confirms), retried with backoff while
+//! the queue is unavailable; their order does not matter (each carries its
+//! connection's whole record). What is still in memory when the
 //! process dies is lost, and the instance's next start finishes what it left open.
 
 use super::Backoff;
@@ -14,8 +15,11 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// Events awaiting the broker's confirm at once.
-pub const IN_FLIGHT: usize = 256;
+/// Messages awaiting the broker's confirm at once.
+pub const IN_FLIGHT: usize = 64;
+
+/// Most events one message carries.
+pub const EVENTS_PER_MESSAGE: usize = 256;
 
 /// Hands presence events to the background publisher.
 pub struct PresenceSender {
@@ -49,16 +53,23 @@ impl PresenceSender {
 }
 
 /// Publishes every event received until the channel closes and all are confirmed.
+/// The events waiting at a moment travel as one message (a JSON array of up to
+/// [`EVENTS_PER_MESSAGE`]): a storm of connections costs the broker and the
+/// processor a few hundred messages, not one per worker.
 async fn publish_all(queue: Arc<dyn WorkQueue>, mut events: mpsc::UnboundedReceiver<Vec<u8>>) {
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
     let mut backoff = Backoff::default();
+    let mut waiting = Vec::with_capacity(EVENTS_PER_MESSAGE);
     while open || !in_flight.is_empty() {
         tokio::select! {
-            event = events.recv(), if open && in_flight.len() < IN_FLIGHT => match event {
-                Some(bytes) => in_flight.push(publish(queue.clone(), bytes)),
-                None => open = false,
-            },
+            taken = events.recv_many(&mut waiting, EVENTS_PER_MESSAGE), if open && in_flight.len() < IN_FLIGHT => {
+                if taken == 0 {
+                    open = false;
+                } else {
+                    in_flight.push(publish(queue.clone(), batch(&mut waiting)));
+                }
+            }
             Some(result) = in_flight.next() => match result {
                 Ok(()) => backoff.reset(),
                 Err(bytes) => {
@@ -72,11 +83,25 @@ async fn publish_all(queue: Arc<dyn WorkQueue>, mut events: mpsc::UnboundedRecei
     }
 }
 
-/// Publishes one event; gives it back if the queue did not take it.
+/// The events as one JSON array, emptying `events`.
+fn batch(events: &mut Vec<Vec<u8>>) -> Vec<u8> {
+    let mut message = Vec::with_capacity(events.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+    message.push(b'[');
+    for (i, event) in events.drain(..).enumerate() {
+        if i > 0 {
+            message.push(b',');
+        }
+        message.extend_from_slice(&event);
+    }
+    message.push(b']');
+    message
+}
+
+/// Publishes one message; gives it back if the queue did not take it.
 async fn publish(queue: Arc<dyn WorkQueue>, bytes: Vec<u8>) -> Result<(), Vec<u8>> {
     match queue.publish(Stream::Worker, &bytes).await {
         Ok(()) => {
-            crate::metrics::add("eligo_presence_events_published_total", &[], 1);
+            crate::metrics::add("eligo_presence_messages_published_total", &[], 1);
             Ok(())
         }
         Err(e) => {

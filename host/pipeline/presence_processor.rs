@@ -43,25 +43,36 @@ fn presence(record: ConnectionRecord) -> Presence {
     }
 }
 
-/// Records a batch of presence events; says what each was (a metrics label).
+/// One message of the `worker` queue: the events a worker server had waiting at
+/// once (or, from a sender that sends them alone, one event).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Message {
+    Many(Vec<PresenceEvent>),
+    One(PresenceEvent),
+}
+
+/// Records a batch of presence messages; says what each was (a metrics label).
 pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<Vec<&'static str>, Retry> {
     let mut connections = Vec::new();
     let mut recoveries = Vec::new();
     let mut rejected = Vec::new();
     let mut outcomes = Vec::with_capacity(payloads.len());
     for payload in payloads {
-        match serde_json::from_slice::<PresenceEvent>(payload) {
-            Ok(PresenceEvent::Connection(record)) => {
-                outcomes.push(if record.disconnected_at.is_some() { "disconnected" } else { "connected" });
-                connections.push(presence(record));
-            }
-            Ok(PresenceEvent::Recovered { instance, at }) => {
-                outcomes.push("recovered");
-                recoveries.push(Recovery { instance, at });
-            }
+        let events = match serde_json::from_slice::<Message>(payload) {
+            Ok(Message::Many(events)) => events,
+            Ok(Message::One(event)) => vec![event],
             Err(e) => {
                 outcomes.push("rejected");
-                rejected.push(Rejected::new("worker", payload, format!("not a presence event: {e}")));
+                rejected.push(Rejected::new("worker", payload, format!("not presence events: {e}")));
+                continue;
+            }
+        };
+        outcomes.push("recorded");
+        for event in events {
+            match event {
+                PresenceEvent::Connection(record) => connections.push(presence(record)),
+                PresenceEvent::Recovered { instance, at } => recoveries.push(Recovery { instance, at }),
             }
         }
     }
