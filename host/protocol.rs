@@ -252,6 +252,14 @@ impl FrameId {
         }
     }
 
+    /// The `id` of a frame read as JSON: `None` when it has none (or `null`).
+    pub fn of(frame: &Value) -> Result<Option<Self>, FrameError> {
+        match frame.get("id") {
+            None | Some(Value::Null) => Ok(None),
+            Some(id) => Self::new(id).map(Some),
+        }
+    }
+
     /// The id as one text (its JSON), to look it up by.
     pub fn key(&self) -> String {
         self.0.to_string()
@@ -277,12 +285,9 @@ fn read_acked<T: serde::de::DeserializeOwned>(
         Ok(value) => value,
         Err(e) => return Acked { id: None, frame: Err(FrameError::NotJson(e.to_string())) },
     };
-    let id = match value.get("id") {
-        None | Some(Value::Null) => None,
-        Some(id) => match FrameId::new(id) {
-            Ok(id) => Some(id),
-            Err(e) => return Acked { id: None, frame: Err(e) },
-        },
+    let id = match FrameId::of(&value) {
+        Ok(id) => id,
+        Err(e) => return Acked { id: None, frame: Err(e) },
     };
     let frame = serde_json::from_value(value)
         .map_err(|e| FrameError::Shape { kind, detail: e.to_string() })
@@ -291,7 +296,7 @@ fn read_acked<T: serde::de::DeserializeOwned>(
 }
 
 /// Server → client: the frame with `id` is durably queued (`refused`: `None`), or
-/// is not, and why. A job's acknowledgement may name its task.
+/// is not, and why.
 pub fn ack_frame(id: &FrameId, refused: Option<&str>) -> String {
     match refused {
         None => serde_json::json!({ "type": "ack", "id": id, "status": "accepted" }),
@@ -304,7 +309,7 @@ pub fn ack_frame(id: &FrameId, refused: Option<&str>) -> String {
 /// carries a valid `id` (a client that asked to be answered is answered), or else
 /// as an error frame.
 pub fn refusal_frame(text: &[u8], reason: &str) -> String {
-    let id = serde_json::from_slice::<Value>(text).ok().and_then(|v| v.get("id").and_then(|id| FrameId::new(id).ok()));
+    let id = serde_json::from_slice::<Value>(text).ok().and_then(|frame| FrameId::of(&frame).ok().flatten());
     match id {
         Some(id) => ack_frame(&id, Some(reason)),
         None => error_frame(reason),

@@ -430,11 +430,12 @@ impl WorkerServer {
         state: WorkerState,
         handshake: &Handshake,
     ) {
+        let connected_at = chrono::Utc::now();
         let id = self.workers.insert(WorkerConn {
             state,
             outbox: outbox.clone(),
             remote: handshake.remote,
-            connected_at: chrono::Utc::now(),
+            connected_at,
             jobs_received: 0,
             awaiting_verdicts: HashSet::new(),
         });
@@ -453,7 +454,7 @@ impl WorkerServer {
             hardware: welcome.hardware.clone(),
             hardware_id: welcome.hardware_id.clone(),
             caption: welcome.caption.clone(),
-            connected_at: chrono::Utc::now(),
+            connected_at,
             disconnected_at: None,
         };
         self.presence.send(&PresenceEvent::Connection(record.clone()));
