@@ -34,6 +34,7 @@ on_both!(
     the_admin_endpoints_report_health_plugins_and_metrics,
     a_batch_handles_each_message_as_it_would_alone,
     solutions_and_jobs_with_an_id_are_acknowledged_and_judged,
+    presence_waits_in_the_queue_while_the_store_is_down,
 );
 
 async fn shutting_down_closes_connections_with_1001(kind: Kind) {
@@ -516,6 +517,19 @@ struct FailingOnce {
     inner: Arc<dyn Store>,
     job_failures: AtomicU32,
     solution_failures: AtomicU32,
+    /// While set, writing worker presence fails, as with the database down.
+    presence_down: std::sync::atomic::AtomicBool,
+}
+
+impl FailingOnce {
+    fn over(inner: Arc<dyn Store>) -> FailingOnce {
+        FailingOnce {
+            inner,
+            job_failures: AtomicU32::new(0),
+            solution_failures: AtomicU32::new(0),
+            presence_down: Default::default(),
+        }
+    }
 }
 
 fn injected() -> StoreError {
@@ -565,6 +579,9 @@ impl Store for FailingOnce {
         connections: &[eligo::store::Presence],
         recoveries: &[eligo::store::Recovery],
     ) -> Result<(), StoreError> {
+        if self.presence_down.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
         self.inner.record_presence(connections, recoveries).await
     }
     async fn worker_connections(
@@ -594,11 +611,7 @@ impl Store for FailingOnce {
 
 async fn a_processor_failing_between_commit_and_ack_loses_and_duplicates_nothing(kind: Kind) {
     let backends = Backends::new(kind).await;
-    let failing: Arc<dyn Store> = Arc::new(FailingOnce {
-        inner: backends.store.clone(),
-        job_failures: AtomicU32::new(0),
-        solution_failures: AtomicU32::new(0),
-    });
+    let failing: Arc<dyn Store> = Arc::new(FailingOnce::over(backends.store.clone()));
     let server = Server::start_on(backends, &["seed-rules"], Some(failing.clone())).await;
     let mut worker = server.worker("hw-1").await;
     let mut node = server.node().await;
@@ -610,6 +623,41 @@ async fn a_processor_failing_between_commit_and_ack_loses_and_duplicates_nothing
     node.assert_quiet("the second production of the solution").await;
     let job = failing.job_by_task(&task).await.expect("read").expect("stored");
     assert!(job.broadcast, "the retry recorded the broadcast");
+    server.stop().await;
+}
+
+/// With the store failing, workers are still welcomed and sent work; their
+/// connect and disconnect events wait in the queue, and are written once, when
+/// the store is back.
+async fn presence_waits_in_the_queue_while_the_store_is_down(kind: Kind) {
+    let backends = Backends::new(kind).await;
+    let failing = Arc::new(FailingOnce::over(backends.store.clone()));
+    failing.presence_down.store(true, Ordering::SeqCst);
+    let server = Server::start_on(backends, &["seed-rules"], Some(failing.clone() as Arc<dyn Store>)).await;
+    let mut node = server.node().await;
+    node.send(&job(90, 1)).await;
+    let mut gone = server.worker("hw-outage").await;
+    gone.recv("the current job, with the store down").await;
+    gone.close().await;
+    // Still connected when the store comes back.
+    let mut staying = server.worker("hw-outage").await;
+    staying.recv("the current job, again").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let rows = failing.inner.worker_connections("hw-outage", "rig").await.expect("rows");
+    assert!(rows.is_empty(), "nothing written while the store is down: {rows:?}");
+
+    failing.presence_down.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = failing.inner.worker_connections("hw-outage", "rig").await.expect("rows");
+        let finished = rows.iter().filter(|r| r.disconnected_at.is_some()).count();
+        if rows.len() == 2 && finished == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "after the store came back: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(staying);
     server.stop().await;
 }
 

@@ -47,6 +47,8 @@ fn spawn_roles(backends: &Backends, name: &str, roles: &str, serves: bool) -> Pr
         .arg("--plugins-dir")
         .arg(&plugins)
         .envs(backends.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // Embedded backends: the SQLite store and queue the test opened.
+        .env("ELIGO_DATA_DIR", backends.dir())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -172,6 +174,236 @@ async fn a_processor_killed_mid_batch_loses_and_duplicates_nothing() {
     assert!((1..=SOLUTIONS).all(|n| received.contains_key(&n)));
     drop((worker, node, processor, server));
     backends.finish().await;
+}
+
+/// Every process of one deployment, killed with `kill -9` while a worker sends
+/// solutions and the processors work through them, then started again: every
+/// solution eligo acked is stored once and reaches the node once per connection,
+/// and every worker connection has one row, finished.
+async fn every_process_killed_mid_load_loses_and_duplicates_nothing(kind: Kind) {
+    let backends = Backends::new(kind).await;
+    let mut processes = deployment(&backends, kind);
+    let edge = |processes: &[Process]| (processes[0].node, processes[0].worker);
+    let job = json!({ "id": "job-700", "epoch_challenge": { "e": 7 }, "proof_target": 1, "block_height": 700 });
+    let accepted = json!({ "type": "ack", "id": "job-700", "status": "accepted" });
+
+    let mut node = Client::connect(edge(&processes).0).await;
+    node.send(&job).await;
+    assert_eq!(node.recv("the job's ack").await, accepted);
+    let before_kill = tokio::spawn(delivered_until_closed(node));
+    let mut worker = Client::connect(edge(&processes).1).await;
+    worker.send(&kill_welcome()).await;
+    let task = worker.recv("job 700").await["task_id"].as_str().expect("task id").to_owned();
+
+    let mut acked = std::collections::BTreeSet::new();
+    let mut next_nonce = 1;
+    // One round answered and judged; one only acked (the processors still at
+    // it); then one cut short by the kill once part of it is acked.
+    let sent = send_solutions(&mut worker, &task, &mut next_nonce, 200).await;
+    let answers = answers_until(&mut worker, &sent, Until::Judged, Duration::from_secs(30)).await;
+    assert_eq!(answers.accepted.len(), 200, "every solution under the budget is accepted: {answers:?}");
+    acked.extend(answers.accepted);
+    let sent = send_solutions(&mut worker, &task, &mut next_nonce, 200).await;
+    let answers = answers_until(&mut worker, &sent, Until::Acked(200), Duration::from_secs(30)).await;
+    assert_eq!(answers.accepted.len(), 200, "every solution under the budget is accepted: {answers:?}");
+    acked.extend(answers.accepted);
+    let sent = send_solutions(&mut worker, &task, &mut next_nonce, 300).await;
+    let early = answers_until(&mut worker, &sent, Until::Acked(50), Duration::from_secs(30)).await;
+    for process in &mut processes {
+        process.kill_now();
+    }
+    // What the server wrote before it died is still in the socket.
+    let late = answers_until(&mut worker, &sent, Until::Judged, Duration::from_secs(10)).await;
+    for cut_short in [&early, &late] {
+        assert!(cut_short.refused.is_empty(), "nothing was refused: {cut_short:?}");
+        acked.extend(cut_short.accepted.iter().copied());
+    }
+    let first_connection = before_kill.await.expect("the node's first connection");
+
+    drop(processes);
+    let processes = deployment(&backends, kind);
+    let mut worker = Client::connect(edge(&processes).1).await;
+    worker.send(&kill_welcome()).await;
+    assert_eq!(worker.recv("the current job, again").await["task_id"], task.as_str());
+    let sent = send_solutions(&mut worker, &task, &mut next_nonce, 200).await;
+    let answers = answers_until(&mut worker, &sent, Until::Judged, Duration::from_secs(30)).await;
+    assert_eq!(answers.accepted.len(), 200, "after the restart every solution is accepted again: {answers:?}");
+    assert_eq!(answers.valid, 200, "and found valid");
+    acked.extend(answers.accepted);
+
+    // The node comes back and submits its job again, as nodes do.
+    let mut node = Client::connect(edge(&processes).0).await;
+    node.send(&job).await;
+    let mut second_connection = Vec::new();
+    let missing = |got: &[u64]| acked.iter().filter(|n| !first_connection.contains(n) && !got.contains(n)).count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while missing(&second_connection) > 0 {
+        assert!(Instant::now() < deadline, "{} acked solutions never reached the node", missing(&second_connection));
+        match node.next_within(Duration::from_secs(5)).await {
+            support::ws::Next::Frame(f) if f["type"] == "ack" => assert_eq!(f, accepted),
+            support::ws::Next::Frame(f) => {
+                second_connection.push(f["partial_solution"]["nonce"].as_u64().expect("nonce"))
+            }
+            support::ws::Next::Quiet => {}
+            closed => panic!("the node's connection closed: {closed:?}"),
+        }
+    }
+    node.assert_quiet("nothing more").await;
+    for (name, got) in [("first", &first_connection), ("second", &second_connection)] {
+        let distinct: std::collections::HashSet<&u64> = got.iter().collect();
+        assert_eq!(distinct.len(), got.len(), "a solution reached the node twice on its {name} connection");
+    }
+
+    let stored = stored_nonces(&backends, "hw-kill").await;
+    let unstored: Vec<&u64> = acked.iter().filter(|n| !stored.contains(n)).collect();
+    assert!(unstored.is_empty(), "acked but not stored: {unstored:?}");
+    println!(
+        "{kind:?}: every process killed mid-load: acked {}, stored {}, delivered {} + {} (two node connections)",
+        acked.len(),
+        stored.len(),
+        first_connection.len(),
+        second_connection.len()
+    );
+
+    // One row per worker connection; the one the kill cut is finished on restart.
+    worker.close().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = backends.store.worker_connections("hw-kill", "c").await.expect("rows");
+        if rows.len() == 2 && rows.iter().all(|r| r.disconnected_at.is_some()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker rows after the kill: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((node, processes));
+    backends.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_embedded_process_killed_mid_load_loses_and_duplicates_nothing() {
+    every_process_killed_mid_load_loses_and_duplicates_nothing(Kind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_networked_process_killed_mid_load_loses_and_duplicates_nothing() {
+    every_process_killed_mid_load_loses_and_duplicates_nothing(Kind::Networked).await;
+}
+
+/// The processes of a deployment, the one serving nodes and workers first:
+/// embedded, one process with every role (its queue and store are files of one
+/// process); networked, an edge and the processors apart.
+fn deployment(backends: &Backends, kind: Kind) -> Vec<Process> {
+    match kind {
+        Kind::Embedded => vec![spawn(
+            backends,
+            "all",
+            "node-server,worker-server,job-processor,solution-processor,presence-processor",
+        )],
+        Kind::Networked => vec![
+            spawn(backends, "edge", "node-server,worker-server"),
+            spawn_roles(backends, "back", "job-processor,solution-processor,presence-processor", false),
+        ],
+    }
+}
+
+fn kill_welcome() -> serde_json::Value {
+    json!({ "ip": "1.1.1.1", "address": "a", "hardware": "cpu", "hardware_id": "hw-kill", "caption": "c" })
+}
+
+/// Sends `count` solutions with ids (their nonces), as fast as the socket takes
+/// them (a send may fail once the server is gone); returns the nonces sent.
+async fn send_solutions(worker: &mut Client, task: &str, next_nonce: &mut u64, count: u64) -> Vec<u64> {
+    let mut sent = Vec::new();
+    for _ in 0..count {
+        let nonce = *next_nonce;
+        *next_nonce += 1;
+        let frame = json!({ "id": nonce, "task_id": task, "solution_target": 1,
+                            "solution": { "partial_solution": { "nonce": nonce } } });
+        worker.send_text_refusable(frame.to_string()).await;
+        sent.push(nonce);
+    }
+    sent
+}
+
+/// What a worker was answered.
+#[derive(Debug, Default)]
+struct Answers {
+    accepted: Vec<u64>,
+    refused: Vec<u64>,
+    valid: u64,
+}
+
+/// How long to read answers.
+enum Until {
+    /// Every solution sent is answered, and every accepted one judged.
+    Judged,
+    /// This many are answered.
+    Acked(usize),
+}
+
+/// Reads answers to `sent` until `until`, the connection closes, or `wait` passes.
+async fn answers_until(worker: &mut Client, sent: &[u64], until: Until, wait: Duration) -> Answers {
+    let mut answers = Answers::default();
+    let deadline = Instant::now() + wait;
+    let mut verdicts = 0;
+    let done = |answers: &Answers, verdicts: usize| {
+        let answered = answers.accepted.len() + answers.refused.len();
+        match until {
+            Until::Judged => answered == sent.len() && verdicts >= answers.accepted.len(),
+            Until::Acked(n) => answered >= n,
+        }
+    };
+    while !done(&answers, verdicts) && Instant::now() < deadline {
+        match worker.next_within(Duration::from_secs(1)).await {
+            support::ws::Next::Frame(f) if f["type"] == "ack" => {
+                let id = f["id"].as_u64().expect("the id sent");
+                assert!(sent.contains(&id), "an ack for a solution not sent: {f}");
+                if f["status"] == "accepted" {
+                    answers.accepted.push(id);
+                } else {
+                    answers.refused.push(id);
+                }
+            }
+            // Verdicts of an earlier round may still come in.
+            support::ws::Next::Frame(f) if f["type"] == "verdict" => {
+                if f["id"].as_u64().is_some_and(|id| sent.contains(&id)) {
+                    verdicts += 1;
+                    answers.valid += u64::from(f["valid"] == true);
+                }
+            }
+            support::ws::Next::Frame(f) => panic!("an unexpected frame: {f}"),
+            support::ws::Next::Quiet => {}
+            support::ws::Next::Closed(..) => break,
+        }
+    }
+    answers
+}
+
+/// The nonces a node connection receives until it closes.
+async fn delivered_until_closed(mut node: Client) -> Vec<u64> {
+    let mut got = Vec::new();
+    while let support::ws::Next::Frame(f) = node.next_within(Duration::from_secs(120)).await {
+        got.push(f["partial_solution"]["nonce"].as_u64().expect("a solution"));
+    }
+    got
+}
+
+/// The nonces stored for `hardware_id`, every page.
+async fn stored_nonces(backends: &Backends, hardware_id: &str) -> std::collections::HashSet<u64> {
+    use eligo::store::{Page, SolutionFilter};
+    let filter = SolutionFilter { hardware_id: Some(hardware_id.into()), ..Default::default() };
+    let (mut nonces, mut before) = (std::collections::HashSet::new(), None);
+    loop {
+        let page = backends.store.list_solutions(&filter, Page::new(Page::MAX_LIMIT, before)).await.expect("a page");
+        for s in &page.items {
+            assert!(nonces.insert(s.unique_key.parse().expect("a nonce")), "stored twice: {}", s.unique_key);
+        }
+        match page.next {
+            Some(next) => before = Some(next),
+            None => return nonces,
+        }
+    }
 }
 
 /// A process running only the solution processor.

@@ -62,6 +62,12 @@ struct NodeConn {
 /// Solutions whose delivery counts the server remembers.
 const REMEMBERED_SOLUTIONS: usize = 4096;
 
+/// Solution events read from the log that a node's catch-up also looks at.
+/// The store marks a solution broadcast only after the log confirmed it, so a
+/// node that starts waiting between the delivery and that mark would find it in
+/// neither place; at 10,000 solutions/s this still covers more than a second.
+const RECENT_EVENTS: usize = 16_384;
+
 /// Unique keys a connection was sent, bounded.
 #[derive(Default)]
 struct Delivered {
@@ -93,6 +99,7 @@ pub struct NodeServer {
     nodes: Registry<NodeConn>,
     cap: Arc<ConnectionCap>,
     deliveries: DeliveryCounts,
+    recent: std::sync::Mutex<VecDeque<Arc<SolutionEvent>>>,
     shutdown: CancellationToken,
 }
 
@@ -101,7 +108,8 @@ impl NodeServer {
     pub fn new(services: Services, settings: NodeServerSettings, shutdown: CancellationToken) -> Arc<Self> {
         let cap = ConnectionCap::new("node", &settings.connections);
         let deliveries = DeliveryCounts::new(REMEMBERED_SOLUTIONS);
-        Arc::new(NodeServer { services, settings, nodes: Registry::default(), cap, deliveries, shutdown })
+        let recent = std::sync::Mutex::new(VecDeque::with_capacity(RECENT_EVENTS));
+        Arc::new(NodeServer { services, settings, nodes: Registry::default(), cap, deliveries, recent, shutdown })
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
@@ -150,6 +158,16 @@ impl NodeServer {
     pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
         super::fanout::tail_forever(log, Topic::Solution, shutdown, ready, |event: SolutionEvent| {
+            // Remembered before it is delivered: a node that starts waiting after this
+            // delivery finds it in its catch-up.
+            let event = Arc::new(event);
+            {
+                let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if recent.len() == RECENT_EVENTS {
+                    recent.pop_front();
+                }
+                recent.push_back(event.clone());
+            }
             self.deliver(&event, None)
         })
         .await
@@ -295,7 +313,9 @@ impl NodeServer {
         self.catch_up(id, job.block_height).await;
     }
 
-    /// Sends the node what was already found at `height`.
+    /// Sends the node what was already found at `height`: what the store has
+    /// marked broadcast, and what this process read from the log lately (which
+    /// the store may not have marked yet). Repeats are skipped per connection.
     async fn catch_up(&self, id: u64, height: i64) {
         match self.services.store.broadcast_solutions_at(height).await {
             Ok(found) => {
@@ -305,17 +325,24 @@ impl NodeServer {
             }
             Err(e) => tracing::warn!(connection = id, error = %e, "catch-up read failed; live solutions still flow"),
         }
+        let recent: Vec<Arc<SolutionEvent>> = {
+            let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            recent.iter().filter(|event| event.solution_height == height).cloned().collect()
+        };
+        for event in recent {
+            self.deliver(&event, Some(id));
+        }
     }
 }
 
 async fn upgrade(
     State(server): State<Arc<NodeServer>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     uri: Uri,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    match admit_connection(&server.services, &server.cap, Role::Node, remote, &uri, &headers) {
+    match admit_connection(&server.services, &server.cap, Role::Node, &peer, &uri, &headers) {
         Ok(admitted) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
             server.nodes.track(server.serve(socket, admitted)).await;
         }),
