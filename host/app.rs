@@ -2,7 +2,7 @@
 //! roles asked for, and the admin endpoints; and taking it down gracefully.
 
 use crate::config::{Config, RoleName};
-use crate::listener;
+use crate::listener::{self, Listen};
 use crate::pipeline::node_server::{NodeServer, NodeServerSettings};
 use crate::pipeline::worker_server::{WorkerServer, WorkerServerSettings};
 use crate::pipeline::{job_processor, presence_processor, solution_processor, Services};
@@ -185,9 +185,12 @@ pub async fn start_with(
         node_addr = Some(
             listener::serve(
                 &mut tasks,
-                config.node.listen,
-                config.node.socket.listen_backlog,
-                config.node.tls.as_ref(),
+                Listen {
+                    addr: config.node.listen,
+                    backlog: config.node.socket.listen_backlog,
+                    tls: config.node.tls.as_ref(),
+                    guard: Some(server.accept_guard()),
+                },
                 server.router(),
                 &shutdown,
                 "node",
@@ -215,10 +218,13 @@ pub async fn start_with(
         tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
         let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
         tasks.spawn(server.clone().run_verdicts());
-        let router = server.router();
-        let tls = config.worker.tls.as_ref();
-        let (listen, backlog) = (config.worker.listen, config.worker.socket.listen_backlog);
-        worker_addr = Some(listener::serve(&mut tasks, listen, backlog, tls, router, &shutdown, "worker").await?);
+        let listen = Listen {
+            addr: config.worker.listen,
+            backlog: config.worker.socket.listen_backlog,
+            tls: config.worker.tls.as_ref(),
+            guard: Some(server.accept_guard()),
+        };
+        worker_addr = Some(listener::serve(&mut tasks, listen, server.router(), &shutdown, "worker").await?);
         worker_server = Some(server);
     }
     if runs(RoleName::JobProcessor) {
@@ -241,11 +247,13 @@ pub async fn start_with(
                 config.admin.token.as_deref(),
             );
             let router = crate::admin::router(state);
-            let backlog = listener::DEFAULT_BACKLOG;
-            Some(
-                listener::serve(&mut tasks, listen, backlog, config.admin.tls.as_ref(), router, &shutdown, "admin")
-                    .await?,
-            )
+            let listen = Listen {
+                addr: listen,
+                backlog: listener::DEFAULT_BACKLOG,
+                tls: config.admin.tls.as_ref(),
+                guard: None,
+            };
+            Some(listener::serve(&mut tasks, listen, router, &shutdown, "admin").await?)
         }
         None => None,
     };

@@ -5,11 +5,15 @@
 //! does not load is logged and the previous pair keeps serving.
 
 use crate::config::TlsConfig;
+use crate::pipeline::accept_guard::{AcceptGuard, GuardedIo, Peer};
 use anyhow::Context;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::serve::IncomingStream;
 use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,25 +40,49 @@ fn bind(listen: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpList
 /// The listen backlog of a listener with no setting of its own (the admin port).
 pub const DEFAULT_BACKLOG: u32 = 1024;
 
-/// Binds `listen` and serves `router` on it until `shutdown`, over TLS when
-/// `tls` is set, with `backlog` connections queued by the kernel before they are
-/// accepted. Returns the bound address (for port 0).
+/// Where a server listens and what guards it.
+pub struct Listen<'a> {
+    /// The address to bind.
+    pub addr: SocketAddr,
+    /// Connections the kernel queues before they are accepted.
+    pub backlog: u32,
+    /// Serve TLS with this certificate.
+    pub tls: Option<&'a TlsConfig>,
+    /// The checks on each socket before its request is read (node and worker
+    /// servers); handlers then see `ConnectInfo<Peer>`, else `ConnectInfo<SocketAddr>`.
+    pub guard: Option<Arc<AcceptGuard>>,
+}
+
+/// A plain server, running.
+type ServeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+
+/// Binds and serves `router` until `shutdown`, over TLS when set. Returns the
+/// bound address (for port 0).
 pub async fn serve(
     tasks: &mut JoinSet<()>,
-    listen: SocketAddr,
-    backlog: u32,
-    tls: Option<&TlsConfig>,
+    listen: Listen<'_>,
     router: Router,
     shutdown: &CancellationToken,
     what: &'static str,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = bind(listen, backlog).with_context(|| format!("binding the {what} server to {listen}"))?;
+    let bound = listen.addr;
+    let listener = bind(bound, listen.backlog).with_context(|| format!("binding the {what} server to {bound}"))?;
     let addr = listener.local_addr()?;
-    let app = router.into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = shutdown.clone();
-    let Some(tls) = tls else {
+    let Some(tls) = listen.tls else {
+        let stopping = async move { shutdown.cancelled().await };
+        let served: ServeFuture = match listen.guard {
+            Some(guard) => {
+                let app = router.into_make_service_with_connect_info::<Peer>();
+                let listener = GuardedListener { inner: listener, guard };
+                Box::pin(axum::serve(listener, app).with_graceful_shutdown(stopping).into_future())
+            }
+            None => {
+                let app = router.into_make_service_with_connect_info::<SocketAddr>();
+                Box::pin(axum::serve(listener, app).with_graceful_shutdown(stopping).into_future())
+            }
+        };
         tasks.spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
             if let Err(e) = served.await {
                 tracing::error!(server = what, error = %e, "server stopped with an error");
             }
@@ -72,14 +100,103 @@ pub async fn serve(
         stopper.graceful_shutdown(Some(TLS_DRAIN));
     });
     let listener = listener.into_std()?;
-    tasks.spawn(async move {
-        let server = axum_server::from_tcp_rustls(listener, config).handle(handle);
-        if let Err(e) = server.serve(app).await {
-            tracing::error!(server = what, error = %e, "server stopped with an error");
+    let server = axum_server::from_tcp(listener).handle(handle);
+    match listen.guard {
+        Some(guard) => {
+            let timeout = guard.handshake_timeout();
+            let acceptor = RustlsAcceptor::new(config).handshake_timeout(timeout).acceptor(GuardAcceptor(guard));
+            let server = server.acceptor(acceptor);
+            tasks.spawn(async move {
+                if let Err(e) = server.serve(router.into_make_service()).await {
+                    tracing::error!(server = what, error = %e, "server stopped with an error");
+                }
+            });
         }
-    });
+        None => {
+            let server = server.acceptor(RustlsAcceptor::new(config));
+            let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            tasks.spawn(async move {
+                if let Err(e) = server.serve(app).await {
+                    tracing::error!(server = what, error = %e, "server stopped with an error");
+                }
+            });
+        }
+    }
     tracing::info!(server = what, %addr, cert = %tls.cert_file.display(), "serving TLS");
     Ok(addr)
+}
+
+/// A TCP listener whose sockets pass the [`AcceptGuard`] first: a refused one is
+/// answered by a task of its own and never reaches the HTTP server.
+struct GuardedListener {
+    inner: tokio::net::TcpListener,
+    guard: Arc<AcceptGuard>,
+}
+
+impl axum::serve::Listener for GuardedListener {
+    type Io = GuardedIo<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, remote) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            };
+            match self.guard.admit(remote) {
+                Ok(peer) => return (self.guard.guard(stream, &peer), remote),
+                Err(full) => {
+                    tokio::spawn(AcceptGuard::answer(stream, full));
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl Connected<IncomingStream<'_, GuardedListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, GuardedListener>) -> Self {
+        stream.io().peer().clone()
+    }
+}
+
+/// A failed accept: a connection that went away before it was taken is nothing;
+/// anything else (out of file descriptors) is logged and waited out, as axum does.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed; retrying in a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// The guard in front of TLS: a refused socket is closed (it cannot be answered
+/// before its handshake); an admitted one carries its [`Peer`] to the handlers.
+#[derive(Clone)]
+struct GuardAcceptor(Arc<AcceptGuard>);
+
+impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for GuardAcceptor {
+    type Stream = GuardedIo<tokio::net::TcpStream>;
+    type Service = <axum::Extension<ConnectInfo<Peer>> as tower_layer::Layer<S>>::Service;
+    type Future = std::future::Ready<std::io::Result<(Self::Stream, Self::Service)>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        use tower_layer::Layer;
+        let admitted = stream.peer_addr().and_then(|remote| {
+            self.0.admit(remote).map_err(|full| std::io::Error::new(std::io::ErrorKind::Other, full.reason))
+        });
+        std::future::ready(admitted.map(|peer| {
+            let stream = self.0.guard(stream, &peer);
+            (stream, axum::Extension(ConnectInfo(peer)).layer(service))
+        }))
+    }
 }
 
 /// Reads the certificate chain and key into a rustls server configuration.

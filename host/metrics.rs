@@ -76,6 +76,8 @@ pub struct Hot {
     pub bad_frames_node: Counter,
     /// Unreadable frames from workers.
     pub bad_frames_worker: Counter,
+    /// Error frames and refusals not written: over their connection's allowance.
+    pub error_frames_unsent: Counter,
     /// Job read from the log → queued to the last chosen worker, in seconds.
     pub job_fanout_seconds: Histogram,
     /// Workers a job was queued to, per job.
@@ -110,6 +112,7 @@ pub fn hot() -> &'static Hot {
             slow_nodes_closed: metrics::counter!("eligo_slow_connections_closed_total", "role" => "node"),
             bad_frames_node: metrics::counter!("eligo_bad_frames_total", "role" => "node"),
             bad_frames_worker: metrics::counter!("eligo_bad_frames_total", "role" => "worker"),
+            error_frames_unsent: metrics::counter!("eligo_error_frames_unsent_total"),
             job_fanout_seconds: metrics::histogram!("eligo_job_fanout_seconds"),
             job_fanout_workers: metrics::histogram!("eligo_job_fanout_workers_batch_size"),
             solution_batch_seconds: metrics::histogram!("eligo_processing_seconds", "queue" => "solution"),

@@ -17,11 +17,15 @@ fn sha256_hex(text: &str) -> String {
 
 /// A server with `auth` (settings `settings`, TOML) in front of the seed rules.
 async fn server_with(settings: &str) -> Server {
+    server_configured(settings, |_| {}).await
+}
+
+async fn server_configured(settings: &str, configure: impl FnOnce(&mut eligo::config::Config)) -> Server {
     let backends = Backends::new(Kind::Embedded).await;
     let dir = backends.dir().join("policies");
     std::fs::create_dir_all(&dir).expect("policies dir");
     std::fs::write(dir.join("10-auth.toml"), settings).expect("settings");
-    Server::start_on(backends, &["auth", "seed-rules"], None).await
+    Server::start_configured(backends, &["auth", "seed-rules"], None, configure).await
 }
 
 /// Replaces the auth settings and waits until the server has reloaded them.
@@ -75,7 +79,8 @@ async fn tokens_are_checked_per_role_and_a_removed_token_stops_opening_connectio
     assert!(body.contains("worker connections need a token"), "{body}");
     let (status, body) = Client::connect_with(addr, "token=wrong", &[]).await.err().expect("refused");
     assert_eq!(status, 401);
-    assert!(body.contains("the token is not valid for worker connections"), "{body}");
+    // Not which part was wrong: see the test of refusals below.
+    assert!(body.contains("unauthorized: the credentials were not accepted"), "{body}");
 
     works(&server, "", &[("authorization", "Bearer s3cret")], 10).await;
     works(&server, "token=s3cret", &[], 11).await;
@@ -150,18 +155,59 @@ async fn the_psk_challenge_admits_the_right_answer_and_refuses_a_wrong_or_replay
 
     let (mut wrong, once) = challenged(&server, "beef", "k3y").await;
     wrong.send(&json!({ "type": "answer", "answer": sha256_hex(&format!("{once}not-the-key")) })).await;
-    assert_closed_with(&mut wrong, 1008, "wrong answer to the pre-shared-key challenge").await;
+    assert_closed_with(&mut wrong, 1008, "unauthorized: the credentials were not accepted").await;
 
     // The answer that opened the first connection, sent on a new one.
     let (mut replay, _) = challenged(&server, "c0ffee", "k3y").await;
     replay.send(&json!({ "type": "answer", "answer": answer })).await;
-    assert_closed_with(&mut replay, 1008, "wrong answer").await;
+    assert_closed_with(&mut replay, 1008, "the credentials were not accepted").await;
 
     let (mut silent, _) = challenged(&server, "abcd", "k3y").await;
     silent.send(&welcome("hw-skips-the-answer")).await;
     assert_closed_with(&mut silent, 1008, "expected {\"type\":\"answer\"").await;
 
     // Nodes are not required to take it.
+    server.node().await;
+    server.stop().await;
+}
+
+/// A client that presents a token and takes the challenge is refused the same
+/// way whichever part was wrong; an IP that fails too often is refused (429)
+/// at the accept for a while, with the right credentials too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_do_not_say_which_part_was_wrong_and_repeated_failures_block_the_ip() {
+    let settings = format!("worker_tokens = [\"{}\"]\npsk = \"k3y\"\n", sha256_hex("s3cret"));
+    let server = server_configured(&settings, |config| {
+        // Tests connect from 127.0.0.1, exempt by default.
+        config.worker.connections.per_ip_exempt = vec![];
+        config.worker.connections.auth_failures_per_minute = 3;
+    })
+    .await;
+    let addr = worker_addr(&server);
+    let refusal = |token: &'static str, key: &'static str| async move {
+        let mut worker =
+            Client::connect_with(addr, &format!("token={token}&once=c0ffee"), &[]).await.expect("upgraded");
+        let frame = worker.recv("the challenge").await;
+        let once = frame["once"].as_str().expect("the server's once").to_string();
+        worker.send(&json!({ "type": "answer", "answer": sha256_hex(&format!("{once}{key}")) })).await;
+        match worker.next_within(Duration::from_secs(5)).await {
+            Next::Closed(code, reason) => (code, reason),
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    let wrong_token = refusal("wrong", "k3y").await;
+    let wrong_key = refusal("s3cret", "not-the-key").await;
+    assert_eq!(wrong_token, wrong_key, "the same refusal whichever part was wrong");
+    assert_eq!(wrong_token.0, 1008);
+    assert!(wrong_token.1.contains("unauthorized: the credentials were not accepted"), "{}", wrong_token.1);
+
+    // The third failure within the minute blocks this IP, the right token included.
+    let (status, _) = Client::connect_with(addr, "token=wrong", &[]).await.err().expect("refused");
+    assert_eq!(status, 401);
+    let (status, body) = Client::connect_with(addr, "token=s3cret", &[]).await.err().expect("blocked");
+    assert_eq!(status, 429);
+    assert!(body.starts_with("too many failed authentications from 127.0.0.1; try again in"), "{body}");
+    // Nodes, another server with its own count, are not blocked.
     server.node().await;
     server.stop().await;
 }

@@ -377,8 +377,10 @@ async fn connections_over_a_cap_are_refused_with_the_limit() {
     let backends = Backends::new(Kind::Embedded).await;
     let server = Server::start_configured(backends, &["seed-rules"], None, |config| {
         // Tests connect from 127.0.0.1, exempt from the per-IP cap by default.
-        config.worker.connections = ConnectionLimits { max: 0, max_per_ip: 2, per_ip_exempt: vec![] };
-        config.node.connections = ConnectionLimits { max: 1, max_per_ip: 0, per_ip_exempt: vec![] };
+        config.worker.connections =
+            ConnectionLimits { max: 0, max_per_ip: 2, per_ip_exempt: vec![], ..Default::default() };
+        config.node.connections =
+            ConnectionLimits { max: 1, max_per_ip: 0, per_ip_exempt: vec![], ..Default::default() };
     })
     .await;
     let worker_addr = server.running.worker_addr.expect("worker server");
@@ -442,6 +444,132 @@ async fn a_flood_of_frames_is_dropped_then_closed_and_others_are_served(kind: Ki
     // The other node is not held to the flooder's budget.
     node.send(&job(2, 1)).await;
     worker.recv("job 2 from the well-behaved node").await;
+    server.stop().await;
+}
+
+/// Sockets that never finish their request hold a place under the caps until
+/// the handshake timeout drops them; then real clients come in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handshake_counts_toward_the_caps_and_is_dropped_on_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start_configured(Backends::new(Kind::Embedded).await, &["seed-rules"], None, |config| {
+        config.worker.connections.max = 2;
+        config.worker.connections.handshake_timeout_secs = 2;
+    })
+    .await;
+    let worker_addr = server.running.worker_addr.expect("worker server");
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut socket = tokio::net::TcpStream::connect(worker_addr).await.expect("connect");
+        // A request that never ends: one header, and nothing after.
+        socket.write_all(b"GET / HTTP/1.1\r\nHost: eligo\r\n").await.expect("a first line");
+        slow.push(socket);
+    }
+    let started = std::time::Instant::now();
+    let refused = Client::refused(worker_addr).await;
+    assert_eq!(refused, (503, "too many worker connections (limit 2); try again later".to_owned()));
+    for socket in &mut slow {
+        // Keep trickling, as slowloris does: it does not buy more time.
+        let _ = socket.write_all(b"X-a: b\r\n").await;
+    }
+    for mut socket in slow {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            other => panic!("a socket that never finished its request was kept: {other:?}"),
+        }
+    }
+    let dropped_after = started.elapsed();
+    assert!(dropped_after < Duration::from_secs(5), "dropped after {dropped_after:?}, the timeout is 2 s");
+    let mut worker = server.worker("hw-after").await;
+    let mut node = server.node().await;
+    node.send(&job(3, 1)).await;
+    worker.recv("a job, once the slow sockets are gone").await;
+    server.stop().await;
+}
+
+/// One IP opening sockets faster than its allowance gets 429 before its request
+/// is read; the exempt IPs (loopback by default) are not limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_attempts_over_the_rate_of_an_ip_are_answered_429() {
+    let server = Server::start_configured(Backends::new(Kind::Embedded).await, &["seed-rules"], None, |config| {
+        config.node.connections.per_ip_exempt = vec![];
+        config.node.connections.attempts_per_ip_per_second = 3;
+    })
+    .await;
+    let node_addr = server.running.node_addr.expect("node server");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(Client::connect(node_addr).await);
+    }
+    let refused = Client::refused(node_addr).await;
+    assert_eq!(refused, (429, "too many node connection attempts from 127.0.0.1 (limit 3 a second)".to_owned()));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    open.push(Client::connect(node_addr).await);
+    // The worker server keeps its defaults: loopback is exempt.
+    for i in 0..20 {
+        server.worker(&format!("hw-{i}")).await;
+    }
+    server.stop().await;
+}
+
+/// The default budget (1,000 frames/s, burst 2,000) against floods at 200× and
+/// 20× it, as one burst: closed with 1008 and the budget within seconds, and
+/// answered with a handful of error frames, not one per frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_at_any_rate_is_closed_and_answered_a_handful_of_times() {
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(Kind::Embedded, &["seed-rules"]).await;
+    for count in [200_000, 20_000] {
+        let mut flooding = server.node().await;
+        let started = std::time::Instant::now();
+        let flood = flooding.flood(Message::text("{}"), count).await;
+        let took = started.elapsed();
+        match &flood.end {
+            Next::Closed(1008, reason) => {
+                assert!(reason.contains("too many frames") && reason.contains("1000 frames per second"), "{reason}")
+            }
+            other => panic!("a flood of {count} frames: expected close 1008, got {other:?} after {} sent", flood.sent),
+        }
+        // Error frames: within the allowance of 10 a second (burst 10).
+        let allowed = 10 + 10 * (took.as_secs() as usize + 1);
+        assert!(flood.frames.len() <= allowed, "{} error frames in {took:?}", flood.frames.len());
+        println!("flood of {count}: {} sent, {} error frames, closed after {took:?}", flood.sent, flood.frames.len());
+    }
+    // Pings have a budget of their own (10 a second, burst 20).
+    let mut pinging = server.node().await;
+    let flood = pinging.flood(Message::Ping(vec![1, 2, 3].into()), 10_000).await;
+    match &flood.end {
+        Next::Closed(1008, reason) => assert!(reason.contains("too many pings"), "{reason}"),
+        other => panic!("a ping flood: expected close 1008, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+/// A client at its budget, however long, is never closed nor refused a frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_its_budget_is_never_refused() {
+    let server = Server::start_configured(Backends::new(Kind::Embedded).await, &["seed-rules"], None, |config| {
+        config.node.socket.frames_per_second = 5;
+        config.node.socket.frame_burst = 10;
+    })
+    .await;
+    let mut node = server.node().await;
+    // The burst at once, then the sustained rate for three seconds.
+    for height in 1..=25 {
+        if height > 10 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        node.send(
+            &json!({ "id": height, "epoch_challenge": { "e": height }, "proof_target": 1, "block_height": height }),
+        )
+        .await;
+    }
+    for height in 1..=25 {
+        let ack = node.recv("an ack").await;
+        assert_eq!(ack, json!({ "type": "ack", "id": height, "status": "accepted" }));
+    }
+    node.assert_quiet("no refusal, no close").await;
     server.stop().await;
 }
 

@@ -141,8 +141,17 @@ pub struct SocketConfig {
     /// the burst), each frame is dropped with an error frame.
     pub frames_per_second: u32,
     /// Data frames a connection may send at once above the sustained rate. A
-    /// connection that has this many frames dropped in a row is closed with 1008.
+    /// flood (drops less than a second apart) is closed with 1008 once it has
+    /// dropped this many frames or lasted two seconds.
     pub frame_burst: u32,
+    /// Pings and pongs a connection may send per second (burst twice that),
+    /// apart from its data frames: each ping costs the server a pong. A flood of
+    /// them is closed with 1008 as for data frames.
+    pub control_frames_per_second: u32,
+    /// Error frames and refusals written to a connection per second (burst the
+    /// same); past that they are counted in `eligo_error_frames_unsent_total`
+    /// and not written, so a client cannot choose how much the server writes.
+    pub error_frames_per_second: u32,
     /// Connections the kernel holds for the listener before eligo accepts them
     /// (capped by `net.core.somaxconn`). When every worker reconnects at once, a
     /// full queue shows as clients retrying their SYN after 1 s and 3 s.
@@ -162,6 +171,8 @@ impl Default for SocketConfig {
             // workers send ~250.
             frames_per_second: 1000,
             frame_burst: 2000,
+            control_frames_per_second: 10,
+            error_frames_per_second: 10,
             listen_backlog: 65_535,
         }
     }
@@ -189,6 +200,20 @@ pub struct ConnectionLimits {
     /// Client IPs the per-IP cap does not apply to: your own TLS proxies and load
     /// testers, whose connections all come from one address.
     pub per_ip_exempt: Vec<std::net::IpAddr>,
+    /// Sockets one client IP may open per second (burst the same); past that the
+    /// socket is answered 429 before its request is read. 0 is no limit; the
+    /// exempt IPs are exempt here too.
+    pub attempts_per_ip_per_second: u32,
+    /// Seconds a socket has, from its accept, to complete its TLS handshake and
+    /// send its whole HTTP request; then it is dropped. Meanwhile it counts
+    /// toward the caps.
+    pub handshake_timeout_secs: u64,
+    /// Connections from one IP refused as unauthorized (a wrong or missing token,
+    /// a wrong challenge answer) within a minute before the IP is refused for
+    /// `auth_block_secs`: 429 at the accept. 0 is no limit; exempt IPs are exempt.
+    pub auth_failures_per_minute: u32,
+    /// How long an IP over `auth_failures_per_minute` is refused.
+    pub auth_block_secs: u64,
 }
 
 impl Default for ConnectionLimits {
@@ -197,6 +222,11 @@ impl Default for ConnectionLimits {
             max: 100_000,
             max_per_ip: 1_000,
             per_ip_exempt: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
+            // A pool behind one NAT address reconnects 200 rigs a second.
+            attempts_per_ip_per_second: 200,
+            handshake_timeout_secs: 10,
+            auth_failures_per_minute: 10,
+            auth_block_secs: 300,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! that does not ask is still asked of the policies (`check-challenge` with no
 //! answer), so a policy can require the challenge.
 
+use super::accept_guard::Peer;
 use super::connection::{close_code, Outbox};
 use super::connection_cap::{ConnectionCap, Place};
 use super::Services;
@@ -71,13 +72,23 @@ impl Handshake {
 }
 
 /// A challenge the client asked for, to run once the socket is open.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Challenge {
     /// The host's `once` for this connection.
     once: String,
     /// This server's answer to the client's `once`.
     answer: String,
+    /// The token was refused already: the connection is refused after the
+    /// challenge all the same, so the client cannot tell which part was wrong.
+    refused_token: Option<Refusal>,
+    /// Whose failures count.
+    peer: Peer,
 }
+
+/// What a client that presented a credential reads when it is refused as
+/// unauthorized: the same whichever part (the token, the challenge answer) was
+/// wrong. The policy's own reason goes to the log.
+const NOT_ACCEPTED: &str = "unauthorized: the credentials were not accepted";
 
 /// A connection the policies admitted, with its place under the caps.
 pub struct Admitted {
@@ -97,33 +108,58 @@ pub fn admit_connection(
     services: &Services,
     cap: &Arc<ConnectionCap>,
     role: Role,
-    remote: SocketAddr,
+    peer: &Peer,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Admitted, Response> {
-    let place = cap.enter(remote.ip()).map_err(IntoResponse::into_response)?;
+    let remote = peer.remote();
+    // Taken at the accept when the listener guards it; else here.
+    let place = match peer.take_place() {
+        Some(place) => place,
+        None => cap.enter(remote.ip()).map_err(IntoResponse::into_response)?,
+    };
     let handshake = Handshake::read(remote, uri, headers);
     let request = handshake.request(role);
     let policies = services.plugins.current();
     let now = crate::plugin::now_ms();
-    let decided = policies.admit_connection(&request, now).and_then(|()| match &handshake.once {
+    let challenge = |refused_token: Option<Refusal>| match &handshake.once {
         Some(once) if once.is_empty() || once.len() > MAX_ONCE => Err(Refusal {
             plugin: "eligo".into(),
             reason: format!("a challenge once must be 1 to {MAX_ONCE} characters"),
         }),
         Some(once) => {
             let answer = policies.challenge_answer(&request, once)?;
-            Ok(Some(Challenge { once: fresh_once(), answer }))
+            Ok(Some(Challenge { once: fresh_once(), answer, refused_token, peer: peer.clone() }))
         }
         None => policies.check_challenge(&request, "", None, now).map(|()| None),
-    });
+    };
+    let decided = match policies.admit_connection(&request, now) {
+        Ok(()) => challenge(None),
+        // A client taking the challenge learns of a refused token only after it.
+        Err(refusal) if is_unauthorized(&refusal) && handshake.once.is_some() => challenge(Some(refusal)),
+        Err(refusal) => Err(refusal),
+    };
     match decided {
-        Ok(challenge) => Ok(Admitted { handshake, place, challenge }),
+        Ok(challenge) => {
+            peer.upgrading();
+            Ok(Admitted { handshake, place, challenge })
+        }
         Err(refusal) => {
             crate::metrics::add("eligo_connections_refused_total", &[("role", role_label(role))], 1);
+            if is_unauthorized(&refusal) {
+                peer.auth_failed();
+                tracing::info!(role = role_label(role), %remote, reason = %refusal, "connection refused as unauthorized");
+                if handshake.credential.is_some() {
+                    return Err(refused(&Refusal { plugin: refusal.plugin, reason: NOT_ACCEPTED.into() }));
+                }
+            }
             Err(refused(&refusal))
         }
     }
+}
+
+fn is_unauthorized(refusal: &Refusal) -> bool {
+    refusal.reason.starts_with(UNAUTHORIZED)
 }
 
 fn refused(refusal: &Refusal) -> Response {
@@ -176,8 +212,15 @@ pub async fn run_challenge(
     let Some(answer) = answer else {
         return refuse(outbox, request.role, "expected {\"type\":\"answer\",\"answer\":…}");
     };
-    match policies.check_challenge(request, &challenge.once, Some(&answer), crate::plugin::now_ms()) {
+    let checked = policies.check_challenge(request, &challenge.once, Some(&answer), crate::plugin::now_ms());
+    match challenge.refused_token.clone().map_or(checked, Err) {
         Ok(()) => true,
+        Err(refusal) if is_unauthorized(&refusal) => {
+            challenge.peer.auth_failed();
+            let role = role_label(request.role);
+            tracing::info!(role, remote = %request.remote_addr, reason = %refusal, "connection refused as unauthorized");
+            refuse(outbox, request.role, &Refusal { plugin: refusal.plugin, reason: NOT_ACCEPTED.into() }.to_string())
+        }
         Err(refusal) => refuse(outbox, request.role, &refusal.to_string()),
     }
 }

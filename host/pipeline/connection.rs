@@ -2,6 +2,7 @@
 //! outbox, a way to close a connection from anywhere with a code and a reason,
 //! and the loop that reads a connection's frames within its budget.
 
+use super::token_bucket::TokenBucket;
 use crate::config::SocketConfig;
 use crate::plugin::truncate as host_truncate;
 use crate::transport::TransportError;
@@ -50,6 +51,7 @@ pub struct Outbox {
     tx: mpsc::Sender<Utf8Bytes>,
     close: watch::Sender<Option<CloseReason>>,
     latest: Arc<Latest>,
+    errors: ErrorAllowance,
 }
 
 /// For latest-wins frames (jobs): the newest one that found the outbox full,
@@ -113,6 +115,16 @@ impl Outbox {
         self.tx.send(text.into()).await.is_ok()
     }
 
+    /// Queues an error frame or a refusal, within the connection's allowance of
+    /// them; past it the frame is counted and not written. Says whether it was queued.
+    pub async fn send_refusal(&self, text: impl Into<Utf8Bytes>) -> bool {
+        if !self.errors.take() {
+            crate::metrics::hot().error_frames_unsent.increment(1);
+            return false;
+        }
+        self.send(text).await
+    }
+
     /// Closes the connection after the frames already queued. The first reason wins.
     pub fn close(&self, code: u16, reason: &str) {
         // Close frames carry at most 123 bytes of reason.
@@ -142,7 +154,12 @@ impl Outbox {
 
 /// Starts the writer of a connection: frames from the outbox go out in order; a
 /// close request sends the close frame and ends it.
-pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) -> (Outbox, tokio::task::JoinHandle<()>) {
+/// `error_frames_per_second` bounds what [`Outbox::send_refusal`] writes.
+pub fn start_writer(
+    mut sink: SplitSink<WebSocket, Message>,
+    capacity: usize,
+    error_frames_per_second: u32,
+) -> (Outbox, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(capacity.max(1));
     let (close, mut close_rx) = watch::channel::<Option<CloseReason>>(None);
     let latest = Arc::new(Latest::default());
@@ -190,7 +207,7 @@ pub fn start_writer(mut sink: SplitSink<WebSocket, Message>, capacity: usize) ->
             }
         }
     });
-    (Outbox { tx, close, latest }, writer)
+    (Outbox { tx, close, latest, errors: ErrorAllowance::new(error_frames_per_second) }, writer)
 }
 
 /// Ends a connection: lets the writer send what is queued and the close frame.
@@ -296,83 +313,120 @@ impl<C> Registry<C> {
     }
 }
 
-/// A connection's allowance of data frames: a token bucket of `burst` frames,
-/// refilled at `per_second`.
+/// A drop this soon after the previous one continues the same flood.
+const FLOOD_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+/// A flood this long closes the connection, however few frames it dropped.
+const FLOOD_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A connection's allowance of frames: a token bucket of `burst` frames,
+/// refilled at `per_second`, and the rule that closes a flood.
+///
+/// Frames over the allowance are dropped. Drops less than [`FLOOD_GAP`] apart
+/// form one flood, whatever was let through between them (at any rate over the
+/// budget the bucket refills a token now and then, so counting drops *in a row*
+/// would never close a fast flood). A flood is closed once it has dropped
+/// `burst` frames or lasted [`FLOOD_LIMIT`]: within about two seconds at any
+/// sending rate over the budget. A client at or under its budget drops nothing
+/// and is never closed.
 #[derive(Debug)]
 pub struct FrameBudget {
-    per_second: f64,
-    burst: f64,
-    tokens: f64,
-    refilled: std::time::Instant,
-    /// Frames dropped since the last one let through.
-    dropped_in_a_row: u32,
+    bucket: TokenBucket,
+    flood: Option<Flood>,
 }
 
-/// What to do with a data frame, by the connection's [`FrameBudget`].
+/// The drops of one flood.
+#[derive(Debug)]
+struct Flood {
+    started: std::time::Instant,
+    last_drop: std::time::Instant,
+    dropped: u32,
+}
+
+/// What to do with a frame, by the connection's [`FrameBudget`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrameVerdict {
     /// Within the allowance.
     Take,
     /// Over it: drop the frame and say so.
     Drop,
-    /// Over it for a whole burst in a row: close the connection.
+    /// Over it for a whole flood: close the connection.
     Close,
 }
 
 impl FrameBudget {
     /// A full bucket: `burst` frames at once (at least one), `per_second` after.
     pub fn new(per_second: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        FrameBudget {
-            per_second: f64::from(per_second),
-            burst,
-            tokens: burst,
-            refilled: std::time::Instant::now(),
-            dropped_in_a_row: 0,
-        }
+        FrameBudget { bucket: TokenBucket::new(per_second, burst), flood: None }
     }
 
-    /// A new connection's frame allowance, as `socket` sets it. Built here rather
-    /// than by the settings, which know nothing of the pipeline that reads them.
+    /// A new connection's data-frame allowance, as `socket` sets it. Built here
+    /// rather than by the settings, which know nothing of the pipeline that reads them.
     pub fn for_socket(socket: &SocketConfig) -> Self {
         FrameBudget::new(socket.frames_per_second, socket.frame_burst)
     }
 
+    /// A new connection's allowance of pings and pongs, apart from its data frames.
+    pub fn control_for_socket(socket: &SocketConfig) -> Self {
+        FrameBudget::new(socket.control_frames_per_second, socket.control_frames_per_second.saturating_mul(2))
+    }
+
     /// Spends one frame at `now`.
     pub fn spend(&mut self, now: std::time::Instant) -> FrameVerdict {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.dropped_in_a_row = 0;
+        if self.bucket.take(now) {
             return FrameVerdict::Take;
         }
-        self.dropped_in_a_row += 1;
-        if f64::from(self.dropped_in_a_row) >= self.burst {
+        let flood = match &mut self.flood {
+            Some(flood) if now.saturating_duration_since(flood.last_drop) < FLOOD_GAP => flood,
+            stale => stale.insert(Flood { started: now, last_drop: now, dropped: 0 }),
+        };
+        flood.dropped += 1;
+        flood.last_drop = now;
+        if flood.dropped >= self.bucket.burst() || now.saturating_duration_since(flood.started) >= FLOOD_LIMIT {
             FrameVerdict::Close
         } else {
             FrameVerdict::Drop
         }
     }
 
+    /// Frames dropped so far in the current flood (0 outside one).
+    pub fn dropped_in_flood(&self) -> u32 {
+        self.flood.as_ref().map_or(0, |flood| flood.dropped)
+    }
+
     /// The allowance, as a client is told it.
     pub fn describe(&self) -> String {
-        format!("{} frames per second (burst {})", self.per_second, self.burst)
+        format!("{} frames per second (burst {})", self.bucket.per_second(), self.bucket.burst())
+    }
+}
+
+/// How many error frames a connection is written: every refusal costs the server
+/// a frame the client chose to cause, so past this allowance refusals are only
+/// counted (`eligo_error_frames_unsent_total`).
+#[derive(Clone)]
+struct ErrorAllowance(Arc<Mutex<TokenBucket>>);
+
+impl ErrorAllowance {
+    fn new(per_second: u32) -> Self {
+        ErrorAllowance(Arc::new(Mutex::new(TokenBucket::new(per_second, per_second))))
+    }
+
+    fn take(&self) -> bool {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take(std::time::Instant::now())
     }
 }
 
 /// Hands every data frame within the connection's `budget` to `on_frame` until the
 /// peer goes, someone closes the connection, `shutdown` fires (which closes it
 /// with 1001) or a read fails (see [`close_for_read_error`]). A frame over the
-/// budget is dropped with an error frame; a burst of them closes with 1008.
-/// `role` labels the metrics.
+/// budget is dropped with an error frame (within the error allowance); a flood
+/// closes with 1008 (see [`FrameBudget`]). Pings and pongs spend `control`, a
+/// budget of their own. `role` labels the metrics.
 pub async fn read_frames<F, Fut>(
     stream: &mut SplitStream<WebSocket>,
     outbox: &Outbox,
     shutdown: &CancellationToken,
     role: &'static str,
-    mut budget: FrameBudget,
+    (mut budget, mut control): (FrameBudget, FrameBudget),
     mut on_frame: F,
 ) where
     F: FnMut(Vec<u8>) -> Fut,
@@ -388,12 +442,22 @@ pub async fn read_frames<F, Fut>(
             }
         };
         let is_data = matches!(message, Some(Ok(Message::Text(_) | Message::Binary(_))));
-        let verdict = if is_data { budget.spend(std::time::Instant::now()) } else { FrameVerdict::Take };
+        if !is_data && !matches!(message, Some(Ok(Message::Ping(_) | Message::Pong(_)))) {
+            return match message {
+                Some(Err(e)) => close_for_read_error(outbox, e, role),
+                _ => {}
+            };
+        }
+        let (spent, what) = if is_data { (&mut budget, "frames") } else { (&mut control, "pings") };
+        let verdict = spent.spend(std::time::Instant::now());
         if verdict != FrameVerdict::Take {
-            crate::metrics::add("eligo_frames_refused_total", &[("role", role), ("reason", "rate")], 1);
+            let reason = if what == "frames" { "rate" } else { "ping_rate" };
+            crate::metrics::add("eligo_frames_refused_total", &[("role", role), ("reason", reason)], 1);
         }
         match verdict {
             FrameVerdict::Take => {}
+            // The library answers a ping by itself; a dropped one is only counted.
+            FrameVerdict::Drop if what == "pings" => continue,
             FrameVerdict::Drop => {
                 let error = format!("too many frames: over {}; this one was dropped", budget.describe());
                 let text = match &message {
@@ -401,20 +465,25 @@ pub async fn read_frames<F, Fut>(
                     Some(Ok(Message::Binary(bytes))) => bytes,
                     _ => &[],
                 };
-                outbox.send(crate::protocol::refusal_frame(text, &error)).await;
+                let refusal = crate::protocol::refusal_frame(text, &error);
+                // The first drop of a flood is always answered, so a client learns why
+                // its frames go unanswered; the rest are within the error allowance.
+                if budget.dropped_in_flood() == 1 {
+                    outbox.send(refusal).await;
+                } else {
+                    outbox.send_refusal(refusal).await;
+                }
                 continue;
             }
             FrameVerdict::Close => {
-                outbox.close(close_code::POLICY, &format!("too many frames: over {}", budget.describe()));
+                outbox.close(close_code::POLICY, &format!("too many {what}: over {}", spent.describe()));
                 return;
             }
         }
         match message {
             Some(Ok(Message::Text(text))) => on_frame(text.as_bytes().to_vec()).await,
             Some(Ok(Message::Binary(bytes))) => on_frame(bytes.to_vec()).await,
-            Some(Err(e)) => return close_for_read_error(outbox, e, role),
-            Some(Ok(Message::Close(_))) | None => return,
-            Some(Ok(_)) => {}
+            _ => {}
         }
     }
 }

@@ -116,7 +116,7 @@ mod tests {
     }
 
     fn limits(max: usize, max_per_ip: usize) -> ConnectionLimits {
-        ConnectionLimits { max, max_per_ip, per_ip_exempt: vec![ip(9)] }
+        ConnectionLimits { max, max_per_ip, per_ip_exempt: vec![ip(9)], ..Default::default() }
     }
 
     #[test]

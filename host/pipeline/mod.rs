@@ -10,6 +10,7 @@
 //!
 //! Every decision on the way is asked of the plugins ([`crate::plugin::PolicySet`]).
 
+pub mod accept_guard;
 pub mod admission;
 pub mod connection;
 pub mod connection_cap;
@@ -20,6 +21,7 @@ pub mod node_server;
 pub mod presence;
 pub mod presence_processor;
 pub mod solution_processor;
+pub mod token_bucket;
 pub mod views;
 pub mod worker_server;
 

@@ -10,6 +10,7 @@
 //! Slow connections: solutions are never dropped silently. A connection whose
 //! outbox is full is closed with code 1008 and a reason.
 
+use super::accept_guard::{AcceptGuard, Peer};
 use super::admission::{admit_connection, run_challenge, Admitted};
 use super::connection::{
     close_code, close_for_publish_error, finish, read_frames, sized, start_writer, FrameBudget, Outbox, Registry,
@@ -115,6 +116,12 @@ impl NodeServer {
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new().fallback(any(upgrade)).with_state(self.clone())
+    }
+
+    /// What the listener checks on each socket before its request is read, under
+    /// this server's caps.
+    pub fn accept_guard(&self) -> Arc<AcceptGuard> {
+        AcceptGuard::new("node", self.cap.clone(), &self.settings.connections)
     }
 
     /// Waits until every connection has finished (after shutdown was signalled).
@@ -224,7 +231,8 @@ impl NodeServer {
     async fn serve(&self, socket: WebSocket, admitted: Admitted) {
         let Admitted { handshake, place: _place, challenge } = admitted;
         let (sink, mut stream) = socket.split();
-        let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity);
+        let (outbox, writer) =
+            start_writer(sink, self.settings.outbox_capacity, self.settings.socket.error_frames_per_second);
         if let Some(challenge) = &challenge {
             let policies = self.services.plugins.current();
             if !run_challenge(challenge, &policies, &handshake.request(Role::Node), &mut stream, &outbox).await {
@@ -245,7 +253,8 @@ impl NodeServer {
         let id = self.nodes.insert(conn);
         crate::metrics::hot().node_connections.increment(1.0);
         tracing::info!(connection = id, remote = %handshake.remote, "node connected");
-        let budget = FrameBudget::for_socket(&self.settings.socket);
+        let budget =
+            (FrameBudget::for_socket(&self.settings.socket), FrameBudget::control_for_socket(&self.settings.socket));
         read_frames(&mut stream, &outbox, &self.shutdown, "node", budget, |frame| self.on_frame(id, &outbox, frame))
             .await;
         self.nodes.remove(id);
@@ -263,7 +272,7 @@ impl NodeServer {
             Ok(f) => f,
             Err(e) => {
                 crate::metrics::hot().bad_frames_node.increment(1);
-                outbox.send(refuse(&e.to_string())).await;
+                outbox.send_refusal(refuse(&e.to_string())).await;
                 return;
             }
         };
@@ -282,7 +291,7 @@ impl NodeServer {
             Ok(job) => job,
             Err(refusal) => {
                 crate::metrics::add("eligo_jobs_refused_total", &[], 1);
-                outbox.send(refuse(&refusal.to_string())).await;
+                outbox.send_refusal(refuse(&refusal.to_string())).await;
                 return;
             }
         };

@@ -9,6 +9,7 @@
 //! slow worker loses only jobs superseded by newer ones (counted), never the
 //! newest.
 
+use super::accept_guard::{AcceptGuard, Peer};
 use super::admission::{admit_connection, run_challenge, Admitted, Handshake};
 use super::connection::{
     close_code, close_for_publish_error, close_for_read_error, finish, read_frames, sized, start_writer, FrameBudget,
@@ -141,6 +142,12 @@ impl WorkerServer {
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new().fallback(any(upgrade)).with_state(self.clone())
+    }
+
+    /// What the listener checks on each socket before its request is read, under
+    /// this server's caps.
+    pub fn accept_guard(&self) -> Arc<AcceptGuard> {
+        AcceptGuard::new("worker", self.cap.clone(), &self.settings.connections)
     }
 
     /// Waits until every connection has finished (after shutdown was signalled);
@@ -356,7 +363,8 @@ impl WorkerServer {
     async fn serve(&self, socket: WebSocket, admitted: Admitted) {
         let Admitted { handshake, place: _place, challenge } = admitted;
         let (sink, mut stream) = socket.split();
-        let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity);
+        let (outbox, writer) =
+            start_writer(sink, self.settings.outbox_capacity, self.settings.socket.error_frames_per_second);
         if let Some(challenge) = &challenge {
             let policies = self.services.plugins.current();
             if !run_challenge(challenge, &policies, &handshake.request(Role::Worker), &mut stream, &outbox).await {
@@ -460,7 +468,8 @@ impl WorkerServer {
         self.presence.send(&PresenceEvent::Connection(record.clone()));
         let capacity = self.settings.publishes_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let in_flight = Arc::new(Semaphore::new(capacity));
-        let budget = FrameBudget::for_socket(&self.settings.socket);
+        let budget =
+            (FrameBudget::for_socket(&self.settings.socket), FrameBudget::control_for_socket(&self.settings.socket));
         read_frames(stream, outbox, &self.shutdown, "worker", budget, |frame| {
             self.on_solution(id, outbox, &welcome, frame, &in_flight)
         })
@@ -493,7 +502,9 @@ impl WorkerServer {
             Err(e) => {
                 crate::metrics::hot().bad_frames_worker.increment(1);
                 let reason = e.to_string();
-                outbox.send(read.id.map_or_else(|| error_frame(&reason), |ack| ack_frame(&ack, Some(&reason)))).await;
+                outbox
+                    .send_refusal(read.id.map_or_else(|| error_frame(&reason), |ack| ack_frame(&ack, Some(&reason))))
+                    .await;
                 return;
             }
         };
@@ -546,12 +557,12 @@ impl WorkerServer {
 
 async fn upgrade(
     State(server): State<Arc<WorkerServer>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     uri: Uri,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    match admit_connection(&server.services, &server.cap, Role::Worker, remote, &uri, &headers) {
+    match admit_connection(&server.services, &server.cap, Role::Worker, &peer, &uri, &headers) {
         Ok(admitted) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
             server.workers.track(server.serve(socket, admitted)).await;
         }),

@@ -13,6 +13,17 @@ pub struct Client {
     socket: Socket,
 }
 
+/// What a flood got back.
+#[derive(Debug)]
+pub struct Flooded {
+    /// Frames that went out before the server closed.
+    pub sent: usize,
+    /// What the server wrote meanwhile.
+    pub frames: Vec<Value>,
+    /// How it ended.
+    pub end: Next,
+}
+
 /// What the server did next.
 #[derive(Debug, PartialEq)]
 pub enum Next {
@@ -95,6 +106,49 @@ impl Client {
     /// Sends raw text.
     pub async fn send_text(&mut self, text: &str) {
         self.socket.send(Message::text(text.to_string())).await.expect("send");
+    }
+
+    /// Sends `frame` `count` times as fast as the socket takes it, reading what
+    /// the server answers meanwhile, until the server closes the connection (or
+    /// says nothing for 10 s once the frames are out).
+    pub async fn flood(&mut self, frame: Message, count: usize) -> Flooded {
+        let (mut sink, mut stream) = (&mut self.socket).split();
+        let sent = std::cell::Cell::new(0usize);
+        let send = async {
+            for _ in 0..count {
+                if sink.feed(frame.clone()).await.is_err() {
+                    break;
+                }
+                sent.set(sent.get() + 1);
+                if sent.get() % 256 == 0 && sink.flush().await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.flush().await;
+            std::future::pending::<()>().await
+        };
+        let receive = async {
+            let mut frames = Vec::new();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+                    Err(_) => return (frames, Next::Quiet),
+                    Ok(None) | Ok(Some(Err(_))) => return (frames, Next::Closed(1006, String::new())),
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        frames.push(serde_json::from_str(&t).expect("server frames are JSON"))
+                    }
+                    Ok(Some(Ok(Message::Close(Some(f))))) => {
+                        return (frames, Next::Closed(u16::from(f.code), f.reason.to_string()))
+                    }
+                    Ok(Some(Ok(Message::Close(None)))) => return (frames, Next::Closed(1005, String::new())),
+                    Ok(Some(Ok(_))) => {}
+                }
+            }
+        };
+        let (frames, end) = tokio::select! {
+            _ = send => unreachable!("the sender never finishes"),
+            answered = receive => answered,
+        };
+        Flooded { sent: sent.get(), frames, end }
     }
 
     /// Sends raw text that the server may refuse part-way (by closing).
