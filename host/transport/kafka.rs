@@ -265,33 +265,76 @@ impl KafkaLog {
 
 impl Shared {
     /// After a failed produce or read: replaces the producer if the failure was
-    /// fatal to it (and nobody replaced it yet), and declares the topics again if
-    /// one was missing (at most once per [`REDECLARE_EVERY`]).
+    /// fatal to it, or if it timed out while the cluster answers (and nobody
+    /// replaced it yet); and if a topic was missing, declares the topics again.
     async fn recover(&self, failed: Option<&CurrentProducer>, error: &KafkaError) {
         let mut last_declared = self.recovery.lock().await;
         if let Some(failed) = failed {
-            let current = self.producer.load();
-            if current.generation == failed.generation {
-                if let Some((code, reason)) = failed.producer.client().fatal_error() {
-                    match self.settings.producer() {
-                        Ok(producer) => {
-                            let generation = failed.generation + 1;
-                            self.producer.store(Arc::new(CurrentProducer { generation, producer }));
-                            tracing::warn!(%code, %reason, generation, "Kafka producer hit a fatal error; replaced it");
-                        }
-                        Err(e) => tracing::error!(error = %e, "Kafka producer hit a fatal error; cannot replace it"),
-                    }
+            let why = match failed.producer.client().fatal_error() {
+                Some((code, reason)) => Some(format!("it hit a fatal error: {code}: {reason}")),
+                // A broker that came back without its producer ids answers
+                // UnknownProducerId, and an idempotent producer retries until every
+                // message times out.
+                None if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut)
+                    && answers(failed).await =>
+                {
+                    Some("its messages time out while the cluster answers".to_string())
                 }
+                None => None,
+            };
+            if let Some(why) = why {
+                self.replace_producer(failed.generation, &why);
             }
         }
         let missing_topic = matches!(
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
         );
-        if missing_topic && last_declared.is_none_or(|at| at.elapsed() >= REDECLARE_EVERY) {
-            *last_declared = Some(Instant::now());
-            tracing::warn!(%error, "a Kafka topic is missing; declaring the topics again");
-            declare_topics(&self.settings).await;
+        if missing_topic {
+            self.topics_lost(&mut last_declared, &error.to_string()).await;
+        }
+    }
+
+    /// A reader found its topic missing.
+    async fn redeclare(&self) {
+        let mut last_declared = self.recovery.lock().await;
+        self.topics_lost(&mut last_declared, "a reader found its topic missing").await;
+    }
+
+    /// The cluster lost a topic: a broker that came back empty. Declares the
+    /// topics again and replaces the producer, whose producer id the broker lost
+    /// with them: waiting for its messages to time out would hold delivery up
+    /// for `message.timeout.ms` (at most once per [`REDECLARE_EVERY`]).
+    async fn topics_lost(&self, last_declared: &mut Option<Instant>, why: &str) {
+        if last_declared.is_some_and(|at| at.elapsed() < REDECLARE_EVERY) {
+            return;
+        }
+        *last_declared = Some(Instant::now());
+        tracing::warn!(error = why, "a Kafka topic is missing; declaring the topics again");
+        declare_topics(&self.settings).await;
+        let current = self.producer.load_full();
+        self.replace_producer(current.generation, "the broker lost its topics, and with them its producer ids");
+    }
+
+    /// Replaces the producer of `generation` (unless someone did already). What
+    /// the old one still holds is purged: those produces fail now, and their
+    /// callers retry on the new producer, rather than waiting for the timeout.
+    fn replace_producer(&self, generation: u64, why: &str) {
+        let current = self.producer.load_full();
+        if current.generation != generation {
+            return;
+        }
+        match self.settings.producer() {
+            Ok(producer) => {
+                let generation = generation + 1;
+                self.producer.store(Arc::new(CurrentProducer { generation, producer }));
+                crate::metrics::add("eligo_kafka_producers_replaced_total", &[], 1);
+                tracing::warn!(generation, "Kafka producer replaced: {why}");
+                tokio::task::spawn_blocking(move || {
+                    current.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight().non_blocking())
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "Kafka producer should be replaced ({why}); cannot create one"),
         }
     }
 
@@ -306,6 +349,12 @@ impl Shared {
             tracing::warn!(%error, "Kafka produces fail; the messages stay queued and are retried");
         }
     }
+}
+
+/// Whether the cluster answers a metadata request of `producer`'s client now.
+async fn answers(producer: &CurrentProducer) -> bool {
+    let client = producer.producer.clone();
+    matches!(blocking(move || client.client().fetch_metadata(None, WATERMARK_TIMEOUT)).await, Ok(Ok(_)))
 }
 
 /// Creates the topics the cluster lacks, within [`DECLARE_TIMEOUT`]; logs, never fails.
@@ -352,7 +401,8 @@ impl EventLog for KafkaLog {
         let name = topic.name();
         let settings = self.shared.settings.clone();
         // Metadata, watermarks and assign are blocking librdkafka calls.
-        let (consumer, positions) = blocking(move || open_tail(&settings, name, &Positions::new())).await??;
+        let opened = blocking(move || open_tail(&settings, name, &Positions::new())).await?;
+        let (consumer, positions) = opened.map_err(TransportError::from)?;
         let reader = TailReader {
             consumer: Some(consumer),
             positions,
@@ -456,6 +506,18 @@ impl TailReader {
             return false;
         };
         let positions = &self.positions;
+        if let Some((&partition, &high)) =
+            highs.iter().find(|&(p, &high)| positions.get(p).is_some_and(|&at| at > high))
+        {
+            let at = positions.get(&partition).copied().unwrap_or_default();
+            let line = format!(
+                "partition {partition} of `{name}` ends at {high}, before the reader's offset {at}: \
+                 the broker made it anew; reading it from its beginning"
+            );
+            log_throttle::librdkafka().log(tracing::Level::WARN, "tail", &line);
+            self.behind = None;
+            return true;
+        }
         let first_behind = |highs: &Positions| {
             highs.iter().find(|&(p, &high)| positions.get(p).is_some_and(|&at| at < high)).map(|(&p, &high)| (p, high))
         };
@@ -499,7 +561,11 @@ impl TailReader {
         let mut backoff = Duration::from_millis(200);
         loop {
             let (settings, name, positions) = (self.shared.settings.clone(), self.name, self.positions.clone());
-            match blocking(move || open_tail(&settings, name, &positions)).await.and_then(|opened| opened) {
+            match blocking(move || open_tail(&settings, name, &positions))
+                .await
+                .map_err(OpenError::from)
+                .and_then(|o| o)
+            {
                 Ok((consumer, positions)) => {
                     tracing::info!(topic = self.name, "Kafka reader reopened at the offsets it had reached");
                     self.consumer = Some(consumer);
@@ -510,6 +576,11 @@ impl TailReader {
                 Err(error) => {
                     let throttle = log_throttle::librdkafka();
                     throttle.log(tracing::Level::WARN, "tail", &format!("reopening the reader of `{name}`: {error}"));
+                    // A broker that came back empty lacks the topic: nobody else
+                    // declares it while no produce reaches it.
+                    if let OpenError::MissingTopic(_) = error {
+                        self.shared.redeclare().await;
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -518,8 +589,9 @@ impl TailReader {
     }
 }
 
-/// A consumer assigned every partition of `topic`: at `positions` where known,
-/// else at the partition's current end. Returns the offsets it starts from.
+/// A consumer assigned every partition of `topic`: at `positions` where known
+/// (from its beginning where a known position is past its end), else at the
+/// partition's current end. Returns the offsets it starts from.
 ///
 /// The end offsets are read here rather than left to `Offset::End`, which
 /// librdkafka resolves later, when it starts fetching: a message produced between
@@ -528,7 +600,7 @@ fn open_tail(
     settings: &KafkaSettings,
     topic: &str,
     positions: &Positions,
-) -> Result<(StreamConsumer<QuietContext>, Positions), TransportError> {
+) -> Result<(StreamConsumer<QuietContext>, Positions), OpenError> {
     let consumer: StreamConsumer<QuietContext> =
         settings.tail_config().create_with_context(QuietContext::default()).map_err(|e| config_error(&e))?;
     let metadata = consumer
@@ -538,24 +610,27 @@ fn open_tail(
         Some(found) if found.error().is_none() => found.partitions().iter().map(|p| p.id()).collect(),
         Some(found) => {
             let why = found.error().map(|e| RDKafkaErrorCode::from(e).to_string()).unwrap_or_default();
-            return Err(unavailable(format!("topic `{topic}`: {why} (declare it first)")));
+            return Err(OpenError::MissingTopic(unavailable(format!("topic `{topic}`: {why}"))));
         }
-        None => return Err(unavailable(format!("topic `{topic}` is missing (declare it first)"))),
+        None => return Err(OpenError::MissingTopic(unavailable(format!("topic `{topic}` is missing")))),
     };
     if partitions.is_empty() {
-        return Err(unavailable(format!("topic `{topic}` has no partitions yet")));
+        return Err(OpenError::MissingTopic(unavailable(format!("topic `{topic}` has no partitions yet"))));
     }
     let mut assignment = TopicPartitionList::new();
     let mut starts = Positions::new();
     for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            .map_err(|e| unavailable(format!("end of `{topic}` partition {partition}: {e}")))?;
         let offset = match positions.get(&partition) {
-            Some(&known) => known,
-            None => {
-                consumer
-                    .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-                    .map_err(|e| unavailable(format!("end of `{topic}` partition {partition}: {e}")))?
-                    .1
-            }
+            Some(&known) if known <= high => known,
+            // Past the end: the partition was made anew (a broker that lost its
+            // state). Everything in it was produced since: read it all. Not every
+            // broker answers such a fetch with "out of range" for
+            // `auto.offset.reset` to apply.
+            Some(_) => low,
+            None => high,
         };
         starts.insert(partition, offset);
         assignment
@@ -564,6 +639,25 @@ fn open_tail(
     }
     consumer.assign(&assignment).map_err(|e| refused(format!("assigning `{topic}`: {e}")))?;
     Ok((consumer, starts))
+}
+
+/// Why a tail could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// The cluster answers but lacks the topic (a broker that lost its state).
+    #[error("{0}")]
+    MissingTopic(TransportError),
+    /// Anything else: unreachable, misconfigured.
+    #[error("{0}")]
+    Other(#[from] TransportError),
+}
+
+impl From<OpenError> for TransportError {
+    fn from(error: OpenError) -> Self {
+        match error {
+            OpenError::MissingTopic(e) | OpenError::Other(e) => e,
+        }
+    }
 }
 
 /// Creates the topics the cluster lacks, with the pipeline's retention.
@@ -634,7 +728,10 @@ fn produce_error(topic: Topic, error: KafkaError) -> TransportError {
             | C::Fatal
             | C::UnknownProducerId
             | C::OutOfOrderSequenceNumber
-            | C::InvalidProducerEpoch,
+            | C::InvalidProducerEpoch
+            // Purged from a producer that was replaced: retried on the new one.
+            | C::PurgeQueue
+            | C::PurgeInflight,
         ) => unavailable(detail),
         _ => refused(detail),
     }
