@@ -15,7 +15,10 @@ use crate::plugin::{
     ConnectionRequest, Decision, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo, Policy, PolicyError,
     Solution, Verdict, Welcome, WorkerAdmission, WorkerProfile, Workers,
 };
-use crate::protocol::{canonical_json, FieldLimits, JobFrame, SolutionFrame, WelcomeFrame};
+use crate::protocol::{
+    ack_frame, canonical_json, refusal_frame, verdict_frame, Acked, FieldLimits, FrameId, JobFrame, SolutionFrame,
+    SolutionMessage, VerdictEvent, WelcomeFrame,
+};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +30,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("canonical_json", canonical),
     ("case_file", case_file),
     ("plugin_answers", plugin_answers),
+    ("queue_messages", queue_messages),
 ];
 
 /// A worker's welcome: accepted fields are within their limits.
@@ -39,22 +43,77 @@ pub fn welcome_frame(data: &[u8]) {
     }
 }
 
-/// A node's job: an accepted challenge has one canonical spelling, within limits.
+/// A node's job, as the node server reads it: an accepted challenge has one
+/// canonical spelling, within limits; its id (if any) is answered as sent.
 pub fn job_frame(data: &[u8]) {
     let limits = FieldLimits::default();
-    if let Ok(frame) = JobFrame::parse_within(data, &limits) {
+    let read = JobFrame::read_within(data, &limits);
+    check_answers(data, &read);
+    if let Ok(frame) = read.frame {
         let canonical = canonical_json(&Value::Object(frame.epoch_challenge.clone()));
         assert!(canonical.len() <= limits.object_bytes, "an accepted challenge is over the limit");
         assert_canonical_round_trip(&Value::Object(frame.epoch_challenge));
     }
 }
 
-/// A worker's solution frame: accepted fields are within limits.
+/// A worker's solution frame, as the worker server reads it: accepted fields are
+/// within limits; its id (if any) is answered, and judged, as sent.
 pub fn solution_frame(data: &[u8]) {
     let limits = FieldLimits::default();
-    if let Ok(frame) = SolutionFrame::parse_within(data, &limits) {
+    let read = SolutionFrame::read_within(data, &limits);
+    check_answers(data, &read);
+    if let Ok(frame) = read.frame {
         assert!(frame.task_id.len() <= limits.text_bytes);
         assert_canonical_round_trip(&Value::Object(frame.solution));
+    }
+}
+
+/// The answers of the acknowledged protocol to a frame read as `read`: an id is a
+/// string of at most 64 characters or an integer, and every answer (ack, refusal,
+/// verdict) is JSON carrying exactly that id; a frame without a usable id is
+/// refused with an error frame.
+fn check_answers<T>(data: &[u8], read: &Acked<T>) {
+    let answers = match &read.id {
+        Some(id) => {
+            match serde_json::to_value(id).expect("an id serializes") {
+                Value::String(s) => assert!(s.chars().count() <= FrameId::MAX_CHARS, "an accepted id is too long"),
+                Value::Number(n) => assert!(n.is_i64() || n.is_u64(), "an accepted id is not an integer"),
+                other => panic!("an accepted id is {other}"),
+            }
+            vec![ack_frame(id, None), ack_frame(id, Some("r")), verdict_frame(id, "t", Some("r"))]
+        }
+        None => Vec::new(),
+    };
+    for answer in answers.iter().chain([&refusal_frame(data, "r")]) {
+        let parsed: Value = serde_json::from_str(answer).expect("an answer is JSON");
+        match &read.id {
+            Some(id) => assert_eq!(parsed["id"], serde_json::to_value(id).expect("an id"), "the id as sent"),
+            None => assert!(parsed.get("id").is_none() || parsed["type"] == "ack", "no id without one sent"),
+        }
+    }
+}
+
+/// What the pipeline's own queues and topics carry (solution messages, presence
+/// events, verdicts, jobs): what parses is written back the same, so a message
+/// redelivered or relayed means what it meant.
+pub fn queue_messages(data: &[u8]) {
+    fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(data: &[u8]) {
+        if let Ok(message) = serde_json::from_slice::<T>(data) {
+            let bytes = serde_json::to_vec(&message).expect("a message serializes");
+            let back: T = serde_json::from_slice(&bytes).expect("a written message parses");
+            assert_eq!(back, message, "a message keeps its meaning when written again");
+        }
+    }
+    round_trip::<SolutionMessage>(data);
+    round_trip::<VerdictEvent>(data);
+    round_trip::<JobFrame>(data);
+    if let Ok(message) = serde_json::from_slice::<SolutionMessage>(data) {
+        // Its unique key is the nonce as text, if the solution has one.
+        let _ = message.unique_key();
+    }
+    if let Ok(events) = crate::pipeline::presence_processor::read_events(data) {
+        let bytes = serde_json::to_vec(&events).expect("events serialize");
+        assert_eq!(crate::pipeline::presence_processor::read_events(&bytes).ok(), Some(events));
     }
 }
 

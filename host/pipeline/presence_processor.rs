@@ -52,6 +52,15 @@ enum Message {
     One(PresenceEvent),
 }
 
+/// The events of one presence message: a JSON array of them, or one alone (as
+/// worker servers before batching sent them).
+pub fn read_events(payload: &[u8]) -> Result<Vec<PresenceEvent>, serde_json::Error> {
+    Ok(match serde_json::from_slice::<Message>(payload)? {
+        Message::Many(events) => events,
+        Message::One(event) => vec![event],
+    })
+}
+
 /// Records a batch of presence messages; says what each was (a metrics label).
 pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<Vec<&'static str>, Retry> {
     let mut connections = Vec::new();
@@ -59,9 +68,8 @@ pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<
     let mut rejected = Vec::new();
     let mut outcomes = Vec::with_capacity(payloads.len());
     for payload in payloads {
-        let events = match serde_json::from_slice::<Message>(payload) {
-            Ok(Message::Many(events)) => events,
-            Ok(Message::One(event)) => vec![event],
+        let events = match read_events(payload) {
+            Ok(events) => events,
             Err(e) => {
                 outcomes.push("rejected");
                 rejected.push(Rejected::new("worker", payload, format!("not presence events: {e}")));
