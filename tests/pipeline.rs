@@ -200,6 +200,41 @@ async fn a_node_that_reconnects_gets_what_was_found_while_it_was_away(kind: Kind
     server.stop().await;
 }
 
+/// A node that comes back to a height where more was found than its queue holds
+/// gets all of it, paced by how fast it reads, and is not closed as too slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_larger_than_the_node_queue_arrives_whole() {
+    let server = Server::start_configured(Backends::new(Kind::Embedded).await, &["seed-rules"], None, |config| {
+        config.node.outbox = 16;
+    })
+    .await;
+    let mut worker = server.worker("hw-1").await;
+    let mut node = server.node().await;
+    node.send(&job(40, 1)).await;
+    let task = worker.recv("job 40").await["task_id"].as_str().expect("task").to_string();
+    node.close().await;
+    const FOUND: u64 = 200;
+    for nonce in 1..=FOUND {
+        worker.send(&solution(&task, nonce, 1)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while server.backends.store.broadcast_solutions_at(40).await.expect("read").len() < FOUND as usize {
+        assert!(tokio::time::Instant::now() < deadline, "the solutions were never all broadcast");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut again = server.node().await;
+    again.send(&job(40, 1)).await;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < FOUND as usize {
+        match again.next_within(Duration::from_secs(10)).await {
+            Next::Frame(frame) => assert!(got.insert(frame["partial_solution"]["nonce"].as_u64().expect("a nonce"))),
+            other => panic!("after {} of {FOUND} solutions: {other:?}", got.len()),
+        }
+    }
+    again.assert_quiet("each once, and the connection stays").await;
+    server.stop().await;
+}
+
 async fn bad_frames_get_precise_errors_and_the_connection_stays(kind: Kind) {
     let server = Server::start(kind, &["seed-rules"]).await;
     let mut node = server.node().await;

@@ -105,6 +105,11 @@ impl Outbox {
         replaced
     }
 
+    /// Whether someone asked to close the connection.
+    pub fn is_closing(&self) -> bool {
+        self.close.borrow().is_some() || self.tx.is_closed()
+    }
+
     /// Frames queued and not yet written.
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()

@@ -175,36 +175,19 @@ impl NodeServer {
                 }
                 recent.push_back(event.clone());
             }
-            self.deliver(&event, None)
+            self.deliver(&event)
         })
         .await
     }
 
-    /// Offers a solution to every node (or to `only` that one) and queues it to
-    /// those chosen that did not get it yet.
-    fn deliver(&self, event: &SolutionEvent, only: Option<u64>) {
-        let job = Job {
-            task_id: event.task_id.clone(),
-            block_height: event.solution_height,
-            proof_target: event.proof_target,
-            epoch_challenge: canonical_json(&event.epoch_challenge),
-        };
-        let solution = Solution {
-            task_id: event.task_id.clone(),
-            hardware_id: event.hardware_id.clone(),
-            caption: event.caption.clone(),
-            solution: canonical_json(&event.solution),
-            solution_target: event.solution_target,
-            unique_key: event.unique_key.clone(),
-        };
+    /// Offers a solution to every node and queues it to those chosen that did not
+    /// get it yet; a node whose queue is full is closed as too slow.
+    fn deliver(&self, event: &SolutionEvent) {
+        let (job, solution) = offered(event);
         let frame = Utf8Bytes::from(event.solution.to_string());
         let policies = self.services.plugins.current();
         let Some(mut nodes) = self.nodes.lock() else { return };
-        let ids: Vec<u64> = match only {
-            Some(id) if nodes.contains_key(&id) => vec![id],
-            Some(_) => return,
-            None => nodes.keys().copied().collect(),
-        };
+        let ids: Vec<u64> = nodes.keys().copied().collect();
         let chosen = {
             let states: Vec<&NodeState> = ids.iter().filter_map(|id| nodes.get(id)).map(|n| &n.state).collect();
             policies.offer_solution(&job, &solution, &states, now_ms())
@@ -226,6 +209,39 @@ impl NodeServer {
         drop(nodes);
         crate::metrics::hot().solutions_delivered.increment(queued);
         self.deliveries.add(&event.unique_key, queued);
+    }
+
+    /// Queues `events` to node `id` where the policies offer them and it did not
+    /// get them yet. A catch-up may hold more than the node's queue: it waits for
+    /// room, keeping half the queue free for live solutions (which close a node
+    /// whose queue is full), rather than closing the node as too slow.
+    async fn deliver_waiting(&self, id: u64, events: &[Arc<SolutionEvent>]) {
+        let policies = self.services.plugins.current();
+        let headroom = (self.settings.outbox_capacity / 2).max(1);
+        for event in events {
+            let (job, solution) = offered(event);
+            let outbox = {
+                let Some(mut nodes) = self.nodes.lock() else { return };
+                let Some(conn) = nodes.get_mut(&id) else { return };
+                let chosen = policies.offer_solution(&job, &solution, &[&conn.state], now_ms());
+                if chosen.is_empty() || !conn.delivered.first_time(&event.unique_key) {
+                    continue;
+                }
+                conn.solutions_delivered += 1;
+                conn.outbox.clone()
+            };
+            while outbox.depth() >= headroom {
+                if outbox.is_closing() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            if !outbox.send(event.solution.to_string()).await {
+                return;
+            }
+            crate::metrics::hot().solutions_delivered.increment(1);
+            self.deliveries.add(&event.unique_key, 1);
+        }
     }
 
     async fn serve(&self, socket: WebSocket, admitted: Admitted) {
@@ -326,22 +342,38 @@ impl NodeServer {
     /// marked broadcast, and what this process read from the log lately (which
     /// the store may not have marked yet). Repeats are skipped per connection.
     async fn catch_up(&self, id: u64, height: i64) {
-        match self.services.store.broadcast_solutions_at(height).await {
-            Ok(found) => {
-                for (job, solution) in found {
-                    self.deliver(&solution_event(&job, &solution), Some(id));
-                }
+        let mut events: Vec<Arc<SolutionEvent>> = match self.services.store.broadcast_solutions_at(height).await {
+            Ok(found) => found.iter().map(|(job, solution)| Arc::new(solution_event(job, solution))).collect(),
+            Err(e) => {
+                tracing::warn!(connection = id, error = %e, "catch-up read failed; live solutions still flow");
+                Vec::new()
             }
-            Err(e) => tracing::warn!(connection = id, error = %e, "catch-up read failed; live solutions still flow"),
-        }
-        let recent: Vec<Arc<SolutionEvent>> = {
-            let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            recent.iter().filter(|event| event.solution_height == height).cloned().collect()
         };
-        for event in recent {
-            self.deliver(&event, Some(id));
+        {
+            let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            events.extend(recent.iter().filter(|event| event.solution_height == height).cloned());
         }
+        self.deliver_waiting(id, &events).await;
     }
+}
+
+/// A solution event as the policies see it: its job and the solution.
+fn offered(event: &SolutionEvent) -> (Job, Solution) {
+    let job = Job {
+        task_id: event.task_id.clone(),
+        block_height: event.solution_height,
+        proof_target: event.proof_target,
+        epoch_challenge: canonical_json(&event.epoch_challenge),
+    };
+    let solution = Solution {
+        task_id: event.task_id.clone(),
+        hardware_id: event.hardware_id.clone(),
+        caption: event.caption.clone(),
+        solution: canonical_json(&event.solution),
+        solution_target: event.solution_target,
+        unique_key: event.unique_key.clone(),
+    };
+    (job, solution)
 }
 
 async fn upgrade(
