@@ -219,3 +219,37 @@ fn cli_errors_are_their_cause_chain_with_a_backtrace_only_on_request() {
     let asked = text(&missing("1"));
     assert!(asked.lines().count() > 3, "ELIGO_BACKTRACE=1 adds the backtrace: {asked}");
 }
+
+/// An installed `eligo` says what it is and where it came from, and gives the
+/// shell completions and manual pages a packager or user installs.
+#[test]
+fn version_names_the_commit_and_completions_and_manual_pages_are_generated() {
+    let out = eligo(&["--version"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let version = text(&out);
+    assert!(version.starts_with(&format!("eligo {} (commit ", env!("CARGO_PKG_VERSION"))), "{version}");
+    let commit = version.split("(commit ").nth(1).unwrap_or_default().trim_end().trim_end_matches(')');
+    let hex = commit.trim_end_matches("-modified");
+    assert!(hex == "unknown" || (hex.len() == 12 && hex.chars().all(|c| c.is_ascii_hexdigit())), "{version}");
+
+    let out = eligo(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    for word in ["_eligo()", "serve", "plugin", "--worker-listen"] {
+        assert!(script.contains(word), "the bash completions lack {word}");
+    }
+    assert!(!eligo(&["completions", "tcsh"]).status.success(), "an unknown shell is an error");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = eligo(&["man", dir.path().to_str().expect("a UTF-8 path")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let main = std::fs::read_to_string(dir.path().join("eligo.1")).expect("eligo.1");
+    assert!(main.starts_with(".ie") || main.contains(".TH eligo"), "{}", &main[..main.len().min(200)]);
+    assert!(main.contains("plugin"), "the main page lists the subcommands");
+    let serve = std::fs::read_to_string(dir.path().join("eligo-serve.1")).expect("a page per subcommand");
+    assert!(
+        serve.contains("worker\\-listen") || serve.contains("worker-listen"),
+        "serve's page documents its settings"
+    );
+    assert!(dir.path().join("eligo-plugin-test.1").exists(), "nested subcommands have pages too");
+}

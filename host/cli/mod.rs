@@ -7,9 +7,11 @@
 //! - [`config_check`]: `config check` and its connection probes.
 //! - [`plugin`]: the `plugin` subcommands.
 //! - [`kafka_mock`]: `kafka-mock`.
+//! - `manual`: `man`; `completions` is one call to clap_complete.
 
 pub mod config_check;
 pub mod kafka_mock;
+mod manual;
 pub mod migrate;
 pub mod plugin;
 mod process;
@@ -27,7 +29,7 @@ use std::process::ExitCode;
 /// eligo moves jobs from nodes to workers and solutions back; WebAssembly policy
 /// plugins make every decision.
 #[derive(Parser)]
-#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(version = VERSION, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -35,6 +37,10 @@ pub struct Cli {
     #[command(flatten)]
     serve: ServeArgs,
 }
+
+/// The version and the commit this binary was built from (`-modified` when the
+/// checkout had uncommitted changes).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ELIGO_COMMIT"), ")");
 
 // clap also reads this doc as `eligo`'s about, but `Cli`'s own, applied after, wins:
 // --help does not show it.
@@ -59,6 +65,19 @@ pub enum Command {
         #[arg(long)]
         write_to: Option<PathBuf>,
     },
+    /// Prints the shell completion script for SHELL, e.g.
+    /// `eligo completions bash > ~/.local/share/bash-completion/completions/eligo`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Writes the manual pages (eligo.1 and one per subcommand) into DIR, for
+    /// `man -M DIR eligo` or a MANPATH folder such as ~/.local/share/man/man1.
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs the command `cli` names. `matches` are what `cli` was parsed from: `config
@@ -76,6 +95,13 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
             config_check::run(&serve, check, connect)?
         }
         Command::KafkaMock { write_to } => kafka_mock::run(write_to)?,
+        Command::Completions { shell } => clap_complete::generate(
+            shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "eligo",
+            &mut std::io::stdout(),
+        ),
+        Command::Man { dir } => manual::write(&dir)?,
     }
     Ok(ExitCode::SUCCESS)
 }
