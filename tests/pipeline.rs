@@ -571,12 +571,52 @@ async fn a_flood_at_any_rate_is_closed_and_answered_a_handful_of_times() {
         assert!(flood.frames.len() <= allowed, "{} error frames in {took:?}", flood.frames.len());
         println!("flood of {count}: {} sent, {} error frames, closed after {took:?}", flood.sent, flood.frames.len());
     }
+    // Others are served throughout.
+    let (mut node, mut worker) = (server.node().await, server.worker("hw-beside").await);
+    node.send(&job(5, 1)).await;
+    worker.recv("a job while floods were closed").await;
     // Pings have a budget of their own (10 a second, burst 20).
     let mut pinging = server.node().await;
     let flood = pinging.flood(Message::Ping(vec![1, 2, 3].into()), 10_000).await;
     match &flood.end {
         Next::Closed(1008, reason) => assert!(reason.contains("too many pings"), "{reason}"),
         other => panic!("a ping flood: expected close 1008, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+/// Floods at 10×, 100× and 1,000× a budget of 100 frames/s (burst 200), paced:
+/// each is closed with 1008 within seconds, answered with a handful of error
+/// frames, while another client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_at_10_100_and_1000_times_the_budget_are_closed_within_seconds() {
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start_configured(Backends::new(Kind::Embedded).await, &["seed-rules"], None, |config| {
+        config.worker.socket.frames_per_second = 100;
+        config.worker.socket.frame_burst = 200;
+    })
+    .await;
+    let mut node = server.node().await;
+    let mut beside = server.worker("hw-beside").await;
+    for (times, height) in [(10u32, 1), (100, 2), (1000, 3)] {
+        let mut flooding = server.worker(&format!("hw-flood-{times}")).await;
+        let started = std::time::Instant::now();
+        let flood = flooding.flood_at(Message::text("{}"), 1_000_000, Some(100 * times)).await;
+        let took = started.elapsed();
+        match &flood.end {
+            Next::Closed(1008, reason) => assert!(reason.contains("100 frames per second (burst 200)"), "{reason}"),
+            other => panic!("{times}x the budget: expected close 1008, got {other:?} after {} sent", flood.sent),
+        }
+        assert!(took < Duration::from_secs(5), "{times}x the budget: closed after {took:?}");
+        let errors = flood.frames.iter().filter(|f| f["type"] == "error" || f["type"] == "ack").count();
+        assert!(errors <= 10 + 10 * (took.as_secs() as usize + 1) + 1, "{errors} error frames in {took:?}");
+        println!(
+            "{times}x the budget ({}/s): {} frames sent, {errors} error frames received, closed 1008 after {took:.2?}",
+            100 * times,
+            flood.sent
+        );
+        node.send(&job(height, 1)).await;
+        beside.recv("a job for the worker beside the flood").await;
     }
     server.stop().await;
 }

@@ -112,10 +112,27 @@ impl Client {
     /// the server answers meanwhile, until the server closes the connection (or
     /// says nothing for 10 s once the frames are out).
     pub async fn flood(&mut self, frame: Message, count: usize) -> Flooded {
+        self.flood_at(frame, count, None).await
+    }
+
+    /// [`flood`](Self::flood) at `per_second` frames a second (as fast as it
+    /// goes when `None`), sent a millisecond's worth at a time.
+    pub async fn flood_at(&mut self, frame: Message, count: usize, per_second: Option<u32>) -> Flooded {
         let (mut sink, mut stream) = (&mut self.socket).split();
         let sent = std::cell::Cell::new(0usize);
         let send = async {
+            let started = tokio::time::Instant::now();
             for _ in 0..count {
+                if let Some(rate) = per_second {
+                    // Ahead of the rate: flush and wait for the clock to catch up.
+                    let due = started + Duration::from_secs_f64(sent.get() as f64 / f64::from(rate));
+                    if due > tokio::time::Instant::now() + Duration::from_millis(1) {
+                        if sink.flush().await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep_until(due).await;
+                    }
+                }
                 if sink.feed(frame.clone()).await.is_err() {
                     break;
                 }
