@@ -148,9 +148,7 @@ impl axum::serve::Listener for GuardedListener {
             };
             match self.guard.admit(remote) {
                 Ok(peer) => return (self.guard.guard(stream, &peer), remote),
-                Err(full) => {
-                    tokio::spawn(AcceptGuard::answer(stream, full));
-                }
+                Err(full) => self.guard.refuse(stream, full),
             }
         }
     }

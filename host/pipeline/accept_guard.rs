@@ -35,6 +35,10 @@ use tokio::net::TcpStream;
 /// How long a refused plain socket is given to read its answer.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
+/// Refused sockets being answered at once; past that a refused socket is closed
+/// unanswered, so a flood of connections cannot hold file descriptors this way.
+const MAX_ANSWERING: usize = 1024;
+
 /// IPs whose buckets are kept before idle ones are forgotten.
 const REMEMBERED_IPS: usize = 65_536;
 
@@ -47,6 +51,7 @@ pub struct AcceptGuard {
     attempts: Mutex<HashMap<IpAddr, TokenBucket>>,
     handshake_timeout: Duration,
     failures: Arc<AuthFailures>,
+    answering: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Failed authentications by IP: so many a minute, then a block.
@@ -120,6 +125,7 @@ impl AcceptGuard {
                 exempt: limits.per_ip_exempt.clone(),
                 by_ip: Mutex::new(HashMap::new()),
             }),
+            answering: Arc::default(),
         })
     }
 
@@ -182,11 +188,17 @@ impl AcceptGuard {
         }
     }
 
-    /// The refusal, as a plain socket is answered: the status and the reason,
-    /// then the socket closed. Bounded by [`REFUSAL_LINGER`].
-    pub fn answer(stream: TcpStream, full: Full) -> impl Future<Output = ()> + Send {
-        async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// Answers a refused plain socket with the status and the reason, then closes
+    /// it, in a task of its own bounded by [`REFUSAL_LINGER`]; with
+    /// [`MAX_ANSWERING`] such tasks running, closes it unanswered.
+    pub fn refuse(&self, stream: TcpStream, full: Full) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let answering = self.answering.clone();
+        if answering.fetch_add(1, Ordering::AcqRel) >= MAX_ANSWERING {
+            answering.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        tokio::spawn(async move {
             let mut stream = stream;
             let response = format!(
                 "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
@@ -205,7 +217,8 @@ impl AcceptGuard {
                 std::io::Result::Ok(())
             })
             .await;
-        }
+            answering.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 }
 
