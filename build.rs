@@ -13,7 +13,9 @@ fn main() {
     };
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    println!("cargo:rustc-env=ELIGO_COMMIT={commit}{}", if dirty { "-modified" } else { "" });
+    // Not named ELIGO_*: cargo also sets it when it runs the binary (cargo run,
+    // tests), where `config check` would take it for a misspelt setting.
+    println!("cargo:rustc-env=BUILT_FROM_COMMIT={commit}{}", if dirty { "-modified" } else { "" });
     // Built again when HEAD moves (a commit, a checkout), not on every edit.
     if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) {
         println!("cargo:rerun-if-changed={head}");

@@ -40,7 +40,7 @@ pub struct Cli {
 
 /// The version and the commit this binary was built from (`-modified` when the
 /// checkout had uncommitted changes).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ELIGO_COMMIT"), ")");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILT_FROM_COMMIT"), ")");
 
 // clap also reads this doc as `eligo`'s about, but `Cli`'s own, applied after, wins:
 // --help does not show it.
