@@ -420,6 +420,33 @@ impl ErrorAllowance {
     }
 }
 
+/// Which budget a frame spends.
+#[derive(Clone, Copy)]
+enum Budgeted {
+    /// Text and binary frames.
+    Data,
+    /// Pings and pongs.
+    Control,
+}
+
+impl Budgeted {
+    /// The `reason` label of a refusal.
+    fn reason(self) -> &'static str {
+        match self {
+            Budgeted::Data => "rate",
+            Budgeted::Control => "ping_rate",
+        }
+    }
+
+    /// What a client sent too many of.
+    fn what(self) -> &'static str {
+        match self {
+            Budgeted::Data => "frames",
+            Budgeted::Control => "pings",
+        }
+    }
+}
+
 /// Hands every data frame within the connection's `budget` to `on_frame` until the
 /// peer goes, someone closes the connection, `shutdown` fires (which closes it
 /// with 1001) or a read fails (see [`close_for_read_error`]). A frame over the
@@ -446,24 +473,29 @@ pub async fn read_frames<F, Fut>(
                 return;
             }
         };
-        let is_data = matches!(message, Some(Ok(Message::Text(_) | Message::Binary(_))));
-        if !is_data && !matches!(message, Some(Ok(Message::Ping(_) | Message::Pong(_)))) {
-            return match message {
-                Some(Err(e)) => close_for_read_error(outbox, e, role),
-                _ => {}
-            };
-        }
-        let (spent, what) = if is_data { (&mut budget, "frames") } else { (&mut control, "pings") };
+        let kind = match &message {
+            Some(Ok(Message::Text(_) | Message::Binary(_))) => Budgeted::Data,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Budgeted::Control,
+            _ => {
+                return match message {
+                    Some(Err(e)) => close_for_read_error(outbox, e, role),
+                    _ => {}
+                }
+            }
+        };
+        let spent = match kind {
+            Budgeted::Data => &mut budget,
+            Budgeted::Control => &mut control,
+        };
         let verdict = spent.spend(std::time::Instant::now());
         if verdict != FrameVerdict::Take {
-            let reason = if what == "frames" { "rate" } else { "ping_rate" };
-            crate::metrics::add("eligo_frames_refused_total", &[("role", role), ("reason", reason)], 1);
+            crate::metrics::add("eligo_frames_refused_total", &[("role", role), ("reason", kind.reason())], 1);
         }
-        match verdict {
-            FrameVerdict::Take => {}
+        match (verdict, kind) {
+            (FrameVerdict::Take, _) => {}
             // The library answers a ping by itself; a dropped one is only counted.
-            FrameVerdict::Drop if what == "pings" => continue,
-            FrameVerdict::Drop => {
+            (FrameVerdict::Drop, Budgeted::Control) => continue,
+            (FrameVerdict::Drop, Budgeted::Data) => {
                 let error = format!("too many frames: over {}; this one was dropped", budget.describe());
                 let text = match &message {
                     Some(Ok(Message::Text(text))) => text.as_bytes(),
@@ -480,8 +512,8 @@ pub async fn read_frames<F, Fut>(
                 }
                 continue;
             }
-            FrameVerdict::Close => {
-                outbox.close(close_code::POLICY, &format!("too many {what}: over {}", spent.describe()));
+            (FrameVerdict::Close, _) => {
+                outbox.close(close_code::POLICY, &format!("too many {}: over {}", kind.what(), spent.describe()));
                 return;
             }
         }
