@@ -44,10 +44,8 @@ const REMEMBERED_IPS: usize = 65_536;
 
 /// The checks of one server (node or worker) on the sockets it accepts.
 pub struct AcceptGuard {
-    role: &'static str,
     cap: Arc<ConnectionCap>,
     attempts_per_second: u32,
-    exempt: Vec<IpAddr>,
     attempts: Mutex<HashMap<IpAddr, TokenBucket>>,
     handshake_timeout: Duration,
     failures: Arc<AuthFailures>,
@@ -59,7 +57,6 @@ struct AuthFailures {
     role: &'static str,
     per_minute: u32,
     block: Duration,
-    exempt: Vec<IpAddr>,
     by_ip: Mutex<HashMap<IpAddr, Failures>>,
 }
 
@@ -77,9 +74,10 @@ impl AuthFailures {
         by_ip.get(&ip).and_then(|f| f.blocked_until).filter(|until| *until > now)
     }
 
-    fn record(&self, ip: IpAddr) {
+    /// Counts a failure of `ip`; one of an `exempt` IP blocks nothing.
+    fn record(&self, ip: IpAddr, exempt: bool) {
         crate::metrics::add("eligo_auth_failures_total", &[("role", self.role)], 1);
-        if self.per_minute == 0 || self.exempt.contains(&ip) {
+        if self.per_minute == 0 || exempt {
             return;
         }
         let now = Instant::now();
@@ -109,20 +107,18 @@ impl AuthFailures {
 const MINUTE: Duration = Duration::from_secs(60);
 
 impl AcceptGuard {
-    /// The guard of `role` (a metrics label) in front of `cap`, as `limits` set it.
-    pub fn new(role: &'static str, cap: Arc<ConnectionCap>, limits: &ConnectionLimits) -> Arc<Self> {
+    /// The guard in front of `cap` (whose exempt IPs it shares), as `limits` set it.
+    pub fn new(cap: Arc<ConnectionCap>, limits: &ConnectionLimits) -> Arc<Self> {
+        let role = cap.role();
         Arc::new(AcceptGuard {
-            role,
             cap,
             attempts_per_second: limits.attempts_per_ip_per_second,
-            exempt: limits.per_ip_exempt.clone(),
             attempts: Mutex::new(HashMap::new()),
             handshake_timeout: Duration::from_secs(limits.handshake_timeout_secs.max(1)),
             failures: Arc::new(AuthFailures {
                 role,
                 per_minute: limits.auth_failures_per_minute,
                 block: Duration::from_secs(limits.auth_block_secs),
-                exempt: limits.per_ip_exempt.clone(),
                 by_ip: Mutex::new(HashMap::new()),
             }),
             answering: Arc::default(),
@@ -133,23 +129,16 @@ impl AcceptGuard {
     /// or the refusal to answer it with.
     pub fn admit(&self, remote: SocketAddr) -> Result<Peer, Full> {
         let ip = remote.ip();
+        let exempt = self.cap.is_exempt(ip);
         if let Some(until) = self.failures.blocked(ip, Instant::now()) {
-            crate::metrics::add("eligo_connections_over_cap_total", &[("role", self.role), ("cap", "auth")], 1);
             let secs = until.saturating_duration_since(Instant::now()).as_secs().max(1);
-            return Err(Full {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                reason: format!("too many failed authentications from {ip}; try again in {secs} s"),
-            });
+            let reason = format!("too many failed authentications from {ip}; try again in {secs} s");
+            return Err(self.cap.refuse("auth", StatusCode::TOO_MANY_REQUESTS, reason));
         }
-        if self.attempts_per_second > 0 && !self.exempt.contains(&ip) && !self.attempt(ip) {
-            crate::metrics::add("eligo_connections_over_cap_total", &[("role", self.role), ("cap", "attempts")], 1);
-            return Err(Full {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                reason: format!(
-                    "too many {} connection attempts from {ip} (limit {} a second)",
-                    self.role, self.attempts_per_second
-                ),
-            });
+        if self.attempts_per_second > 0 && !exempt && !self.attempt(ip) {
+            let (role, limit) = (self.cap.role(), self.attempts_per_second);
+            let reason = format!("too many {role} connection attempts from {ip} (limit {limit} a second)");
+            return Err(self.cap.refuse("attempts", StatusCode::TOO_MANY_REQUESTS, reason));
         }
         let place = self.cap.enter(ip)?;
         Ok(Peer(Arc::new(PeerState {
@@ -157,6 +146,7 @@ impl AcceptGuard {
             place: Mutex::new(Some(place)),
             request_read: AtomicBool::new(false),
             failures: self.failures.clone(),
+            exempt,
         })))
     }
 
@@ -238,6 +228,8 @@ struct PeerState {
     place: Mutex<Option<Place>>,
     request_read: AtomicBool,
     failures: Arc<AuthFailures>,
+    /// Exempt from the per-IP limits.
+    exempt: bool,
 }
 
 impl Peer {
@@ -261,7 +253,7 @@ impl Peer {
     /// Counts a failed authentication of this peer's IP (a refusal as
     /// unauthorized); too many within a minute block the IP for a while.
     pub fn auth_failed(&self) {
-        self.0.failures.record(self.0.remote.ip());
+        self.0.failures.record(self.0.remote.ip(), self.0.exempt);
     }
 }
 
@@ -339,7 +331,7 @@ mod tests {
     #[test]
     fn attempts_over_the_rate_are_refused_with_429_while_other_ips_come_in() {
         let cap = ConnectionCap::new("worker", &limits(3));
-        let guard = AcceptGuard::new("worker", cap, &limits(3));
+        let guard = AcceptGuard::new(cap, &limits(3));
         let peers: Vec<Peer> = (0..3).map(|_| guard.admit(addr(1)).expect("within the attempts")).collect();
         drop(peers);
         let refused = guard.admit(addr(1)).expect_err("a fourth attempt within the second");
@@ -352,7 +344,7 @@ mod tests {
     fn an_ip_failing_to_authenticate_too_often_is_blocked_while_others_come_in() {
         let limits = ConnectionLimits { auth_failures_per_minute: 3, ..limits(0) };
         let cap = ConnectionCap::new("worker", &limits);
-        let guard = AcceptGuard::new("worker", cap, &limits);
+        let guard = AcceptGuard::new(cap, &limits);
         for _ in 0..3 {
             guard.admit(addr(1)).expect("not blocked yet").auth_failed();
         }
@@ -365,7 +357,7 @@ mod tests {
     #[test]
     fn a_socket_holds_its_place_from_the_accept_and_hands_it_over_once() {
         let cap = ConnectionCap::new("node", &limits(0));
-        let guard = AcceptGuard::new("node", cap.clone(), &limits(0));
+        let guard = AcceptGuard::new(cap.clone(), &limits(0));
         let peer = guard.admit(addr(1)).expect("admitted");
         assert_eq!(cap.open(), 1, "counted before its request is read");
         let place = peer.take_place().expect("the place");

@@ -63,7 +63,7 @@ impl ConnectionCap {
             ));
         }
         let from_ip = open.by_ip.get(&ip).copied().unwrap_or_default();
-        if from_ip >= self.max_per_ip && !self.exempt.contains(&ip) {
+        if from_ip >= self.max_per_ip && !self.is_exempt(ip) {
             drop(open);
             return Err(self.refuse(
                 "ip",
@@ -81,7 +81,18 @@ impl ConnectionCap {
         self.open.lock().map(|open| open.total).unwrap_or_default()
     }
 
-    fn refuse(&self, cap: &'static str, status: StatusCode, reason: String) -> Full {
+    /// The role these caps are of (a metrics label).
+    pub fn role(&self) -> &'static str {
+        self.role
+    }
+
+    /// Whether `ip` is exempt from the per-IP limits.
+    pub fn is_exempt(&self, ip: IpAddr) -> bool {
+        self.exempt.contains(&ip)
+    }
+
+    /// A refusal by the limit `cap`, counted.
+    pub fn refuse(&self, cap: &'static str, status: StatusCode, reason: String) -> Full {
         crate::metrics::add("eligo_connections_over_cap_total", &[("role", self.role), ("cap", cap)], 1);
         Full { status, reason }
     }

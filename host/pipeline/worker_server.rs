@@ -147,7 +147,7 @@ impl WorkerServer {
     /// What the listener checks on each socket before its request is read, under
     /// this server's caps.
     pub fn accept_guard(&self) -> Arc<AcceptGuard> {
-        AcceptGuard::new("worker", self.cap.clone(), &self.settings.connections)
+        AcceptGuard::new(self.cap.clone(), &self.settings.connections)
     }
 
     /// Waits until every connection has finished (after shutdown was signalled);
