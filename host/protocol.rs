@@ -310,8 +310,14 @@ pub fn ack_frame(id: &FrameId, refused: Option<&str>) -> String {
 /// as an error frame.
 pub fn refusal_frame(text: &[u8], reason: &str) -> String {
     let id = serde_json::from_slice::<Value>(text).ok().and_then(|frame| FrameId::of(&frame).ok().flatten());
+    refusal(id.as_ref(), reason)
+}
+
+/// Server → client: the refusal of a frame read with `id`: its acknowledgement
+/// when it has one, else an error frame.
+pub fn refusal(id: Option<&FrameId>, reason: &str) -> String {
     match id {
-        Some(id) => ack_frame(&id, Some(reason)),
+        Some(id) => ack_frame(id, Some(reason)),
         None => error_frame(reason),
     }
 }

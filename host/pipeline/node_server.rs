@@ -21,7 +21,7 @@ use super::views::{DeliveryCounts, NodeView, RECENT_HEIGHTS};
 use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
 use crate::plugin::{now_ms, Job, JobSubmission, NodeState, Role, Solution};
-use crate::protocol::{ack_frame, canonical_json, error_frame, JobFrame, SolutionEvent};
+use crate::protocol::{ack_frame, canonical_json, refusal, JobFrame, SolutionEvent};
 use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -283,7 +283,7 @@ impl NodeServer {
         let read = JobFrame::read_within(&bytes, &self.settings.socket.fields());
         // A frame with an `id` is answered once: accepted when queued, or refused with why.
         let ack = read.id;
-        let refuse = |reason: &str| ack.as_ref().map_or_else(|| error_frame(reason), |id| ack_frame(id, Some(reason)));
+        let refuse = |reason: &str| refusal(ack.as_ref(), reason);
         let frame = match read.frame {
             Ok(f) => f,
             Err(e) => {

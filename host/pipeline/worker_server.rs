@@ -23,8 +23,8 @@ use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
 use crate::plugin::{now_ms, Job, Role, Welcome, WorkerState};
 use crate::protocol::{
-    ack_frame, canonical_json, error_frame, verdict_frame, ConnectionRecord, JobEvent, PresenceEvent, Reply,
-    SolutionFrame, SolutionMessage, VerdictEvent, WelcomeFrame, WorkFrame,
+    ack_frame, canonical_json, refusal, verdict_frame, ConnectionRecord, JobEvent, PresenceEvent, Reply, SolutionFrame,
+    SolutionMessage, VerdictEvent, WelcomeFrame, WorkFrame,
 };
 use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -502,9 +502,7 @@ impl WorkerServer {
             Err(e) => {
                 crate::metrics::hot().bad_frames_worker.increment(1);
                 let reason = e.to_string();
-                outbox
-                    .send_refusal(read.id.map_or_else(|| error_frame(&reason), |ack| ack_frame(&ack, Some(&reason))))
-                    .await;
+                outbox.send_refusal(refusal(read.id.as_ref(), &reason)).await;
                 return;
             }
         };
