@@ -147,10 +147,9 @@ pub fn admit_connection(
         Err(refusal) => {
             crate::metrics::add("eligo_connections_refused_total", &[("role", role_label(role))], 1);
             if is_unauthorized(&refusal) {
-                peer.auth_failed();
-                tracing::info!(role = role_label(role), %remote, reason = %refusal, "connection refused as unauthorized");
+                let hidden = unauthorized(peer, role, &refusal);
                 if handshake.credential.is_some() {
-                    return Err(refused(&Refusal { plugin: refusal.plugin, reason: NOT_ACCEPTED.into() }));
+                    return Err(refused(&hidden));
                 }
             }
             Err(refused(&refusal))
@@ -160,6 +159,16 @@ pub fn admit_connection(
 
 fn is_unauthorized(refusal: &Refusal) -> bool {
     refusal.reason.starts_with(UNAUTHORIZED)
+}
+
+/// An unauthorized refusal of `peer`: counted against its IP, logged with the
+/// policy's own reason, and returned as what a client that presented
+/// credentials reads (the same whichever part was wrong).
+fn unauthorized(peer: &Peer, role: Role, refusal: &Refusal) -> Refusal {
+    peer.auth_failed();
+    let remote = peer.remote();
+    tracing::info!(role = role_label(role), %remote, reason = %refusal, "connection refused as unauthorized");
+    Refusal { plugin: refusal.plugin.clone(), reason: NOT_ACCEPTED.into() }
 }
 
 fn refused(refusal: &Refusal) -> Response {
@@ -216,10 +225,7 @@ pub async fn run_challenge(
     match challenge.refused_token.clone().map_or(checked, Err) {
         Ok(()) => true,
         Err(refusal) if is_unauthorized(&refusal) => {
-            challenge.peer.auth_failed();
-            let role = role_label(request.role);
-            tracing::info!(role, remote = %request.remote_addr, reason = %refusal, "connection refused as unauthorized");
-            refuse(outbox, request.role, &Refusal { plugin: refusal.plugin, reason: NOT_ACCEPTED.into() }.to_string())
+            refuse(outbox, request.role, &unauthorized(&challenge.peer, request.role, &refusal).to_string())
         }
         Err(refusal) => refuse(outbox, request.role, &refusal.to_string()),
     }
