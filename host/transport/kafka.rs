@@ -40,7 +40,8 @@ const RETENTION_MS: &str = "1500000";
 /// Partitions the mock cluster gives each topic (what its auto-creation uses too).
 const MOCK_PARTITIONS: i32 = 4;
 
-/// Least time between two re-declarations of missing topics.
+/// Least time between two re-declarations of missing topics, and between two
+/// probes of the cluster after produces timed out.
 const REDECLARE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a tail may read nothing before it asks the cluster whether it is
@@ -226,10 +227,28 @@ pub struct KafkaLog {
 struct Shared {
     settings: KafkaSettings,
     producer: ArcSwap<CurrentProducer>,
-    /// When the topics were last declared again; held while recovering.
-    recovery: tokio::sync::Mutex<Option<Instant>>,
+    /// When recovery last acted; held while recovering.
+    recovery: tokio::sync::Mutex<Recovered>,
     /// Whether the last produce failed, to log the change of state once.
     failing: AtomicBool,
+}
+
+/// When recovery last did what it does at most once per [`REDECLARE_EVERY`].
+#[derive(Default)]
+struct Recovered {
+    /// Declared the topics again.
+    declared: Option<Instant>,
+    /// Asked the cluster whether it answers, after a produce timed out.
+    probed: Option<Instant>,
+}
+
+/// Whether `last` is `None` or older than [`REDECLARE_EVERY`]; if so, it is now.
+fn due(last: &mut Option<Instant>) -> bool {
+    if last.is_some_and(|at| at.elapsed() < REDECLARE_EVERY) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
 }
 
 /// The current producer and how many were replaced before it.
@@ -251,7 +270,7 @@ impl KafkaLog {
         let shared = Shared {
             settings,
             producer: ArcSwap::from_pointee(CurrentProducer { generation: 0, producer }),
-            recovery: tokio::sync::Mutex::new(None),
+            recovery: tokio::sync::Mutex::new(Recovered::default()),
             failing: AtomicBool::new(false),
         };
         Ok(Self { shared: Arc::new(shared) })
@@ -268,14 +287,18 @@ impl Shared {
     /// fatal to it, or if it timed out while the cluster answers (and nobody
     /// replaced it yet); and if a topic was missing, declares the topics again.
     async fn recover(&self, failed: Option<&CurrentProducer>, error: &KafkaError) {
-        let mut last_declared = self.recovery.lock().await;
+        let mut recovered = self.recovery.lock().await;
         if let Some(failed) = failed {
             let why = match failed.producer.client().fatal_error() {
                 Some((code, reason)) => Some(format!("it hit a fatal error: {code}: {reason}")),
                 // A broker that came back without its producer ids answers
                 // UnknownProducerId, and an idempotent producer retries until every
-                // message times out.
+                // message times out. Asked once for the many produces that time out
+                // together (each probe waits on the cluster, under this lock), and
+                // only while the failed producer is still the current one.
                 None if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut)
+                    && self.producer.load().generation == failed.generation
+                    && due(&mut recovered.probed)
                     && answers(failed).await =>
                 {
                     Some("its messages time out while the cluster answers".to_string())
@@ -291,25 +314,24 @@ impl Shared {
             Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
         );
         if missing_topic {
-            self.topics_lost(&mut last_declared, &error.to_string()).await;
+            self.topics_lost(&mut recovered, &error.to_string()).await;
         }
     }
 
     /// A reader found its topic missing.
     async fn redeclare(&self) {
-        let mut last_declared = self.recovery.lock().await;
-        self.topics_lost(&mut last_declared, "a reader found its topic missing").await;
+        let mut recovered = self.recovery.lock().await;
+        self.topics_lost(&mut recovered, "a reader found its topic missing").await;
     }
 
     /// The cluster lost a topic: a broker that came back empty. Declares the
     /// topics again and replaces the producer, whose producer id the broker lost
     /// with them: waiting for its messages to time out would hold delivery up
     /// for `message.timeout.ms` (at most once per [`REDECLARE_EVERY`]).
-    async fn topics_lost(&self, last_declared: &mut Option<Instant>, why: &str) {
-        if last_declared.is_some_and(|at| at.elapsed() < REDECLARE_EVERY) {
+    async fn topics_lost(&self, recovered: &mut Recovered, why: &str) {
+        if !due(&mut recovered.declared) {
             return;
         }
-        *last_declared = Some(Instant::now());
         tracing::warn!(error = why, "a Kafka topic is missing; declaring the topics again");
         declare_topics(&self.settings).await;
         let current = self.producer.load_full();
