@@ -350,8 +350,16 @@ impl NodeServer {
             }
         };
         {
+            // Most of what the log brought lately the store has too: each is offered once.
+            let stored: HashSet<&str> = events.iter().map(|event| event.unique_key.as_str()).collect();
             let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            events.extend(recent.iter().filter(|event| event.solution_height == height).cloned());
+            let unstored: Vec<Arc<SolutionEvent>> = recent
+                .iter()
+                .filter(|event| event.solution_height == height && !stored.contains(event.unique_key.as_str()))
+                .cloned()
+                .collect();
+            drop(recent);
+            events.extend(unstored);
         }
         self.deliver_waiting(id, &events).await;
     }
