@@ -322,6 +322,9 @@ impl<C> Registry<C> {
 const FLOOD_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 /// A flood this long closes the connection, however few frames it dropped.
 const FLOOD_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How late a frame may be read (the server busy, the frame waiting in the
+/// socket) without counting against a client that sent it on time.
+const READ_LATENESS: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A connection's allowance of frames: a token bucket of `burst` frames,
 /// refilled at `per_second`, and the rule that closes a flood.
@@ -361,7 +364,7 @@ pub enum FrameVerdict {
 impl FrameBudget {
     /// A full bucket: `burst` frames at once (at least one), `per_second` after.
     pub fn new(per_second: u32, burst: u32) -> Self {
-        FrameBudget { bucket: TokenBucket::new(per_second, burst), flood: None }
+        FrameBudget { bucket: TokenBucket::forgiving(per_second, burst, READ_LATENESS), flood: None }
     }
 
     /// A new connection's data-frame allowance, as `socket` sets it. Built here
@@ -527,7 +530,9 @@ pub async fn read_frames<F, Fut>(
 
 /// Closes a connection whose frame could not be published: 1013 (try again later)
 /// while the broker is unavailable, 1011 otherwise, with `what` and the error.
-pub fn close_for_publish_error(outbox: &Outbox, error: &TransportError, what: &str) {
+pub fn close_for_publish_error(outbox: &Outbox, error: &TransportError, what: &'static str) {
+    // What an alert on an unreachable broker watches (deploy/prometheus/alerts.yml).
+    crate::metrics::add("eligo_publish_failures_total", &[("stream", what)], 1);
     let code = match error {
         TransportError::Unavailable { .. } => close_code::TRY_AGAIN_LATER,
         _ => close_code::INTERNAL,
@@ -540,29 +545,33 @@ mod tests {
     use super::{FrameBudget, FrameVerdict};
     use std::time::{Duration, Instant};
 
+    /// What a budget of 10 a second lends to frames read late: a second's worth.
+    const LENT: usize = 10;
+
     #[test]
     fn a_budget_lets_a_burst_through_then_drops_then_closes() {
         let start = Instant::now();
         let mut budget = FrameBudget::new(10, 3);
-        let verdicts: Vec<FrameVerdict> = (0..6).map(|_| budget.spend(start)).collect();
+        let verdicts: Vec<FrameVerdict> = (0..3 + LENT + 3).map(|_| budget.spend(start)).collect();
         use FrameVerdict::*;
-        assert_eq!(verdicts, [Take, Take, Take, Drop, Drop, Close]);
+        assert!(verdicts[..3 + LENT].iter().all(|v| *v == Take), "the burst and the loan: {verdicts:?}");
+        assert_eq!(verdicts[3 + LENT..], [Drop, Drop, Close]);
     }
 
     #[test]
     fn a_budget_refills_at_its_rate_up_to_the_burst() {
         let start = Instant::now();
         let mut budget = FrameBudget::new(10, 3);
-        for _ in 0..3 {
+        for _ in 0..3 + LENT {
             assert_eq!(budget.spend(start), FrameVerdict::Take);
         }
         assert_eq!(budget.spend(start), FrameVerdict::Drop);
         // 100 ms at 10 a second: one more frame, and the dropped run starts over.
         assert_eq!(budget.spend(start + Duration::from_millis(100)), FrameVerdict::Take);
         assert_eq!(budget.spend(start + Duration::from_millis(100)), FrameVerdict::Drop);
-        // A long pause refills to the burst, not beyond.
+        // A long pause repays the loan and refills to the burst, not beyond.
         let later = start + Duration::from_secs(60);
-        let taken = (0..5).filter(|_| budget.spend(later) == FrameVerdict::Take).count();
-        assert_eq!(taken, 3);
+        let taken = (0..20).filter(|_| budget.spend(later) == FrameVerdict::Take).count();
+        assert_eq!(taken, 3 + LENT);
     }
 }
