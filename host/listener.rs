@@ -90,7 +90,7 @@ pub async fn serve(
         return Ok(addr);
     };
     let config = RustlsConfig::from_config(Arc::new(
-        load(tls).with_context(|| format!("loading the {what} server's TLS certificate"))?,
+        load(tls, what).with_context(|| format!("loading the {what} server's TLS certificate"))?,
     ));
     tasks.spawn(reload_on_change(tls.clone(), config.clone(), shutdown.clone(), what));
     let handle = axum_server::Handle::new();
@@ -197,8 +197,10 @@ impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for GuardAcceptor 
     }
 }
 
-/// Reads the certificate chain and key into a rustls server configuration.
-pub fn load(tls: &TlsConfig) -> anyhow::Result<rustls::ServerConfig> {
+/// Reads the certificate chain and key into a rustls server configuration, and
+/// publishes when the leaf certificate expires
+/// (`eligo_tls_certificate_expiry_timestamp_seconds{server}`, for an alert).
+pub fn load(tls: &TlsConfig, what: &'static str) -> anyhow::Result<rustls::ServerConfig> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert_file)
         .with_context(|| format!("reading {}", tls.cert_file.display()))?
         .collect::<Result<_, _>>()
@@ -211,8 +213,13 @@ pub fn load(tls: &TlsConfig) -> anyhow::Result<rustls::ServerConfig> {
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
+        .with_single_cert(chain.clone(), key)
         .context("the key does not match the certificate, or is of an unsupported kind")?;
+    match x509_parser::parse_x509_certificate(&chain[0]) {
+        Ok((_, leaf)) => metrics::gauge!("eligo_tls_certificate_expiry_timestamp_seconds", "server" => what)
+            .set(leaf.validity().not_after.timestamp() as f64),
+        Err(e) => tracing::warn!(server = what, error = %e, "cannot read the certificate's expiry; it is not measured"),
+    }
     Ok(config)
 }
 
@@ -254,7 +261,7 @@ async fn reload_on_change(tls: TlsConfig, config: RustlsConfig, shutdown: Cancel
                 change = changes.recv() => if change.is_none() { return },
             }
         }
-        match load(&tls) {
+        match load(&tls, what) {
             Ok(loaded) => {
                 config.reload_from_config(Arc::new(loaded));
                 crate::metrics::add("eligo_tls_reloads_total", &[("server", what), ("outcome", "loaded")], 1);

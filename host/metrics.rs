@@ -78,6 +78,8 @@ pub struct Hot {
     pub bad_frames_worker: Counter,
     /// Error frames and refusals not written: over their connection's allowance.
     pub error_frames_unsent: Counter,
+    /// Workers welcomed (admitted, registered, sent the current job).
+    pub workers_welcomed: Counter,
     /// Job read from the log → queued to the last chosen worker, in seconds.
     pub job_fanout_seconds: Histogram,
     /// Workers a job was queued to, per job.
@@ -113,6 +115,7 @@ pub fn hot() -> &'static Hot {
             bad_frames_node: metrics::counter!("eligo_bad_frames_total", "role" => "node"),
             bad_frames_worker: metrics::counter!("eligo_bad_frames_total", "role" => "worker"),
             error_frames_unsent: metrics::counter!("eligo_error_frames_unsent_total"),
+            workers_welcomed: metrics::counter!("eligo_workers_welcomed_total"),
             job_fanout_seconds: metrics::histogram!("eligo_job_fanout_seconds"),
             job_fanout_workers: metrics::histogram!("eligo_job_fanout_workers_batch_size"),
             solution_batch_seconds: metrics::histogram!("eligo_processing_seconds", "queue" => "solution"),
@@ -193,6 +196,19 @@ impl Snapshot {
             let matches = present.len() == wanted.len() && wanted.iter().all(|w| present.contains(&w.as_str()));
             matches.then(|| (ignored, value.parse::<f64>().unwrap_or(0.0)))
         })
+    }
+
+    /// The sum of every series of the counter or gauge `name`, whatever its labels.
+    pub fn total(&self, name: &str) -> f64 {
+        self.text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let series_name = series.split_once('{').map_or(series, |(n, _)| n);
+                (series_name == name).then(|| value.parse::<f64>().unwrap_or(0.0))
+            })
+            .sum()
     }
 
     /// The sum of the counters or gauges `name` labelled exactly `with`.

@@ -19,6 +19,16 @@ async fn the_dashboard_shows_connections_jobs_and_solutions_live() {
     browser.wait_for_text("#live-text", Duration::from_secs(15), |t| t.starts_with("live")).await;
     browser.wait_for_text("#recent-jobs", Duration::from_secs(5), |t| t.contains("no job yet")).await;
 
+    // A candidate with a floor no solution reaches shadows the proof-of-work check.
+    let shadow = server.running.plugins.dir().join("shadow");
+    std::fs::create_dir_all(&shadow).expect("shadow/");
+    std::fs::write(shadow.join("20-pow-check.toml"), "min_target = 9223372036854775807\n").expect("settings");
+    std::fs::copy(support::plugin_path("pow-check"), shadow.join("20-pow-check.wasm")).expect("candidate");
+    browser.wait_for_text("#shadows", Duration::from_secs(15), |t| t.contains("shadow/20-pow-check")).await;
+    let reloads =
+        browser.wait_for_text("#reloads", Duration::from_secs(5), |t| t.contains("shadow/20-pow-check")).await;
+    assert!(reloads.contains("loaded 10-seed-rules, 20-pow-check"), "the first load is listed too: {reloads}");
+
     // Traffic after the page opened: what it shows now came live.
     let (_worker, _node, Solved { task, good, .. }) = server.solve_one_job("rig-7f3a", 4242).await;
 
@@ -40,6 +50,26 @@ async fn the_dashboard_shows_connections_jobs_and_solutions_live() {
     browser.wait_for_text("#jobs-detail", wait, |t| t.contains("1 in all")).await;
     let latency = browser.wait_for_text("#latency", wait, |t| t.contains("ms") || t.contains("µs")).await;
     assert!(latency.contains("job fan-out"), "{latency}");
+    // The candidate refused the valid solution the active check accepted: a disagreement, shown with both answers.
+    let shadows = browser.wait_for_text("#shadows", wait, |t| t.contains("needs 9223372036854775807")).await;
+    assert!(shadows.contains("validate-solution") && shadows.contains(" %"), "{shadows}");
+    assert!(!shadows.contains("100.0 %"), "a disagreement lowers the agreement: {shadows}");
+    // The history charts draw the seconds since the server started, the traffic included.
+    let connections =
+        browser.wait_for_text("#legend-connections", wait, |t| t.contains("workers 1") && t.contains("nodes 1")).await;
+    assert!(connections.contains("workers 1"), "{connections}");
+    for chart in ["connections", "throughput", "admission", "latency"] {
+        let points = browser
+            .eval(&format!("Number(document.getElementById('chart-{chart}').dataset.points || 0)"))
+            .await
+            .as_f64()
+            .unwrap_or(0.0);
+        assert!(points >= 2.0, "the {chart} chart draws the samples taken so far: {points} points");
+    }
+    browser.wait_for_text("#legend-throughput", wait, |t| t.contains("jobs") && t.contains("solutions")).await;
+    let drawn =
+        browser.eval("document.querySelectorAll('#chart-connections path[data-series=\"workers\"]').length").await;
+    assert_eq!(drawn, 1, "a line for the workers connected");
     // Whatever a worker names itself is shown as text, never run as markup.
     assert_eq!(browser.eval("document.querySelectorAll('#recent-jobs script, #recent-jobs img').length").await, 0);
 

@@ -95,6 +95,25 @@ async fn the_api_follows_a_job_and_its_solutions_through_the_pipeline(kind: Kind
     assert_eq!(summary["recent_jobs"][0]["task_id"], task.as_str());
     assert!(summary["totals"]["solutions_published"].as_u64() >= Some(2), "{summary:#}");
 
+    // The last minutes, second by second: the connections now, the solutions that passed.
+    let series = until(admin, "/api/v1/series", |s| {
+        let last = |key: &str| s[key].as_array().and_then(|v| v.last().cloned()).unwrap_or(Value::Null);
+        let solutions: f64 =
+            s["solutions_per_second"].as_array().map_or(0.0, |v| v.iter().filter_map(Value::as_f64).sum());
+        last("workers") == 1.0 && last("nodes") == 1.0 && solutions >= 1.5
+    })
+    .await;
+    let samples = series["at"].as_array().map_or(0, Vec::len);
+    for (column, values) in series.as_object().expect("columns") {
+        if let Some(values) = values.as_array() {
+            assert_eq!(values.len(), samples, "{column}: one value per sample");
+        }
+    }
+    assert_eq!((series["interval_seconds"].as_u64(), series["capacity"].as_u64()), (Some(1), Some(900)));
+    let latest = series["at"][samples - 1].as_i64().expect("a time");
+    let since = get(admin, &format!("/api/v1/series?since={latest}")).await.ok_json();
+    assert!(since["at"].as_array().is_some_and(|at| !at.is_empty() && at.iter().all(|t| t.as_i64() >= Some(latest))));
+
     // Wrong requests get a JSON error that says what is wrong.
     let missing = get(admin, "/api/v1/jobs/no-such-task").await;
     assert_eq!(missing.status, 404);
@@ -126,6 +145,7 @@ async fn the_openapi_document_lists_every_api_path_and_each_answers() {
         "/api/v1/jobs/{task_id}",
         "/api/v1/nodes",
         "/api/v1/plugins",
+        "/api/v1/series",
         "/api/v1/solutions",
         "/api/v1/summary",
         "/api/v1/workers",

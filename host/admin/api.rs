@@ -38,6 +38,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/api/v1/workers/connections", get(worker_connections))
         .route("/api/v1/nodes", get(live_nodes))
         .route("/api/v1/plugins", get(plugins))
+        .route("/api/v1/series", get(super::history::series))
 }
 
 /// The OpenAPI document of `/api/v1`.
@@ -48,10 +49,14 @@ pub fn routes() -> Router<Arc<AdminState>> {
         description = "Read-only views of jobs, solutions, connections and plugins. When `[admin] token` is \
                        set, every path needs `Authorization: Bearer <token>` (or `?token=<token>`)."
     ),
-    paths(summary, list_jobs, job_by_task, job_by_height, list_solutions, live_workers, worker_connections, live_nodes, plugins),
+    paths(
+        summary, list_jobs, job_by_task, job_by_height, list_solutions, live_workers, worker_connections, live_nodes,
+        plugins, super::history::series
+    ),
     components(schemas(
         ApiError, JobOut, JobDetail, JobPage, SolutionOut, SolutionStatus, SolutionPage, WorkerRow, ConnectionPage,
-        LiveWorkers, LiveNodes, WorkerView, WorkerPolicyView, NodeView, PluginsOut, Summary
+        LiveWorkers, LiveNodes, WorkerView, WorkerPolicyView, NodeView, PluginsOut, Summary, super::history::Series,
+        super::summary::ShadowLine, super::summary::DisagreementLine, super::summary::ReloadLine
     )),
     modifiers(&BearerToken),
     security(("admin_token" = []))

@@ -9,10 +9,11 @@
 pub mod api;
 mod dashboard;
 mod error;
+pub mod history;
 mod jobs;
 pub mod summary;
 
-use crate::config::RoleName;
+use crate::config::{AdminConfig, RoleName};
 use crate::pipeline::node_server::NodeServer;
 use crate::pipeline::worker_server::WorkerServer;
 use crate::plugin::PluginHost;
@@ -25,6 +26,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -38,6 +40,8 @@ pub struct AdminState {
     pub store: Arc<dyn Store>,
     /// The roles this process runs.
     pub roles: Vec<RoleName>,
+    /// The last minutes, second by second (filled by [`history::sample`]).
+    pub history: history::History,
     /// SHA-256 of the admin token, if one is required.
     token_digest: Option<[u8; 32]>,
 }
@@ -51,16 +55,19 @@ impl AdminState {
         workers: Option<Arc<WorkerServer>>,
         store: Arc<dyn Store>,
         roles: Vec<RoleName>,
-        token: Option<&str>,
+        config: &AdminConfig,
     ) -> Self {
+        let token = config.token.as_deref();
         let token_digest = token.filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
-        AdminState { plugins, nodes, workers, store, roles, token_digest }
+        let history = history::History::new(config.history_secs as usize);
+        AdminState { plugins, nodes, workers, store, roles, history, token_digest }
     }
 }
 
-/// The admin server's routes.
-pub fn router(state: AdminState) -> Router {
+/// The admin server's routes; the history is sampled until `shutdown`.
+pub fn router(state: AdminState, shutdown: &CancellationToken) -> Router {
     let state = Arc::new(state);
+    tokio::spawn(history::sample(state.clone(), shutdown.clone()));
     let guarded = Router::new()
         .route("/", get(dashboard::page))
         .route("/plugins", get(legacy_plugins))

@@ -89,6 +89,66 @@ pub struct PluginFailureLine {
     pub error: String,
 }
 
+/// A candidate plugin in shadow, in brief.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShadowLine {
+    /// The candidate's file key under `shadow/`.
+    pub candidate: String,
+    /// Its name and version as it reports them.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The key of the active plugin it shadows.
+    pub shadows: String,
+    /// Whether that plugin is active (if not, the candidate gets no calls).
+    pub shadowing: bool,
+    /// Calls it answered.
+    pub calls: u64,
+    /// Share of its answers that agreed with the active plugin, in percent (absent before any call).
+    pub agreement_percent: Option<f64>,
+    /// Calls where it answered otherwise.
+    pub disagreed: u64,
+    /// Calls it failed where the active plugin did not.
+    pub failed: u64,
+    /// Calls not copied to it because its queue was full.
+    pub dropped: u64,
+    /// Its mean time per call, in microseconds.
+    pub mean_call_micros: f64,
+    /// The latest disagreements, newest first (at most 5).
+    pub latest_disagreements: Vec<DisagreementLine>,
+}
+
+/// One call where a candidate answered otherwise than the active plugin.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DisagreementLine {
+    /// When, RFC 3339.
+    pub at: String,
+    /// The hook.
+    pub hook: String,
+    /// What the active plugin answered (JSON).
+    pub active: String,
+    /// What the candidate answered (JSON).
+    pub candidate: String,
+}
+
+/// A change of the plugin folder: what loaded, what went, what was refused and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReloadLine {
+    /// When, RFC 3339.
+    pub at: String,
+    /// Keys (re)loaded (`shadow/` for candidates).
+    pub loaded: Vec<String>,
+    /// Keys whose file was removed.
+    pub removed: Vec<String>,
+    /// Files refused, with the reason.
+    pub failed: Vec<PluginFailureLine>,
+}
+
+/// Disagreements the summary shows per candidate.
+const LISTED_DISAGREEMENTS: usize = 5;
+/// Reloads the summary shows.
+const LISTED_RELOADS: usize = 10;
+
 /// Everything the dashboard shows.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Summary {
@@ -110,6 +170,10 @@ pub struct Summary {
     pub plugin_failures: Vec<PluginFailureLine>,
     /// When the plugins last changed (RFC 3339).
     pub last_reload: Option<String>,
+    /// Candidates in shadow, with how often they agreed.
+    pub shadows: Vec<ShadowLine>,
+    /// The latest changes of the plugin folder, newest first (at most 10).
+    pub reloads: Vec<ReloadLine>,
     /// The highest jobs, with their solutions.
     pub recent_jobs: Vec<JobDetail>,
     /// The first workers connected now (by connection number; at most 10).
@@ -208,12 +272,49 @@ impl Summary {
                 .map(|f| PluginFailureLine { file: f.file, error: f.error })
                 .collect(),
             last_reload: state.plugins.history().pop().map(|r| r.at),
+            shadows: state.plugins.shadows().into_iter().map(shadow_line).collect(),
+            reloads: state.plugins.history().into_iter().rev().take(LISTED_RELOADS).map(reload_line).collect(),
             recent_jobs,
             workers: state.workers.as_ref().map(|w| w.snapshot(0, LISTED_CONNECTIONS)).unwrap_or_default(),
             nodes: state.nodes.as_ref().map(|n| n.snapshot(0, LISTED_CONNECTIONS)).unwrap_or_default(),
         };
         Ok((summary, histograms))
     }
+}
+
+fn shadow_line(report: crate::plugin::ShadowReport) -> ShadowLine {
+    let answered = report.agreed + report.disagreed;
+    ShadowLine {
+        candidate: report.plugin.key,
+        name: report.plugin.name,
+        version: report.plugin.version,
+        shadows: report.shadows,
+        shadowing: report.shadowing,
+        calls: report.calls,
+        agreement_percent: (answered > 0).then(|| 100.0 * report.agreed as f64 / answered as f64),
+        disagreed: report.disagreed,
+        failed: report.failed,
+        dropped: report.dropped,
+        mean_call_micros: report.mean_call_micros,
+        latest_disagreements: report
+            .samples
+            .into_iter()
+            .rev()
+            .take(LISTED_DISAGREEMENTS)
+            .map(|d| DisagreementLine {
+                at: d.at,
+                hook: d.hook.to_string(),
+                active: d.active.to_string(),
+                candidate: d.shadow.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn reload_line(reload: crate::plugin::Reload) -> ReloadLine {
+    let failed =
+        reload.changes.failed.into_iter().map(|f| PluginFailureLine { file: f.file, error: f.error }).collect();
+    ReloadLine { at: reload.at, loaded: reload.changes.loaded, removed: reload.changes.removed, failed }
 }
 
 /// `/api/v1/events`: a [`Summary`] as a server-sent event every second,

@@ -447,7 +447,9 @@ impl WorkerServer {
             jobs_received: 0,
             awaiting_verdicts: HashSet::new(),
         });
-        crate::metrics::hot().worker_connections.increment(1.0);
+        let hot = crate::metrics::hot();
+        hot.worker_connections.increment(1.0);
+        hot.workers_welcomed.increment(1);
         tracing::debug!(connection = id, remote = %handshake.remote, hardware_id = %welcome.hardware_id, "worker connected");
         let current = self.current.lock().ok().and_then(|c| c.clone());
         if let Some(current) = current {
