@@ -6,7 +6,8 @@ use crate::listener::{self, Listen};
 use crate::pipeline::node_server::{NodeServer, NodeServerSettings};
 use crate::pipeline::worker_server::{WorkerServer, WorkerServerSettings};
 use crate::pipeline::{job_processor, presence_processor, solution_processor, Services};
-use crate::plugin::{NativeSeedRules, PluginEngine, PluginHost, WatchGuard, BUILTIN_KEY};
+use crate::plugin::signature::TrustedKeys;
+use crate::plugin::{NativeSeedRules, PluginEngine, PluginHost, RescanSummary, Trust, WatchGuard, BUILTIN_KEY};
 use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
 use crate::transport::amqp::AmqpQueue;
 use crate::transport::embedded::EmbeddedLog;
@@ -51,7 +52,12 @@ pub async fn connect_backends(
         }
         None => Arc::new(EmbeddedLog::new()),
     };
-    let store: Arc<dyn Store> = match &config.postgres {
+    Ok((queue, log, open_store(config).await?))
+}
+
+/// Connects the store the configuration names: PostgreSQL, or SQLite in the data directory.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &config.postgres {
         Some(pg) => Arc::new(
             PgStore::connect(&pg.url, pg.max_connections)
                 .await
@@ -61,8 +67,7 @@ pub async fn connect_backends(
             let path = config.sqlite_path();
             Arc::new(SqliteStore::open(&path).await.with_context(|| format!("opening SQLite at {}", path.display()))?)
         }
-    };
-    Ok((queue, log, store))
+    })
 }
 
 /// A running eligo.
@@ -117,10 +122,27 @@ impl Running {
         }
     }
 
+    /// Applies what of a changed configuration can change while running (what
+    /// `eligo serve` does on SIGHUP): the plugins' settings tables and trusted
+    /// keys. Everything else needs a restart, and a reload says so in the log.
+    pub fn reload(&self, config: &Config) -> anyhow::Result<RescanSummary> {
+        let summary = self.plugins.reconfigure(plugin_trust(config)?);
+        tracing::info!(loaded = ?summary.loaded, failed = summary.failed.len(), removed = ?summary.removed,
+            trusted_keys = config.plugins.trusted_keys.len(), "configuration reloaded: plugin settings and trusted keys");
+        Ok(summary)
+    }
+
     /// A token that stops everything when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// What the configuration says of the plugins: their settings tables and the
+/// keys they must be signed by (as the server and `eligo plugin replay` load them).
+pub fn plugin_trust(config: &Config) -> anyhow::Result<Trust> {
+    let keys = TrustedKeys::parse(&config.plugins.trusted_keys).context("[plugins] trusted_keys")?;
+    Ok(Trust { configured: config.plugins.config.clone(), keys })
 }
 
 /// Starts every role of `config` over the given backends.
@@ -137,7 +159,7 @@ pub async fn start_with(
     log.declare().await.context("declaring topics")?;
     let engine = PluginEngine::new(config.plugins.limits.clone()).context("starting the plugin engine")?;
     let fallback = config.plugins.builtin_seed_rules.then(NativeSeedRules::builtin);
-    let plugins = PluginHost::open_configured(engine, &config.plugins.dir, fallback, config.plugins.config.clone())
+    let plugins = PluginHost::open_trusting(engine, &config.plugins.dir, fallback, plugin_trust(config)?)
         .with_context(|| format!("opening the plugin folder {}", config.plugins.dir.display()))?;
     let watch = plugins
         .watch(Duration::from_millis(config.plugins.debounce_ms))
@@ -244,9 +266,9 @@ pub async fn start_with(
                 worker_server.clone(),
                 services.store.clone(),
                 config.roles.clone(),
-                config.admin.token.as_deref(),
+                &config.admin,
             );
-            let router = crate::admin::router(state);
+            let router = crate::admin::router(state, &shutdown);
             let listen = Listen {
                 addr: listen,
                 backlog: listener::DEFAULT_BACKLOG,

@@ -9,6 +9,7 @@
 //! - [`store`]: persistence (PostgreSQL or SQLite).
 //! - [`config`]: settings from file, environment and flags.
 //! - [`app`]: assembling and stopping a running eligo.
+//! - [`replay`]: a candidate plugin over the recorded history, next to the active ones.
 //! - [`admin`]: health, metrics, the operator's JSON API and the live dashboard.
 //! - [`metrics`]: process-wide counters.
 //! - [`cli`]: the `eligo` command's subcommands; `host/main.rs` only parses and dispatches.
@@ -25,5 +26,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod protocol;
+pub mod replay;
 pub mod store;
 pub mod transport;

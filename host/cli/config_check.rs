@@ -75,6 +75,9 @@ pub fn run(args: &ServeArgs, matches: Option<&clap::ArgMatches>, connect: bool) 
     let known: Vec<String> =
         serve_command.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect();
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    if let Err(e) = crate::plugin::signature::TrustedKeys::parse(&config.plugins.trusted_keys) {
+        problems.push(format!("plugins.trusted_keys: {e}"));
+    }
     for var in report::unknown_env(&known) {
         problems.push(format!("environment variable {var} is not an eligo setting (known: {})", known.join(", ")));
     }

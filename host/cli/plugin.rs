@@ -1,7 +1,8 @@
 //! `eligo plugin`: the policy author's runner over the same plugin runtime the server
 //! uses, so that what a plugin decides here is what it decides in production.
 
-use crate::plugin::{self, runner};
+use crate::plugin::{self, runner, signature};
+use crate::replay;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -51,12 +52,62 @@ pub enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Loads a plugin as the server would and prints what it reports.
+    /// Loads a plugin as the server would and prints what it reports, with its
+    /// signature: checked against --trusted-key as a server with those
+    /// `trusted_keys` would (refused: non-zero exit), else against the key it names.
     Check {
         /// The plugin component (.wasm).
         plugin: PathBuf,
         #[command(flatten)]
         settings: SettingsArg,
+        /// A public key the plugin must be signed by (`ed25519:…`); repeat for several.
+        #[arg(long = "trusted-key", value_name = "KEY")]
+        trusted_keys: Vec<String>,
+    },
+    /// Replays the recorded history (from the store of eligo's configuration)
+    /// through the candidate and through the active plugins: which workers each
+    /// job would reach, which solutions would change validity, which welcomes
+    /// would be refused.
+    Replay {
+        /// The candidate plugin component (.wasm).
+        candidate: PathBuf,
+        /// The key of the active plugin it would replace (default: the
+        /// candidate's file stem); a key no active plugin has adds it.
+        #[arg(long)]
+        against: Option<String>,
+        /// Only what happened in this last stretch: 90s, 30m, 2h, 7d.
+        #[arg(long, value_name = "DURATION", conflicts_with = "heights")]
+        since: Option<String>,
+        /// Only the jobs of these heights and their solutions: FROM..TO.
+        #[arg(long, value_name = "FROM..TO")]
+        heights: Option<String>,
+        /// The candidate's settings (TOML); default: the .toml beside it, if any.
+        #[arg(long = "settings", value_name = "FILE")]
+        settings: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: crate::cli::serve_args::ServeArgs,
+    },
+    /// Writes a new Ed25519 key pair for signing plugins: <NAME>.key (secret,
+    /// readable by you only) and <NAME>.pub (what `[plugins] trusted_keys` lists).
+    Keygen {
+        /// The key's name, e.g. `release-2026`.
+        name: String,
+        /// The folder to write both files to.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Signs a plugin: writes <PLUGIN>.sig, covering the wasm and the settings
+    /// file beside it (<key>.toml), if there is one. Changing either later
+    /// invalidates the signature.
+    Sign {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// The secret key file (from `eligo plugin keygen`).
+        #[arg(long, value_name = "SECRET")]
+        key: PathBuf,
     },
 }
 
@@ -144,9 +195,10 @@ pub fn run(command: PluginCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PluginCommand::Check { plugin, settings } => {
+        PluginCommand::Check { plugin, settings, trusted_keys } => {
             let path = plugin;
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let signature = check_signature(&path, &bytes, &trusted_keys)?;
             let (plugin, settings) = plugin::load_file_configured(&path, settings.file.as_deref())?;
             let sha = {
                 use sha2::Digest;
@@ -154,8 +206,173 @@ pub fn run(command: PluginCommand) -> Result<ExitCode> {
             };
             let mut report = plugin::loaded_policy(plugin.name().into(), &path, &sha, Arc::new(plugin)).report;
             report.settings = Some(settings_used(&settings));
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            let mut shown = serde_json::to_value(&report)?;
+            shown["signature"] = serde_json::Value::String(signature.clone().unwrap_or_else(|e| e));
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            if let Err(refused) = signature {
+                eprintln!("refused: {refused}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Replay { candidate, against, since, heights, settings, json, server } => {
+            let range = match (since, heights) {
+                (Some(since), _) => replay::Range::Since(chrono::Utc::now() - parse_duration(&since)?),
+                (None, Some(heights)) => {
+                    let (from, to) = parse_heights(&heights)?;
+                    replay::Range::Heights(from, to)
+                }
+                (None, None) => replay::Range::All,
+            };
+            let config = server.config()?;
+            let report =
+                super::process::runtime()?.block_on(replay_history(&config, &candidate, against, settings, range))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.summary());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Keygen { name, dir } => {
+            let (secret, public) = signature::generate_key_pair(&name);
+            let secret_file = dir.join(format!("{name}.key"));
+            let public_file = dir.join(format!("{name}.pub"));
+            for file in [&secret_file, &public_file] {
+                anyhow::ensure!(!file.exists(), "{} exists: keys are never overwritten", file.display());
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            write_secret(&secret_file, &secret)?;
+            std::fs::write(&public_file, &public).with_context(|| format!("writing {}", public_file.display()))?;
+            println!("wrote {} (secret: keep it where plugins are signed, not on the servers)", secret_file.display());
+            println!("wrote {}", public_file.display());
+            println!("\ntrust it in eligo.toml:\n  [plugins]\n  trusted_keys = [\"{}\"]", public.trim());
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Sign { plugin, key } => {
+            let text = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
+            let secret = signature::parse_secret_key(&text).with_context(|| format!("reading {}", key.display()))?;
+            let bytes = std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
+            let settings_file = signature::settings_path(&plugin);
+            let settings = signature::read_if_present(&settings_file)
+                .with_context(|| format!("reading {}", settings_file.display()))?;
+            let name = |p: &std::path::Path| p.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+            let covered = settings.as_deref().map(|bytes| (name(&settings_file), bytes));
+            let sig = signature::sign(&secret, &name(&plugin), &bytes, covered.as_ref().map(|(n, b)| (n.as_str(), *b)));
+            let sig_file = signature::signature_path(&plugin);
+            std::fs::write(&sig_file, sig).with_context(|| format!("writing {}", sig_file.display()))?;
+            match &covered {
+                Some((settings, _)) => println!("wrote {} over {} and {settings}", sig_file.display(), name(&plugin)),
+                None => println!("wrote {} over {} (no settings file beside it)", sig_file.display(), name(&plugin)),
+            }
+            println!("signed by {}", signature::public_key_text(&secret.verifying_key()));
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The plugin's signature as `check` reports it: `Ok` with what was verified,
+/// or `Err` with why a server trusting `trusted_keys` would refuse it.
+fn check_signature(path: &std::path::Path, bytes: &[u8], trusted_keys: &[String]) -> Result<Result<String, String>> {
+    let trusted = signature::TrustedKeys::parse(trusted_keys).context("--trusted-key")?;
+    if trusted.required() {
+        return Ok(match trusted.verify_files(path, bytes) {
+            Ok(()) => Ok("valid: signed by a trusted key over the wasm and its settings".into()),
+            Err(e) => Err(e.to_string()),
+        });
+    }
+    let sig_file = signature::signature_path(path);
+    let Some(sig) = signature::read_if_present(&sig_file)? else {
+        return Ok(Ok("not signed (no --trusted-key given: a server without trusted_keys loads it)".into()));
+    };
+    let sig = String::from_utf8_lossy(&sig);
+    let Some(signer) = signature::signer(&sig) else {
+        return Ok(Err(format!("{} names no key", sig_file.display())));
+    };
+    let own = signature::TrustedKeys::parse(std::slice::from_ref(&signer)).context("the signature's key")?;
+    Ok(match own.verify_files(path, bytes) {
+        Ok(()) => Ok(format!("matches, signed by {signer} (pass --trusted-key to check it is trusted)")),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// Reads the store and the active plugins `config` names and replays the history
+/// in `range` with `candidate` in place of the plugin `against`.
+async fn replay_history(
+    config: &crate::config::Config,
+    candidate: &std::path::Path,
+    against: Option<String>,
+    settings: Option<PathBuf>,
+    range: replay::Range,
+) -> Result<replay::ReplayReport> {
+    let (plugin, _) = plugin::load_file_configured(candidate, settings.as_deref())?;
+    let stem = candidate.file_stem().and_then(|s| s.to_str()).unwrap_or("candidate").to_string();
+    let key = against.unwrap_or(stem);
+    let bytes = std::fs::read(candidate).with_context(|| format!("reading {}", candidate.display()))?;
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let loaded = plugin::loaded_policy(key.as_str().into(), candidate, &sha, Arc::new(plugin));
+
+    let engine = plugin::PluginEngine::new(config.plugins.limits.clone())?;
+    let fallback = config.plugins.builtin_seed_rules.then(plugin::NativeSeedRules::builtin);
+    let host =
+        plugin::PluginHost::open_trusting(engine, &config.plugins.dir, fallback, crate::app::plugin_trust(config)?)
+            .with_context(|| format!("opening the plugin folder {}", config.plugins.dir.display()))?;
+    for failure in host.failures() {
+        eprintln!("warning: {} did not load ({}); the replay runs without it", failure.file, failure.error);
+    }
+    if config.postgres.is_none() && !config.sqlite_path().is_file() {
+        anyhow::bail!(
+            "no history: {} does not exist (set --data-dir or --postgres-url)",
+            config.sqlite_path().display()
+        );
+    }
+    let store = crate::app::open_store(config).await?;
+    let history = replay::History::read(&*store, &range).await?;
+    eprintln!(
+        "read {} worker connections, {} jobs, {} solutions from {}",
+        history.welcomes.len(),
+        history.jobs.len(),
+        history.solutions.len(),
+        config.describe_backends().into_iter().find(|l| l.contains("store")).unwrap_or_default()
+    );
+    let (active, with_candidate, replaced) = replay::with_candidate(&host.current(), loaded);
+    Ok(replay::replay(&history, &active, &with_candidate, &key, replaced)?)
+}
+
+/// `90s`, `30m`, `2h`, `7d`.
+fn parse_duration(text: &str) -> Result<chrono::Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number.parse().with_context(|| format!("{text:?} is not a duration like 90s, 30m, 2h or 7d"))?;
+    Ok(match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => anyhow::bail!("{text:?}: the unit is s, m, h or d"),
+    })
+}
+
+/// `FROM..TO`, inclusive.
+fn parse_heights(text: &str) -> Result<(i64, i64)> {
+    let parsed = text.split_once("..").and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+    match parsed {
+        Some((from, to)) if from <= to => Ok((from, to)),
+        _ => anyhow::bail!("{text:?} is not a height range like 100..200"),
+    }
+}
+
+/// Writes a secret key readable by its owner only.
+fn write_secret(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }

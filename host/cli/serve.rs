@@ -10,7 +10,7 @@ use anyhow::Result;
 pub fn run(args: &ServeArgs) -> Result<()> {
     let config = args.config()?;
     init_logging(&config.log);
-    runtime()?.block_on(serve(config))
+    runtime()?.block_on(serve(args, config))
 }
 
 /// Every connection is a file descriptor: the soft limit (often 1024) would cap
@@ -22,7 +22,7 @@ fn raise_open_files_limit() {
     }
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
     raise_open_files_limit();
     let running = crate::app::start(&config).await?;
     eprintln!(
@@ -52,8 +52,39 @@ async fn serve(config: Config) -> Result<()> {
     for f in running.plugins.failures() {
         eprintln!("    FAILED {}: {}", f.file, f.error);
     }
-    shutdown_signal().await;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = reload_signal() => reload(args, &running),
+        }
+    }
     eprintln!("eligo: shutting down");
     running.stop().await;
     Ok(())
+}
+
+/// SIGHUP (`systemctl reload`, `kill -HUP`): re-read the configuration.
+async fn reload_signal() {
+    #[cfg(unix)]
+    if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        hangup.recv().await;
+        return;
+    }
+    std::future::pending::<()>().await
+}
+
+/// Re-reads the configuration as at start (file, environment, flags) and applies
+/// what can change while running; a configuration that does not read changes nothing.
+fn reload(args: &ServeArgs, running: &crate::app::Running) {
+    let applied = args.config().and_then(|config| running.reload(&config));
+    match applied {
+        Ok(summary) => {
+            for failure in &summary.failed {
+                eprintln!("    FAILED {}: {}", failure.file, failure.error);
+            }
+        }
+        Err(e) => tracing::error!(error = format!("{e:#}"), "configuration not reloaded; the running one stays"),
+    }
 }

@@ -276,11 +276,14 @@ pub struct AdminConfig {
     pub tls: Option<TlsConfig>,
     /// Required on every admin path but `/healthz` and `/metrics`, when set.
     pub token: Option<String>,
+    /// Seconds of per-second samples the dashboard's charts and `/api/v1/series`
+    /// keep (about 200 bytes each).
+    pub history_secs: u32,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: Some(([127, 0, 0, 1], 8003).into()), tls: None, token: None }
+        AdminConfig { listen: Some(([127, 0, 0, 1], 8003).into()), tls: None, token: None, history_secs: 900 }
     }
 }
 
@@ -330,6 +333,9 @@ pub struct PluginsConfig {
     /// plugin's `configure`. A `<key>.toml` beside the plugin file does the same
     /// and is reloaded when it changes; a plugin may have one or the other.
     pub config: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Public keys (`ed25519:<base64>`, from `eligo plugin keygen`) a plugin must
+    /// be signed by to load; empty: no signature needed. Reloaded on SIGHUP.
+    pub trusted_keys: Vec<String>,
 }
 
 impl Default for PluginsConfig {
@@ -340,6 +346,7 @@ impl Default for PluginsConfig {
             limits: Limits::default(),
             builtin_seed_rules: true,
             config: Default::default(),
+            trusted_keys: Vec::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ use super::engine::PluginEngine;
 use super::report::PluginReport;
 use super::set::{hook_names, LoadedPolicy, PluginKey, PolicySet};
 use super::shadow::{Shadow, ShadowReport};
+use super::signature::{read_if_present, signature_path, TrustedKeys};
 use super::Policy;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
@@ -54,8 +55,17 @@ pub struct PluginHost {
     generation: tokio::sync::watch::Sender<u64>,
     /// Serves while the folder holds no plugin that loads.
     fallback: Option<LoadedPolicy>,
-    /// Settings by key from eligo's configuration (`[plugins.config.<key>]`).
-    configured: BTreeMap<String, serde_json::Value>,
+    /// What eligo's configuration says of the plugins: reloadable.
+    trust: Mutex<Trust>,
+}
+
+/// What eligo's configuration says of the plugins, replaced on a configuration reload.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    /// Settings by key (`[plugins.config.<key>]`).
+    pub configured: BTreeMap<String, serde_json::Value>,
+    /// The keys a plugin must be signed by (`[plugins] trusted_keys`); none: no signature needed.
+    pub keys: TrustedKeys,
 }
 
 #[derive(Default)]
@@ -119,6 +129,17 @@ impl PluginHost {
         fallback: Option<LoadedPolicy>,
         configured: BTreeMap<String, serde_json::Value>,
     ) -> std::io::Result<Arc<Self>> {
+        Self::open_trusting(engine, dir, fallback, Trust { configured, keys: TrustedKeys::default() })
+    }
+
+    /// Like [`open_configured`](Self::open_configured), loading only plugins
+    /// signed by one of `trust.keys` when any is given.
+    pub fn open_trusting(
+        engine: PluginEngine,
+        dir: impl Into<PathBuf>,
+        fallback: Option<LoadedPolicy>,
+        trust: Trust,
+    ) -> std::io::Result<Arc<Self>> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         let initial = PolicySet::new(fallback.iter().cloned().collect());
@@ -129,10 +150,18 @@ impl PluginHost {
             state: Mutex::new(DirState::default()),
             generation: tokio::sync::watch::channel(0).0,
             fallback,
-            configured,
+            trust: Mutex::new(trust),
         });
         host.rescan();
         Ok(host)
+    }
+
+    /// Applies a reloaded configuration: new settings tables and trusted keys.
+    /// Every plugin is looked at again; one that no longer passes is listed as
+    /// failed and its previous version keeps serving, as on any refused reload.
+    pub fn reconfigure(&self, trust: Trust) -> RescanSummary {
+        *self.trust.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = trust;
+        self.rescan()
     }
 
     /// The folder watched.
@@ -259,13 +288,26 @@ impl PluginHost {
                 }
             };
             let sha = hex::encode(Sha256::digest(&bytes));
-            let settings = self.settings_of(&key, &path);
-            // What was loaded, or refused, is the plugin's bytes with its settings.
-            let fingerprint = match &settings {
+            let trust = self.trust.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+            let settings = self.settings_of(&trust, &key, &path);
+            // What was loaded, or refused, is the plugin's bytes with its settings,
+            // and, when signatures are required, its signature and the keys trusted.
+            let mut fingerprint = match &settings {
                 Ok(s) => format!("{sha}:{}", hex::encode(Sha256::digest(s.json.as_bytes()))),
                 Err(e) => format!("{sha}:{e}"),
             };
+            if trust.keys.required() {
+                let digest = |file: PathBuf| match read_if_present(&file) {
+                    Ok(Some(bytes)) => hex::encode(Sha256::digest(bytes)),
+                    Ok(None) => "none".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let (sig, toml) = (digest(signature_path(&path)), digest(path.with_extension("toml")));
+                fingerprint = format!("{fingerprint}:{sig}:{toml}:{}", trust.keys.fingerprint());
+            }
             if folder.loaded.get(&key).is_some_and(|(loaded, _)| *loaded == fingerprint) {
+                // Back to what serves (a refused change undone): nothing failed any more.
+                folder.failures.remove(&key);
                 continue;
             }
             // The same bytes were refused already: compiling them again would fail again.
@@ -273,6 +315,7 @@ impl PluginHost {
                 continue;
             }
             let loaded = settings.and_then(|settings| {
+                trust.keys.verify_files(&path, &bytes).map_err(|e| e.to_string())?;
                 let plugin = self.engine.load_with_settings(&key, &bytes, &settings.json).map_err(|e| e.to_string())?;
                 let mut loaded = loaded_policy(key.as_str().into(), &path, &sha, Arc::new(plugin));
                 loaded.report.settings = settings.source;
@@ -308,9 +351,9 @@ impl PluginHost {
 
     /// The settings of the plugin `key` loaded from `wasm`: its `.toml` beside it,
     /// or its table in eligo's configuration, or none.
-    fn settings_of(&self, key: &str, wasm: &Path) -> Result<Settings, String> {
+    fn settings_of(&self, trust: &Trust, key: &str, wasm: &Path) -> Result<Settings, String> {
         let file = wasm.with_extension("toml");
-        let table = self.configured.get(key);
+        let table = trust.configured.get(key);
         // A candidate's own file wins; without one it runs with the active plugin's table.
         let candidate = wasm.parent() != Some(self.dir.as_path());
         match (file.is_file(), table) {

@@ -18,13 +18,14 @@ pub mod runner;
 pub mod scaffold;
 mod set;
 mod shadow;
+pub mod signature;
 mod wasm;
 
 pub use bindings::{
     ConnectionRequest, Hook, Job, JobAdmission, JobOffer, JobSubmission, Level, NodeView, PluginInfo, Role, Solution,
     Welcome, WorkerAdmission, WorkerProfile, Workers, DECISIONS_INTERFACE, WIT_VERSION,
 };
-pub use dir::{loaded_policy, LoadFailure, PluginHost, Reload, RescanSummary, Settings, WatchGuard};
+pub use dir::{loaded_policy, LoadFailure, PluginHost, Reload, RescanSummary, Settings, Trust, WatchGuard};
 // The limits are settings (`[plugins.limits]`), so they are defined with the
 // others, below the runtime; they are named here too, where engines are built.
 pub use crate::config::Limits;
