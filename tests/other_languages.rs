@@ -1,6 +1,7 @@
-//! A policy written in Python (`examples/python-policy`, built with
-//! componentize-py from PyPI) loads under the deny-all WASI eligo offers,
-//! passes its cases, sees nothing of the machine, and decides in a running server.
+//! Policies written in Python (`examples/python-policy`, built with
+//! componentize-py from PyPI) and JavaScript (`examples/js-policy`, built with
+//! componentize-js from npm) load under the deny-all WASI eligo offers, pass
+//! their cases, see nothing of the machine, and decide in a running server.
 
 mod support;
 
@@ -11,17 +12,42 @@ use std::time::{Duration, Instant};
 use support::backends::{Backends, Kind};
 use support::server::{job, solution, welcome, Server};
 
-/// componentize-py: `ELIGO_COMPONENTIZE_PY`, the venv scripts/test makes, or the PATH.
-fn componentize_py() -> PathBuf {
-    let venv = support::root().join("target/venv/bin/componentize-py");
-    let found = std::env::var_os("ELIGO_COMPONENTIZE_PY").map(PathBuf::from).or_else(|| venv.is_file().then_some(venv));
-    let tool = found.unwrap_or_else(|| PathBuf::from("componentize-py"));
+/// A build tool: `$env_var`, else `local` (where scripts/test installs it), else `name` on the PATH.
+fn tool(env_var: &str, local: &str, name: &str, install: &str) -> PathBuf {
+    let local = support::root().join(local);
+    let found = std::env::var_os(env_var).map(PathBuf::from).or_else(|| local.is_file().then_some(local));
+    let tool = found.unwrap_or_else(|| PathBuf::from(name));
     let works = Command::new(&tool).arg("--version").output().is_ok_and(|o| o.status.success());
-    assert!(works, "componentize-py is missing: `pip install componentize-py` (scripts/test puts it in target/venv)");
+    assert!(works, "{name} is missing: `{install}` (scripts/test installs it)");
     tool
 }
 
-/// Builds the example into a component (in this test's folder).
+fn componentize_py() -> PathBuf {
+    tool("ELIGO_COMPONENTIZE_PY", "target/venv/bin/componentize-py", "componentize-py", "pip install componentize-py")
+}
+
+fn componentize_js() -> PathBuf {
+    let local = "target/js-tools/node_modules/.bin/componentize-js";
+    tool("ELIGO_COMPONENTIZE_JS", local, "componentize-js", "npm install @bytecodealliance/componentize-js")
+}
+
+/// Builds the JavaScript example into a component (in this test's folder), with
+/// every WASI feature of the engine turned off: it then imports eligo's contract only.
+fn build_js(dir: &std::path::Path) -> PathBuf {
+    let out = dir.join("js-min-target.wasm");
+    let status = Command::new(componentize_js())
+        .arg(support::root().join("examples/js-policy/policy.js"))
+        .arg("--wit")
+        .arg(support::root().join("wit"))
+        .args(["--world-name", "policy", "-d", "stdio", "random", "clocks", "http", "fetch-event", "-o"])
+        .arg(&out)
+        .status()
+        .expect("running componentize-js");
+    assert!(status.success(), "componentize-js failed");
+    out
+}
+
+/// Builds the Python example into a component (in this test's folder).
 fn build(dir: &std::path::Path) -> PathBuf {
     let out = dir.join("py-min-target.wasm");
     let example = support::root().join("examples/python-policy");
@@ -43,37 +69,78 @@ fn build(dir: &std::path::Path) -> PathBuf {
 async fn a_python_policy_loads_passes_its_cases_and_decides_in_a_running_server() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let component = build(tmp.path());
-    let size = std::fs::metadata(&component).expect("built").len();
+    loads_passes_and_decides(&component, "python-policy", "py-min-target").await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_policy_loads_passes_its_cases_and_decides_in_a_running_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
-    let file = eligo::plugin::runner::CaseFile::read(&support::root().join("examples/python-policy/cases.json"))
-        .expect("cases");
-    let (plugin, _) = file.load(&component, std::path::Path::new("cases.json"), None).expect("loads");
+    let component = build_js(tmp.path());
+    println!("javascript policy built in {:?}", started.elapsed());
+    // Nothing of the machine to deny: it imports eligo's contract and nothing else.
+    let engine = wasmtime::Engine::default();
+    let built = wasmtime::component::Component::from_file(&engine, &component).expect("a component");
+    let mut imports: Vec<String> = built.component_type().imports(&engine).map(|(name, _)| name.to_string()).collect();
+    imports.sort();
+    assert_eq!(imports, ["eligo:policy/host@0.2.0", "eligo:policy/types@0.2.0"]);
+    loads_passes_and_decides(&component, "js-policy", "js-min-target").await;
+}
+
+/// The example `component` (of `examples/<example>`, naming itself `name`)
+/// passes its cases, then decides in a running server; prints its size, load
+/// time and call time.
+async fn loads_passes_and_decides(component: &std::path::Path, example: &str, name: &str) {
+    let size = std::fs::metadata(component).expect("built").len();
+    let started = Instant::now();
+    let cases = support::root().join(format!("examples/{example}/cases.json"));
+    let file = eligo::plugin::runner::CaseFile::read(&cases).expect("cases");
+    let (plugin, _) = file.load(component, std::path::Path::new("cases.json"), None).expect("loads");
     let loaded_in = started.elapsed();
     assert_eq!(eligo::plugin::Policy::contract(&plugin), "eligo:policy@0.2.0");
-    let outcomes = eligo::plugin::runner::run_cases(Arc::new(plugin), &file);
+    let plugin = Arc::new(plugin);
+    let outcomes = eligo::plugin::runner::run_cases(plugin.clone(), &file);
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.mismatches.is_empty()).collect();
     assert!(failed.is_empty(), "{failed:?}");
-    println!("python policy: {size} bytes, loaded in {loaded_in:?}");
+    let sample_job =
+        eligo::plugin::Job { task_id: "t".into(), block_height: 1, proof_target: 50, epoch_challenge: "{}".into() };
+    let sample_solution = eligo::plugin::Solution {
+        task_id: "t".into(),
+        hardware_id: "h".into(),
+        caption: "c".into(),
+        solution: "{}".into(),
+        solution_target: 100,
+        unique_key: "1".into(),
+    };
+    let calls = 200u32;
+    let started = Instant::now();
+    for _ in 0..calls {
+        let verdict =
+            eligo::plugin::Policy::validate_solution(&*plugin, &sample_job, &sample_solution).expect("decides");
+        assert!(verdict.is_ok(), "{verdict:?}");
+    }
+    let per_call = started.elapsed() / calls;
+    println!("{name}: {size} bytes, loaded in {loaded_in:?}, validate-solution {per_call:?} a call");
 
     // In a server: a solution under its job's target is invalid and reaches no node.
     let server = Server::start_on(Backends::new(Kind::Embedded).await, &[], None).await;
     let policies = server.backends.dir().join("policies");
-    std::fs::copy(&component, policies.join("20-py-min-target.wasm")).expect("drop it in");
-    for _ in 0..600 {
-        if server.running.plugins.reports().iter().any(|r| r.name == "py-min-target") {
+    std::fs::copy(component, policies.join(format!("20-{name}.wasm"))).expect("drop it in");
+    // Compiling a plugin that carries an interpreter takes tens of seconds in a debug build.
+    for _ in 0..1800 {
+        if server.running.plugins.reports().iter().any(|r| r.name == name) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        server.running.plugins.reports().iter().any(|r| r.name == "py-min-target"),
+        server.running.plugins.reports().iter().any(|r| r.name == name),
         "loaded: {:?}, failed: {:?}",
         server.running.plugins.reports(),
         server.running.plugins.failures()
     );
     let mut worker = support::ws::Client::connect(server.running.worker_addr.expect("workers")).await;
-    worker.send(&welcome("hw-py")).await;
+    worker.send(&welcome("hw-lang")).await;
     let mut node = server.node().await;
     node.send(&job(50, 5)).await;
     let task = worker.recv("the job").await["task_id"].as_str().expect("task").to_string();
