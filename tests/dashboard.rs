@@ -14,7 +14,7 @@ use support::server::{Server, Solved};
 async fn the_dashboard_shows_connections_jobs_and_solutions_live() {
     let server = Server::start(Kind::Embedded, &["seed-rules", "pow-check"]).await;
     let admin = server.running.admin_addr.expect("admin server");
-    let mut browser = Browser::start(1280, 900).await;
+    let mut browser = Browser::start(1280, 1700).await;
     browser.navigate(&format!("http://{admin}/")).await;
     browser.wait_for_text("#live-text", Duration::from_secs(15), |t| t.starts_with("live")).await;
     browser.wait_for_text("#recent-jobs", Duration::from_secs(5), |t| t.contains("no job yet")).await;
