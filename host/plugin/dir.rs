@@ -17,7 +17,7 @@ use super::engine::PluginEngine;
 use super::report::PluginReport;
 use super::set::{hook_names, LoadedPolicy, PluginKey, PolicySet};
 use super::shadow::{Shadow, ShadowReport};
-use super::signature::{read_if_present, signature_path, TrustedKeys};
+use super::signature::{Beside, TrustedKeys};
 use super::Policy;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
@@ -219,8 +219,10 @@ impl PluginHost {
         let mut summary = RescanSummary::default();
         let Ok(mut state) = self.state.lock() else { return summary };
         let state = &mut *state;
-        let active_changed = self.sync(&self.dir, "", &mut state.active, &mut summary);
-        let candidates_changed = self.sync(&self.dir.join(SHADOW_DIR), "shadow/", &mut state.candidates, &mut summary);
+        let trust = self.trust.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let active_changed = self.sync(&trust, &self.dir, "", &mut state.active, &mut summary);
+        let candidates_changed =
+            self.sync(&trust, &self.dir.join(SHADOW_DIR), "shadow/", &mut state.candidates, &mut summary);
         if candidates_changed {
             // A new or changed candidate starts afresh; one left as it was keeps its counts.
             let loaded = &state.candidates.loaded;
@@ -260,7 +262,7 @@ impl PluginHost {
 
     /// Brings `folder` up to the `*.wasm` files of `dir` (a missing `dir` holds
     /// none); `label` prefixes the keys reported. Whether anything was loaded or removed.
-    fn sync(&self, dir: &Path, label: &str, folder: &mut Folder, summary: &mut RescanSummary) -> bool {
+    fn sync(&self, trust: &Trust, dir: &Path, label: &str, folder: &mut Folder, summary: &mut RescanSummary) -> bool {
         let files = match plugin_files(dir) {
             Ok(files) => files,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !label.is_empty() => BTreeMap::new(),
@@ -277,6 +279,7 @@ impl PluginHost {
             summary.removed.push(format!("{label}{key}"));
         }
         folder.failures.retain(|k, _| files.contains_key(k));
+        let keys = trust.keys.required().then(|| trust.keys.fingerprint());
         for (key, path) in files {
             let bytes = match read_settled(&path) {
                 Ok(bytes) => bytes,
@@ -288,23 +291,18 @@ impl PluginHost {
                 }
             };
             let sha = hex::encode(Sha256::digest(&bytes));
-            let trust = self.trust.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-            let settings = self.settings_of(&trust, &key, &path);
+            let settings = self.settings_of(trust, &key, &path);
             // What was loaded, or refused, is the plugin's bytes with its settings,
             // and, when signatures are required, its signature and the keys trusted.
             let mut fingerprint = match &settings {
                 Ok(s) => format!("{sha}:{}", hex::encode(Sha256::digest(s.json.as_bytes()))),
                 Err(e) => format!("{sha}:{e}"),
             };
-            if trust.keys.required() {
-                let digest = |file: PathBuf| match read_if_present(&file) {
-                    Ok(Some(bytes)) => hex::encode(Sha256::digest(bytes)),
-                    Ok(None) => "none".to_string(),
-                    Err(e) => e.to_string(),
-                };
-                let (sig, toml) = (digest(signature_path(&path)), digest(path.with_extension("toml")));
-                fingerprint = format!("{fingerprint}:{sig}:{toml}:{}", trust.keys.fingerprint());
-            }
+            let beside = keys.as_ref().map(|keys| {
+                let beside = Beside::read(&path);
+                fingerprint = format!("{fingerprint}:{}:{keys}", beside.fingerprint());
+                beside
+            });
             if folder.loaded.get(&key).is_some_and(|(loaded, _)| *loaded == fingerprint) {
                 // Back to what serves (a refused change undone): nothing failed any more.
                 folder.failures.remove(&key);
@@ -315,7 +313,9 @@ impl PluginHost {
                 continue;
             }
             let loaded = settings.and_then(|settings| {
-                trust.keys.verify_files(&path, &bytes).map_err(|e| e.to_string())?;
+                if let Some(beside) = &beside {
+                    trust.keys.verify_beside(beside, &bytes).map_err(|e| e.to_string())?;
+                }
                 let plugin = self.engine.load_with_settings(&key, &bytes, &settings.json).map_err(|e| e.to_string())?;
                 let mut loaded = loaded_policy(key.as_str().into(), &path, &sha, Arc::new(plugin));
                 loaded.report.settings = settings.source;

@@ -204,16 +204,46 @@ impl TrustedKeys {
         if !self.required() {
             return Ok(());
         }
-        let sig_file = signature_path(wasm_path);
-        let sig = read_if_present(&sig_file)
-            .map_err(|e| SignatureError::Unreadable { file: sig_file.display().to_string(), why: e.to_string() })?;
-        let sig = sig.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
-        let settings_file = settings_path(wasm_path);
-        let settings = read_if_present(&settings_file).map_err(|e| SignatureError::Unreadable {
-            file: settings_file.display().to_string(),
+        self.verify_beside(&Beside::read(wasm_path), wasm)
+    }
+
+    /// [`verify`](Self::verify) with the files read beside the plugin.
+    pub fn verify_beside(&self, beside: &Beside, wasm: &[u8]) -> Result<(), SignatureError> {
+        let unreadable = |file: &Path, e: &std::io::Error| SignatureError::Unreadable {
+            file: file.display().to_string(),
             why: e.to_string(),
-        })?;
-        self.verify(&sig_file, sig.as_deref(), wasm, settings.as_deref())
+        };
+        let sig = beside.sig.as_ref().map_err(|e| unreadable(&beside.sig_file, e))?;
+        let sig = sig.as_ref().map(|bytes| String::from_utf8_lossy(bytes).into_owned());
+        let settings = beside.settings.as_ref().map_err(|e| unreadable(&beside.settings_file, e))?;
+        self.verify(&beside.sig_file, sig.as_deref(), wasm, settings.as_deref())
+    }
+}
+
+/// The files beside a plugin that its signature involves, read once: for
+/// telling whether they changed and for checking the signature.
+pub struct Beside {
+    sig_file: PathBuf,
+    sig: std::io::Result<Option<Vec<u8>>>,
+    settings_file: PathBuf,
+    settings: std::io::Result<Option<Vec<u8>>>,
+}
+
+impl Beside {
+    /// Reads the `.sig` and the `.toml` beside `wasm` (either may be missing).
+    pub fn read(wasm: &Path) -> Self {
+        let (sig_file, settings_file) = (signature_path(wasm), settings_path(wasm));
+        Beside { sig: read_if_present(&sig_file), sig_file, settings: read_if_present(&settings_file), settings_file }
+    }
+
+    /// What was read, as digests: differs whenever either file does.
+    pub fn fingerprint(&self) -> String {
+        let digest = |read: &std::io::Result<Option<Vec<u8>>>| match read {
+            Ok(Some(bytes)) => hex::encode(Sha256::digest(bytes)),
+            Ok(None) => "none".to_string(),
+            Err(e) => e.to_string(),
+        };
+        format!("{}:{}", digest(&self.sig), digest(&self.settings))
     }
 }
 
