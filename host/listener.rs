@@ -208,16 +208,17 @@ pub fn load(tls: &TlsConfig, what: &'static str) -> anyhow::Result<rustls::Serve
     anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", tls.cert_file.display());
     let key = PrivateKeyDer::from_pem_file(&tls.key_file)
         .with_context(|| format!("reading a private key from {}", tls.key_file.display()))?;
+    // Read before the chain is handed over; published once the files have loaded.
+    let expires = x509_parser::parse_x509_certificate(&chain[0]).map(|(_, leaf)| leaf.validity().not_after.timestamp());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()
-        .with_single_cert(chain.clone(), key)
+        .with_single_cert(chain, key)
         .context("the key does not match the certificate, or is of an unsupported kind")?;
-    match x509_parser::parse_x509_certificate(&chain[0]) {
-        Ok((_, leaf)) => metrics::gauge!("eligo_tls_certificate_expiry_timestamp_seconds", "server" => what)
-            .set(leaf.validity().not_after.timestamp() as f64),
+    match expires {
+        Ok(at) => metrics::gauge!("eligo_tls_certificate_expiry_timestamp_seconds", "server" => what).set(at as f64),
         Err(e) => tracing::warn!(server = what, error = %e, "cannot read the certificate's expiry; it is not measured"),
     }
     Ok(config)

@@ -172,14 +172,8 @@ impl Snapshot {
         Snapshot { text: render() }
     }
 
-    /// Each sample of `name` whose labels other than `ignoring` are exactly `with`.
-    fn samples<'a>(
-        &'a self,
-        name: &'a str,
-        with: &'a [(&str, &str)],
-        ignoring: &'a str,
-    ) -> impl Iterator<Item = (Vec<&'a str>, f64)> + 'a {
-        let wanted: Vec<String> = with.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    /// Each sample of `name`: its labels (`k="v"` each) and its value.
+    fn series<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (Vec<&'a str>, f64)> + 'a {
         self.text.lines().filter(|l| !l.starts_with('#')).filter_map(move |line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (series_name, series_labels) = match series.split_once('{') {
@@ -191,24 +185,29 @@ impl Snapshot {
             }
             let labels: Vec<&str> =
                 if series_labels.is_empty() { Vec::new() } else { series_labels.split(',').collect() };
+            Some((labels, value.parse::<f64>().unwrap_or(0.0)))
+        })
+    }
+
+    /// Each sample of `name` whose labels other than `ignoring` are exactly `with`.
+    fn samples<'a>(
+        &'a self,
+        name: &'a str,
+        with: &'a [(&str, &str)],
+        ignoring: &'a str,
+    ) -> impl Iterator<Item = (Vec<&'a str>, f64)> + 'a {
+        let wanted: Vec<String> = with.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        self.series(name).filter_map(move |(labels, value)| {
             let (ignored, present): (Vec<&str>, Vec<&str>) =
                 labels.into_iter().partition(|l| !ignoring.is_empty() && l.starts_with(ignoring));
             let matches = present.len() == wanted.len() && wanted.iter().all(|w| present.contains(&w.as_str()));
-            matches.then(|| (ignored, value.parse::<f64>().unwrap_or(0.0)))
+            matches.then_some((ignored, value))
         })
     }
 
     /// The sum of every series of the counter or gauge `name`, whatever its labels.
     pub fn total(&self, name: &str) -> f64 {
-        self.text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let series_name = series.split_once('{').map_or(series, |(n, _)| n);
-                (series_name == name).then(|| value.parse::<f64>().unwrap_or(0.0))
-            })
-            .sum()
+        self.series(name).map(|(_, v)| v).sum()
     }
 
     /// The sum of the counters or gauges `name` labelled exactly `with`.

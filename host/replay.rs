@@ -14,7 +14,9 @@
 //! replayed, and the report says so.
 
 use crate::plugin::{Hook, Job, LoadedPolicy, PolicySet, Solution, Validation, Welcome, WorkerState};
-use crate::store::{Page, SolutionFilter, Store, StoreError, StoredJob, StoredSolution, WorkerFilter, WorkerRow};
+use crate::store::{
+    Page, Paged, SolutionFilter, Store, StoreError, StoredJob, StoredSolution, WorkerFilter, WorkerRow,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,26 +61,14 @@ pub struct History {
 impl History {
     /// Reads the part of the history `range` selects from `store`.
     pub async fn read(store: &dyn Store, range: &Range) -> Result<History, ReplayError> {
-        let mut jobs = Vec::new();
-        let mut before = None;
-        loop {
-            let page = store.list_jobs(Page::new(Page::MAX_LIMIT, before)).await?;
-            let older = page.items.last().map(|j| j.created_at);
-            jobs.extend(page.items.into_iter().filter(|j| match range {
-                Range::All => true,
-                Range::Since(since) => j.created_at >= *since,
-                Range::Heights(from, to) => (*from..=*to).contains(&j.block_height),
-            }));
-            // Newest first: once past the start of the range, nothing older is wanted.
-            let past = match range {
-                Range::Since(since) => older.is_some_and(|o| o < *since),
-                _ => false,
-            };
-            match page.next {
-                Some(next) if !past => before = Some(next),
-                _ => break,
-            }
-        }
+        let in_range = |j: &StoredJob| match range {
+            Range::All => true,
+            Range::Since(since) => j.created_at >= *since,
+            Range::Heights(from, to) => (*from..=*to).contains(&j.block_height),
+        };
+        // Newest first: once past the start of the range, nothing older is wanted.
+        let older = |j: &StoredJob| matches!(range, Range::Since(since) if j.created_at < *since);
+        let mut jobs = every_page(async |page| store.list_jobs(page).await, in_range, older).await?;
         jobs.sort_by_key(|j| (j.created_at, j.block_height));
         let Some(start) = (match range {
             Range::Since(since) => Some(*since),
@@ -88,36 +78,42 @@ impl History {
         };
         let tasks: BTreeSet<&str> = jobs.iter().map(|j| j.task_id.as_str()).collect();
 
-        let mut solutions = Vec::new();
-        let mut before = None;
-        loop {
-            let page = store.list_solutions(&SolutionFilter::default(), Page::new(Page::MAX_LIMIT, before)).await?;
-            solutions.extend(page.items.into_iter().filter(|s| tasks.contains(s.task_id.as_str())));
-            match page.next {
-                Some(next) => before = Some(next),
-                None => break,
-            }
-        }
+        let all = SolutionFilter::default();
+        let of_the_jobs = |s: &StoredSolution| tasks.contains(s.task_id.as_str());
+        let mut solutions =
+            every_page(async |page| store.list_solutions(&all, page).await, of_the_jobs, |_| false).await?;
         solutions.sort_by_key(|s| s.created_at);
 
         // Workers connected at any time during the range: those who connected
         // before it and were still there are welcomed as they were, at their time.
         let end = jobs.last().map(|j| j.created_at);
-        let mut welcomes = Vec::new();
-        let mut before = None;
-        loop {
-            let page =
-                store.list_worker_connections(&WorkerFilter::default(), Page::new(Page::MAX_LIMIT, before)).await?;
-            welcomes.extend(page.items.into_iter().filter(|w| {
-                w.disconnected_at.is_none_or(|gone| gone >= start) && end.is_none_or(|end| w.connected_at <= end)
-            }));
-            match page.next {
-                Some(next) => before = Some(next),
-                None => break,
-            }
-        }
+        let during = |w: &WorkerRow| {
+            w.disconnected_at.is_none_or(|gone| gone >= start) && end.is_none_or(|end| w.connected_at <= end)
+        };
+        let all = WorkerFilter::default();
+        let mut welcomes =
+            every_page(async |page| store.list_worker_connections(&all, page).await, during, |_| false).await?;
         welcomes.sort_by_key(|w| (w.connected_at, w.id));
         Ok(History { welcomes, jobs, solutions })
+    }
+}
+
+/// Every row of a newest-first listing that `keep` accepts, page by page; stops
+/// after a page whose oldest row is `past` what is wanted.
+async fn every_page<T>(
+    mut page_of: impl AsyncFnMut(Page) -> Result<Paged<T>, StoreError>,
+    keep: impl Fn(&T) -> bool,
+    past: impl Fn(&T) -> bool,
+) -> Result<Vec<T>, StoreError> {
+    let (mut kept, mut before) = (Vec::new(), None);
+    loop {
+        let page = page_of(Page::new(Page::MAX_LIMIT, before)).await?;
+        let done = page.items.last().is_some_and(&past);
+        kept.extend(page.items.into_iter().filter(|item| keep(item)));
+        match page.next {
+            Some(next) if !done => before = Some(next),
+            _ => return Ok(kept),
+        }
     }
 }
 

@@ -6,8 +6,9 @@
 //! [`Sample`] of 14 numbers per second, about 200 bytes each, so ~180 KB by default.
 
 use super::error::ApiError;
+use super::summary::Histograms;
 use super::AdminState;
-use crate::metrics::{Buckets, Snapshot};
+use crate::metrics::Snapshot;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
@@ -83,19 +84,12 @@ impl Counts {
 #[derive(Clone, Debug, Default)]
 struct Reading {
     counts: Counts,
-    fanout: Buckets,
-    solution_processing: Buckets,
-    job_processing: Buckets,
+    latencies: Histograms,
 }
 
 impl Reading {
     fn of(metrics: &Snapshot) -> Self {
-        Reading {
-            counts: Counts::of(metrics),
-            fanout: metrics.buckets("eligo_job_fanout_seconds", &[]),
-            solution_processing: metrics.buckets("eligo_processing_seconds", &[("queue", "solution")]),
-            job_processing: metrics.buckets("eligo_processing_seconds", &[("queue", "job")]),
-        }
+        Reading { counts: Counts::of(metrics), latencies: Histograms::read(metrics) }
     }
 }
 
@@ -208,18 +202,17 @@ pub async fn sample(state: Arc<AdminState>, shutdown: CancellationToken) {
 }
 
 fn difference(state: &AdminState, before: &Reading, after: &Reading, seconds: f64) -> Sample {
-    let fanout = after.fanout.since(&before.fanout);
-    let solution = after.solution_processing.since(&before.solution_processing);
+    let measured = after.latencies.since(&before.latencies);
     Sample {
         at: chrono::Utc::now().timestamp(),
         workers: state.workers.as_ref().map(|w| w.connections() as u64),
         nodes: state.nodes.as_ref().map(|n| n.connections() as u64),
         rates: after.counts.rate_since(&before.counts, seconds),
-        fanout_p50: fanout.quantile(0.5),
-        fanout_p99: fanout.quantile(0.99),
-        solution_processing_p50: solution.quantile(0.5),
-        solution_processing_p99: solution.quantile(0.99),
-        job_processing_p99: after.job_processing.since(&before.job_processing).quantile(0.99),
+        fanout_p50: measured.fanout.quantile(0.5),
+        fanout_p99: measured.fanout.quantile(0.99),
+        solution_processing_p50: measured.solution.quantile(0.5),
+        solution_processing_p99: measured.solution.quantile(0.99),
+        job_processing_p99: measured.job.quantile(0.99),
     }
 }
 

@@ -182,20 +182,34 @@ pub struct Summary {
     pub nodes: Vec<NodeView>,
 }
 
-/// The histograms behind [`Latency`], as read at one moment.
+/// The latency histograms the dashboard shows (the summary and the history), as
+/// read at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Histograms {
-    fanout: Buckets,
-    solution: Buckets,
-    job: Buckets,
+    /// A job read from the log → queued to its last worker.
+    pub fanout: Buckets,
+    /// A solution batch taken from the queue → acknowledged.
+    pub solution: Buckets,
+    /// A job batch taken from the queue → acknowledged.
+    pub job: Buckets,
 }
 
 impl Histograms {
-    fn read(metrics: &Snapshot) -> Self {
+    /// The histograms in `metrics`.
+    pub fn read(metrics: &Snapshot) -> Self {
         Histograms {
             fanout: metrics.buckets("eligo_job_fanout_seconds", &[]),
             solution: metrics.buckets("eligo_processing_seconds", &[("queue", "solution")]),
             job: metrics.buckets("eligo_processing_seconds", &[("queue", "job")]),
+        }
+    }
+
+    /// What was recorded after `earlier` was read.
+    pub fn since(&self, earlier: &Histograms) -> Histograms {
+        Histograms {
+            fanout: self.fanout.since(&earlier.fanout),
+            solution: self.solution.since(&earlier.solution),
+            job: self.job.since(&earlier.job),
         }
     }
 }
@@ -214,11 +228,7 @@ impl Summary {
     ) -> Result<(Self, Histograms), ApiError> {
         let histograms = Histograms::read(metrics);
         let measured = match window {
-            Some((earlier, _)) => Histograms {
-                fanout: histograms.fanout.since(&earlier.fanout),
-                solution: histograms.solution.since(&earlier.solution),
-                job: histograms.job.since(&earlier.job),
-            },
+            Some((earlier, _)) => histograms.since(earlier),
             None => histograms.clone(),
         };
         let count = |name: &str, with: &[(&str, &str)]| metrics.value(name, with).max(0.0) as u64;

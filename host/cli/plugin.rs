@@ -200,11 +200,8 @@ pub fn run(command: PluginCommand) -> Result<ExitCode> {
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let signature = check_signature(&path, &bytes, &trusted_keys)?;
             let (plugin, settings) = plugin::load_file_configured(&path, settings.file.as_deref())?;
-            let sha = {
-                use sha2::Digest;
-                hex::encode(sha2::Sha256::digest(&bytes))
-            };
-            let mut report = plugin::loaded_policy(plugin.name().into(), &path, &sha, Arc::new(plugin)).report;
+            let mut report =
+                plugin::loaded_policy(plugin.name().into(), &path, &sha256(&bytes), Arc::new(plugin)).report;
             report.settings = Some(settings_used(&settings));
             let mut shown = serde_json::to_value(&report)?;
             shown["signature"] = serde_json::Value::String(signature.clone().unwrap_or_else(|e| e));
@@ -309,11 +306,7 @@ async fn replay_history(
     let stem = candidate.file_stem().and_then(|s| s.to_str()).unwrap_or("candidate").to_string();
     let key = against.unwrap_or(stem);
     let bytes = std::fs::read(candidate).with_context(|| format!("reading {}", candidate.display()))?;
-    let sha = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&bytes))
-    };
-    let loaded = plugin::loaded_policy(key.as_str().into(), candidate, &sha, Arc::new(plugin));
+    let loaded = plugin::loaded_policy(key.as_str().into(), candidate, &sha256(&bytes), Arc::new(plugin));
 
     let engine = plugin::PluginEngine::new(config.plugins.limits.clone())?;
     let fallback = config.plugins.builtin_seed_rules.then(plugin::NativeSeedRules::builtin);
@@ -340,6 +333,12 @@ async fn replay_history(
     );
     let (active, with_candidate, replaced) = replay::with_candidate(&host.current(), loaded);
     Ok(replay::replay(&history, &active, &with_candidate, &key, replaced)?)
+}
+
+/// A plugin file's SHA-256 as its report shows it.
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// `90s`, `30m`, `2h`, `7d`.
