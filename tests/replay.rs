@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::backends::{Backends, Kind};
 use support::plugin_path;
-use support::server::{job, solution, Server};
+use support::server::{job, Server};
 
 on_both!(a_replay_shows_what_a_candidate_would_have_changed);
 
@@ -54,17 +54,10 @@ async fn record_history(kind: Kind) -> (Backends, std::path::PathBuf) {
     // and solves job 2: one valid solution, one invalid.
     let mut late = server.worker("hw-c").await;
     late.recv("the current job, on arrival").await;
-    node.send(&job(2, 500)).await;
+    support::server::solve(&mut late, &mut node, 2).await;
     for worker in &mut workers {
         worker.recv("the job at height 2").await;
     }
-    let work = late.recv("the job at height 2").await;
-    let task = work["task_id"].as_str().expect("task id").to_string();
-    let (good, reached) = support::solver::solve(&work["epoch_challenge"], 500, 0);
-    let (bad, _) = support::solver::fail(&work["epoch_challenge"], 500, 0);
-    late.send(&solution(&task, good, reached)).await;
-    late.send(&solution(&task, bad, 500)).await;
-    node.recv("the valid solution").await;
     let store = server.backends.store.clone();
     until("both solutions judged", || async {
         let page = store.list_solutions(&SolutionFilter::default(), Page::new(10, None)).await.expect("solutions");

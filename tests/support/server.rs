@@ -73,21 +73,29 @@ impl Server {
     pub async fn solve_one_job(&self, hardware_id: &str, height: i64) -> (Client, Client, Solved) {
         let mut worker = self.worker(hardware_id).await;
         let mut node = self.node().await;
-        node.send(&job(height, 500)).await;
-        let work = worker.recv("the job").await;
-        let task = work["task_id"].as_str().expect("task id").to_string();
-        let (good, reached) = super::solver::solve(&work["epoch_challenge"], 500, 0);
-        let (bad, _) = super::solver::fail(&work["epoch_challenge"], 500, 0);
-        worker.send(&solution(&task, good, reached)).await;
-        worker.send(&solution(&task, bad, 500)).await;
-        node.recv("the valid solution").await;
-        (worker, node, Solved { task, good, bad })
+        let solved = solve(&mut worker, &mut node, height).await;
+        (worker, node, solved)
     }
 
     pub async fn stop(self) {
         self.running.stop().await;
         self.backends.finish().await;
     }
+}
+
+/// `node` sends a job at `height` (target 500) and `worker`, whose next frame is
+/// that job, sends a valid and an invalid solution to it; returns once the node
+/// has the valid one.
+pub async fn solve(worker: &mut Client, node: &mut Client, height: i64) -> Solved {
+    node.send(&job(height, 500)).await;
+    let work = worker.recv("the job").await;
+    let task = work["task_id"].as_str().expect("task id").to_string();
+    let (good, reached) = super::solver::solve(&work["epoch_challenge"], 500, 0);
+    let (bad, _) = super::solver::fail(&work["epoch_challenge"], 500, 0);
+    worker.send(&solution(&task, good, reached)).await;
+    worker.send(&solution(&task, bad, 500)).await;
+    node.recv("the valid solution").await;
+    Solved { task, good, bad }
 }
 
 pub fn welcome(hardware_id: &str) -> Value {
