@@ -49,11 +49,14 @@ pub struct FieldLimits {
     pub text_bytes: usize,
     /// A JSON object field (`solution`, `epoch_challenge`), as compact JSON.
     pub object_bytes: usize,
+    /// A solution's unique key (`partial_solution.nonce` as text): the servers
+    /// remember keys, so their length is what one client could make them hold.
+    pub key_bytes: usize,
 }
 
 impl Default for FieldLimits {
     fn default() -> Self {
-        FieldLimits { text_bytes: 1024, object_bytes: 16 * 1024 }
+        FieldLimits { text_bytes: 1024, object_bytes: 16 * 1024, key_bytes: 128 }
     }
 }
 
@@ -222,7 +225,16 @@ impl SolutionFrame {
 
     fn check(&self, limits: &FieldLimits) -> Result<(), FrameError> {
         limits.text("task_id", &self.task_id, Some(column::TASK_ID))?;
-        limits.object("solution", &self.solution)
+        limits.object("solution", &self.solution)?;
+        let key = match self.solution.get("partial_solution").and_then(|p| p.get("nonce")) {
+            Some(Value::String(s)) => s.len(),
+            Some(Value::Number(n)) => n.to_string().len(),
+            _ => 0,
+        };
+        if key > limits.key_bytes {
+            return Err(FrameError::TooLong { field: "partial_solution.nonce", size: key, max: limits.key_bytes });
+        }
+        Ok(())
     }
 }
 
@@ -495,7 +507,7 @@ mod tests {
 
     #[test]
     fn fields_over_their_limits_are_named_with_the_limit() {
-        let limits = FieldLimits { text_bytes: 16, object_bytes: 32 };
+        let limits = FieldLimits { text_bytes: 16, object_bytes: 32, key_bytes: 8 };
         let welcome = |caption: &str| {
             format!(r#"{{"ip":"1.2.3.4","address":"a","hardware":"h","hardware_id":"id","caption":"{caption}"}}"#)
         };
@@ -512,6 +524,23 @@ mod tests {
             JobFrame::parse_within(job, &limits),
             Err(FrameError::TooLong { field: "epoch_challenge", .. })
         ));
+    }
+
+    #[test]
+    fn a_solution_key_over_its_limit_is_refused_whether_text_or_number() {
+        let limits = FieldLimits { key_bytes: 8, ..FieldLimits::default() };
+        let solution = |nonce: &str| {
+            format!(r#"{{"task_id":"t","solution":{{"partial_solution":{{"nonce":{nonce}}}}},"solution_target":1}}"#)
+        };
+        assert!(SolutionFrame::parse_within(solution(r#""12345678""#).as_bytes(), &limits).is_ok());
+        assert!(SolutionFrame::parse_within(solution("12345678").as_bytes(), &limits).is_ok());
+        let text = SolutionFrame::parse_within(solution(r#""123456789""#).as_bytes(), &limits).unwrap_err();
+        assert_eq!(text, FrameError::TooLong { field: "partial_solution.nonce", size: 9, max: 8 });
+        let number = SolutionFrame::parse_within(solution("123456789").as_bytes(), &limits).unwrap_err();
+        assert_eq!(number, FrameError::TooLong { field: "partial_solution.nonce", size: 9, max: 8 });
+        // The default: 128 bytes, far below what fits in a solution object.
+        let big = solution(&format!(r#""{}""#, "n".repeat(12_000)));
+        assert!(SolutionFrame::parse_within(big.as_bytes(), &FieldLimits::default()).is_err());
     }
 
     #[test]

@@ -72,11 +72,59 @@ pub struct NodeView {
 /// How many heights a [`NodeView`] lists.
 pub const RECENT_HEIGHTS: usize = 32;
 
+/// A fixed-size stand-in for a key a client chose (a solution's nonce, a task
+/// id): what the maps and rings that remember keys hold, so what they cost does
+/// not depend on what clients send. 128 bits of SHA-256: a collision, which
+/// would skip a delivery, is as likely as guessing a random 128-bit number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyDigest([u8; 16]);
+
+impl KeyDigest {
+    /// The digest of `key`.
+    pub fn of(key: &str) -> Self {
+        use sha2::Digest;
+        let full = sha2::Sha256::digest(key.as_bytes());
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&full[..16]);
+        KeyDigest(digest)
+    }
+}
+
+/// The latest keys seen, at most `capacity`, as digests: the oldest is
+/// forgotten first. Costs about 40 bytes a key, whatever the keys' length.
+#[derive(Debug)]
+pub struct RecentKeys {
+    capacity: usize,
+    keys: std::collections::HashSet<KeyDigest>,
+    order: VecDeque<KeyDigest>,
+}
+
+impl RecentKeys {
+    /// Remembers at most `capacity` keys.
+    pub fn new(capacity: usize) -> Self {
+        RecentKeys { capacity: capacity.max(1), keys: Default::default(), order: VecDeque::new() }
+    }
+
+    /// `true` if `key` is new (and remembers it from now on).
+    pub fn first_time(&mut self, key: KeyDigest) -> bool {
+        if !self.keys.insert(key) {
+            return false;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        self.order.push_back(key);
+        true
+    }
+}
+
 /// How many connections each recent item (a job by task id, a solution by key)
 /// was queued to, in this process. Bounded: the oldest keys are forgotten first.
 pub struct DeliveryCounts {
     capacity: usize,
-    counts: Mutex<(HashMap<String, u64>, VecDeque<String>)>,
+    counts: Mutex<(HashMap<KeyDigest, u64>, VecDeque<KeyDigest>)>,
 }
 
 impl DeliveryCounts {
@@ -87,9 +135,10 @@ impl DeliveryCounts {
 
     /// Adds `n` deliveries of `key`.
     pub fn add(&self, key: &str, n: u64) {
+        let key = KeyDigest::of(key);
         let Ok(mut guard) = self.counts.lock() else { return };
         let (counts, order) = &mut *guard;
-        if let Some(count) = counts.get_mut(key) {
+        if let Some(count) = counts.get_mut(&key) {
             *count += n;
             return;
         }
@@ -98,13 +147,13 @@ impl DeliveryCounts {
                 counts.remove(&old);
             }
         }
-        counts.insert(key.to_string(), n);
-        order.push_back(key.to_string());
+        counts.insert(key, n);
+        order.push_back(key);
     }
 
     /// The deliveries of `key`, if it is recent enough to be remembered.
     pub fn get(&self, key: &str) -> Option<u64> {
-        self.counts.lock().ok().and_then(|c| c.0.get(key).copied())
+        self.counts.lock().ok().and_then(|c| c.0.get(&KeyDigest::of(key)).copied())
     }
 }
 
@@ -121,5 +170,18 @@ mod tests {
         assert_eq!((counts.get("a"), counts.get("b")), (Some(4), Some(1)));
         counts.add("c", 5);
         assert_eq!((counts.get("a"), counts.get("b"), counts.get("c")), (None, Some(1), Some(5)));
+    }
+
+    #[test]
+    fn recent_keys_cost_the_same_whatever_their_length_and_forget_the_oldest() {
+        let mut recent = RecentKeys::new(2);
+        let long = "n".repeat(12_000);
+        assert!(recent.first_time(KeyDigest::of(&long)));
+        assert!(!recent.first_time(KeyDigest::of(&long)));
+        assert!(recent.first_time(KeyDigest::of("b")));
+        assert!(recent.first_time(KeyDigest::of("c")));
+        assert!(recent.first_time(KeyDigest::of(&long)), "the oldest key was forgotten");
+        assert!(!recent.first_time(KeyDigest::of("c")));
+        assert_eq!(std::mem::size_of::<KeyDigest>(), 16);
     }
 }
