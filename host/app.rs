@@ -7,7 +7,9 @@ use crate::pipeline::node_server::{NodeServer, NodeServerSettings};
 use crate::pipeline::worker_server::{WorkerServer, WorkerServerSettings};
 use crate::pipeline::{job_processor, presence_processor, solution_processor, Services};
 use crate::plugin::signature::TrustedKeys;
-use crate::plugin::{NativeSeedRules, PluginEngine, PluginHost, RescanSummary, Trust, WatchGuard, BUILTIN_KEY};
+use crate::plugin::{
+    DecisionPool, NativeSeedRules, PluginEngine, PluginHost, RescanSummary, Trust, WatchGuard, BUILTIN_KEY,
+};
 use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
 use crate::transport::amqp::AmqpQueue;
 use crate::transport::embedded::EmbeddedLog;
@@ -178,7 +180,8 @@ pub async fn start_with(
             solutions produced here reach no server process elsewhere; configure Kafka to split roles"
         );
     }
-    let services = Services { queue, log, store, plugins: plugins.clone() };
+    let decisions = DecisionPool::new(config.plugins.decision_threads).context("starting the decision threads")?;
+    let services = Services { queue, log, store, plugins: plugins.clone(), decisions };
     let shutdown = CancellationToken::new();
     let presence_shutdown = CancellationToken::new();
     let mut presence_publisher = None;

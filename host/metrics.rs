@@ -96,6 +96,10 @@ pub struct Hot {
     pub presence_batch_seconds: Histogram,
     /// Messages per presence batch.
     pub presence_batch_size: Histogram,
+    /// `eligo_plugin_decisions_queued`: decisions waiting for, or running on, the decision pool.
+    pub decisions_queued: Gauge,
+    /// Presence events not kept: over the bound of those waiting for the broker.
+    pub presence_events_dropped: Counter,
 }
 
 /// The hot-path handles (installing the recorder on first use).
@@ -124,6 +128,8 @@ pub fn hot() -> &'static Hot {
             job_batch_size: metrics::histogram!("eligo_processing_batch_size", "queue" => "job"),
             presence_batch_seconds: metrics::histogram!("eligo_processing_seconds", "queue" => "worker"),
             presence_batch_size: metrics::histogram!("eligo_processing_batch_size", "queue" => "worker"),
+            decisions_queued: metrics::gauge!("eligo_plugin_decisions_queued"),
+            presence_events_dropped: metrics::counter!("eligo_presence_events_dropped_total"),
         }
     })
 }

@@ -137,6 +137,9 @@ pub struct SocketConfig {
     /// Longest JSON object field of a frame (`solution`, `epoch_challenge`), as
     /// compact JSON.
     pub max_object_field_bytes: usize,
+    /// Longest unique key of a solution (`partial_solution.nonce` as text), in
+    /// bytes; a longer one is refused like any field over its limit.
+    pub max_solution_key_bytes: usize,
     /// Data frames a connection may send per second, sustained; past that (and
     /// the burst), each frame is dropped with an error frame.
     pub frames_per_second: u32,
@@ -167,6 +170,7 @@ impl Default for SocketConfig {
             max_message_bytes: 64 * 1024,
             max_text_field_bytes: fields.text_bytes,
             max_object_field_bytes: fields.object_bytes,
+            max_solution_key_bytes: fields.key_bytes,
             // A fast prover sends tens of solutions a second; the load benchmark's
             // workers send ~250.
             frames_per_second: 1000,
@@ -184,6 +188,7 @@ impl SocketConfig {
         crate::protocol::FieldLimits {
             text_bytes: self.max_text_field_bytes,
             object_bytes: self.max_object_field_bytes,
+            key_bytes: self.max_solution_key_bytes,
         }
     }
 }
@@ -336,6 +341,9 @@ pub struct PluginsConfig {
     /// Public keys (`ed25519:<base64>`, from `eligo plugin keygen`) a plugin must
     /// be signed by to load; empty: no signature needed. Reloaded on SIGHUP.
     pub trusted_keys: Vec<String>,
+    /// Threads that run the policies' decisions, apart from the threads that
+    /// serve sockets and HTTP; 0 is one per core.
+    pub decision_threads: usize,
 }
 
 impl Default for PluginsConfig {
@@ -347,6 +355,7 @@ impl Default for PluginsConfig {
             builtin_seed_rules: true,
             config: Default::default(),
             trusted_keys: Vec::new(),
+            decision_threads: 0,
         }
     }
 }

@@ -15,7 +15,7 @@ use super::accept_guard::Peer;
 use super::connection::{close_code, Outbox};
 use super::connection_cap::{ConnectionCap, Place};
 use super::Services;
-use crate::plugin::{ConnectionRequest, PolicySet, Refusal, Role};
+use crate::plugin::{ConnectionRequest, Hook, PolicySet, Refusal, Role};
 use axum::extract::ws::{Message, WebSocket};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -104,7 +104,7 @@ pub struct Admitted {
 /// full server answers without asking the policies), then `admit-connection`,
 /// then what the challenge needs. A refusal is an HTTP 401 (reasons starting
 /// with `unauthorized`) or 403 with the reason.
-pub fn admit_connection(
+pub async fn admit_connection(
     services: &Services,
     cap: &Arc<ConnectionCap>,
     role: Role,
@@ -119,28 +119,19 @@ pub fn admit_connection(
         None => cap.enter(remote.ip()).map_err(IntoResponse::into_response)?,
     };
     let handshake = Handshake::read(remote, uri, headers);
-    let request = handshake.request(role);
-    let policies = services.plugins.current();
-    let now = crate::plugin::now_ms();
-    let challenge = |refused_token: Option<Refusal>| match &handshake.once {
-        Some(once) if once.is_empty() || once.len() > MAX_ONCE => Err(Refusal {
-            plugin: "eligo".into(),
-            reason: format!("a challenge once must be 1 to {MAX_ONCE} characters"),
-        }),
-        Some(once) => {
-            let answer = policies.challenge_answer(&request, once)?;
-            Ok(Some(Challenge { once: fresh_once(), answer, refused_token, peer: peer.clone() }))
-        }
-        None => policies.check_challenge(&request, "", None, now).map(|()| None),
-    };
-    let decided = match policies.admit_connection(&request, now) {
-        Ok(()) => challenge(None),
-        // A client taking the challenge learns of a refused token only after it.
-        Err(refusal) if is_unauthorized(&refusal) && handshake.once.is_some() => challenge(Some(refusal)),
-        Err(refusal) => Err(refusal),
-    };
+    let (request, once) = (handshake.request(role), handshake.once.clone());
+    let decided = services
+        .decide(Hook::AdmitConnection, move |policies| decide(policies, &request, once.as_deref()))
+        .await
+        .unwrap_or_else(|e| Err(e.into()));
     match decided {
         Ok(challenge) => {
+            let challenge = challenge.map(|(answer, refused_token)| Challenge {
+                once: fresh_once(),
+                answer,
+                refused_token,
+                peer: peer.clone(),
+            });
             peer.upgrading();
             Ok(Admitted { handshake, place, challenge })
         }
@@ -154,6 +145,31 @@ pub fn admit_connection(
             }
             Err(refused(&refusal))
         }
+    }
+}
+
+/// The policies' decision on a connection: refused, or admitted with the
+/// server's answer to the client's challenge (and a refused token, told only
+/// after the challenge) when it asked for one.
+fn decide(
+    policies: &PolicySet,
+    request: &ConnectionRequest,
+    once: Option<&str>,
+) -> Result<Option<(String, Option<Refusal>)>, Refusal> {
+    let now = crate::plugin::now_ms();
+    let challenge = |refused_token: Option<Refusal>| match once {
+        Some(once) if once.is_empty() || once.len() > MAX_ONCE => Err(Refusal {
+            plugin: "eligo".into(),
+            reason: format!("a challenge once must be 1 to {MAX_ONCE} characters"),
+        }),
+        Some(once) => Ok(Some((policies.challenge_answer(request, once)?, refused_token))),
+        None => policies.check_challenge(request, "", None, now).map(|()| None),
+    };
+    match policies.admit_connection(request, now) {
+        Ok(()) => challenge(None),
+        // A client taking the challenge learns of a refused token only after it.
+        Err(refusal) if is_unauthorized(&refusal) && once.is_some() => challenge(Some(refusal)),
+        Err(refusal) => Err(refusal),
     }
 }
 
@@ -201,7 +217,7 @@ fn fresh_once() -> String {
 /// being closed (1008 with the reason, or the client left).
 pub async fn run_challenge(
     challenge: &Challenge,
-    policies: &PolicySet,
+    services: &Services,
     request: &ConnectionRequest,
     stream: &mut SplitStream<WebSocket>,
     outbox: &Outbox,
@@ -221,7 +237,13 @@ pub async fn run_challenge(
     let Some(answer) = answer else {
         return refuse(outbox, request.role, "expected {\"type\":\"answer\",\"answer\":…}");
     };
-    let checked = policies.check_challenge(request, &challenge.once, Some(&answer), crate::plugin::now_ms());
+    let (asked, once) = (request.clone(), challenge.once.clone());
+    let checked = services
+        .decide(Hook::AdmitConnection, move |policies| {
+            policies.check_challenge(&asked, &once, Some(&answer), crate::plugin::now_ms())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.into()));
     match challenge.refused_token.clone().map_or(checked, Err) {
         Ok(()) => true,
         Err(refusal) if is_unauthorized(&refusal) => {

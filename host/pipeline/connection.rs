@@ -277,28 +277,26 @@ impl<C> Registry<C> {
     /// Adds a connection; returns its id.
     pub fn insert(&self, connection: C) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut connections) = self.connections.lock() {
-            connections.insert(id, connection);
-        }
+        self.lock().insert(id, connection);
         id
     }
 
     /// Removes a connection.
     pub fn remove(&self, id: u64) {
-        if let Ok(mut connections) = self.connections.lock() {
-            connections.remove(&id);
-        }
+        self.lock().remove(&id);
     }
 
-    /// The connections, locked (for a decision over all of them). `None` if a
-    /// panic poisoned the lock.
-    pub fn lock(&self) -> Option<MutexGuard<'_, HashMap<u64, C>>> {
-        self.connections.lock().ok()
+    /// The connections, locked: to copy out what a decision needs, or to apply
+    /// one. Never hold it across a plugin call or an await. A panic that
+    /// poisoned it is outlived: every change under it is a whole-field write, so
+    /// the map is never half-updated, and delivery must not stop for good.
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<u64, C>> {
+        self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// How many are open.
     pub fn len(&self) -> usize {
-        self.connections.lock().map(|c| c.len()).unwrap_or(0)
+        self.lock().len()
     }
 
     /// Whether none are open.

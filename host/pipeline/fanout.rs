@@ -7,16 +7,19 @@ use futures::StreamExt;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Reads `topic` from its end and hands each message to `deliver`, until
+/// Reads `topic` from its end and hands each message to `deliver` (the next
+/// waits for it: messages are delivered in order), until
 /// `shutdown`. `ready` fires once the first reader is in place, so a caller (a
 /// test, or start-up) knows no later message can be missed.
-pub async fn tail_forever<T: serde::de::DeserializeOwned>(
+pub async fn tail_forever<T: serde::de::DeserializeOwned, Fut>(
     log: Arc<dyn EventLog>,
     topic: Topic,
     shutdown: CancellationToken,
     mut ready: Option<tokio::sync::oneshot::Sender<()>>,
-    deliver: impl Fn(T),
-) {
+    mut deliver: impl FnMut(T) -> Fut,
+) where
+    Fut: std::future::Future<Output = ()>,
+{
     let mut backoff = Backoff::default();
     let name = topic.name();
     while !shutdown.is_cancelled() {
@@ -36,7 +39,7 @@ pub async fn tail_forever<T: serde::de::DeserializeOwned>(
                 Some(Ok(bytes)) => match serde_json::from_slice::<T>(&bytes) {
                     Ok(event) => {
                         backoff.reset();
-                        deliver(event);
+                        deliver(event).await;
                     }
                     Err(e) => tracing::warn!(topic = name, error = %e, "skipping an unreadable event"),
                 },

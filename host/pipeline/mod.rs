@@ -25,7 +25,7 @@ pub mod token_bucket;
 pub mod views;
 pub mod worker_server;
 
-use crate::plugin::PluginHost;
+use crate::plugin::{DecisionPool, Hook, PluginHost, PolicySet, PoolError};
 use crate::store::Store;
 use crate::transport::{EventLog, WorkQueue};
 use std::sync::Arc;
@@ -42,6 +42,27 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     /// The policies.
     pub plugins: Arc<PluginHost>,
+    /// Where the policies' decisions run: never on the runtime's threads.
+    pub decisions: DecisionPool,
+}
+
+impl Services {
+    /// Decides with the active policies: on the decision pool when that calls a
+    /// plugin for `hook`, here when only the built-in rules (or none) decide.
+    /// An error (the decision panicked, the pool stopped) is for the caller to
+    /// fail closed on.
+    pub async fn decide<R, F>(&self, hook: Hook, decide: F) -> Result<R, PoolError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&PolicySet) -> R + Send + 'static,
+    {
+        let policies = self.plugins.current();
+        if policies.calls_plugins(hook) {
+            self.decisions.run(move || decide(&policies)).await
+        } else {
+            Ok(decide(&policies))
+        }
+    }
 }
 
 /// Backoff between retries of a failing broker or database: doubles up to a cap.

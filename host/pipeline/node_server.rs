@@ -7,6 +7,11 @@
 //! that height, so a node that reconnects loses nothing found while it was away.
 //! One reader of the `solution` log per process feeds every connection.
 //!
+//! The policies decide on the decision pool, each decision on a copy of the
+//! node states it needs: the registry is locked only to copy them out and to
+//! apply the answer, so a slow policy delays solutions and acks, never health,
+//! the admin API or another node's frames.
+//!
 //! Slow connections: solutions are never dropped silently. A connection whose
 //! outbox is full is closed with code 1008 and a reason.
 
@@ -17,10 +22,10 @@ use super::connection::{
 };
 use super::connection_cap::ConnectionCap;
 use super::solution_processor::solution_event;
-use super::views::{DeliveryCounts, NodeView, RECENT_HEIGHTS};
+use super::views::{DeliveryCounts, KeyDigest, NodeView, RecentKeys, RECENT_HEIGHTS};
 use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
-use crate::plugin::{now_ms, Job, JobSubmission, NodeState, Role, Solution};
+use crate::plugin::{now_ms, Hook, Job, JobSubmission, NodeState, Role, Solution};
 use crate::protocol::{ack_frame, canonical_json, refusal, JobFrame, SolutionEvent};
 use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -52,7 +57,8 @@ pub struct NodeServerSettings {
 struct NodeConn {
     state: NodeState,
     outbox: Outbox,
-    delivered: Delivered,
+    /// The solutions sent to this connection lately, to skip repeats.
+    delivered: RecentKeys,
     remote: SocketAddr,
     connected_at: chrono::DateTime<chrono::Utc>,
     recent_heights: VecDeque<i64>,
@@ -69,27 +75,40 @@ const REMEMBERED_SOLUTIONS: usize = 4096;
 /// neither place; at 10,000 solutions/s this still covers more than a second.
 const RECENT_EVENTS: usize = 16_384;
 
-/// Unique keys a connection was sent, bounded.
-#[derive(Default)]
-struct Delivered {
-    keys: HashSet<String>,
-    order: VecDeque<String>,
+/// Bytes of solution events the recent ring holds at most, whatever their size.
+const RECENT_BYTES: usize = 64 << 20;
+
+/// A solution event read from the log, with the frame a node is sent.
+struct Recent {
+    event: Arc<SolutionEvent>,
+    frame: Utf8Bytes,
+    key: KeyDigest,
 }
 
-impl Delivered {
-    /// `true` if `key` is new to this connection (and remembers it).
-    fn first_time(&mut self, key: &str) -> bool {
-        if self.keys.contains(key) {
-            return false;
-        }
-        if self.order.len() == REMEMBERED_DELIVERIES {
-            if let Some(old) = self.order.pop_front() {
-                self.keys.remove(&old);
+impl Recent {
+    /// What it costs to keep, roughly.
+    fn bytes(&self) -> usize {
+        // The event holds the solution parsed and its key; the frame, the text.
+        2 * self.frame.len() + self.event.unique_key.len() + 256
+    }
+}
+
+/// The solution events read lately, bounded by count and by bytes.
+#[derive(Default)]
+struct RecentRing {
+    events: VecDeque<Arc<Recent>>,
+    bytes: usize,
+}
+
+impl RecentRing {
+    fn push(&mut self, recent: Arc<Recent>) {
+        self.bytes += recent.bytes();
+        self.events.push_back(recent);
+        while self.events.len() > RECENT_EVENTS || (self.bytes > RECENT_BYTES && self.events.len() > 1) {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= old.bytes();
             }
         }
-        self.keys.insert(key.to_string());
-        self.order.push_back(key.to_string());
-        true
     }
 }
 
@@ -100,7 +119,7 @@ pub struct NodeServer {
     nodes: Registry<NodeConn>,
     cap: Arc<ConnectionCap>,
     deliveries: DeliveryCounts,
-    recent: std::sync::Mutex<VecDeque<Arc<SolutionEvent>>>,
+    recent: std::sync::Mutex<RecentRing>,
     shutdown: CancellationToken,
 }
 
@@ -109,7 +128,7 @@ impl NodeServer {
     pub fn new(services: Services, settings: NodeServerSettings, shutdown: CancellationToken) -> Arc<Self> {
         let cap = ConnectionCap::new("node", &settings.connections);
         let deliveries = DeliveryCounts::new(REMEMBERED_SOLUTIONS);
-        let recent = std::sync::Mutex::new(VecDeque::with_capacity(RECENT_EVENTS));
+        let recent = std::sync::Mutex::new(RecentRing::default());
         Arc::new(NodeServer { services, settings, nodes: Registry::default(), cap, deliveries, recent, shutdown })
     }
 
@@ -136,7 +155,7 @@ impl NodeServer {
 
     /// Up to `limit` of the nodes connected now, numbered above `after`, by number.
     pub fn snapshot(&self, after: u64, limit: usize) -> Vec<NodeView> {
-        let Some(nodes) = self.nodes.lock() else { return Vec::new() };
+        let nodes = self.nodes.lock();
         let mut ids: Vec<u64> = nodes.keys().copied().filter(|id| *id > after).collect();
         ids.sort_unstable();
         ids.truncate(limit);
@@ -165,40 +184,54 @@ impl NodeServer {
     pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
         super::fanout::tail_forever(log, Topic::Solution, shutdown, ready, |event: SolutionEvent| {
+            let frame = Utf8Bytes::from(event.solution.to_string());
+            let key = KeyDigest::of(&event.unique_key);
+            let recent = Arc::new(Recent { event: Arc::new(event), frame, key });
             // Remembered before it is delivered: a node that starts waiting after this
             // delivery finds it in its catch-up.
-            let event = Arc::new(event);
-            {
-                let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if recent.len() == RECENT_EVENTS {
-                    recent.pop_front();
-                }
-                recent.push_back(event.clone());
-            }
-            self.deliver(&event)
+            self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(recent.clone());
+            let server = self.clone();
+            async move { server.deliver(&recent).await }
         })
         .await
     }
 
+    /// Which of `ids` (with their `states`, copied out) the policies offer the
+    /// solution to; none when the decision fails.
+    async fn offer_solution(&self, recent: &Arc<Recent>, states: Vec<NodeState>) -> Vec<usize> {
+        let event = recent.event.clone();
+        let decided = self
+            .services
+            .decide(Hook::OfferSolution, move |policies| {
+                let (job, solution) = offered(&event);
+                let states: Vec<&NodeState> = states.iter().collect();
+                policies.offer_solution(&job, &solution, &states, now_ms())
+            })
+            .await;
+        decided.unwrap_or_else(|e| {
+            tracing::warn!(task_id = %recent.event.task_id, error = %e, "offer-solution failed closed: solution goes to no node now");
+            Vec::new()
+        })
+    }
+
     /// Offers a solution to every node and queues it to those chosen that did not
     /// get it yet; a node whose queue is full is closed as too slow.
-    fn deliver(&self, event: &SolutionEvent) {
-        let (job, solution) = offered(event);
-        let frame = Utf8Bytes::from(event.solution.to_string());
-        let policies = self.services.plugins.current();
-        let Some(mut nodes) = self.nodes.lock() else { return };
-        let ids: Vec<u64> = nodes.keys().copied().collect();
-        let chosen = {
-            let states: Vec<&NodeState> = ids.iter().filter_map(|id| nodes.get(id)).map(|n| &n.state).collect();
-            policies.offer_solution(&job, &solution, &states, now_ms())
-        };
+    async fn deliver(&self, recent: &Arc<Recent>) {
+        let (ids, states): (Vec<u64>, Vec<NodeState>) =
+            self.nodes.lock().iter().map(|(id, conn)| (*id, conn.state.clone())).unzip();
+        if ids.is_empty() {
+            return;
+        }
+        let chosen = self.offer_solution(recent, states).await;
         let mut queued = 0;
+        let mut nodes = self.nodes.lock();
         for i in chosen {
-            let Some(conn) = nodes.get_mut(&ids[i]) else { continue };
-            if !conn.delivered.first_time(&event.unique_key) {
+            // A node gone meanwhile is skipped.
+            let Some(conn) = ids.get(i).and_then(|id| nodes.get_mut(id)) else { continue };
+            if !conn.delivered.first_time(recent.key) {
                 continue;
             }
-            if conn.outbox.try_send(frame.clone()).is_err() {
+            if conn.outbox.try_send(recent.frame.clone()).is_err() {
                 crate::metrics::hot().slow_nodes_closed.increment(1);
                 conn.outbox.close(close_code::POLICY, "too slow: the solution queue of this connection is full");
             } else {
@@ -208,23 +241,24 @@ impl NodeServer {
         }
         drop(nodes);
         crate::metrics::hot().solutions_delivered.increment(queued);
-        self.deliveries.add(&event.unique_key, queued);
+        self.deliveries.add(&recent.event.unique_key, queued);
     }
 
     /// Queues `events` to node `id` where the policies offer them and it did not
     /// get them yet. A catch-up may hold more than the node's queue: it waits for
     /// room, keeping half the queue free for live solutions (which close a node
     /// whose queue is full), rather than closing the node as too slow.
-    async fn deliver_waiting(&self, id: u64, events: &[Arc<SolutionEvent>]) {
-        let policies = self.services.plugins.current();
+    async fn deliver_waiting(&self, id: u64, events: &[Arc<Recent>]) {
         let headroom = (self.settings.outbox_capacity / 2).max(1);
-        for event in events {
-            let (job, solution) = offered(event);
+        for recent in events {
+            let Some(state) = self.nodes.lock().get(&id).map(|conn| conn.state.clone()) else { return };
+            if self.offer_solution(recent, vec![state]).await.is_empty() {
+                continue;
+            }
             let outbox = {
-                let Some(mut nodes) = self.nodes.lock() else { return };
+                let mut nodes = self.nodes.lock();
                 let Some(conn) = nodes.get_mut(&id) else { return };
-                let chosen = policies.offer_solution(&job, &solution, &[&conn.state], now_ms());
-                if chosen.is_empty() || !conn.delivered.first_time(&event.unique_key) {
+                if !conn.delivered.first_time(recent.key) {
                     continue;
                 }
                 conn.solutions_delivered += 1;
@@ -236,11 +270,11 @@ impl NodeServer {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
-            if !outbox.send(event.solution.to_string()).await {
+            if !outbox.send(recent.frame.clone()).await {
                 return;
             }
             crate::metrics::hot().solutions_delivered.increment(1);
-            self.deliveries.add(&event.unique_key, 1);
+            self.deliveries.add(&recent.event.unique_key, 1);
         }
     }
 
@@ -250,8 +284,7 @@ impl NodeServer {
         let (outbox, writer) =
             start_writer(sink, self.settings.outbox_capacity, self.settings.socket.error_frames_per_second);
         if let Some(challenge) = &challenge {
-            let policies = self.services.plugins.current();
-            if !run_challenge(challenge, &policies, &handshake.request(Role::Node), &mut stream, &outbox).await {
+            if !run_challenge(challenge, &self.services, &handshake.request(Role::Node), &mut stream, &outbox).await {
                 finish(&mut stream, outbox, writer).await;
                 return;
             }
@@ -259,7 +292,7 @@ impl NodeServer {
         let conn = NodeConn {
             state: NodeState::default(),
             outbox: outbox.clone(),
-            delivered: Delivered::default(),
+            delivered: RecentKeys::new(REMEMBERED_DELIVERIES),
             remote: handshake.remote,
             connected_at: chrono::Utc::now(),
             recent_heights: VecDeque::new(),
@@ -297,14 +330,25 @@ impl NodeServer {
             proof_target: frame.proof_target,
             epoch_challenge: canonical_json(&serde_json::Value::Object(frame.epoch_challenge)),
         };
-        let policies = self.services.plugins.current();
-        let admitted = {
-            let Some(mut nodes) = self.nodes.lock() else { return };
-            let Some(conn) = nodes.get_mut(&id) else { return };
-            policies.admit_job(&submission, &mut conn.state, now_ms())
-        };
+        // Only this connection's frames change its state, one frame at a time: the
+        // copy decided on is still the state when the answer is applied.
+        let Some(state) = self.nodes.lock().get(&id).map(|conn| conn.state.clone()) else { return };
+        let admitted = self
+            .services
+            .decide(Hook::AdmitJob, move |policies| {
+                let mut state = state;
+                policies.admit_job(&submission, &mut state, now_ms()).map(|job| (job, state))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.into()));
         let job = match admitted {
-            Ok(job) => job,
+            Ok((job, state)) => {
+                match self.nodes.lock().get_mut(&id) {
+                    Some(conn) => conn.state = state,
+                    None => return,
+                }
+                job
+            }
             Err(refusal) => {
                 crate::metrics::add("eligo_jobs_refused_total", &[], 1);
                 outbox.send_refusal(refuse(&refusal.to_string())).await;
@@ -328,7 +372,7 @@ impl NodeServer {
         if let Some(ack) = &ack {
             outbox.send(ack_frame(ack, None)).await;
         }
-        if let Some(conn) = self.nodes.lock().as_mut().and_then(|nodes| nodes.get_mut(&id)) {
+        if let Some(conn) = self.nodes.lock().get_mut(&id) {
             conn.jobs_submitted += 1;
             if conn.recent_heights.len() == RECENT_HEIGHTS {
                 conn.recent_heights.pop_front();
@@ -342,8 +386,15 @@ impl NodeServer {
     /// marked broadcast, and what this process read from the log lately (which
     /// the store may not have marked yet). Repeats are skipped per connection.
     async fn catch_up(&self, id: u64, height: i64) {
-        let mut events: Vec<Arc<SolutionEvent>> = match self.services.store.broadcast_solutions_at(height).await {
-            Ok(found) => found.iter().map(|(job, solution)| Arc::new(solution_event(job, solution))).collect(),
+        let mut events: Vec<Arc<Recent>> = match self.services.store.broadcast_solutions_at(height).await {
+            Ok(found) => found
+                .iter()
+                .map(|(job, solution)| {
+                    let event = solution_event(job, solution);
+                    let frame = Utf8Bytes::from(event.solution.to_string());
+                    Arc::new(Recent { key: KeyDigest::of(&event.unique_key), event: Arc::new(event), frame })
+                })
+                .collect(),
             Err(e) => {
                 tracing::warn!(connection = id, error = %e, "catch-up read failed; live solutions still flow");
                 Vec::new()
@@ -351,11 +402,12 @@ impl NodeServer {
         };
         {
             // Most of what the log brought lately the store has too: each is offered once.
-            let stored: HashSet<&str> = events.iter().map(|event| event.unique_key.as_str()).collect();
+            let stored: HashSet<KeyDigest> = events.iter().map(|recent| recent.key).collect();
             let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let unstored: Vec<Arc<SolutionEvent>> = recent
+            let unstored: Vec<Arc<Recent>> = recent
+                .events
                 .iter()
-                .filter(|event| event.solution_height == height && !stored.contains(event.unique_key.as_str()))
+                .filter(|recent| recent.event.solution_height == height && !stored.contains(&recent.key))
                 .cloned()
                 .collect();
             drop(recent);
@@ -391,7 +443,7 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    match admit_connection(&server.services, &server.cap, Role::Node, &peer, &uri, &headers) {
+    match admit_connection(&server.services, &server.cap, Role::Node, &peer, &uri, &headers).await {
         Ok(admitted) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
             server.nodes.track(server.serve(socket, admitted)).await;
         }),

@@ -11,7 +11,7 @@
 
 use super::consume::{consume_until, BatchSettings, Retry};
 use super::Services;
-use crate::plugin::{Job, Solution, Validation};
+use crate::plugin::{Hook, Job, Solution, Validation};
 use crate::protocol::{canonical_json, Reply, SolutionEvent, SolutionMessage, VerdictEvent};
 use crate::store::{NewSolution, Rejected, Settlement, StoredJob, StoredSolution, Verdict};
 use crate::transport::{Stream, Topic};
@@ -240,15 +240,15 @@ async fn validate(
     if unchecked.is_empty() {
         return Ok(Vec::new());
     }
-    let policies = services.plugins.current();
-    let decided = tokio::task::spawn_blocking(move || {
-        unchecked
-            .into_iter()
-            .map(|(at, job, solution)| (at, policies.validate_solution(&job, &solution)))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| Retry::from(format!("validation did not finish: {e}")))?;
+    let decided = services
+        .decide(Hook::ValidateSolution, move |policies| {
+            unchecked
+                .into_iter()
+                .map(|(at, job, solution)| (at, policies.validate_solution(&job, &solution)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Retry::from(format!("validation did not finish: {e}")))?;
     let mut verdicts = Vec::with_capacity(decided.len());
     for (at, validation) in decided {
         let (valid, checked, reason) = match validation {

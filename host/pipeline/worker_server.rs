@@ -8,6 +8,13 @@
 //! one-job slot behind the queued ones, and a newer job replaces it there: a
 //! slow worker loses only jobs superseded by newer ones (counted), never the
 //! newest.
+//!
+//! Offering runs in one task per server ([`offer_loop`]), one offer at a time,
+//! with the policies' `offer-job` on the decision pool: the registry is locked
+//! only to copy the workers' states out and to apply the answer, never across
+//! a plugin call, so a slow policy delays offers and nothing else. Workers
+//! welcomed while an offer is decided wait for the next one together, and are
+//! offered the job that is current by then: never an older one after a newer.
 
 use super::accept_guard::{AcceptGuard, Peer};
 use super::admission::{admit_connection, run_challenge, Admitted, Handshake};
@@ -18,10 +25,10 @@ use super::connection::{
 use super::connection_cap::ConnectionCap;
 use super::presence::PresenceSender;
 use super::solution_processor::job_view;
-use super::views::{DeliveryCounts, WorkerPolicyView, WorkerView};
+use super::views::{DeliveryCounts, KeyDigest, WorkerPolicyView, WorkerView};
 use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
-use crate::plugin::{now_ms, Job, Role, Welcome, WorkerState};
+use crate::plugin::{now_ms, Hook, Job, Role, Welcome, WorkerState};
 use crate::protocol::{
     ack_frame, canonical_json, refusal, verdict_frame, ConnectionRecord, JobEvent, PresenceEvent, Reply, SolutionFrame,
     SolutionMessage, VerdictEvent, WelcomeFrame, WorkFrame,
@@ -67,8 +74,23 @@ struct WorkerConn {
     jobs_received: u64,
     /// Ids of this connection's solutions whose verdict has not come yet: each
     /// gets one verdict, even if a redelivered batch decides it again.
-    awaiting_verdicts: HashSet<String>,
+    awaiting_verdicts: HashSet<KeyDigest>,
+    /// The sequence number of the last job offered to this worker (whether the
+    /// policies chose it or not): a welcome offer skips the job it already had.
+    considered: u64,
 }
+
+/// What the offering task is asked to do.
+enum Offer {
+    /// Offer a job read from the log to every worker.
+    Job(ReadyJob),
+    /// Offer the current job to a newly welcomed worker.
+    Welcomed(u64),
+}
+
+/// Most requests one round of the offering task takes at once: workers welcomed
+/// together are offered the current job in one `offer-job` call.
+const OFFERS_PER_ROUND: usize = 4096;
 
 /// Most verdicts one connection waits for at once; a solution sent past that is
 /// acknowledged but gets no verdict.
@@ -83,6 +105,10 @@ const REMEMBERED_JOBS: usize = 1024;
 struct ReadyJob {
     job: Job,
     frame: Utf8Bytes,
+    /// Order of arrival, from 1.
+    seq: u64,
+    /// When the job was stored, for the fan-out latency.
+    stored_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The worker server of one process.
@@ -91,6 +117,10 @@ pub struct WorkerServer {
     settings: WorkerServerSettings,
     workers: Registry<WorkerConn>,
     current: Mutex<Option<ReadyJob>>,
+    /// To the offering task ([`offer_loop`]).
+    offers: tokio::sync::mpsc::UnboundedSender<Offer>,
+    /// The last job sequence number given out.
+    job_seq: std::sync::atomic::AtomicU64,
     cap: Arc<ConnectionCap>,
     deliveries: DeliveryCounts,
     presence: PresenceSender,
@@ -123,11 +153,14 @@ impl WorkerServer {
         let deliveries = DeliveryCounts::new(REMEMBERED_JOBS);
         let (presence, publishing) = PresenceSender::start(services.queue.clone());
         let current = Mutex::new(None);
+        let (offers, offer_requests) = tokio::sync::mpsc::unbounded_channel();
         let server = WorkerServer {
             services,
             settings,
             workers,
             current,
+            offers,
+            job_seq: std::sync::atomic::AtomicU64::new(0),
             cap,
             deliveries,
             presence,
@@ -136,7 +169,9 @@ impl WorkerServer {
             verdicts_ready: tokio::sync::watch::Sender::new(false),
             shutdown,
         };
-        (Arc::new(server), publishing)
+        let server = Arc::new(server);
+        tokio::spawn(offer_loop(Arc::downgrade(&server), offer_requests));
+        (server, publishing)
     }
 
     /// The WebSocket endpoint, at `/` (and any other path, as the original server).
@@ -164,7 +199,7 @@ impl WorkerServer {
 
     /// Up to `limit` of the workers connected now, numbered above `after`, by number.
     pub fn snapshot(&self, after: u64, limit: usize) -> Vec<WorkerView> {
-        let Some(workers) = self.workers.lock() else { return Vec::new() };
+        let workers = self.workers.lock();
         let mut ids: Vec<u64> = workers.keys().copied().filter(|id| *id > after).collect();
         ids.sort_unstable();
         ids.truncate(limit);
@@ -226,9 +261,13 @@ impl WorkerServer {
             let epoch_challenge = serde_json::from_str(&job.epoch_challenge).unwrap_or_default();
             let frame = WorkFrame { task_id: job.task_id.clone(), epoch_challenge };
             let frame = Utf8Bytes::from(serde_json::to_string(&frame)?);
-            self.set_current(ReadyJob { job: view, frame });
+            self.set_current(ReadyJob { job: view, frame, seq: self.next_job_seq(), stored_at: None });
         }
         Ok(())
+    }
+
+    fn next_job_seq(&self) -> u64 {
+        self.job_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
 
     fn set_current(&self, ready: ReadyJob) {
@@ -242,7 +281,11 @@ impl WorkerServer {
     /// Reads the `job` log and offers each job to every worker, until shutdown.
     pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
-        super::fanout::tail_forever(log, Topic::Job, shutdown, ready, |event: JobEvent| self.on_job(event)).await
+        super::fanout::tail_forever(log, Topic::Job, shutdown, ready, |event: JobEvent| {
+            self.on_job(event);
+            std::future::ready(())
+        })
+        .await
     }
 
     /// Reads the `verdict` log and hands this process's connections the verdicts
@@ -264,7 +307,8 @@ impl WorkerServer {
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
         let server = self.clone();
         super::fanout::tail_forever(log, Topic::Verdict, shutdown, Some(ready_tx), |event: VerdictEvent| {
-            server.on_verdict(event)
+            server.on_verdict(event);
+            std::future::ready(())
         })
         .await
     }
@@ -285,9 +329,9 @@ impl WorkerServer {
             return;
         }
         let outbox = {
-            let Some(mut workers) = self.workers.lock() else { return };
+            let mut workers = self.workers.lock();
             let Some(conn) = workers.get_mut(&event.reply.connection) else { return };
-            if !conn.awaiting_verdicts.remove(&event.reply.id.key()) {
+            if !conn.awaiting_verdicts.remove(&KeyDigest::of(&event.reply.id.key())) {
                 return;
             }
             conn.outbox.clone()
@@ -308,42 +352,76 @@ impl WorkerServer {
         let stored_at = chrono::DateTime::parse_from_rfc3339(&event.created_at).ok().map(|t| t.to_utc());
         let frame = WorkFrame { task_id: event.task_id, epoch_challenge: event.epoch_challenge };
         let Ok(frame) = serde_json::to_string(&frame) else { return };
-        let ready = ReadyJob { job, frame: Utf8Bytes::from(frame) };
+        let ready = ReadyJob { job, frame: Utf8Bytes::from(frame), seq: self.next_job_seq(), stored_at };
+        // Current before it is offered: a worker welcomed from now on gets this one.
         self.set_current(ready.clone());
-        self.offer(&ready, None);
-        let hot = crate::metrics::hot();
-        if let Some(latency) = stored_at.and_then(|at| (chrono::Utc::now() - at).to_std().ok()) {
-            hot.job_fanout_seconds.record(latency.as_secs_f64());
+        let _ = self.offers.send(Offer::Job(ready));
+    }
+
+    /// Offers the current job to the workers of `welcomed` that did not have it.
+    async fn offer_current(&self, welcomed: &[u64]) {
+        let current = self.current.lock().ok().and_then(|c| c.clone());
+        if let Some(current) = current {
+            self.offer(&current, Some(welcomed)).await;
         }
     }
 
-    /// Offers a job to every worker (or to `only` that one) and queues it to the chosen.
-    fn offer(&self, ready: &ReadyJob, only: Option<u64>) {
+    /// Offers `ready` to every worker (`only` = `None`) or to those of `only`,
+    /// skipping any that were offered this very job already, and queues it to the chosen. Run by the
+    /// offering task alone, so no other offer changes a worker's state between
+    /// the copy and the apply.
+    async fn offer(&self, ready: &ReadyJob, only: Option<&[u64]>) {
         let policies = self.services.plugins.current();
-        let Some(mut workers) = self.workers.lock() else { return };
-        let mut ids = Vec::with_capacity(if only.is_some() { 1 } else { workers.len() });
-        let mut states = Vec::with_capacity(ids.capacity());
-        match only {
-            // A newly welcomed worker (a storm brings thousands at once): look it up
-            // instead of walking every connection.
-            Some(id) => {
-                if let Some(conn) = workers.get_mut(&id) {
-                    ids.push(id);
-                    states.push(&mut conn.state);
-                }
+        let (ids, states): (Vec<u64>, Vec<WorkerState>) = {
+            let workers = self.workers.lock();
+            match only {
+                // Newly welcomed workers (a storm brings thousands at once): look them
+                // up instead of walking every connection.
+                Some(only) => only
+                    .iter()
+                    .filter_map(|id| workers.get(id).map(|conn| (*id, conn)))
+                    .filter(|(_, conn)| conn.considered != ready.seq)
+                    .map(|(id, conn)| (id, conn.state.clone()))
+                    .unzip(),
+                None => workers
+                    .iter()
+                    .filter(|(_, conn)| conn.considered != ready.seq)
+                    .map(|(id, conn)| (*id, conn.state.clone()))
+                    .unzip(),
             }
-            None => {
-                for (id, conn) in workers.iter_mut() {
-                    ids.push(*id);
-                    states.push(&mut conn.state);
-                }
-            }
+        };
+        if ids.is_empty() {
+            return;
         }
-        let chosen = policies.offer_job(&ready.job, &mut states, now_ms());
-        drop(states);
+        let job = ready.job.clone();
+        let decided = self
+            .services
+            .decisions
+            .run(move || {
+                let mut states = states;
+                let mut refs: Vec<&mut WorkerState> = states.iter_mut().collect();
+                let chosen = policies.offer_job(&job, &mut refs, now_ms());
+                (states, chosen)
+            })
+            .await;
+        let (states, chosen) = match decided {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::warn!(task_id = %ready.job.task_id, error = %e, "offer-job failed closed: job goes to no worker");
+                return;
+            }
+        };
+        let mut chosen = chosen.into_iter().peekable();
         let (mut queued, mut dropped) = (0, 0);
-        for i in chosen {
-            let Some(conn) = workers.get_mut(&ids[i]) else { continue };
+        let mut workers = self.workers.lock();
+        for (i, (id, state)) in ids.into_iter().zip(states).enumerate() {
+            // A worker gone meanwhile is skipped; one welcomed meanwhile waits for its own offer.
+            let Some(conn) = workers.get_mut(&id) else { continue };
+            conn.state = state;
+            conn.considered = ready.seq;
+            if chosen.next_if_eq(&i).is_none() {
+                continue;
+            }
             conn.jobs_received += 1;
             queued += 1;
             if conn.outbox.send_latest(ready.frame.clone()) {
@@ -357,6 +435,9 @@ impl WorkerServer {
         hot.jobs_superseded.increment(dropped);
         if only.is_none() {
             hot.job_fanout_workers.record(queued as f64);
+            if let Some(latency) = ready.stored_at.and_then(|at| (chrono::Utc::now() - at).to_std().ok()) {
+                hot.job_fanout_seconds.record(latency.as_secs_f64());
+            }
         }
     }
 
@@ -366,8 +447,7 @@ impl WorkerServer {
         let (outbox, writer) =
             start_writer(sink, self.settings.outbox_capacity, self.settings.socket.error_frames_per_second);
         if let Some(challenge) = &challenge {
-            let policies = self.services.plugins.current();
-            if !run_challenge(challenge, &policies, &handshake.request(Role::Worker), &mut stream, &outbox).await {
+            if !run_challenge(challenge, &self.services, &handshake.request(Role::Worker), &mut stream, &outbox).await {
                 finish(&mut stream, outbox, writer).await;
                 return;
             }
@@ -420,7 +500,8 @@ impl WorkerServer {
             hardware_id: welcome.hardware_id.clone(),
             caption: welcome.caption.clone(),
         };
-        match self.services.plugins.current().admit_worker(&view, now_ms()) {
+        let admitted = self.services.decide(Hook::AdmitWorker, move |policies| policies.admit_worker(&view, now_ms()));
+        match admitted.await.unwrap_or_else(|e| Err(e.into())) {
             Ok(state) => Some((welcome, state)),
             Err(refusal) => {
                 crate::metrics::add("eligo_workers_refused_total", &[], 1);
@@ -446,15 +527,14 @@ impl WorkerServer {
             connected_at,
             jobs_received: 0,
             awaiting_verdicts: HashSet::new(),
+            considered: 0,
         });
         let hot = crate::metrics::hot();
         hot.worker_connections.increment(1.0);
         hot.workers_welcomed.increment(1);
         tracing::debug!(connection = id, remote = %handshake.remote, hardware_id = %welcome.hardware_id, "worker connected");
-        let current = self.current.lock().ok().and_then(|c| c.clone());
-        if let Some(current) = current {
-            self.offer(&current, Some(id));
-        }
+        // The offering task offers it the job current by the time it gets there.
+        let _ = self.offers.send(Offer::Welcomed(id));
         // Recorded after the fact: the welcome never waits for the database.
         let mut record = ConnectionRecord {
             connection: uuid::Uuid::new_v4().to_string(),
@@ -547,10 +627,37 @@ impl WorkerServer {
     /// Waits for the verdict on a connection's solution (at most
     /// [`AWAITED_VERDICTS`] at once).
     fn await_verdict(&self, connection: u64, reply: &Reply) {
-        let Some(mut workers) = self.workers.lock() else { return };
+        let mut workers = self.workers.lock();
         let Some(conn) = workers.get_mut(&connection) else { return };
         if conn.awaiting_verdicts.len() < AWAITED_VERDICTS {
-            conn.awaiting_verdicts.insert(reply.id.key());
+            conn.awaiting_verdicts.insert(KeyDigest::of(&reply.id.key()));
+        }
+    }
+}
+
+/// The offering task of a worker server: takes what is asked in order, one
+/// offer at a time, and offers the workers welcomed together in one call. Ends
+/// when the server is gone.
+async fn offer_loop(server: std::sync::Weak<WorkerServer>, mut requests: tokio::sync::mpsc::UnboundedReceiver<Offer>) {
+    let mut round = Vec::with_capacity(64);
+    while requests.recv_many(&mut round, OFFERS_PER_ROUND).await > 0 {
+        let Some(server) = server.upgrade() else { return };
+        let mut welcomed = Vec::new();
+        for request in round.drain(..) {
+            match request {
+                Offer::Welcomed(id) => welcomed.push(id),
+                Offer::Job(ready) => {
+                    // Those welcomed before this job get the job current then, as if
+                    // each had been offered on its own.
+                    if !welcomed.is_empty() {
+                        server.offer_current(&std::mem::take(&mut welcomed)).await;
+                    }
+                    server.offer(&ready, None).await;
+                }
+            }
+        }
+        if !welcomed.is_empty() {
+            server.offer_current(&welcomed).await;
         }
     }
 }
@@ -562,7 +669,7 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    match admit_connection(&server.services, &server.cap, Role::Worker, &peer, &uri, &headers) {
+    match admit_connection(&server.services, &server.cap, Role::Worker, &peer, &uri, &headers).await {
         Ok(admitted) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
             server.workers.track(server.serve(socket, admitted)).await;
         }),

@@ -55,6 +55,10 @@ impl NativeSeedRules {
 }
 
 impl Policy for NativeSeedRules {
+    fn runs_inline(&self) -> bool {
+        true
+    }
+
     fn info(&self) -> &PluginInfo {
         &self.info
     }

@@ -100,6 +100,12 @@ pub trait Policy: Send + Sync {
         Ok(Ok(()))
     }
 
+    /// Whether its decisions are cheap, bounded host code (the built-in rules)
+    /// that may run where they are asked for, not on the decision pool.
+    fn runs_inline(&self) -> bool {
+        false
+    }
+
     /// The contract it was built against, e.g. `eligo:policy@0.2.0`.
     fn contract(&self) -> &str {
         super::bindings::WIT_VERSION

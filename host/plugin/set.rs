@@ -53,6 +53,13 @@ impl fmt::Display for Refusal {
     }
 }
 
+impl From<super::PoolError> for Refusal {
+    /// A decision that did not come back fails closed, refused by eligo itself.
+    fn from(error: super::PoolError) -> Self {
+        Refusal { plugin: "eligo".into(), reason: format!("failed closed: {error}") }
+    }
+}
+
 /// The outcome of validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Validation {
@@ -77,7 +84,8 @@ struct WorkerSlot {
 /// survives plugin reloads.
 #[derive(Clone, Debug)]
 pub struct WorkerState {
-    welcome: Welcome,
+    /// Shared, so a decision's copy of thousands of states costs no string copies.
+    welcome: Arc<Welcome>,
     slots: Vec<WorkerSlot>,
 }
 
@@ -154,6 +162,18 @@ impl PolicySet {
         self.policies.iter().map(|p| p.report.clone()).collect()
     }
 
+    /// Whether any policy implements `hook`: without one, a decision asks no
+    /// plugin and costs nothing worth a trip to the decision pool.
+    pub fn uses(&self, hook: Hook) -> bool {
+        self.with_hook(hook).next().is_some()
+    }
+
+    /// Whether deciding `hook` calls a plugin (or a shadow of one): then it
+    /// belongs on the decision pool; the built-in rules alone run inline.
+    pub fn calls_plugins(&self, hook: Hook) -> bool {
+        self.with_hook(hook).any(|p| !p.policy.runs_inline() || p.shadow.is_some())
+    }
+
     fn with_hook(&self, hook: Hook) -> impl Iterator<Item = &LoadedPolicy> {
         self.policies.iter().filter(move |p| p.policy.info().hooks.contains(&hook))
     }
@@ -209,7 +229,8 @@ impl PolicySet {
 
     /// Admits a worker: every policy must; each derives its own profile and state.
     pub fn admit_worker(&self, welcome: &Welcome, now_ms: u64) -> Result<WorkerState, Refusal> {
-        let mut state = WorkerState { welcome: welcome.clone(), slots: Vec::with_capacity(self.policies.len()) };
+        let mut state =
+            WorkerState { welcome: Arc::new(welcome.clone()), slots: Vec::with_capacity(self.policies.len()) };
         for p in &self.policies {
             let slot = self.admit_worker_with(p, welcome, now_ms)?;
             state.slots.push(slot);

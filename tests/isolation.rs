@@ -1,0 +1,113 @@
+//! Isolation: a slow policy holds only the traffic waiting for its decisions,
+//! and what one worker sends cannot make the server remember unbounded keys.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::backends::{Backends, Kind};
+use support::http::get;
+use support::server::{job, welcome, Server};
+use support::ws::Client;
+
+on_both!(a_slow_policy_holds_only_the_traffic_waiting_for_it, a_solution_key_over_its_limit_is_refused_and_forgotten);
+
+/// Rounds of `testing-slow`'s loop per call: a few hundred milliseconds or more
+/// on any machine this runs on, far longer than a health check or an ack takes.
+const SPIN: u64 = 400_000_000;
+
+/// The decisions waiting for, or running on, the decision pool, as `/metrics` says.
+async fn decisions_in_progress(admin: std::net::SocketAddr) -> f64 {
+    let metrics = get(admin, "/metrics").await;
+    metrics
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix("eligo_plugin_decisions_queued "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Eight workers welcomed at once under a policy whose `admit-worker` and
+/// `offer-job` each take a few hundred milliseconds keep both decision threads
+/// busy for seconds. Meanwhile health, the admin API and another node's acknowledged job
+/// answer — proven by order: the decisions are still running after they did.
+/// The workers then get the job current by the time they were admitted.
+async fn a_slow_policy_holds_only_the_traffic_waiting_for_it(kind: Kind) {
+    let backends = Backends::new(kind).await;
+    let server = Server::start_configured(backends, &["testing-slow"], None, |config| {
+        config.plugins.config.insert("10-testing-slow".into(), json!({ "spin": SPIN }));
+        // The loop is the plugin's own work, well within limits it is given.
+        config.plugins.limits.fuel = 0;
+        config.plugins.limits.deadline_ms = 600_000;
+        config.plugins.decision_threads = 2;
+    })
+    .await;
+    let admin = server.running.admin_addr.expect("admin server");
+    let mut node = server.node().await;
+    let mut first = job(1, 1000);
+    first["id"] = json!("job-1");
+    node.send(&first).await;
+    assert_eq!(node.recv("the first job's ack").await["status"], "accepted");
+
+    let worker_addr = server.running.worker_addr.expect("worker server");
+    let mut workers = Vec::new();
+    for i in 0..8 {
+        let mut worker = Client::connect(worker_addr).await;
+        worker.send(&welcome(&format!("hw-slow-{i}"))).await;
+        workers.push(worker);
+    }
+    let held = tokio::time::Instant::now() + Duration::from_secs(60);
+    while decisions_in_progress(admin).await < 1.0 {
+        assert!(tokio::time::Instant::now() < held, "the welcomes never reached the decision pool");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for _ in 0..5 {
+        let health = get(admin, "/healthz").await;
+        assert_eq!(health.status, 200, "{}", health.body);
+    }
+    let listed = get(admin, "/api/v1/workers").await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let mut second = job(2, 1000);
+    second["id"] = json!("job-2");
+    node.send(&second).await;
+    assert_eq!(node.recv("the second job's ack").await["status"], "accepted");
+    assert!(
+        decisions_in_progress(admin).await >= 1.0,
+        "health, the admin API and the ack must not wait for the slow decisions"
+    );
+
+    for worker in &mut workers {
+        let work = worker.recv_within("the job, once admitted", Duration::from_secs(120)).await;
+        assert_eq!(work["epoch_challenge"]["seed"], "s2", "the job current when it was admitted: {work}");
+    }
+    server.stop().await;
+}
+
+/// A solution whose key (`partial_solution.nonce`) is over
+/// `max_solution_key_bytes` is refused with the limit, before it reaches the
+/// queue, a policy or a node; one at the limit goes through.
+async fn a_solution_key_over_its_limit_is_refused_and_forgotten(kind: Kind) {
+    let server = Server::start(kind, &["seed-rules"]).await;
+    let mut worker = server.worker("hw-keys").await;
+    let mut node = server.node().await;
+    node.send(&job(5, 1)).await;
+    let work = worker.recv("the job").await;
+    let task = work["task_id"].as_str().expect("task").to_string();
+    let solution = |nonce: Value, id: u64| {
+        json!({ "type": "solution", "id": id, "task_id": task, "solution_target": 5,
+                "solution": { "partial_solution": { "nonce": nonce, "address": "aleo1worker" } } })
+    };
+    worker.send(&solution(json!("n".repeat(12_000)), 1)).await;
+    let refused = worker.recv("the ack of the over-long key").await;
+    assert_eq!((refused["id"].clone(), refused["status"].clone()), (json!(1), json!("refused")), "{refused}");
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("partial_solution.nonce") && reason.contains("128"), "{reason}");
+
+    let at_limit = "k".repeat(128);
+    worker.send(&solution(json!(at_limit), 2)).await;
+    assert_eq!(worker.recv("the ack at the limit").await["status"], "accepted");
+    let delivered = node.recv("the solution at the limit").await;
+    assert_eq!(delivered["partial_solution"]["nonce"], json!(at_limit), "only the solution within the limit arrives");
+    server.stop().await;
+}
