@@ -116,6 +116,16 @@ struct Args {
     /// server, or a job an earlier loadgen sent with the same `--run`).
     #[arg(long)]
     no_job: bool,
+    /// Storm mode: while the workers storm, time what must not wait for the
+    /// policies: `/healthz` and `/api/v1/workers` every 50 ms, and a node's
+    /// acknowledged jobs every 200 ms (jobs of this run, so the storm's workers
+    /// take them too).
+    #[arg(long)]
+    observe: bool,
+    /// Solutions mode: send each nonce as a zero-padded text of this many bytes
+    /// (0: a number), to see what long keys cost the server.
+    #[arg(long, default_value_t = 0)]
+    nonce_bytes: usize,
 }
 
 /// Microseconds since the Unix epoch: a clock every process on the machine shares.
@@ -198,6 +208,91 @@ fn percentiles(mut samples: Vec<Duration>) -> Value {
     };
     json!({ "count": samples.len(), "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99),
             "max_ms": samples.last().map(|d| (d.as_secs_f64() * 1e6).round() / 1e3) })
+}
+
+/// `GET path` on the admin server: how long the whole answer took, if it was a 200.
+async fn timed_get(admin: &str, path: &str) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(admin).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    response.starts_with(b"HTTP/1.1 200").then(|| started.elapsed())
+}
+
+/// What `--observe` timed during a storm.
+#[derive(Default)]
+struct Observed {
+    health: Mutex<Vec<Duration>>,
+    workers_api: Mutex<Vec<Duration>>,
+    job_ack: Mutex<Vec<Duration>>,
+    failures: AtomicU64,
+}
+
+impl Observed {
+    fn note(&self, into: &Mutex<Vec<Duration>>, sample: Option<Duration>) {
+        match sample {
+            Some(d) => into.lock().expect("samples").push(d),
+            None => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn report(&self) -> Value {
+        let take = |m: &Mutex<Vec<Duration>>| percentiles(m.lock().expect("samples").clone());
+        json!({ "healthz": take(&self.health), "workers_api": take(&self.workers_api),
+                "job_ack": take(&self.job_ack), "failures": self.failures.load(Ordering::Relaxed) })
+    }
+}
+
+/// Times health, the workers API and a node's acknowledged jobs until `stop`.
+async fn observe(args: Args, base: i64, observed: Arc<Observed>, stop: CancellationToken) {
+    let admin = args.admin.clone();
+    let probes = {
+        let (observed, stop) = (observed.clone(), stop.clone());
+        async move {
+            while !stop.is_cancelled() {
+                observed.note(&observed.health, timed_get(&admin, "/healthz").await);
+                observed.note(&observed.workers_api, timed_get(&admin, "/api/v1/workers?limit=100").await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let jobs = async move {
+        let Ok(mut node) = connect(&args.node_url, args.workers + 2, args.source_ips).await else {
+            observed.failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mut height = base;
+        while !stop.is_cancelled() {
+            height += 1;
+            let challenge = json!({ "height": height, "run": args.run, "sent_us": unix_us() });
+            let job = json!({ "id": height, "epoch_challenge": challenge, "proof_target": 1, "block_height": height });
+            let sent = Instant::now();
+            if node.send(Message::text(job.to_string())).await.is_err() {
+                observed.failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let acked = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(Ok(message)) = node.next().await {
+                    if let Message::Text(text) = message {
+                        let frame: Value = serde_json::from_str(&text).unwrap_or_default();
+                        if frame["type"] == "ack" && frame["id"] == json!(height) {
+                            return frame["status"] == "accepted";
+                        }
+                    }
+                }
+                false
+            })
+            .await;
+            observed.note(&observed.job_ack, matches!(acked, Ok(true)).then(|| sent.elapsed()));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = node.close(None).await;
+    };
+    tokio::join!(probes, jobs);
 }
 
 /// `GET /status` on the admin server: the number of connected workers.
@@ -292,7 +387,10 @@ async fn main() -> Result<()> {
             while let Some(Ok(message)) = rx.next().await {
                 let Message::Text(text) = message else { continue };
                 let Ok(solution) = serde_json::from_str::<Value>(&text) else { continue };
-                match solution["partial_solution"]["nonce"].as_u64() {
+                match {
+                    let n = &solution["partial_solution"]["nonce"];
+                    n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok()))
+                } {
                     Some(nonce) => {
                         tally.solution_received(nonce);
                     }
@@ -431,6 +529,10 @@ async fn worker(w: usize, socket: Socket, args: Args, tally: Arc<Tally>, base: i
                     // Unique across runs: the run's millisecond base in the high bits.
                     let nonce = ((base as u64 & 0xffff_ffff) << 32) | (w as u64 * per_worker + k);
                     tally.solution_sent(nonce);
+                    let nonce = match args.nonce_bytes {
+                        0 => json!(nonce),
+                        width => json!(format!("{nonce:0>width$}")),
+                    };
                     let solution = json!({ "task_id": task_id, "solution_target": 1,
                                            "solution": { "partial_solution": { "nonce": nonce } } });
                     if tx.send(Message::text(solution.to_string())).await.is_err() {
@@ -513,6 +615,10 @@ async fn storm(args: &Args, base: i64, wanted: Option<String>) -> Result<()> {
         first_error: Mutex::new(None),
         bar,
     });
+    let observed = Arc::new(Observed::default());
+    let stop_observing = CancellationToken::new();
+    let observer =
+        args.observe.then(|| tokio::spawn(observe(args.clone(), base, observed.clone(), stop_observing.clone())));
     let started = Instant::now();
     let handles: Vec<_> = (0..args.workers).map(|w| tokio::spawn(storm_worker(w, storm.clone()))).collect();
 
@@ -536,6 +642,10 @@ async fn storm(args: &Args, base: i64, wanted: Option<String>) -> Result<()> {
     };
     let total = since_start(&storm.tally.last_receipt);
     let connected = since_start(&storm.last_connected);
+    stop_observing.cancel();
+    if let Some(observer) = observer {
+        let _ = observer.await;
+    }
     storm.release.cancel();
     for handle in handles {
         let _ = handle.await;
@@ -555,6 +665,7 @@ async fn storm(args: &Args, base: i64, wanted: Option<String>) -> Result<()> {
         "total_s": total, "workers_per_s": if total > 0.0 { held as f64 / total } else { 0.0 },
         "connected_s": connected, "connect_parallelism": args.connect_parallelism,
         "welcome_to_job": percentiles(latencies.clone()),
+        "observed": if args.observe { observed.report() } else { Value::Null },
         "welcome_to_job_ms": if args.raw {
             json!(latencies.iter().map(|d| (d.as_secs_f64() * 1e5).round() / 1e2).collect::<Vec<_>>())
         } else {
