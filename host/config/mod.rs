@@ -539,7 +539,23 @@ pub fn parse_properties(text: &str) -> Result<BTreeMap<String, String>, ConfigEr
         .collect()
 }
 
-/// A URL with its password replaced by `***`, for logs.
+/// What, in a setting's or a librdkafka property's name, marks its value as a
+/// secret: `sasl.password`, `ssl.key.password`, `ssl.key.pem`, `sasl.jaas.config`
+/// (which holds a password), `admin.token`… Over-masking costs a `***` in a
+/// report; under-masking prints a credential.
+const SECRET_MARKERS: [&str; 10] =
+    ["password", "passwd", "secret", "token", "psk", "credential", "jaas", "ssl.key", ".pem", "oauthbearer.config"];
+
+/// Whether the value of the setting or Kafka property `key` is a secret, never
+/// to be printed or logged. The one list `config check` and the Kafka
+/// transport's logs both mask by.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_MARKERS.iter().any(|marker| key.contains(marker))
+}
+
+/// A URL with its password replaced by `***`, for logs and reports (the AMQP,
+/// PostgreSQL and any other URL alike).
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut url) if url.password().is_some() => {
@@ -596,6 +612,16 @@ mod tests {
         assert_eq!(c.worker.connections.ipv6_prefix_len, 48);
         let too_long = toml::from_str::<Config>("[node.connections]\nipv6_prefix_len = 129\n").expect_err("over 128");
         assert!(too_long.to_string().contains("0 to 128 bits"), "{too_long}");
+    }
+
+    #[test]
+    fn secret_keys_are_told_by_their_name_whatever_the_case() {
+        for key in ["sasl.password", "ssl.key.password", "ssl.key.pem", "sasl.jaas.config", "token", "SASL.PASSWORD"] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        for key in ["sasl.mechanism", "security.protocol", "bootstrap_servers", "url", "max_per_ip"] {
+            assert!(!is_secret_key(key), "{key}");
+        }
     }
 
     #[test]
