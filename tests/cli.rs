@@ -195,6 +195,14 @@ fn config_check_masks_every_secret_kafka_property() {
 }
 
 #[test]
+fn plugin_replay_refuses_an_absurd_since_without_panicking() {
+    let out = eligo(&["plugin", "replay", "candidate.wasm", "--since", "999999999999h"]);
+    assert_eq!(out.status.code(), Some(1), "an error, not a panic (101): {}", text(&out));
+    assert!(text(&out).contains("too long a duration"), "{}", text(&out));
+    assert!(!text(&out).contains("panicked"), "{}", text(&out));
+}
+
+#[test]
 fn config_check_fails_on_an_unknown_key_a_misspelt_variable_or_an_unreachable_service() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bad.toml");
