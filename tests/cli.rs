@@ -170,6 +170,39 @@ fn config_check_says_where_each_value_came_from_and_masks_secrets() {
 }
 
 #[test]
+fn config_check_masks_every_secret_kafka_property() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("eligo.toml");
+    std::fs::write(
+        &file,
+        "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+         properties = { \"sasl.mechanism\" = \"PLAIN\", \"sasl.jaas.config\" = \"jaas-hunter2\", \
+         \"ssl.key.pem\" = \"pem-hunter2\", \"ssl.key.password\" = \"key-hunter2\", \"sasl.password\" = \"sasl-hunter2\" }\n",
+    )
+    .expect("config file");
+    let out = Command::new(env!("CARGO_BIN_EXE_eligo"))
+        .args(["config", "check", "--config", file.to_str().expect("utf-8")])
+        .current_dir(dir.path())
+        .output()
+        .expect("running eligo");
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(!report.contains("hunter2"), "secrets never printed: {report}");
+    for name in ["sasl.jaas.config", "ssl.key.pem", "ssl.key.password", "sasl.password"] {
+        assert!(report.contains(&format!("kafka.properties.\"{name}\"")), "{name} listed: {report}");
+    }
+    assert!(report.contains("\"PLAIN\""), "what is not secret is shown: {report}");
+}
+
+#[test]
+fn plugin_replay_refuses_an_absurd_since_without_panicking() {
+    let out = eligo(&["plugin", "replay", "candidate.wasm", "--since", "999999999999h"]);
+    assert_eq!(out.status.code(), Some(1), "an error, not a panic (101): {}", text(&out));
+    assert!(text(&out).contains("too long a duration"), "{}", text(&out));
+    assert!(!text(&out).contains("panicked"), "{}", text(&out));
+}
+
+#[test]
 fn config_check_fails_on_an_unknown_key_a_misspelt_variable_or_an_unreachable_service() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bad.toml");

@@ -214,7 +214,7 @@ pub fn run(command: PluginCommand) -> Result<ExitCode> {
         }
         PluginCommand::Replay { candidate, against, since, heights, settings, json, server } => {
             let range = match (since, heights) {
-                (Some(since), _) => replay::Range::Since(chrono::Utc::now() - parse_duration(&since)?),
+                (Some(since), _) => replay::Range::Since(before(chrono::Utc::now(), &since)?),
                 (None, Some(heights)) => {
                     let (from, to) = parse_heights(&heights)?;
                     replay::Range::Heights(from, to)
@@ -341,19 +341,34 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// `90s`, `30m`, `2h`, `7d`.
+/// The moment the duration `text` (`90s`, `30m`, `2h`, `7d`) before `now`.
+fn before(now: chrono::DateTime<chrono::Utc>, text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    let duration = parse_duration(text)?;
+    // chrono's own `-` panics past the earliest date it can represent.
+    now.checked_sub_signed(duration)
+        .with_context(|| format!("{:?} is too long a duration: it reaches back before any date", text.trim()))
+}
+
+/// `90s`, `30m`, `2h`, `7d`; one too long for a date is an error, not a panic
+/// (chrono's `Duration::hours` and the like panic past their range).
 fn parse_duration(text: &str) -> Result<chrono::Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: i64 = number.parse().with_context(|| format!("{text:?} is not a duration like 90s, 30m, 2h or 7d"))?;
-    Ok(match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
+    if number.is_empty() {
+        anyhow::bail!("{text:?} is not a duration like 90s, 30m, 2h or 7d");
+    }
+    let unit_seconds: i64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 60 * 60,
+        "d" => 24 * 60 * 60,
         _ => anyhow::bail!("{text:?}: the unit is s, m, h or d"),
-    })
+    };
+    let too_long = || anyhow::anyhow!("{text:?} is too long a duration");
+    // Only digits are left: a number that does not parse is one too large.
+    let n: i64 = number.parse().map_err(|_| too_long())?;
+    n.checked_mul(unit_seconds).and_then(chrono::Duration::try_seconds).ok_or_else(too_long)
 }
 
 /// `FROM..TO`, inclusive.
@@ -374,4 +389,31 @@ fn write_secret(path: &std::path::Path, text: &str) -> Result<()> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn durations_in_seconds_minutes_hours_and_days() {
+        let parsed: Vec<Duration> =
+            ["90s", "30m", "2h", " 7d "].iter().map(|t| parse_duration(t).expect("a duration")).collect();
+        assert_eq!(parsed, [Duration::seconds(90), Duration::minutes(30), Duration::hours(2), Duration::days(7)]);
+        for bad in ["", "h", "2", "2w", "-2h", "2.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_absurd_duration_is_an_error_not_a_panic() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("a date");
+        // Past a date's range, past a duration's, past an i64's.
+        for absurd in ["999999999999h", "999999999999999999d", "99999999999999999999999s"] {
+            let error = before(now, absurd).expect_err(absurd).to_string();
+            assert!(error.contains("too long a duration"), "{absurd}: {error}");
+        }
+        assert_eq!(before(now, "2h").ok(), Some(now - Duration::hours(2)));
+    }
 }

@@ -205,6 +205,12 @@ pub struct ConnectionLimits {
     /// Client IPs the per-IP cap does not apply to: your own TLS proxies and load
     /// testers, whose connections all come from one address.
     pub per_ip_exempt: Vec<std::net::IpAddr>,
+    /// Leading bits of an IPv6 address that the per-IP limits count as one
+    /// client (0 to 128): a single subscriber is usually handed a whole /64, and
+    /// would otherwise have 2^64 addresses to spread over. IPv4 addresses are
+    /// counted one by one. An exempt address exempts itself, not its prefix.
+    #[serde(deserialize_with = "ipv6_prefix_len")]
+    pub ipv6_prefix_len: u8,
     /// Sockets one client IP may open per second (burst the same); past that the
     /// socket is answered 429 before its request is read. 0 is no limit; the
     /// exempt IPs are exempt here too.
@@ -227,6 +233,7 @@ impl Default for ConnectionLimits {
             max: 100_000,
             max_per_ip: 1_000,
             per_ip_exempt: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
+            ipv6_prefix_len: 64,
             // A pool behind one NAT address reconnects 200 rigs a second.
             attempts_per_ip_per_second: 200,
             handshake_timeout_secs: 10,
@@ -234,6 +241,16 @@ impl Default for ConnectionLimits {
             auth_block_secs: 300,
         }
     }
+}
+
+/// A prefix length of an IPv6 address, refused past 128 when the file is read
+/// rather than clamped in silence.
+fn ipv6_prefix_len<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    let len = u8::deserialize(deserializer)?;
+    if len > 128 {
+        return Err(serde::de::Error::custom(format!("ipv6_prefix_len is {len}; an IPv6 prefix is 0 to 128 bits")));
+    }
+    Ok(len)
 }
 
 /// The worker WebSocket server.
@@ -531,7 +548,23 @@ pub fn parse_properties(text: &str) -> Result<BTreeMap<String, String>, ConfigEr
         .collect()
 }
 
-/// A URL with its password replaced by `***`, for logs.
+/// What, in a setting's or a librdkafka property's name, marks its value as a
+/// secret: `sasl.password`, `ssl.key.password`, `ssl.key.pem`, `sasl.jaas.config`
+/// (which holds a password), `admin.token`… Over-masking costs a `***` in a
+/// report; under-masking prints a credential.
+const SECRET_MARKERS: [&str; 10] =
+    ["password", "passwd", "secret", "token", "psk", "credential", "jaas", "ssl.key", ".pem", "oauthbearer.config"];
+
+/// Whether the value of the setting or Kafka property `key` is a secret, never
+/// to be printed or logged. The one list `config check` and the Kafka
+/// transport's logs both mask by.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_MARKERS.iter().any(|marker| key.contains(marker))
+}
+
+/// A URL with its password replaced by `***`, for logs and reports (the AMQP,
+/// PostgreSQL and any other URL alike).
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut url) if url.password().is_some() => {
@@ -578,6 +611,26 @@ mod tests {
         .describe_backends()
         .join(" ")
         .contains("pw"));
+    }
+
+    #[test]
+    fn the_ipv6_prefix_counted_as_one_client_is_a_slash_64_unless_set() {
+        assert_eq!(Config::default().worker.connections.ipv6_prefix_len, 64);
+        assert_eq!(Config::default().node.connections.ipv6_prefix_len, 64);
+        let c: Config = toml::from_str("[worker.connections]\nipv6_prefix_len = 48\n").expect("valid configuration");
+        assert_eq!(c.worker.connections.ipv6_prefix_len, 48);
+        let too_long = toml::from_str::<Config>("[node.connections]\nipv6_prefix_len = 129\n").expect_err("over 128");
+        assert!(too_long.to_string().contains("0 to 128 bits"), "{too_long}");
+    }
+
+    #[test]
+    fn secret_keys_are_told_by_their_name_whatever_the_case() {
+        for key in ["sasl.password", "ssl.key.password", "ssl.key.pem", "sasl.jaas.config", "token", "SASL.PASSWORD"] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        for key in ["sasl.mechanism", "security.protocol", "bootstrap_servers", "url", "max_per_ip"] {
+            assert!(!is_secret_key(key), "{key}");
+        }
     }
 
     #[test]

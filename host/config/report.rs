@@ -1,7 +1,7 @@
 //! `eligo config check`: the effective configuration, one line per setting,
 //! with where each value came from, secrets masked, and what is wrong with it.
 
-use super::{redact_url, Config};
+use super::{is_secret_key, redact_url, Config};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -83,13 +83,23 @@ fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
 
 /// The value as shown: URLs without their password, secrets as `***`.
 fn mask(key: &str, value: &Value) -> String {
-    let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
-    let secret = ["password", "token", "secret", "psk"].iter().any(|s| last.contains(s));
+    let last = last_segment(key).to_ascii_lowercase();
+    let secret = is_secret_key(&last);
     match value {
         Value::Null => "(unset)".into(),
         Value::String(_) if secret => "\"***\"".into(),
         Value::String(s) if last.contains("url") => format!("\"{}\"", redact_url(s)),
         other => other.to_string(),
+    }
+}
+
+/// The last segment of a dotted key: `sasl.jaas.config` of
+/// `kafka.properties."sasl.jaas.config"`, a name quoted for its dots being one
+/// segment.
+fn last_segment(key: &str) -> &str {
+    match key.strip_suffix('"').and_then(|quoted| quoted.rsplit_once('"')) {
+        Some((_, name)) => name,
+        None => key.rsplit('.').next().unwrap_or(key),
     }
 }
 
@@ -162,6 +172,36 @@ mod tests {
         assert_eq!(find("postgres.url").value, "\"postgres://u:***@db/eligo\"");
         assert_eq!((&*find("admin.token").value, &find("admin.token").source), ("\"***\"", &overrides[0].1));
         assert!(!settings.iter().any(|s| s.value.contains("pw@") || s.value.contains("s3cret")));
+    }
+
+    #[test]
+    fn every_secret_kafka_property_is_masked() {
+        let text = "[kafka]\nbootstrap_servers = \"k:9092\"\n[kafka.properties]\n\
+                    \"sasl.mechanism\" = \"PLAIN\"\n\"sasl.jaas.config\" = \"jaas-secret\"\n\
+                    \"ssl.key.pem\" = \"pem-secret\"\n\"ssl.key.password\" = \"key-secret\"\n\
+                    \"sasl.password\" = \"sasl-secret\"\n";
+        let table: toml::Table = toml::from_str(text).expect("toml");
+        let config: Config = toml::from_str(text).expect("config");
+        let settings = settings(&config, Some(&table), &[]);
+        for name in ["sasl.jaas.config", "ssl.key.pem", "ssl.key.password", "sasl.password"] {
+            let key = format!("kafka.properties.\"{name}\"");
+            let setting = settings.iter().find(|s| s.key == key).unwrap_or_else(|| panic!("{key} listed"));
+            assert_eq!(setting.value, "\"***\"", "{key}");
+        }
+        assert!(!settings.iter().any(|s| s.value.contains("-secret")), "{settings:?}");
+        let mechanism = settings.iter().find(|s| s.key == "kafka.properties.\"sasl.mechanism\"");
+        assert_eq!(mechanism.map(|s| s.value.as_str()), Some("\"PLAIN\""), "what is not secret is shown");
+    }
+
+    #[test]
+    fn of_the_defaults_only_the_admin_token_is_masked() {
+        let config = Config {
+            admin: crate::config::AdminConfig { token: Some("t".into()), ..Default::default() },
+            ..Default::default()
+        };
+        let masked: Vec<String> =
+            settings(&config, None, &[]).into_iter().filter(|s| s.value == "\"***\"").map(|s| s.key).collect();
+        assert_eq!(masked, ["admin.token"]);
     }
 
     #[test]

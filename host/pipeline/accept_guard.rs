@@ -4,7 +4,8 @@
 //!   ([`ConnectionCap`]) as soon as it is accepted, so sockets that never finish
 //!   their handshake count too; the place moves to the connection once upgraded.
 //! - **Attempts per IP.** Each client IP may open so many sockets a second (a token
-//!   bucket; the IPs exempt from the per-IP cap are exempt here too).
+//!   bucket; the IPs exempt from the per-IP cap are exempt here too). An IPv6
+//!   client is its prefix, as for the cap ([`super::per_ip`]).
 //! - **A deadline for the request.** A socket whose HTTP request (and TLS
 //!   handshake) is not complete within the handshake timeout is dropped: a client
 //!   that sends its request slowly, or never, holds a file descriptor no longer.
@@ -13,17 +14,26 @@
 //!   unauthorized too often within a minute is refused (429) for a while, at the
 //!   accept; logged once per block.
 //!
+//! The attempts and failures are remembered for [`REMEMBERED_CLIENTS`] clients
+//! each, the least recently seen forgotten first: O(1) an accept, never a sweep.
+//! Forgetting a client costs little: a forgotten bucket comes back full (at most
+//! one burst more, and only once that many other clients came since), a
+//! forgotten block is lifted early only once that many other clients failed to
+//! authenticate since its last attempt.
+//!
 //! Refused before its request is read, a plain socket is answered with the HTTP
 //! status and reason by a short task (429 or 503, as after an upgrade request);
 //! a TLS socket, which cannot be answered before its handshake, is closed.
 
 use super::connection_cap::{ConnectionCap, Full, Place};
+use super::per_ip::IpGroup;
 use super::token_bucket::TokenBucket;
 use crate::config::ConnectionLimits;
 use axum::http::StatusCode;
-use std::collections::HashMap;
+use lru::LruCache;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,25 +49,27 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// unanswered, so a flood of connections cannot hold file descriptors this way.
 const MAX_ANSWERING: usize = 1024;
 
-/// IPs whose buckets are kept before idle ones are forgotten.
-const REMEMBERED_IPS: usize = 65_536;
+/// Clients (IPv4 addresses, IPv6 prefixes) whose attempts, and whose failures,
+/// are remembered, each map growing with the clients seen up to this bound
+/// (about 100 bytes a client: a few MiB at most).
+pub const REMEMBERED_CLIENTS: NonZeroUsize = NonZeroUsize::new(65_536).expect("not zero");
 
 /// The checks of one server (node or worker) on the sockets it accepts.
 pub struct AcceptGuard {
     cap: Arc<ConnectionCap>,
     attempts_per_second: u32,
-    attempts: Mutex<HashMap<IpAddr, TokenBucket>>,
+    attempts: Mutex<LruCache<IpGroup, TokenBucket>>,
     handshake_timeout: Duration,
     failures: Arc<AuthFailures>,
     answering: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Failed authentications by IP: so many a minute, then a block.
+/// Failed authentications by client: so many a minute, then a block.
 struct AuthFailures {
     role: &'static str,
     per_minute: u32,
     block: Duration,
-    by_ip: Mutex<HashMap<IpAddr, Failures>>,
+    by_ip: Mutex<LruCache<IpGroup, Failures>>,
 }
 
 /// One IP's failures in its current minute, and its block.
@@ -68,24 +80,23 @@ struct Failures {
 }
 
 impl AuthFailures {
-    /// Until when `ip` is blocked, if it is.
-    fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Instant> {
-        let by_ip = self.by_ip.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        by_ip.get(&ip).and_then(|f| f.blocked_until).filter(|until| *until > now)
+    /// Until when `group` is blocked, if it is. A blocked client that keeps
+    /// trying stays the most recently seen, the last to be forgotten.
+    fn blocked(&self, group: &IpGroup, now: Instant) -> Option<Instant> {
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        by_ip.get(group).and_then(|f| f.blocked_until).filter(|until| *until > now)
     }
 
-    /// Counts a failure of `ip`; one of an `exempt` IP blocks nothing.
-    fn record(&self, ip: IpAddr, exempt: bool) {
+    /// Counts a failure of the client `group`; one of an exempt address (no
+    /// group) blocks nothing.
+    fn record(&self, group: Option<IpGroup>) {
         crate::metrics::add("eligo_auth_failures_total", &[("role", self.role)], 1);
-        if self.per_minute == 0 || exempt {
+        let Some(group) = group.filter(|_| self.per_minute > 0) else {
             return;
-        }
+        };
         let now = Instant::now();
         let mut by_ip = self.by_ip.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if by_ip.len() >= REMEMBERED_IPS {
-            by_ip.retain(|_, f| f.blocked_until.is_some_and(|until| until > now) || now - f.since < MINUTE);
-        }
-        let failures = by_ip.entry(ip).or_insert(Failures { since: now, count: 0, blocked_until: None });
+        let failures = by_ip.get_or_insert_mut(group, || Failures { since: now, count: 0, blocked_until: None });
         if now.saturating_duration_since(failures.since) >= MINUTE {
             *failures = Failures { since: now, count: 0, blocked_until: None };
         }
@@ -95,7 +106,7 @@ impl AuthFailures {
             crate::metrics::add("eligo_auth_blocks_total", &[("role", self.role)], 1);
             tracing::warn!(
                 role = self.role,
-                %ip,
+                ip = %group,
                 failures = failures.count,
                 block_secs = self.block.as_secs(),
                 "too many failed authentications; refusing this IP for a while"
@@ -113,13 +124,13 @@ impl AcceptGuard {
         Arc::new(AcceptGuard {
             cap,
             attempts_per_second: limits.attempts_per_ip_per_second,
-            attempts: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(LruCache::sparse(REMEMBERED_CLIENTS)),
             handshake_timeout: Duration::from_secs(limits.handshake_timeout_secs.max(1)),
             failures: Arc::new(AuthFailures {
                 role,
                 per_minute: limits.auth_failures_per_minute,
                 block: Duration::from_secs(limits.auth_block_secs),
-                by_ip: Mutex::new(HashMap::new()),
+                by_ip: Mutex::new(LruCache::sparse(REMEMBERED_CLIENTS)),
             }),
             answering: Arc::default(),
         })
@@ -128,40 +139,35 @@ impl AcceptGuard {
     /// Decides on a socket just accepted from `remote`: its place under the caps,
     /// or the refusal to answer it with.
     pub fn admit(&self, remote: SocketAddr) -> Result<Peer, Full> {
-        let ip = remote.ip();
-        let exempt = self.cap.is_exempt(ip);
-        if let Some(until) = self.failures.blocked(ip, Instant::now()) {
-            let secs = until.saturating_duration_since(Instant::now()).as_secs().max(1);
-            let reason = format!("too many failed authentications from {ip}; try again in {secs} s");
-            return Err(self.cap.refuse("auth", StatusCode::TOO_MANY_REQUESTS, reason));
+        let group = self.cap.group(remote.ip());
+        if let Some(group) = &group {
+            if let Some(until) = self.failures.blocked(group, Instant::now()) {
+                let secs = until.saturating_duration_since(Instant::now()).as_secs().max(1);
+                let reason = format!("too many failed authentications from {group}; try again in {secs} s");
+                return Err(self.cap.refuse("auth", StatusCode::TOO_MANY_REQUESTS, reason));
+            }
+            if self.attempts_per_second > 0 && !self.attempt(*group) {
+                let (role, limit) = (self.cap.role(), self.attempts_per_second);
+                let reason = format!("too many {role} connection attempts from {group} (limit {limit} a second)");
+                return Err(self.cap.refuse("attempts", StatusCode::TOO_MANY_REQUESTS, reason));
+            }
         }
-        if self.attempts_per_second > 0 && !exempt && !self.attempt(ip) {
-            let (role, limit) = (self.cap.role(), self.attempts_per_second);
-            let reason = format!("too many {role} connection attempts from {ip} (limit {limit} a second)");
-            return Err(self.cap.refuse("attempts", StatusCode::TOO_MANY_REQUESTS, reason));
-        }
-        let place = self.cap.enter(ip)?;
+        let place = self.cap.enter(remote.ip())?;
         Ok(Peer(Arc::new(PeerState {
             remote,
             place: Mutex::new(Some(place)),
             request_read: AtomicBool::new(false),
             failures: self.failures.clone(),
-            exempt,
+            group,
         })))
     }
 
-    /// Spends one attempt of `ip`; the burst is a second's worth.
-    fn attempt(&self, ip: IpAddr) -> bool {
+    /// Spends one attempt of `group`; the burst is a second's worth.
+    fn attempt(&self, group: IpGroup) -> bool {
         let mut attempts = self.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = Instant::now();
-        if attempts.len() >= REMEMBERED_IPS {
-            // A full bucket is what a forgotten IP starts with: losing it loses nothing.
-            attempts.retain(|_, bucket| !bucket.is_full(now));
-        }
         attempts
-            .entry(ip)
-            .or_insert_with(|| TokenBucket::new(self.attempts_per_second, self.attempts_per_second))
-            .take(now)
+            .get_or_insert_mut(group, || TokenBucket::new(self.attempts_per_second, self.attempts_per_second))
+            .take(Instant::now())
     }
 
     /// How long a socket has for its TLS handshake and request.
@@ -228,8 +234,8 @@ struct PeerState {
     place: Mutex<Option<Place>>,
     request_read: AtomicBool,
     failures: Arc<AuthFailures>,
-    /// Exempt from the per-IP limits.
-    exempt: bool,
+    /// The client it counts as; none if exempt from the per-IP limits.
+    group: Option<IpGroup>,
 }
 
 impl Peer {
@@ -251,9 +257,10 @@ impl Peer {
     }
 
     /// Counts a failed authentication of this peer's IP (a refusal as
-    /// unauthorized); too many within a minute block the IP for a while.
+    /// unauthorized); too many within a minute block the IP (the IPv6 prefix)
+    /// for a while.
     pub fn auth_failed(&self) {
-        self.0.failures.record(self.0.remote.ip(), self.0.exempt);
+        self.0.failures.record(self.0.group);
     }
 }
 
@@ -352,6 +359,71 @@ mod tests {
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
         assert!(refused.reason.starts_with("too many failed authentications from 10.0.0.1"), "{}", refused.reason);
         assert!(guard.admit(addr(2)).is_ok(), "another IP is not affected");
+    }
+
+    fn v6(text: &str) -> SocketAddr {
+        SocketAddr::new(text.parse().expect("an address"), 4000)
+    }
+
+    #[test]
+    fn addresses_of_one_ipv6_slash_64_share_its_attempts_and_another_slash_64_has_its_own() {
+        let cap = ConnectionCap::new("worker", &limits(2));
+        let guard = AcceptGuard::new(cap, &limits(2));
+        let _a = guard.admit(v6("2001:db8:0:1::1")).expect("first of the /64");
+        let _b = guard.admit(v6("2001:db8:0:1::2")).expect("second of the /64");
+        let refused = guard.admit(v6("2001:db8:0:1::3")).expect_err("third of the /64 within the second");
+        assert!(refused.reason.contains("attempts from 2001:db8:0:1::/64"), "{}", refused.reason);
+        assert!(guard.admit(v6("2001:db8:0:2::1")).is_ok(), "another /64 is not affected");
+    }
+
+    #[test]
+    fn a_slash_64_failing_to_authenticate_is_blocked_but_not_its_exempt_address() {
+        let limits = ConnectionLimits {
+            auth_failures_per_minute: 2,
+            per_ip_exempt: vec!["2001:db8::9".parse().expect("an address")],
+            ..limits(0)
+        };
+        let guard = AcceptGuard::new(ConnectionCap::new("worker", &limits), &limits);
+        guard.admit(v6("2001:db8::1")).expect("not blocked yet").auth_failed();
+        guard.admit(v6("2001:db8::2")).expect("not blocked yet").auth_failed();
+        let refused = guard.admit(v6("2001:db8::3")).expect_err("its /64 is blocked");
+        assert!(refused.reason.starts_with("too many failed authentications from 2001:db8::/64"), "{}", refused.reason);
+        assert!(guard.admit(v6("2001:db8:0:1::1")).is_ok(), "another /64 is not affected");
+        assert!(guard.admit(v6("2001:db8::9")).is_ok(), "an exempt address is exempt from its prefix's block");
+    }
+
+    #[test]
+    fn what_is_remembered_per_client_stays_bounded_under_100k_sources() {
+        let limits = ConnectionLimits { auth_failures_per_minute: 5, ..limits(1) };
+        let guard = AcceptGuard::new(ConnectionCap::new("worker", &ConnectionLimits::default()), &limits);
+        for n in 0..100_000u32 {
+            let source = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 | n), 4000));
+            guard.admit(source).expect("a new source has its own attempt").auth_failed();
+        }
+        let attempts = guard.attempts.lock().map(|a| a.len()).unwrap_or_default();
+        let failures = guard.failures.by_ip.lock().map(|f| f.len()).unwrap_or_default();
+        assert_eq!((attempts, failures), (REMEMBERED_CLIENTS.get(), REMEMBERED_CLIENTS.get()));
+        let last = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 | 99_999), 4000));
+        assert!(guard.admit(last).is_err(), "the most recent are remembered: its one attempt is spent");
+    }
+
+    #[test]
+    fn a_blocked_client_that_keeps_trying_is_not_forgotten_for_newer_ones() {
+        let limits = ConnectionLimits { auth_failures_per_minute: 2, ..limits(0) };
+        let guard = AcceptGuard::new(ConnectionCap::new("worker", &ConnectionLimits::default()), &limits);
+        let blocked = v6("2001:db8::1");
+        for _ in 0..2 {
+            guard.admit(blocked).expect("not blocked yet").auth_failed();
+        }
+        for n in 0..100_000u32 {
+            let source = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 | n), 4000));
+            guard.admit(source).expect("one failure blocks nobody").auth_failed();
+            if n % 1000 == 0 {
+                assert!(guard.admit(blocked).is_err(), "still blocked after {n} other clients");
+            }
+        }
+        assert!(guard.admit(blocked).is_err());
+        assert_eq!(guard.failures.by_ip.lock().map(|f| f.len()).unwrap_or_default(), REMEMBERED_CLIENTS.get());
     }
 
     #[test]

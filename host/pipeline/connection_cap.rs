@@ -1,7 +1,9 @@
-//! Caps on a server's open connections: in all, and from one client IP. Checked
-//! before the WebSocket upgrade, so a refused client costs an HTTP answer, not a
-//! connection: 503 when the server is full, 429 when its own IP is.
+//! Caps on a server's open connections: in all, and from one client IP (one
+//! IPv6 prefix: see [`super::per_ip`]). Checked before the WebSocket upgrade, so
+//! a refused client costs an HTTP answer, not a connection: 503 when the server
+//! is full, 429 when its own IP is.
 
+use super::per_ip::{IpGroup, PerIp};
 use crate::config::ConnectionLimits;
 use axum::http::StatusCode;
 use std::collections::HashMap;
@@ -13,20 +15,24 @@ pub struct ConnectionCap {
     role: &'static str,
     max_total: usize,
     max_per_ip: usize,
-    exempt: Vec<IpAddr>,
+    per_ip: PerIp,
     open: Mutex<Open>,
 }
 
 #[derive(Default)]
 struct Open {
     total: usize,
-    by_ip: HashMap<IpAddr, usize>,
+    /// Connections by client. A client's entry goes with its last connection, so
+    /// there are never more entries than connections open: at most `max` (with
+    /// no cap, as many as the process has file descriptors). Nothing to sweep.
+    by_ip: HashMap<IpGroup, usize>,
 }
 
 /// A place under the caps, given back when dropped (when the connection ends).
 pub struct Place {
     cap: Arc<ConnectionCap>,
-    ip: IpAddr,
+    /// The client it counts toward; none for an exempt address.
+    group: Option<IpGroup>,
 }
 
 /// Why a connection was not let in, as its HTTP answer.
@@ -46,7 +52,7 @@ impl ConnectionCap {
             role,
             max_total: no_cap(limits.max),
             max_per_ip: no_cap(limits.max_per_ip),
-            exempt: limits.per_ip_exempt.clone(),
+            per_ip: PerIp::new(&limits.per_ip_exempt, limits.ipv6_prefix_len),
             open: Mutex::new(Open::default()),
         })
     }
@@ -62,18 +68,21 @@ impl ConnectionCap {
                 format!("too many {} connections (limit {}); try again later", self.role, self.max_total),
             ));
         }
-        let from_ip = open.by_ip.get(&ip).copied().unwrap_or_default();
-        if from_ip >= self.max_per_ip && !self.is_exempt(ip) {
-            drop(open);
-            return Err(self.refuse(
-                "ip",
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("too many {} connections from {ip} (limit {})", self.role, self.max_per_ip),
-            ));
+        let group = self.per_ip.group(ip);
+        if let Some(group) = group {
+            let from_ip = open.by_ip.get(&group).copied().unwrap_or_default();
+            if from_ip >= self.max_per_ip {
+                drop(open);
+                return Err(self.refuse(
+                    "ip",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("too many {} connections from {group} (limit {})", self.role, self.max_per_ip),
+                ));
+            }
+            open.by_ip.insert(group, from_ip + 1);
         }
         open.total += 1;
-        open.by_ip.insert(ip, from_ip + 1);
-        Ok(Place { cap: self.clone(), ip })
+        Ok(Place { cap: self.clone(), group })
     }
 
     /// Connections open now.
@@ -86,9 +95,10 @@ impl ConnectionCap {
         self.role
     }
 
-    /// Whether `ip` is exempt from the per-IP limits.
-    pub fn is_exempt(&self, ip: IpAddr) -> bool {
-        self.exempt.contains(&ip)
+    /// The client `ip` counts as under every per-IP limit of this server, or
+    /// `None` if it is exempt from them.
+    pub fn group(&self, ip: IpAddr) -> Option<IpGroup> {
+        self.per_ip.group(ip)
     }
 
     /// A refusal by the limit `cap`, counted.
@@ -102,11 +112,12 @@ impl Drop for Place {
     fn drop(&mut self) {
         let mut open = self.cap.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         open.total = open.total.saturating_sub(1);
-        if let Some(n) = open.by_ip.get_mut(&self.ip) {
+        let Some(group) = self.group else { return };
+        if let Some(n) = open.by_ip.get_mut(&group) {
             *n -= 1;
             if *n == 0 {
-                // An IP with no connection left takes no memory.
-                open.by_ip.remove(&self.ip);
+                // A client with no connection left takes no memory.
+                open.by_ip.remove(&group);
             }
         }
     }
@@ -148,6 +159,42 @@ mod tests {
         assert!(cap.enter(ip(2)).is_ok(), "another IP is not affected");
         drop(places);
         assert!(cap.enter(ip(1)).is_ok(), "places come back when connections end");
+    }
+
+    fn v6(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn addresses_of_one_ipv6_slash_64_share_its_cap_and_another_slash_64_has_its_own() {
+        let cap = ConnectionCap::new("worker", &limits(10, 2));
+        let _a = cap.enter(v6("2001:db8:0:1::1")).expect("first of the /64");
+        let _b = cap.enter(v6("2001:db8:0:1::2")).expect("second of the /64");
+        let full = cap.enter(v6("2001:db8:0:1:ffff::3")).err().expect("third of the /64");
+        assert_eq!(full.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(full.reason, "too many worker connections from 2001:db8:0:1::/64 (limit 2)");
+        assert!(cap.enter(v6("2001:db8:0:2::1")).is_ok(), "another /64 is not affected");
+    }
+
+    #[test]
+    fn the_ipv6_prefix_length_is_configurable_and_ipv4_mapped_addresses_count_as_ipv4() {
+        let per_address = ConnectionLimits { ipv6_prefix_len: 128, ..limits(10, 1) };
+        let cap = ConnectionCap::new("worker", &per_address);
+        let _a = cap.enter(v6("2001:db8::1")).expect("its own cap");
+        assert!(cap.enter(v6("2001:db8::2")).is_ok(), "each address its own at /128");
+        let _v4 = cap.enter(ip(1)).expect("10.0.0.1");
+        assert!(cap.enter(v6("::ffff:10.0.0.1")).is_err(), "the same client as 10.0.0.1");
+    }
+
+    #[test]
+    fn an_exempt_ipv6_address_uses_none_of_its_neighbours_cap() {
+        let exempt = ConnectionLimits { per_ip_exempt: vec![v6("2001:db8::9")], ..limits(10, 1) };
+        let cap = ConnectionCap::new("worker", &exempt);
+        let places: Vec<Place> = (0..3).map(|_| cap.enter(v6("2001:db8::9")).expect("exempt")).collect();
+        let _neighbour = cap.enter(v6("2001:db8::1")).expect("its /64 is as empty as before");
+        assert!(cap.enter(v6("2001:db8::2")).is_err(), "but the /64 itself is capped");
+        drop(places);
+        assert_eq!(cap.open(), 1);
     }
 
     #[test]

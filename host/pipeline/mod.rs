@@ -18,6 +18,7 @@ pub mod consume;
 pub mod fanout;
 pub mod job_processor;
 pub mod node_server;
+pub mod per_ip;
 pub mod presence;
 pub mod presence_processor;
 pub mod solution_processor;

@@ -44,12 +44,6 @@ impl TokenBucket {
         }
     }
 
-    /// Whether the bucket is back to its burst at `now` (nothing to remember).
-    pub fn is_full(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        self.tokens >= self.burst
-    }
-
     /// The sustained rate.
     pub fn per_second(&self) -> u32 {
         self.per_second as u32

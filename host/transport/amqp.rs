@@ -22,6 +22,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use tokio::sync::Mutex;
 
 use super::{Acker, Deliveries, Delivery, Stream, TransportError, WorkQueue};
+use crate::config::redact_url;
 
 const BROKER: &str = "RabbitMQ";
 
@@ -191,7 +192,7 @@ impl Link {
                 // is known to be down; they retry with their own backoff.
                 return Err(unavailable(format!(
                     "reconnecting to {} in {} ms",
-                    redact(&self.url),
+                    redact_url(&self.url),
                     (at - now).as_millis()
                 )));
             }
@@ -211,7 +212,7 @@ impl Link {
                     Ok(Err(error)) => error.to_string(),
                     _ => format!("no answer within {} s", TIMEOUT.as_secs()),
                 };
-                Err(unavailable(format!("connecting to {}: {why}", redact(&self.url))))
+                Err(unavailable(format!("connecting to {}: {why}", redact_url(&self.url))))
             }
         }
     }
@@ -280,17 +281,4 @@ fn map_error(what: &str, error: lapin::Error) -> TransportError {
 
 fn unavailable(detail: String) -> TransportError {
     TransportError::Unavailable { broker: BROKER, detail }
-}
-
-/// The URL without its password, fit for error messages and logs.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "<unparseable AMQP URL>".into(),
-    }
 }

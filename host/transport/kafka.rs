@@ -158,10 +158,7 @@ impl fmt::Debug for KafkaSettings {
         let properties: BTreeMap<&str, &str> = self
             .properties
             .iter()
-            .map(|(key, value)| {
-                let secret = ["password", "secret", "ssl.key", ".pem", "jaas"].iter().any(|s| key.contains(s));
-                (key.as_str(), if secret { "***" } else { value.as_str() })
-            })
+            .map(|(key, value)| (key.as_str(), if crate::config::is_secret_key(key) { "***" } else { value.as_str() }))
             .collect();
         f.debug_struct("KafkaSettings")
             .field("bootstrap_servers", &self.bootstrap_servers)
@@ -897,5 +894,23 @@ impl Drop for MockKafka {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_settings_as_logged_show_no_secret_property() {
+        let settings = KafkaSettings::new("k:9092")
+            .with("sasl.mechanism", "PLAIN")
+            .with("sasl.password", "pw-1")
+            .with("sasl.jaas.config", "pw-2")
+            .with("ssl.key.pem", "pw-3")
+            .with("ssl.key.password", "pw-4");
+        let logged = format!("{settings:?}");
+        assert!(!logged.contains("pw-"), "{logged}");
+        assert!(logged.contains("PLAIN"), "{logged}");
     }
 }

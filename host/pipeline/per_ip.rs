@@ -1,0 +1,114 @@
+//! Who the per-IP limits count as one client.
+//!
+//! An IPv4 address is one client. An IPv6 client is usually handed a whole prefix
+//! (a /64 for a home line, a /48 for a site) and could spread over 2^64
+//! addresses, each with a budget of its own: IPv6 addresses are counted by their
+//! first `ipv6_prefix_len` bits instead. An IPv4-mapped IPv6 address
+//! (`::ffff:a.b.c.d`, how a dual-stack socket sees an IPv4 client) is that IPv4
+//! address.
+//!
+//! An exempt address is in no group: no per-IP limit applies to it, and what it
+//! does counts toward nobody, so exempting one address of a /64 leaves its
+//! neighbours' budgets as they were.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+
+/// One client as the per-IP limits count it: an IPv4 address or an IPv6 prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpGroup {
+    /// The address with its bits past the prefix cleared.
+    network: IpAddr,
+    /// 32 for IPv4; the configured length for IPv6.
+    prefix_len: u8,
+}
+
+impl fmt::Display for IpGroup {
+    /// The address alone when the group is one address (every IPv4 one), else
+    /// `network/len`: a client refused for its prefix is told which.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.network {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) if self.prefix_len == 128 => write!(f, "{v6}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/{}", self.prefix_len),
+        }
+    }
+}
+
+/// How one server's per-IP limits see client addresses.
+#[derive(Clone, Debug)]
+pub struct PerIp {
+    exempt: Vec<IpAddr>,
+    ipv6_prefix_len: u8,
+}
+
+impl PerIp {
+    /// `exempt` addresses in no group; IPv6 ones grouped by their first
+    /// `ipv6_prefix_len` bits (past 128 is 128).
+    pub fn new(exempt: &[IpAddr], ipv6_prefix_len: u8) -> Self {
+        PerIp { exempt: exempt.iter().map(IpAddr::to_canonical).collect(), ipv6_prefix_len: ipv6_prefix_len.min(128) }
+    }
+
+    /// The group `ip` counts in, or `None` if it is exempt from the per-IP limits.
+    pub fn group(&self, ip: IpAddr) -> Option<IpGroup> {
+        let ip = ip.to_canonical();
+        if self.exempt.contains(&ip) {
+            return None;
+        }
+        Some(match ip {
+            IpAddr::V4(_) => IpGroup { network: ip, prefix_len: 32 },
+            IpAddr::V6(v6) => {
+                let len = self.ipv6_prefix_len;
+                // A shift by 128 overflows: a zero-length prefix is every address.
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpGroup { network: Ipv6Addr::from(u128::from(v6) & mask).into(), prefix_len: len }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn two_addresses_of_one_slash_64_are_one_client_and_of_two_are_two() {
+        let per_ip = PerIp::new(&[], 64);
+        assert_eq!(per_ip.group(ip("2001:db8:1:2::1")), per_ip.group(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")));
+        assert_ne!(per_ip.group(ip("2001:db8:1:2::1")), per_ip.group(ip("2001:db8:1:3::1")));
+        assert_eq!(per_ip.group(ip("2001:db8:1:2::1")).map(|g| g.to_string()).as_deref(), Some("2001:db8:1:2::/64"));
+    }
+
+    #[test]
+    fn the_prefix_length_is_configurable() {
+        let (a, b) = (ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1"));
+        assert_eq!(PerIp::new(&[], 48).group(a), PerIp::new(&[], 48).group(b), "one /48");
+        let whole = PerIp::new(&[], 128);
+        assert_ne!(whole.group(a), whole.group(ip("2001:db8:1:2::2")), "each address its own");
+        assert_eq!(whole.group(a).map(|g| g.to_string()).as_deref(), Some("2001:db8:1:2::1"));
+        assert_eq!(PerIp::new(&[], 0).group(a), PerIp::new(&[], 0).group(ip("fe80::1")), "every IPv6 address");
+        assert_eq!(PerIp::new(&[], 200).group(a), whole.group(a), "past 128 is 128");
+    }
+
+    #[test]
+    fn ipv4_is_per_address_and_an_ipv4_mapped_address_is_the_ipv4_one() {
+        let per_ip = PerIp::new(&[ip("10.0.0.9")], 0);
+        assert_ne!(per_ip.group(ip("10.0.0.1")), per_ip.group(ip("10.0.0.2")));
+        assert_eq!(per_ip.group(ip("::ffff:10.0.0.1")), per_ip.group(ip("10.0.0.1")));
+        assert_eq!(per_ip.group(ip("::ffff:10.0.0.1")).map(|g| g.to_string()).as_deref(), Some("10.0.0.1"));
+        assert_eq!(per_ip.group(ip("::ffff:10.0.0.9")), None, "exempt as its IPv4 address");
+    }
+
+    #[test]
+    fn an_exempt_address_exempts_itself_and_not_its_prefix() {
+        let per_ip = PerIp::new(&[ip("2001:db8::1"), ip("::ffff:192.0.2.1")], 64);
+        assert_eq!(per_ip.group(ip("2001:db8::1")), None);
+        assert!(per_ip.group(ip("2001:db8::2")).is_some(), "its neighbour in the /64");
+        assert_eq!(per_ip.group(ip("192.0.2.1")), None, "an exempt mapped address exempts the IPv4 one");
+        assert!(per_ip.group(ip("192.0.2.2")).is_some());
+    }
+}
