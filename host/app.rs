@@ -193,7 +193,8 @@ pub async fn start_with(
         .watch(Duration::from_millis(config.plugins.debounce_ms))
         .with_context(|| format!("watching the plugin folder {}", config.plugins.dir.display()))?;
     match plugins.reports().as_slice() {
-        [] => tracing::warn!(dir = %config.plugins.dir.display(),
+        // With failed plugins, stand-ins refuse in their place: nothing is let through.
+        [] if plugins.active_failures().is_empty() => tracing::warn!(dir = %config.plugins.dir.display(),
             "no policy plugins loaded: every connection, job and solution is admitted and offered to everyone"),
         [only] if only.key == BUILTIN_KEY => tracing::warn!(dir = %config.plugins.dir.display(),
             "no plugin in the folder: the built-in seed rules serve until one is dropped in"),

@@ -92,8 +92,8 @@ fn with_fuel_off_the_deadlines_stop_a_looping_call_and_a_start_up_too_slow_for_i
     assert!(refused.to_string().contains("load deadline of 20 ms"), "{refused}");
     assert!(started.elapsed() < Duration::from_secs(5), "stopped promptly: {:?}", started.elapsed());
 
-    let frugal = PluginEngine::new(Limits { fuel: 1_000_000, load_fuel: 2_000_000, ..Limits::default() })
-        .expect("engine");
+    let frugal =
+        PluginEngine::new(Limits { fuel: 1_000_000, load_fuel: 2_000_000, ..Limits::default() }).expect("engine");
     let refused = frugal
         .load_with_settings("slow", &plugin_bytes("testing-misbehave"), &spinning(200_000_000))
         .err()
@@ -250,8 +250,8 @@ fn a_plugin_that_failed_to_load_is_refused_in_its_place_and_the_fallback_never_s
     let pow = plugin_bytes("pow-check");
     let broken = dir.path().join("20-pow-check.wasm");
     std::fs::write(&broken, &pow[..pow.len() / 2]).expect("truncated");
-    let host = PluginHost::open_with_fallback(engine.clone(), dir.path(), Some(NativeSeedRules::builtin()))
-        .expect("open");
+    let host =
+        PluginHost::open_with_fallback(engine.clone(), dir.path(), Some(NativeSeedRules::builtin())).expect("open");
 
     let failed = host.active_failures();
     assert_eq!(failed.len(), 1, "{failed:?}");
@@ -374,7 +374,8 @@ async fn with_start_with_failed_eligo_starts_names_the_failure_at_healthz_and_th
     assert!(health.body.starts_with("ok") && health.body.contains("20-pow-check.wasm"), "{}", health.body);
 
     let plugins = support::http::get(serve.admin, "/plugins").await.ok_json();
-    let active: Vec<&str> = plugins["active"].as_array().expect("active").iter().filter_map(|p| p["key"].as_str()).collect();
+    let active: Vec<&str> =
+        plugins["active"].as_array().expect("active").iter().filter_map(|p| p["key"].as_str()).collect();
     assert_eq!(active, ["10-seed-rules"], "no built-in rules in place of the failed plugin: {plugins:#}");
     let failed = &plugins["failed"][0];
     assert!(failed["file"].as_str().is_some_and(|f| f.ends_with("20-pow-check.wasm")), "{plugins:#}");

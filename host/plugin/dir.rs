@@ -406,8 +406,11 @@ impl PluginHost {
                 continue;
             }
             let shown = format!("{label}{key}");
-            let compiling =
-                Compiling { key: shown.clone(), file: path.display().to_string(), since: chrono::Utc::now().to_rfc3339() };
+            let compiling = Compiling {
+                key: shown.clone(),
+                file: path.display().to_string(),
+                since: chrono::Utc::now().to_rfc3339(),
+            };
             self.lock_state().compiling.insert(shown.clone(), compiling);
             let loaded = settings.and_then(|settings| {
                 if let Some(beside) = &beside {

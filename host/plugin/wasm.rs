@@ -8,8 +8,8 @@ use super::cache::Compiled;
 use super::engine::{LoadError, PluginEngine};
 use super::host_state::{truncate, HostState, LogBudget};
 use super::policy::{check_indices, check_job_offer, Decision, Policy, PolicyError, Verdict};
-use std::sync::{Arc, Mutex};
 use crate::config::Limits;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
 
@@ -300,7 +300,9 @@ impl WasmPlugin {
         match exports.configure(&mut store, &self.settings) {
             Ok(Ok(())) => Ok(Instance { store, exports }),
             Ok(Err(reason)) => Err(InstantiateError::SettingsRefused(reason)),
-            Err(e) => Err(InstantiateError::Failed(format!("its configure() call failed: {}", load_failure(e, budget)))),
+            Err(e) => {
+                Err(InstantiateError::Failed(format!("its configure() call failed: {}", load_failure(e, budget))))
+            }
         }
     }
 
