@@ -544,3 +544,22 @@ impl Policy for WasmPlugin {
         &self.settings
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::engine::epoch_tick;
+    use super::{deadline_ticks, Limits};
+    use std::time::Duration;
+
+    #[test]
+    fn the_tick_is_a_tenth_of_the_deadline_and_deadlines_are_never_cut_short() {
+        let ms = Duration::from_millis;
+        assert_eq!(epoch_tick(&Limits::default()), ms(100), "ten wake-ups a second by default");
+        assert_eq!(epoch_tick(&Limits { deadline_ms: 20, ..Limits::default() }), ms(10));
+        assert_eq!(epoch_tick(&Limits { deadline_ms: 60_000, ..Limits::default() }), ms(100));
+        // The next tick may come at once: one more than the deadline holds it whole.
+        assert_eq!(deadline_ticks(1_000, ms(100)), 11);
+        assert_eq!(deadline_ticks(30_000, ms(100)), 301);
+        assert_eq!(deadline_ticks(5, ms(10)), 2);
+    }
+}
