@@ -147,6 +147,29 @@ pub fn plugin_trust(config: &Config) -> anyhow::Result<Trust> {
     Ok(Trust { configured: config.plugins.config.clone(), keys })
 }
 
+/// Fails start-up when a plugin of the folder did not load, unless
+/// `[plugins] start_with_failed` says to start anyway. A validator or an
+/// authentication plugin that silently did not load would let everything
+/// through; the operator should hear of it before the first client does.
+fn refuse_failed_plugins(config: &Config, plugins: &PluginHost) -> anyhow::Result<()> {
+    let failed = plugins.active_failures();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let list = failed.iter().map(|f| format!("{}: {}", f.file, f.error)).collect::<Vec<_>>().join("; ");
+    if !config.plugins.start_with_failed {
+        anyhow::bail!(
+            "{} plugin(s) of {} failed to load: {list}. Fix or remove them, or set [plugins] start_with_failed = true \
+             to start anyway (every decision a failed plugin takes part in is then refused until it loads)",
+            failed.len(),
+            config.plugins.dir.display()
+        );
+    }
+    tracing::error!(failed = %list, "starting with plugins that failed to load ([plugins] start_with_failed): \
+        every decision they take part in is refused until they load; /healthz names them");
+    Ok(())
+}
+
 /// Starts every role of `config` over the given backends.
 pub async fn start_with(
     config: &Config,
@@ -159,15 +182,21 @@ pub async fn start_with(
     }
     queue.declare().await.context("declaring exchanges and queues")?;
     log.declare().await.context("declaring topics")?;
-    let engine = PluginEngine::new(config.plugins.limits.clone()).context("starting the plugin engine")?;
+    let mut engine = PluginEngine::new(config.plugins.limits.clone()).context("starting the plugin engine")?;
+    let cache = config.plugins.cache_dir(&config.data_dir);
+    if let Err(e) = engine.use_cache(&cache) {
+        tracing::warn!(dir = %cache.display(), error = %e, "cannot keep compiled plugins: every load compiles afresh");
+    }
     let fallback = config.plugins.builtin_seed_rules.then(NativeSeedRules::builtin);
     let plugins = PluginHost::open_trusting(engine, &config.plugins.dir, fallback, plugin_trust(config)?)
         .with_context(|| format!("opening the plugin folder {}", config.plugins.dir.display()))?;
+    refuse_failed_plugins(config, &plugins)?;
     let watch = plugins
         .watch(Duration::from_millis(config.plugins.debounce_ms))
         .with_context(|| format!("watching the plugin folder {}", config.plugins.dir.display()))?;
     match plugins.reports().as_slice() {
-        [] => tracing::warn!(dir = %config.plugins.dir.display(),
+        // With failed plugins, stand-ins refuse in their place: nothing is let through.
+        [] if plugins.active_failures().is_empty() => tracing::warn!(dir = %config.plugins.dir.display(),
             "no policy plugins loaded: every connection, job and solution is admitted and offered to everyone"),
         [only] if only.key == BUILTIN_KEY => tracing::warn!(dir = %config.plugins.dir.display(),
             "no plugin in the folder: the built-in seed rules serve until one is dropped in"),

@@ -124,7 +124,7 @@ fn the_configuration_example_in_the_readme_is_valid() {
     let config: eligo::config::Config = toml::from_str(&readme[start..end]).expect("the README's example parses");
     assert_eq!(config.roles.len(), 5);
     assert!(config.amqp.is_some() && config.kafka.is_some() && config.postgres.is_some());
-    assert_eq!(config.plugins.limits.deadline_ms, 100);
+    assert_eq!(config.plugins.limits.deadline_ms, 1000);
     let file = tempfile::tempdir().expect("tempdir");
     let path = file.path().join("eligo.toml");
     std::fs::write(&path, &readme[start..end]).expect("write");

@@ -6,7 +6,7 @@ use super::jobs::job_detail;
 use super::summary::Summary;
 use super::AdminState;
 use crate::pipeline::views::{NodeView, WorkerPolicyView, WorkerView};
-use crate::plugin::{LoadFailure, PluginReport, Reload, ShadowReport};
+use crate::plugin::{Compiling, LoadFailure, PluginReport, Reload, ShadowReport};
 use crate::store::{Page, SolutionFilter, WorkerFilter, WorkerRow};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -165,6 +165,9 @@ pub struct PluginsOut {
     /// Files that failed to load at the last attempt.
     #[schema(value_type = Vec<Object>)]
     pub failed: Vec<LoadFailure>,
+    /// Files being compiled now; the version before each (if any) serves meanwhile.
+    #[schema(value_type = Vec<Object>)]
+    pub compiling: Vec<Compiling>,
     /// Candidates in `shadow/`: whom each shadows, how often it agreed, its cost
     /// per call and samples of disagreements.
     #[schema(value_type = Vec<Object>)]
@@ -300,6 +303,7 @@ async fn plugins(State(state): State<Arc<AdminState>>) -> ApiResult<PluginsOut> 
     Ok(Json(PluginsOut {
         active: plugins.reports(),
         failed: plugins.failures(),
+        compiling: plugins.compiling(),
         shadows: plugins.shadows(),
         reloads: plugins.history(),
     }))

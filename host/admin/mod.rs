@@ -75,11 +75,30 @@ pub fn router(state: AdminState, shutdown: &CancellationToken) -> Router {
         .route("/api/v1/events", get(summary::events))
         .merge(api::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state);
+        .with_state(state.clone());
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz).with_state(state))
         .route("/metrics", get(|| async { crate::metrics::render() }))
         .merge(guarded)
+}
+
+/// `/healthz`: a liveness check, `ok` (200) while the process runs. Plugins that
+/// failed to load do not make it fail (restarting would not mend them), but are
+/// named on the lines after `ok`: by file name only, as this path needs no
+/// token; the reasons are at `/plugins`.
+async fn healthz(State(state): State<Arc<AdminState>>) -> String {
+    let failed = state.plugins.active_failures();
+    if failed.is_empty() {
+        return "ok".into();
+    }
+    let names: Vec<String> = failed
+        .iter()
+        .map(|f| std::path::Path::new(&f.file).file_name().map_or(f.file.clone(), |n| n.to_string_lossy().into_owned()))
+        .collect();
+    format!(
+        "ok\nplugins failed to load, every decision they take part in is refused (reasons at /plugins): {}\n",
+        names.join(", ")
+    )
 }
 
 /// Refuses a request without the admin token (when one is configured).
@@ -109,10 +128,15 @@ fn unauthorized(why: &str) -> Response {
     response
 }
 
-/// `/plugins`, as before `/api/v1`: active and failed plugins, and candidates in shadow.
+/// `/plugins`, as before `/api/v1`: active, failed and compiling plugins, and candidates in shadow.
 async fn legacy_plugins(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
     let plugins = &state.plugins;
-    Json(serde_json::json!({ "active": plugins.reports(), "failed": plugins.failures(), "shadows": plugins.shadows() }))
+    Json(serde_json::json!({
+        "active": plugins.reports(),
+        "failed": plugins.failures(),
+        "compiling": plugins.compiling(),
+        "shadows": plugins.shadows(),
+    }))
 }
 
 /// `/status`, as before `/api/v1`: counts.

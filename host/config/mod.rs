@@ -348,8 +348,9 @@ pub struct PluginsConfig {
     pub debounce_ms: u64,
     /// Limits of every plugin call.
     pub limits: Limits,
-    /// While the folder holds no plugin that loads, apply the original system's
+    /// While the folder holds no plugin file at all, apply the original system's
     /// rules (built in, natively) rather than admitting and offering everything.
+    /// They never stand in for a plugin that failed to load.
     pub builtin_seed_rules: bool,
     /// Settings by plugin key (`[plugins.config.20-tag-router]`), handed to the
     /// plugin's `configure`. A `<key>.toml` beside the plugin file does the same
@@ -361,6 +362,13 @@ pub struct PluginsConfig {
     /// Threads that run the policies' decisions, apart from the threads that
     /// serve sockets and HTTP; 0 is one per core.
     pub decision_threads: usize,
+    /// Start even when a plugin of the folder fails to load (it is reported at
+    /// `/healthz` and `/plugins`, and every decision it would take part in is
+    /// refused until it loads). Off: eligo refuses to start, naming the file.
+    pub start_with_failed: bool,
+    /// Where compiled plugins are kept between starts; default `plugin-cache`
+    /// in `data_dir`. Only eligo writes there (mode 0700).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for PluginsConfig {
@@ -373,20 +381,45 @@ impl Default for PluginsConfig {
             config: Default::default(),
             trusted_keys: Vec::new(),
             decision_threads: 0,
+            start_with_failed: false,
+            cache_dir: None,
         }
     }
 }
 
-/// Limits applied to every plugin call.
+impl PluginsConfig {
+    /// The folder of compiled plugins: `cache_dir`, or `plugin-cache` in `data_dir`.
+    pub fn cache_dir(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(|| data_dir.join("plugin-cache"))
+    }
+}
+
+/// Limits applied to every plugin call, and to the making of every instance.
+///
+/// Fuel is the precise limit of a plugin's own work: it counts what the plugin
+/// did, whatever else the machine was doing. The wall-clock deadlines are a
+/// backstop for when fuel is off, set with headroom so that a busy host does not
+/// trip them.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Wall-clock budget of one call, in milliseconds (epoch interruption).
+    /// Wall-clock budget of one call, in milliseconds (epoch interruption). The
+    /// epoch ticks every tenth of it (at least 10 ms, at most 100 ms), and a
+    /// deadline is rounded up to whole ticks.
     pub deadline_ms: u64,
     /// Fuel (roughly, wasm instructions) one call may use; 0 turns fuel off and
     /// leaves the deadline alone to stop runaway plugins (faster: fuel metering
     /// costs every loop iteration a counter update).
     pub fuel: u64,
+    /// Wall-clock budget of making an instance, in milliseconds: instantiation
+    /// and `configure` (for Python and JavaScript, the interpreter's start-up),
+    /// and `info()` at load. Every new instance runs `configure`, so this applies
+    /// to instances made later too. Generous: loading is off the hot path.
+    pub load_deadline_ms: u64,
+    /// Fuel the making of an instance may use (as `load_deadline_ms`); 0: no
+    /// fuel limit on it, the load deadline alone stops it. Ignored when `fuel`
+    /// is 0 (fuel off).
+    pub load_fuel: u64,
     /// Linear memory one plugin instance may grow to, in bytes.
     pub memory_bytes: usize,
     /// Largest string or state blob passed to or accepted from a plugin, in bytes.
@@ -402,8 +435,10 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            deadline_ms: 100,
+            deadline_ms: 1_000,
             fuel: 200_000_000,
+            load_deadline_ms: 30_000,
+            load_fuel: 0,
             memory_bytes: 32 << 20,
             max_blob_bytes: 256 << 10,
             max_batch: 200_000,

@@ -3,15 +3,22 @@
 //! file, which every loaded plugin leans on, leans on no plugin.
 
 use super::bindings::{v0_1, Policy as PolicyWorld};
+use super::cache::ComponentCache;
 use super::host_state::HostState;
 use crate::config::Limits;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How often the epoch advances; deadlines are rounded up to it.
-pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// How often the epoch advances for `limits`: a tenth of the call deadline,
+/// between 10 and 100 ms. The deadline is a backstop (fuel is the precise
+/// limit), so a coarse tick costs nothing in precision that matters, and an idle
+/// server wakes ten times a second rather than hundreds.
+pub fn epoch_tick(limits: &Limits) -> Duration {
+    Duration::from_millis((limits.deadline_ms / 10).clamp(10, 100))
+}
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -59,18 +66,28 @@ pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<HostState>>,
     pub(crate) limits: Limits,
+    /// How often the epoch advances; deadlines are counted in it.
+    pub(crate) tick: Duration,
+    /// Where compiled plugins are kept between loads, if anywhere.
+    pub(crate) cache: Option<Arc<ComponentCache>>,
+    /// Called with a plugin's name before it is compiled afresh (tests hold a
+    /// compile with it).
+    pub(crate) before_compile: Option<Arc<dyn Fn(&str) + Send + Sync>>,
 }
+
+/// The pooling allocator's sizes: fixed but for the memory cap.
+const POOLED_INSTANCES: u32 = 512;
 
 impl PluginEngine {
     /// Builds the engine with the pooling allocator, fuel and epoch interruption.
     pub fn new(limits: Limits) -> anyhow::Result<Self> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
-            .total_component_instances(512)
-            .total_core_instances(512)
-            .total_memories(512)
-            .total_tables(512)
-            .max_memory_size(limits.memory_bytes.max(1 << 20));
+            .total_component_instances(POOLED_INSTANCES)
+            .total_core_instances(POOLED_INSTANCES)
+            .total_memories(POOLED_INSTANCES)
+            .total_tables(POOLED_INSTANCES)
+            .max_memory_size(pooled_memory(&limits));
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -83,21 +100,60 @@ impl PluginEngine {
         v0_1::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         // Offered to plugins that import it; a pure plugin never touches it.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        start_epoch_ticker(&engine);
-        Ok(PluginEngine { engine, linker: Arc::new(linker), limits })
+        let tick = epoch_tick(&limits);
+        start_epoch_ticker(&engine, tick);
+        Ok(PluginEngine { engine, linker: Arc::new(linker), limits, tick, cache: None, before_compile: None })
+    }
+
+    /// Keeps compiled plugins in `dir` (made with mode 0700 if missing) and loads
+    /// them from there when the same bytes are loaded again. See `cache.rs` for
+    /// why code from that folder, and only from it, is trusted. On an error the
+    /// engine goes on without a cache.
+    pub fn use_cache(&mut self, dir: &Path) -> std::io::Result<()> {
+        let cache = ComponentCache::open(dir, &self.engine, &self.codegen_settings())?;
+        self.cache = Some(Arc::new(cache));
+        Ok(())
+    }
+
+    /// Calls `hook` with a plugin's name before each fresh compile, on the
+    /// compiling thread: for tests that need a compile to take its time.
+    #[doc(hidden)]
+    pub fn with_compile_hook(mut self, hook: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.before_compile = Some(Arc::new(hook));
+        self
     }
 
     /// The limits every call runs under.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
+
+    /// Every setting of [`new`](Self::new) that changes the code wasmtime makes,
+    /// spelled out for the cache's key. wasmtime's own compatibility hash should
+    /// cover them; naming them too costs nothing and survives a wasmtime that
+    /// hashes less.
+    fn codegen_settings(&self) -> String {
+        format!(
+            "component-model consume-fuel={} epoch-interruption=true pooling instances={POOLED_INSTANCES} \
+             max-memory-size={} target={}-{}",
+            self.limits.fuel > 0,
+            pooled_memory(&self.limits),
+            std::env::consts::ARCH,
+            std::env::consts::OS,
+        )
+    }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
-fn start_epoch_ticker(engine: &Engine) {
+/// The largest memory the pooling allocator reserves a slot for.
+fn pooled_memory(limits: &Limits) -> usize {
+    limits.memory_bytes.max(1 << 20)
+}
+
+/// Advances the engine's epoch every `tick` until the engine is dropped.
+fn start_epoch_ticker(engine: &Engine, tick: Duration) {
     let weak = engine.weak();
     let spawned = std::thread::Builder::new().name("eligo-epoch".into()).spawn(move || loop {
-        std::thread::sleep(EPOCH_TICK);
+        std::thread::sleep(tick);
         match weak.upgrade() {
             Some(engine) => engine.increment_epoch(),
             None => return,

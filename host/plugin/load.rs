@@ -5,6 +5,7 @@
 //! with loading in the engine's file, the two files would lean on each other.
 
 use super::bindings::{v0_1, PolicyPre, DECISIONS_INTERFACE};
+use super::cache::Compiled;
 use super::engine::{LoadError, PluginEngine};
 use super::wasm::{Contract, WasmPlugin, NO_SETTINGS};
 use wasmtime::component::Component;
@@ -24,7 +25,7 @@ impl PluginEngine {
         if bytes.starts_with(b"\0asm\x01\0\0\0") {
             return Err(LoadError::CoreModule);
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let (component, compiled) = self.compile(name, bytes)?;
         let version = check_contract(&self.engine, &component)?;
         let link = |e: wasmtime::Error| LoadError::Link(format!("{e:#}"));
         let pre = self.linker.instantiate_pre(&component).map_err(link)?;
@@ -32,7 +33,23 @@ impl PluginEngine {
             Version::V0_1 => Contract::V0_1(v0_1::PolicyPre::new(pre).map_err(link)?),
             Version::Current => Contract::Current(PolicyPre::new(pre).map_err(link)?),
         };
-        WasmPlugin::new(self.clone(), name, contract, settings)
+        WasmPlugin::new(self.clone(), name, contract, settings, compiled)
+    }
+
+    /// The component of `bytes`: from the cache of compiled plugins if it holds
+    /// them, else compiled now (and kept there).
+    fn compile(&self, name: &str, bytes: &[u8]) -> Result<(Component, Compiled), LoadError> {
+        if let Some(component) = self.cache.as_ref().and_then(|cache| cache.get(&self.engine, bytes)) {
+            return Ok((component, Compiled::Cache));
+        }
+        if let Some(hook) = &self.before_compile {
+            hook(name);
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        if let Some(cache) = &self.cache {
+            cache.put(&component, bytes);
+        }
+        Ok((component, Compiled::Fresh))
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`PolicySet`] (several composed), [`PluginHost`] (a folder, hot-reloaded).
 
 mod bindings;
+mod cache;
 mod dir;
 mod engine;
 mod host_state;
@@ -20,13 +21,15 @@ pub mod scaffold;
 mod set;
 mod shadow;
 pub mod signature;
+mod stand_in;
 mod wasm;
 
 pub use bindings::{
     ConnectionRequest, Hook, Job, JobAdmission, JobOffer, JobSubmission, Level, NodeView, PluginInfo, Role, Solution,
     Welcome, WorkerAdmission, WorkerProfile, Workers, DECISIONS_INTERFACE, WIT_VERSION,
 };
-pub use dir::{loaded_policy, LoadFailure, PluginHost, Reload, RescanSummary, Settings, Trust, WatchGuard};
+pub use cache::Compiled;
+pub use dir::{loaded_policy, Compiling, LoadFailure, PluginHost, Reload, RescanSummary, Settings, Trust, WatchGuard};
 // The limits are settings (`[plugins.limits]`), so they are defined with the
 // others, below the runtime; they are named here too, where engines are built.
 pub use crate::config::Limits;

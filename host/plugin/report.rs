@@ -24,4 +24,11 @@ pub struct PluginReport {
     pub loaded_at: String,
     /// The hooks it implements.
     pub hooks: Vec<String>,
+    /// How its code was made: `fresh` (compiled at this load) or `cache` (taken
+    /// from eligo's cache of compiled plugins); `None` for a built-in policy.
+    pub compiled: Option<super::Compiled>,
+    /// Whether this is no plugin but the refusing stand-in for one that failed to
+    /// load: it decides, but is listed under `failed`, not as active.
+    #[serde(skip)]
+    pub stand_in: bool,
 }

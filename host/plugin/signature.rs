@@ -236,6 +236,13 @@ impl Beside {
         Beside { sig: read_if_present(&sig_file), sig_file, settings: read_if_present(&settings_file), settings_file }
     }
 
+    /// The bytes of the settings file as read (`None`: there is none). The
+    /// plugin is configured from these, not from a second read, so that its
+    /// settings are the very bytes its signature was checked over.
+    pub fn settings(&self) -> Result<Option<&[u8]>, &std::io::Error> {
+        self.settings.as_ref().map(Option::as_deref)
+    }
+
     /// What was read, as digests: differs whenever either file does.
     pub fn fingerprint(&self) -> String {
         let digest = |read: &std::io::Result<Option<Vec<u8>>>| match read {

@@ -4,9 +4,11 @@ use super::bindings::{
     v0_1, ConnectionRequest, Hook, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo,
     Policy as PolicyWorld, PolicyPre, Solution, Welcome, WorkerAdmission, WorkerProfile, Workers, WIT_VERSION,
 };
-use super::engine::{LoadError, PluginEngine, EPOCH_TICK};
+use super::cache::Compiled;
+use super::engine::{LoadError, PluginEngine};
 use super::host_state::{truncate, HostState, LogBudget};
 use super::policy::{check_indices, check_job_offer, Decision, Policy, PolicyError, Verdict};
+use crate::config::Limits;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
@@ -176,6 +178,34 @@ struct Instance {
     exports: Exports,
 }
 
+/// What one stretch of a plugin's running may take: a call, or the making of an
+/// instance (instantiation, `configure`, and `info` at load).
+#[derive(Clone, Copy)]
+struct Budget {
+    /// 0: fuel is off.
+    fuel: u64,
+    deadline_ms: u64,
+}
+
+impl Budget {
+    /// One call: the precise fuel budget, with the deadline as backstop.
+    fn call(limits: &Limits) -> Self {
+        Budget { fuel: limits.fuel, deadline_ms: limits.deadline_ms }
+    }
+
+    /// Making an instance: start-ups (an interpreter's, a plugin's own
+    /// `configure`) may take far longer than a decision, and are off the hot path.
+    fn load(limits: &Limits) -> Self {
+        let fuel = match (limits.fuel, limits.load_fuel) {
+            (0, _) => 0,
+            // With fuel on in the engine a store always has a budget: "none" is all there is.
+            (_, 0) => u64::MAX,
+            (_, load) => load,
+        };
+        Budget { fuel, deadline_ms: limits.load_deadline_ms }
+    }
+}
+
 /// Why no instance could be made.
 enum InstantiateError {
     Failed(String),
@@ -197,10 +227,18 @@ pub struct WasmPlugin {
     /// Call time per hook (`eligo_plugin_call_seconds`), resolved at load so a call
     /// records without a look-up; indexed like [`HOOKS`].
     timers: [metrics::Histogram; HOOKS.len()],
+    /// Whether its code came from the cache of compiled plugins.
+    compiled: Compiled,
 }
 
 impl WasmPlugin {
-    pub(crate) fn new(engine: PluginEngine, name: &str, pre: Contract, settings: &str) -> Result<Self, LoadError> {
+    pub(crate) fn new(
+        engine: PluginEngine,
+        name: &str,
+        pre: Contract,
+        settings: &str,
+        compiled: Compiled,
+    ) -> Result<Self, LoadError> {
         let log = Arc::new(LogBudget::new(engine.limits.log_lines_per_second));
         let placeholder = PluginInfo { name: name.to_string(), version: String::new(), hooks: Vec::new() };
         let timers = HOOKS.map(|hook| {
@@ -216,6 +254,7 @@ impl WasmPlugin {
             idle: Mutex::new(Vec::new()),
             log,
             timers,
+            compiled,
         };
         // The first instance tells whether the plugin takes its settings at all.
         let first = plugin.instantiate().map_err(|e| match e {
@@ -225,7 +264,8 @@ impl WasmPlugin {
         if let Ok(mut idle) = plugin.idle.lock() {
             idle.push(first);
         }
-        let info = plugin.run(|b, s| b.info(s), false).0.map_err(|e| LoadError::Info(e.to_string()))?;
+        let load = Budget::load(&plugin.engine.limits);
+        let info = plugin.run(|b, s| b.info(s), load, false).0.map_err(|e| LoadError::Info(e.to_string()))?;
         Ok(WasmPlugin { info, ..plugin })
     }
 
@@ -239,13 +279,20 @@ impl WasmPlugin {
         &self.settings
     }
 
+    /// Whether its code was compiled at this load or taken from the cache.
+    pub fn compiled(&self) -> Compiled {
+        self.compiled
+    }
+
+    /// A new instance, configured, made under the load budget.
     fn instantiate(&self) -> Result<Instance, InstantiateError> {
         let limits = &self.engine.limits;
         let mut store =
             Store::new(&self.engine.engine, HostState::new(self.name.clone(), limits.memory_bytes, self.log.clone()));
         store.limiter(|s| &mut s.memory);
-        arm(&mut store, limits.fuel, limits.deadline_ms);
-        let failed = |e: wasmtime::Error| InstantiateError::Failed(format!("{e:#}"));
+        let budget = Budget::load(limits);
+        self.arm(&mut store, budget);
+        let failed = |e: wasmtime::Error| InstantiateError::Failed(load_failure(e, budget));
         let exports = match &self.pre {
             Contract::V0_1(pre) => Exports::V0_1(pre.instantiate(&mut store).map_err(failed)?),
             Contract::Current(pre) => Exports::Current(pre.instantiate(&mut store).map_err(failed)?),
@@ -253,7 +300,9 @@ impl WasmPlugin {
         match exports.configure(&mut store, &self.settings) {
             Ok(Ok(())) => Ok(Instance { store, exports }),
             Ok(Err(reason)) => Err(InstantiateError::SettingsRefused(reason)),
-            Err(e) => Err(InstantiateError::Failed(format!("its configure() call failed: {e:#}"))),
+            Err(e) => {
+                Err(InstantiateError::Failed(format!("its configure() call failed: {}", load_failure(e, budget))))
+            }
         }
     }
 
@@ -262,12 +311,13 @@ impl WasmPlugin {
         &self,
         f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> (Decision<R>, Cost) {
-        self.run(f, true)
+        self.run(f, Budget::call(&self.engine.limits), true)
     }
 
     fn run<R>(
         &self,
         f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
+        budget: Budget,
         measure: bool,
     ) -> (Decision<R>, Cost) {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
@@ -280,14 +330,14 @@ impl WasmPlugin {
             }
         };
         let limits = &self.engine.limits;
-        arm(&mut instance.store, limits.fuel, limits.deadline_ms);
+        self.arm(&mut instance.store, budget);
         instance.store.data_mut().memory.refused = false;
         // Reading the clock costs ~25 ns, a twentieth of the smallest call: only when asked.
         let started = measure.then(Instant::now);
         let result = f(&instance.exports, &mut instance.store);
         let cost = Cost {
             elapsed: started.map(|s| s.elapsed()).unwrap_or_default(),
-            fuel: limits.fuel.saturating_sub(instance.store.get_fuel().unwrap_or(limits.fuel)),
+            fuel: budget.fuel.saturating_sub(instance.store.get_fuel().unwrap_or(budget.fuel)),
             memory_bytes: instance.store.data().memory.peak,
         };
         match result {
@@ -301,7 +351,7 @@ impl WasmPlugin {
             }
             // A trapped instance is dropped: its memory may be half-updated and
             // the component model forbids entering it again.
-            Err(e) => (Err(self.classify(e, &instance.store)), cost),
+            Err(e) => (Err(self.classify(e, &instance.store, budget)), cost),
         }
     }
 
@@ -311,21 +361,20 @@ impl WasmPlugin {
         hook: Hook,
         f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Decision<R> {
-        let (decision, cost) = self.run(f, true);
+        let (decision, cost) = self.run(f, Budget::call(&self.engine.limits), true);
         if let Some(timer) = HOOKS.iter().position(|h| *h == hook).and_then(|i| self.timers.get(i)) {
             timer.record(cost.elapsed.as_secs_f64());
         }
         decision
     }
 
-    fn classify(&self, error: wasmtime::Error, store: &Store<HostState>) -> PolicyError {
-        let limits = &self.engine.limits;
+    fn classify(&self, error: wasmtime::Error, store: &Store<HostState>, budget: Budget) -> PolicyError {
         let failure = if store.data().memory.refused {
             PolicyError::Memory(store.data().memory.cap())
         } else {
             match error.downcast_ref::<Trap>() {
-                Some(Trap::OutOfFuel) => PolicyError::Fuel(limits.fuel),
-                Some(Trap::Interrupt) => PolicyError::Deadline(limits.deadline_ms),
+                Some(Trap::OutOfFuel) => PolicyError::Fuel(budget.fuel),
+                Some(Trap::Interrupt) => PolicyError::Deadline(budget.deadline_ms),
                 _ => PolicyError::Trap(format!("{error:#}")),
             }
         };
@@ -364,14 +413,36 @@ impl WasmPlugin {
     }
 }
 
-/// Sets the fuel and deadline of the next call.
-fn arm(store: &mut Store<HostState>, fuel: u64, deadline_ms: u64) {
-    if fuel > 0 {
-        // Refused only when fuel is off in the engine, which it is not when fuel > 0.
-        let _ = store.set_fuel(fuel);
+impl WasmPlugin {
+    /// Sets the fuel and deadline of what runs next on `store`.
+    fn arm(&self, store: &mut Store<HostState>, budget: Budget) {
+        if budget.fuel > 0 {
+            // Refused only when fuel is off in the engine, which it is not when fuel > 0.
+            let _ = store.set_fuel(budget.fuel);
+        }
+        store.set_epoch_deadline(deadline_ticks(budget.deadline_ms, self.engine.tick));
     }
-    let tick = EPOCH_TICK.as_millis().max(1) as u64;
-    store.set_epoch_deadline(deadline_ms.div_ceil(tick).max(1));
+}
+
+/// Ticks of `tick` that last at least `deadline_ms`: the next tick may come at
+/// any moment, so one more than the deadline holds whole.
+fn deadline_ticks(deadline_ms: u64, tick: Duration) -> u64 {
+    let tick = (tick.as_millis() as u64).max(1);
+    deadline_ms.div_ceil(tick).max(1) + 1
+}
+
+/// Why making an instance failed, naming the load limit it hit, if one.
+fn load_failure(error: wasmtime::Error, budget: Budget) -> String {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!(
+            "its start-up ran past the load deadline of {} ms ([plugins.limits] load_deadline_ms)",
+            budget.deadline_ms
+        ),
+        Some(Trap::OutOfFuel) => {
+            format!("its start-up used up the load fuel of {} ([plugins.limits] load_fuel)", budget.fuel)
+        }
+        _ => format!("{error:#}"),
+    }
 }
 
 fn reason(r: String) -> String {
@@ -471,5 +542,24 @@ impl Policy for WasmPlugin {
 
     fn settings(&self) -> &str {
         &self.settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::engine::epoch_tick;
+    use super::{deadline_ticks, Limits};
+    use std::time::Duration;
+
+    #[test]
+    fn the_tick_is_a_tenth_of_the_deadline_and_deadlines_are_never_cut_short() {
+        let ms = Duration::from_millis;
+        assert_eq!(epoch_tick(&Limits::default()), ms(100), "ten wake-ups a second by default");
+        assert_eq!(epoch_tick(&Limits { deadline_ms: 20, ..Limits::default() }), ms(10));
+        assert_eq!(epoch_tick(&Limits { deadline_ms: 60_000, ..Limits::default() }), ms(100));
+        // The next tick may come at once: one more than the deadline holds it whole.
+        assert_eq!(deadline_ticks(1_000, ms(100)), 11);
+        assert_eq!(deadline_ticks(30_000, ms(100)), 301);
+        assert_eq!(deadline_ticks(5, ms(10)), 2);
     }
 }

@@ -10,7 +10,8 @@
 //! | anything else | refuses, with the reason "misbehave refuses everything" |
 //!
 //! Settings: `configure = "loop" | "oom" | "trap" | "refuse"` misbehaves in
-//! `configure` itself; any other settings are taken.
+//! `configure` itself; `spin = N` makes `configure` busy for N loop iterations
+//! first (a slow start-up, as an interpreter's); any other settings are taken.
 
 use eligo_plugin_sdk::*;
 
@@ -68,6 +69,12 @@ impl Policy for Misbehave {
 
     fn configure(settings: String) -> Result<(), Reason> {
         let settings: serde_json::Value = serde_json::from_str(&settings).map_err(|e| e.to_string())?;
+        if let Some(spins) = settings.get("spin").and_then(|v| v.as_u64()) {
+            let mut n: u64 = 0;
+            for _ in 0..spins {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
         match settings.get("configure").and_then(|v| v.as_str()) {
             Some(what) => Err(misbehave(what)),
             None => Ok(()),
