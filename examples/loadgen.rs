@@ -218,8 +218,12 @@ async fn timed_get(admin: &str, path: &str) -> Option<Duration> {
     stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n").as_bytes()).await.ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.ok()?;
-    response.starts_with(b"HTTP/1.1 200").then(|| started.elapsed())
+    let status_line = response.split(|b| *b == b'\n').next().unwrap_or_default();
+    status_line.windows(5).any(|w| w == b" 200 ").then(|| started.elapsed())
 }
+
+/// The shortest observation of a storm.
+const OBSERVED_AT_LEAST: Duration = Duration::from_secs(5);
 
 /// What `--observe` timed during a storm.
 #[derive(Default)]
@@ -622,7 +626,9 @@ async fn storm(args: &Args, base: i64, wanted: Option<String>) -> Result<()> {
     let started = Instant::now();
     let handles: Vec<_> = (0..args.workers).map(|w| tokio::spawn(storm_worker(w, storm.clone()))).collect();
 
-    // Until every worker holds the job or has failed, at most `wait_secs` without progress.
+    // Until every worker holds the job or has failed, at most `wait_secs` without progress
+    // (and, when observing, for at least `OBSERVED_AT_LEAST`, so a quick storm still
+    // yields enough samples).
     let settled = |s: &Storm| s.held_count() + s.tally.errors.load(Ordering::Relaxed);
     let mut last = settled(&storm);
     let mut last_change = Instant::now();
@@ -635,6 +641,9 @@ async fn storm(args: &Args, base: i64, wanted: Option<String>) -> Result<()> {
         } else if last_change.elapsed() > Duration::from_secs(args.wait_secs) {
             break;
         }
+    }
+    if args.observe {
+        tokio::time::sleep(OBSERVED_AT_LEAST.saturating_sub(started.elapsed())).await;
     }
     let held = storm.held_count();
     let since_start = |at: &Mutex<Option<Instant>>| {

@@ -15,7 +15,7 @@ use super::accept_guard::Peer;
 use super::connection::{close_code, Outbox};
 use super::connection_cap::{ConnectionCap, Place};
 use super::Services;
-use crate::plugin::{ConnectionRequest, Hook, PolicySet, Refusal, Role};
+use crate::plugin::{ConnectionRequest, Hook, Lane, PolicySet, Refusal, Role};
 use axum::extract::ws::{Message, WebSocket};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -121,7 +121,7 @@ pub async fn admit_connection(
     let handshake = Handshake::read(remote, uri, headers);
     let (request, once) = (handshake.request(role), handshake.once.clone());
     let decided = services
-        .decide(Hook::AdmitConnection, move |policies| decide(policies, &request, once.as_deref()))
+        .decide(lane_of(role), Hook::AdmitConnection, move |policies| decide(policies, &request, once.as_deref()))
         .await
         .unwrap_or_else(|e| Err(e.into()));
     match decided {
@@ -198,6 +198,14 @@ fn refused(refusal: &Refusal) -> Response {
     }
 }
 
+/// A node's connection is decided ahead of workers' (a storm of them is bulk).
+fn lane_of(role: Role) -> Lane {
+    match role {
+        Role::Node => Lane::Urgent,
+        Role::Worker => Lane::Bulk,
+    }
+}
+
 fn role_label(role: Role) -> &'static str {
     match role {
         Role::Node => "node",
@@ -239,7 +247,7 @@ pub async fn run_challenge(
     };
     let (asked, once) = (request.clone(), challenge.once.clone());
     let checked = services
-        .decide(Hook::AdmitConnection, move |policies| {
+        .decide(lane_of(request.role), Hook::AdmitConnection, move |policies| {
             policies.check_challenge(&asked, &once, Some(&answer), crate::plugin::now_ms())
         })
         .await

@@ -26,7 +26,7 @@ pub mod token_bucket;
 pub mod views;
 pub mod worker_server;
 
-use crate::plugin::{DecisionPool, Hook, PluginHost, PolicySet, PoolError};
+use crate::plugin::{DecisionPool, Hook, Lane, PluginHost, PolicySet, PoolError};
 use crate::store::Store;
 use crate::transport::{EventLog, WorkQueue};
 use std::sync::Arc;
@@ -48,18 +48,18 @@ pub struct Services {
 }
 
 impl Services {
-    /// Decides with the active policies: on the decision pool when that calls a
-    /// plugin for `hook`, here when only the built-in rules (or none) decide.
+    /// Decides with the active policies: on the decision pool, in `lane`, when
+    /// that calls a plugin for `hook`, here when only the built-in rules (or none) decide.
     /// An error (the decision panicked, the pool stopped) is for the caller to
     /// fail closed on.
-    pub async fn decide<R, F>(&self, hook: Hook, decide: F) -> Result<R, PoolError>
+    pub async fn decide<R, F>(&self, lane: Lane, hook: Hook, decide: F) -> Result<R, PoolError>
     where
         R: Send + 'static,
         F: FnOnce(&PolicySet) -> R + Send + 'static,
     {
         let policies = self.plugins.current();
         if policies.calls_plugins(hook) {
-            self.decisions.run(move || decide(&policies)).await
+            self.decisions.run(lane, move || decide(&policies)).await
         } else {
             Ok(decide(&policies))
         }

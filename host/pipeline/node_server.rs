@@ -25,7 +25,7 @@ use super::solution_processor::solution_event;
 use super::views::{DeliveryCounts, KeyDigest, NodeView, RecentKeys, RECENT_HEIGHTS};
 use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
-use crate::plugin::{now_ms, Hook, Job, JobSubmission, NodeState, Role, Solution};
+use crate::plugin::{now_ms, Hook, Job, JobSubmission, Lane, NodeState, Role, Solution};
 use crate::protocol::{ack_frame, canonical_json, refusal, JobFrame, SolutionEvent};
 use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -202,7 +202,7 @@ impl NodeServer {
         let event = recent.event.clone();
         let decided = self
             .services
-            .decide(Hook::OfferSolution, move |policies| {
+            .decide(Lane::Urgent, Hook::OfferSolution, move |policies| {
                 let (job, solution) = offered(&event);
                 let states: Vec<&NodeState> = states.iter().collect();
                 policies.offer_solution(&job, &solution, &states, now_ms())
@@ -335,7 +335,7 @@ impl NodeServer {
         let Some(state) = self.nodes.lock().get(&id).map(|conn| conn.state.clone()) else { return };
         let admitted = self
             .services
-            .decide(Hook::AdmitJob, move |policies| {
+            .decide(Lane::Urgent, Hook::AdmitJob, move |policies| {
                 let mut state = state;
                 policies.admit_job(&submission, &mut state, now_ms()).map(|job| (job, state))
             })

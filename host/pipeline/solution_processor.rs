@@ -11,7 +11,7 @@
 
 use super::consume::{consume_until, BatchSettings, Retry};
 use super::Services;
-use crate::plugin::{Hook, Job, Solution, Validation};
+use crate::plugin::{Hook, Job, Lane, Solution, Validation};
 use crate::protocol::{canonical_json, Reply, SolutionEvent, SolutionMessage, VerdictEvent};
 use crate::store::{NewSolution, Rejected, Settlement, StoredJob, StoredSolution, Verdict};
 use crate::transport::{Stream, Topic};
@@ -241,7 +241,7 @@ async fn validate(
         return Ok(Vec::new());
     }
     let decided = services
-        .decide(Hook::ValidateSolution, move |policies| {
+        .decide(Lane::Urgent, Hook::ValidateSolution, move |policies| {
             unchecked
                 .into_iter()
                 .map(|(at, job, solution)| (at, policies.validate_solution(&job, &solution)))

@@ -28,7 +28,7 @@ use super::solution_processor::job_view;
 use super::views::{DeliveryCounts, KeyDigest, WorkerPolicyView, WorkerView};
 use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
-use crate::plugin::{now_ms, Hook, Job, Role, Welcome, WorkerState};
+use crate::plugin::{now_ms, Hook, Job, Lane, Role, Welcome, WorkerState};
 use crate::protocol::{
     ack_frame, canonical_json, refusal, verdict_frame, ConnectionRecord, JobEvent, PresenceEvent, Reply, SolutionFrame,
     SolutionMessage, VerdictEvent, WelcomeFrame, WorkFrame,
@@ -397,7 +397,9 @@ impl WorkerServer {
         let decided = self
             .services
             .decisions
-            .run(move || {
+            // A job for everyone goes ahead of a storm's welcomes; the offers to
+            // those welcomed wait with them.
+            .run(if only.is_none() { Lane::Urgent } else { Lane::Bulk }, move || {
                 let mut states = states;
                 let mut refs: Vec<&mut WorkerState> = states.iter_mut().collect();
                 let chosen = policies.offer_job(&job, &mut refs, now_ms());
@@ -500,7 +502,8 @@ impl WorkerServer {
             hardware_id: welcome.hardware_id.clone(),
             caption: welcome.caption.clone(),
         };
-        let admitted = self.services.decide(Hook::AdmitWorker, move |policies| policies.admit_worker(&view, now_ms()));
+        let admitted =
+            self.services.decide(Lane::Bulk, Hook::AdmitWorker, move |policies| policies.admit_worker(&view, now_ms()));
         match admitted.await.unwrap_or_else(|e| Err(e.into())) {
             Ok(state) => Some((welcome, state)),
             Err(refusal) => {

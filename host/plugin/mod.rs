@@ -40,7 +40,7 @@ pub use native::{NativeSeedRules, BUILTIN_KEY, NOTHING_SENT, WAIT_MS};
 #[cfg(feature = "fuzzing")]
 pub(crate) use policy::{check_indices, check_job_offer};
 pub use policy::{Decision, Policy, PolicyError, Reason, Verdict};
-pub use pool::{DecisionPool, PoolError};
+pub use pool::{DecisionPool, Lane, PoolError};
 pub use report::PluginReport;
 pub use set::{hook_names, LoadedPolicy, NodeState, PluginKey, PolicySet, Refusal, Validation, WorkerState};
 pub use shadow::{Disagreement, Shadow, ShadowReport};
