@@ -10,7 +10,11 @@ use support::http::get;
 use support::server::{job, welcome, Server};
 use support::ws::Client;
 
-on_both!(a_slow_policy_holds_only_the_traffic_waiting_for_it, a_solution_key_over_its_limit_is_refused_and_forgotten);
+on_both!(
+    a_slow_policy_holds_only_the_traffic_waiting_for_it,
+    workers_leaving_during_an_offer_cost_the_others_nothing,
+    a_solution_key_over_its_limit_is_refused_and_forgotten
+);
 
 /// Rounds of `testing-slow`'s loop per call: a few hundred milliseconds or more
 /// on any machine this runs on, far longer than a health check or an ack takes.
@@ -80,6 +84,48 @@ async fn a_slow_policy_holds_only_the_traffic_waiting_for_it(kind: Kind) {
     for worker in &mut workers {
         let work = worker.recv_within("the job, once admitted", Duration::from_secs(120)).await;
         assert_eq!(work["epoch_challenge"]["seed"], "s2", "the job current when it was admitted: {work}");
+    }
+    server.stop().await;
+}
+
+/// An offer is decided on copies: workers that leave while `offer-job` runs are
+/// skipped when it is applied, and every worker still connected gets the job.
+async fn workers_leaving_during_an_offer_cost_the_others_nothing(kind: Kind) {
+    let backends = Backends::new(kind).await;
+    let server = Server::start_configured(backends, &["testing-slow"], None, |config| {
+        config.plugins.config.insert("10-testing-slow".into(), json!({ "spin": SPIN }));
+        config.plugins.limits.fuel = 0;
+        config.plugins.limits.deadline_ms = 600_000;
+    })
+    .await;
+    let admin = server.running.admin_addr.expect("admin server");
+    let worker_addr = server.running.worker_addr.expect("worker server");
+    let mut workers = Vec::new();
+    for i in 0..8 {
+        let mut worker = Client::connect(worker_addr).await;
+        worker.send(&welcome(&format!("hw-leaving-{i}"))).await;
+        workers.push(worker);
+    }
+    let welcomed = tokio::time::Instant::now() + Duration::from_secs(120);
+    while get(admin, "/status").await.json()["workers"] != json!(8) {
+        assert!(tokio::time::Instant::now() < welcomed, "the workers were never welcomed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut node = server.node().await;
+    node.send(&job(3, 1000)).await;
+    let offering = tokio::time::Instant::now() + Duration::from_secs(60);
+    while decisions_in_progress(admin).await < 1.0 {
+        assert!(tokio::time::Instant::now() < offering, "the offer never reached the decision pool");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Half of them leave while the offer is decided.
+    let staying = workers.split_off(4);
+    for worker in workers {
+        worker.close().await;
+    }
+    for mut worker in staying {
+        let work = worker.recv_within("the job offered while others left", Duration::from_secs(120)).await;
+        assert_eq!(work["epoch_challenge"]["seed"], "s3", "{work}");
     }
     server.stop().await;
 }

@@ -417,11 +417,14 @@ impl WorkerServer {
         let (mut queued, mut dropped) = (0, 0);
         let mut workers = self.workers.lock();
         for (i, (id, state)) in ids.into_iter().zip(states).enumerate() {
+            // `chosen` is ascending: it is read in step with `i`, whether or not the
+            // worker is still here.
+            let picked = chosen.next_if_eq(&i).is_some();
             // A worker gone meanwhile is skipped; one welcomed meanwhile waits for its own offer.
             let Some(conn) = workers.get_mut(&id) else { continue };
             conn.state = state;
             conn.considered = ready.seq;
-            if chosen.next_if_eq(&i).is_none() {
+            if !picked {
                 continue;
             }
             conn.jobs_received += 1;
