@@ -20,15 +20,10 @@ on_both!(
 /// on any machine this runs on, far longer than a health check or an ack takes.
 const SPIN: u64 = 400_000_000;
 
-/// The decisions waiting for, or running on, the decision pool, as `/metrics` says.
-async fn decisions_in_progress(admin: std::net::SocketAddr) -> f64 {
-    let metrics = get(admin, "/metrics").await;
-    metrics
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix("eligo_plugin_decisions_queued "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+/// The decisions waiting for, or running on, this server's decision pool (its
+/// own count: tests running beside it in this process have pools of their own).
+fn decisions_in_progress(server: &Server) -> usize {
+    server.running.services.decisions.queued()
 }
 
 /// Eight workers welcomed at once under a policy whose `admit-worker` and
@@ -61,7 +56,7 @@ async fn a_slow_policy_holds_only_the_traffic_waiting_for_it(kind: Kind) {
         workers.push(worker);
     }
     let held = tokio::time::Instant::now() + Duration::from_secs(60);
-    while decisions_in_progress(admin).await < 1.0 {
+    while decisions_in_progress(&server) < 1 {
         assert!(tokio::time::Instant::now() < held, "the welcomes never reached the decision pool");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -77,7 +72,7 @@ async fn a_slow_policy_holds_only_the_traffic_waiting_for_it(kind: Kind) {
     node.send(&second).await;
     assert_eq!(node.recv("the second job's ack").await["status"], "accepted");
     assert!(
-        decisions_in_progress(admin).await >= 1.0,
+        decisions_in_progress(&server) >= 1,
         "health, the admin API and the ack must not wait for the slow decisions"
     );
 
@@ -114,7 +109,7 @@ async fn workers_leaving_during_an_offer_cost_the_others_nothing(kind: Kind) {
     let mut node = server.node().await;
     node.send(&job(3, 1000)).await;
     let offering = tokio::time::Instant::now() + Duration::from_secs(60);
-    while decisions_in_progress(admin).await < 1.0 {
+    while decisions_in_progress(&server) < 1 {
         assert!(tokio::time::Instant::now() < offering, "the offer never reached the decision pool");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
