@@ -7,7 +7,7 @@
 //! every decision, until a version of it loads or its file is removed.
 
 use super::bindings::{
-    ConnectionRequest, Hook, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo, Solution, Welcome,
+    ConnectionRequest, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo, Solution, Welcome,
     WorkerAdmission, WorkerProfile, Workers,
 };
 use super::policy::{Decision, Policy, Verdict};
@@ -29,14 +29,7 @@ impl StandIn {
             info: PluginInfo {
                 name: format!("{key} (failed to load: refuses everything)"),
                 version: String::new(),
-                hooks: vec![
-                    Hook::AdmitConnection,
-                    Hook::AdmitWorker,
-                    Hook::AdmitJob,
-                    Hook::OfferJob,
-                    Hook::ValidateSolution,
-                    Hook::OfferSolution,
-                ],
+                hooks: super::wasm::HOOKS.to_vec(),
             },
         }
     }
