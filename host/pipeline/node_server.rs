@@ -86,6 +86,11 @@ struct Recent {
 }
 
 impl Recent {
+    fn new(event: SolutionEvent) -> Self {
+        let frame = Utf8Bytes::from(event.solution.to_string());
+        Recent { key: KeyDigest::of(&event.unique_key), event: Arc::new(event), frame }
+    }
+
     /// What it costs to keep, roughly.
     fn bytes(&self) -> usize {
         // The event holds the solution parsed and its key; the frame, the text.
@@ -184,9 +189,7 @@ impl NodeServer {
     pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
         super::fanout::tail_forever(log, Topic::Solution, shutdown, ready, |event: SolutionEvent| {
-            let frame = Utf8Bytes::from(event.solution.to_string());
-            let key = KeyDigest::of(&event.unique_key);
-            let recent = Arc::new(Recent { event: Arc::new(event), frame, key });
+            let recent = Arc::new(Recent::new(event));
             // Remembered before it is delivered: a node that starts waiting after this
             // delivery finds it in its catch-up.
             self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(recent.clone());
@@ -196,8 +199,8 @@ impl NodeServer {
         .await
     }
 
-    /// Which of `ids` (with their `states`, copied out) the policies offer the
-    /// solution to; none when the decision fails.
+    /// Which of the nodes whose `states` were copied out the policies offer the
+    /// solution to, as indices into `states`; none when the decision fails.
     async fn offer_solution(&self, recent: &Arc<Recent>, states: Vec<NodeState>) -> Vec<usize> {
         let event = recent.event.clone();
         let decided = self
@@ -387,14 +390,9 @@ impl NodeServer {
     /// the store may not have marked yet). Repeats are skipped per connection.
     async fn catch_up(&self, id: u64, height: i64) {
         let mut events: Vec<Arc<Recent>> = match self.services.store.broadcast_solutions_at(height).await {
-            Ok(found) => found
-                .iter()
-                .map(|(job, solution)| {
-                    let event = solution_event(job, solution);
-                    let frame = Utf8Bytes::from(event.solution.to_string());
-                    Arc::new(Recent { key: KeyDigest::of(&event.unique_key), event: Arc::new(event), frame })
-                })
-                .collect(),
+            Ok(found) => {
+                found.iter().map(|(job, solution)| Arc::new(Recent::new(solution_event(job, solution)))).collect()
+            }
             Err(e) => {
                 tracing::warn!(connection = id, error = %e, "catch-up read failed; live solutions still flow");
                 Vec::new()
