@@ -371,35 +371,27 @@ impl WorkerServer {
     /// offering task alone, so no other offer changes a worker's state between
     /// the copy and the apply.
     async fn offer(&self, ready: &ReadyJob, only: Option<&[u64]>) {
-        let policies = self.services.plugins.current();
         let (ids, states): (Vec<u64>, Vec<WorkerState>) = {
             let workers = self.workers.lock();
+            let unoffered =
+                |(id, conn): (&u64, &WorkerConn)| (conn.considered != ready.seq).then(|| (*id, conn.state.clone()));
             match only {
                 // Newly welcomed workers (a storm brings thousands at once): look them
                 // up instead of walking every connection.
-                Some(only) => only
-                    .iter()
-                    .filter_map(|id| workers.get(id).map(|conn| (*id, conn)))
-                    .filter(|(_, conn)| conn.considered != ready.seq)
-                    .map(|(id, conn)| (id, conn.state.clone()))
-                    .unzip(),
-                None => workers
-                    .iter()
-                    .filter(|(_, conn)| conn.considered != ready.seq)
-                    .map(|(id, conn)| (*id, conn.state.clone()))
-                    .unzip(),
+                Some(only) => only.iter().filter_map(|id| workers.get_key_value(id)).filter_map(unoffered).unzip(),
+                None => workers.iter().filter_map(unoffered).unzip(),
             }
         };
         if ids.is_empty() {
             return;
         }
         let job = ready.job.clone();
+        // A job for everyone goes ahead of a storm's welcomes; the offers to those
+        // welcomed wait with them.
+        let lane = if only.is_none() { Lane::Urgent } else { Lane::Bulk };
         let decided = self
             .services
-            .decisions
-            // A job for everyone goes ahead of a storm's welcomes; the offers to
-            // those welcomed wait with them.
-            .run(if only.is_none() { Lane::Urgent } else { Lane::Bulk }, move || {
+            .decide(lane, Hook::OfferJob, move |policies| {
                 let mut states = states;
                 let mut refs: Vec<&mut WorkerState> = states.iter_mut().collect();
                 let chosen = policies.offer_job(&job, &mut refs, now_ms());

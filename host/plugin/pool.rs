@@ -117,11 +117,6 @@ impl DecisionPool {
         Ok(DecisionPool { shared, _stop: stop, threads, queued: Arc::new(AtomicUsize::new(0)) })
     }
 
-    /// How many threads decide.
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
     /// Decisions waiting for a thread or running now.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)

@@ -162,12 +162,6 @@ impl PolicySet {
         self.policies.iter().map(|p| p.report.clone()).collect()
     }
 
-    /// Whether any policy implements `hook`: without one, a decision asks no
-    /// plugin and costs nothing worth a trip to the decision pool.
-    pub fn uses(&self, hook: Hook) -> bool {
-        self.with_hook(hook).next().is_some()
-    }
-
     /// Whether deciding `hook` calls a plugin (or a shadow of one): then it
     /// belongs on the decision pool; the built-in rules alone run inline.
     pub fn calls_plugins(&self, hook: Hook) -> bool {
