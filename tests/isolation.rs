@@ -26,21 +26,46 @@ fn decisions_in_progress(server: &Server) -> usize {
     server.running.services.decisions.queued()
 }
 
+/// A server whose only policy is `testing-slow` at [`SPIN`], on two decision
+/// threads. The loop is the plugin's own work, well within the limits it is given.
+async fn slow_server(kind: Kind) -> Server {
+    Server::start_configured(Backends::new(kind).await, &["testing-slow"], None, |config| {
+        config.plugins.config.insert("10-testing-slow".into(), json!({ "spin": SPIN }));
+        config.plugins.limits.fuel = 0;
+        config.plugins.limits.deadline_ms = 600_000;
+        config.plugins.decision_threads = 2;
+    })
+    .await
+}
+
+/// `n` workers that have sent their welcome, named `{name}-{i}`.
+async fn welcoming(server: &Server, name: &str, n: usize) -> Vec<Client> {
+    let worker_addr = server.running.worker_addr.expect("worker server");
+    let mut workers = Vec::new();
+    for i in 0..n {
+        let mut worker = Client::connect(worker_addr).await;
+        worker.send(&welcome(&format!("{name}-{i}"))).await;
+        workers.push(worker);
+    }
+    workers
+}
+
+/// Waits until the server's decision pool has work, saying `what` if it never does.
+async fn until_deciding(server: &Server, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while decisions_in_progress(server) < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Eight workers welcomed at once under a policy whose `admit-worker` and
 /// `offer-job` each take a few hundred milliseconds keep both decision threads
 /// busy for seconds. Meanwhile health, the admin API and another node's acknowledged job
 /// answer — proven by order: the decisions are still running after they did.
 /// The workers then get the job current by the time they were admitted.
 async fn a_slow_policy_holds_only_the_traffic_waiting_for_it(kind: Kind) {
-    let backends = Backends::new(kind).await;
-    let server = Server::start_configured(backends, &["testing-slow"], None, |config| {
-        config.plugins.config.insert("10-testing-slow".into(), json!({ "spin": SPIN }));
-        // The loop is the plugin's own work, well within limits it is given.
-        config.plugins.limits.fuel = 0;
-        config.plugins.limits.deadline_ms = 600_000;
-        config.plugins.decision_threads = 2;
-    })
-    .await;
+    let server = slow_server(kind).await;
     let admin = server.running.admin_addr.expect("admin server");
     let mut node = server.node().await;
     let mut first = job(1, 1000);
@@ -48,18 +73,8 @@ async fn a_slow_policy_holds_only_the_traffic_waiting_for_it(kind: Kind) {
     node.send(&first).await;
     assert_eq!(node.recv("the first job's ack").await["status"], "accepted");
 
-    let worker_addr = server.running.worker_addr.expect("worker server");
-    let mut workers = Vec::new();
-    for i in 0..8 {
-        let mut worker = Client::connect(worker_addr).await;
-        worker.send(&welcome(&format!("hw-slow-{i}"))).await;
-        workers.push(worker);
-    }
-    let held = tokio::time::Instant::now() + Duration::from_secs(60);
-    while decisions_in_progress(&server) < 1 {
-        assert!(tokio::time::Instant::now() < held, "the welcomes never reached the decision pool");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut workers = welcoming(&server, "hw-slow", 8).await;
+    until_deciding(&server, "the welcomes never reached the decision pool").await;
 
     for _ in 0..5 {
         let health = get(admin, "/healthz").await;
@@ -86,21 +101,9 @@ async fn a_slow_policy_holds_only_the_traffic_waiting_for_it(kind: Kind) {
 /// An offer is decided on copies: workers that leave while `offer-job` runs are
 /// skipped when it is applied, and every worker still connected gets the job.
 async fn workers_leaving_during_an_offer_cost_the_others_nothing(kind: Kind) {
-    let backends = Backends::new(kind).await;
-    let server = Server::start_configured(backends, &["testing-slow"], None, |config| {
-        config.plugins.config.insert("10-testing-slow".into(), json!({ "spin": SPIN }));
-        config.plugins.limits.fuel = 0;
-        config.plugins.limits.deadline_ms = 600_000;
-    })
-    .await;
+    let server = slow_server(kind).await;
     let admin = server.running.admin_addr.expect("admin server");
-    let worker_addr = server.running.worker_addr.expect("worker server");
-    let mut workers = Vec::new();
-    for i in 0..8 {
-        let mut worker = Client::connect(worker_addr).await;
-        worker.send(&welcome(&format!("hw-leaving-{i}"))).await;
-        workers.push(worker);
-    }
+    let mut workers = welcoming(&server, "hw-leaving", 8).await;
     let welcomed = tokio::time::Instant::now() + Duration::from_secs(120);
     while get(admin, "/status").await.json()["workers"] != json!(8) {
         assert!(tokio::time::Instant::now() < welcomed, "the workers were never welcomed");
@@ -108,11 +111,7 @@ async fn workers_leaving_during_an_offer_cost_the_others_nothing(kind: Kind) {
     }
     let mut node = server.node().await;
     node.send(&job(3, 1000)).await;
-    let offering = tokio::time::Instant::now() + Duration::from_secs(60);
-    while decisions_in_progress(&server) < 1 {
-        assert!(tokio::time::Instant::now() < offering, "the offer never reached the decision pool");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_deciding(&server, "the offer never reached the decision pool").await;
     // Half of them leave while the offer is decided.
     let staying = workers.split_off(4);
     for worker in workers {
