@@ -228,14 +228,22 @@ pub async fn start_with(
                 outbox_capacity: config.node.outbox,
                 socket: config.node.socket.clone(),
                 connections: config.node.connections.clone(),
+                http: config.node.http.clone(),
+                webhooks: config.node.webhooks.clone(),
             },
             shutdown.clone(),
         );
+        // Nodes over HTTP kept from before a restart wait again before the reader
+        // starts, and catch up on what was found meanwhile once it runs.
+        let restored = server.restore_http_nodes().await;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
         // A node must not submit a job before the solution reader is in place, or
         // a fast solution could pass unseen.
         let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        tasks.spawn(server.clone().run_http_upkeep());
+        let catching_up = server.clone();
+        tasks.spawn(async move { catching_up.catch_up_restored(restored).await });
         node_addr = Some(
             listener::serve(
                 &mut tasks,

@@ -144,6 +144,12 @@ pub fn add(name: &'static str, with: &[(&str, &str)], n: u64) {
     metrics::counter!(name, labels(with)).increment(n);
 }
 
+/// A gauge handle of a series with labels, resolved on each call: for rare changes.
+pub fn gauge(name: &'static str, with: &[(&str, &str)]) -> Gauge {
+    exporter();
+    metrics::gauge!(name, labels(with))
+}
+
 /// A histogram handle of a series with labels, for a caller to keep.
 pub fn histogram(name: &'static str, with: &[(&str, &str)]) -> Histogram {
     exporter();

@@ -777,6 +777,12 @@ impl Store for FailingOnce {
     async fn close_connections_of(&self, instance: &str) -> Result<u64, StoreError> {
         self.inner.close_connections_of(instance).await
     }
+    async fn save_http_node(&self, id: &str, expires_at_ms: i64, record: &str) -> Result<(), StoreError> {
+        self.inner.save_http_node(id, expires_at_ms, record).await
+    }
+    async fn live_http_nodes(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.inner.live_http_nodes(now_ms).await
+    }
     async fn record_presence(
         &self,
         connections: &[eligo::store::Presence],

@@ -4,64 +4,10 @@
 mod support;
 
 use serde_json::json;
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::backends::{Backends, Kind};
+use support::process::{deployment, spawn, spawn_roles, Process};
 use support::ws::Client;
-
-/// A child `eligo serve`, killed when dropped.
-struct Process {
-    child: Child,
-    node: SocketAddr,
-    worker: SocketAddr,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("its address")
-}
-
-fn spawn(backends: &Backends, name: &str, roles: &str) -> Process {
-    spawn_roles(backends, name, roles, true)
-}
-
-/// Starts `eligo serve` with `roles`; waits for its listeners if it serves.
-fn spawn_roles(backends: &Backends, name: &str, roles: &str, serves: bool) -> Process {
-    let plugins = backends.dir().join(format!("policies-{name}"));
-    std::fs::create_dir_all(&plugins).expect("plugin dir");
-    std::fs::copy(support::plugin_path("seed-rules"), plugins.join("seed-rules.wasm")).expect("copy");
-    let (node, worker) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_eligo"))
-        .arg("serve")
-        .args(["--roles", roles, "--instance", name])
-        .args(["--node-listen", &node.to_string(), "--worker-listen", &worker.to_string()])
-        .args(["--admin-listen", &free_port().to_string()])
-        .arg("--plugins-dir")
-        .arg(&plugins)
-        .envs(backends.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        // Embedded backends: the SQLite store and queue the test opened.
-        .env("ELIGO_DATA_DIR", backends.dir())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawning eligo");
-    let process = Process { child, node, worker };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while serves && (std::net::TcpStream::connect(worker).is_err() || std::net::TcpStream::connect(node).is_err()) {
-        assert!(Instant::now() < deadline, "eligo {name} did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    process
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_server_processes_each_deliver_to_their_own_connections() {
@@ -293,20 +239,6 @@ async fn every_networked_process_killed_mid_load_loses_and_duplicates_nothing() 
 /// The processes of a deployment, the one serving nodes and workers first:
 /// embedded, one process with every role (its queue and store are files of one
 /// process); networked, an edge and the processors apart.
-fn deployment(backends: &Backends, kind: Kind) -> Vec<Process> {
-    match kind {
-        Kind::Embedded => vec![spawn(
-            backends,
-            "all",
-            "node-server,worker-server,job-processor,solution-processor,presence-processor",
-        )],
-        Kind::Networked => vec![
-            spawn(backends, "edge", "node-server,worker-server"),
-            spawn_roles(backends, "back", "job-processor,solution-processor,presence-processor", false),
-        ],
-    }
-}
-
 fn kill_welcome() -> serde_json::Value {
     json!({ "ip": "1.1.1.1", "address": "a", "hardware": "cpu", "hardware_id": "hw-kill", "caption": "c" })
 }
@@ -409,12 +341,4 @@ async fn stored_nonces(backends: &Backends, hardware_id: &str) -> std::collectio
 /// A process running only the solution processor.
 fn spawn_processor(backends: &Backends, name: &str) -> Process {
     spawn_roles(backends, name, "solution-processor", false)
-}
-
-impl Process {
-    /// SIGKILL, now: nothing is flushed, acked or recorded.
-    fn kill_now(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -128,6 +128,7 @@ impl ServeArgs {
         if let Some(token) = &self.admin_token {
             config.admin.token = Some(token.clone());
         }
+        config.node.webhooks_from_env(std::env::vars());
         Ok(config)
     }
 }

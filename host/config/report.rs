@@ -132,6 +132,11 @@ pub fn review(config: &Config) -> (Vec<String>, Vec<String>) {
             problems.push(format!("{server}.listen and admin.listen are both {addr}"));
         }
     }
+    for (name, hook) in &config.node.webhooks {
+        if let Err(problem) = hook.check() {
+            problems.push(format!("node.webhooks.{name}: {problem}"));
+        }
+    }
     if config.node.listen == config.worker.listen {
         problems.push(format!("node.listen and worker.listen are both {}", config.node.listen));
     }
@@ -148,6 +153,8 @@ pub fn unknown_env(known: &[&str]) -> Vec<String> {
     let mut unknown: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .filter(|k| k.starts_with("ELIGO_") && !k.starts_with("ELIGO_TEST_") && !known.contains(&k.as_str()))
+        // A webhook's variables carry its name: well-formed ones are read, not unknown.
+        .filter(|k| !(k.starts_with(super::WEBHOOK_ENV_PREFIX) && (k.ends_with("_URL") || k.ends_with("_SECRET"))))
         .collect();
     unknown.sort();
     unknown

@@ -249,6 +249,16 @@ impl Peer {
         self.0.place.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
     }
 
+    /// Gives a place back to the socket, once a plain HTTP request that took it
+    /// is answered: the connection, kept alive for the next request, still
+    /// counts under the caps until it closes.
+    pub fn keep_place(&self, place: Place) {
+        let mut kept = self.0.place.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if kept.is_none() {
+            *kept = Some(place);
+        }
+    }
+
     /// The request was admitted and the socket is being upgraded: the handshake
     /// deadline no longer applies. A refused socket keeps it, so one that idles
     /// after its refusal is dropped all the same.

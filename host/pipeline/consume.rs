@@ -208,13 +208,17 @@ async fn reject(stream: Stream, services: &Services, payload: &[u8], reason: &st
 /// Counts what became of a batch and how long it took.
 fn record(stream: Stream, outcomes: &[&'static str], elapsed: Duration) {
     let hot = crate::metrics::hot();
-    let (seconds, size) = match stream {
-        Stream::Job => (&hot.job_batch_seconds, &hot.job_batch_size),
-        Stream::Solution => (&hot.solution_batch_seconds, &hot.solution_batch_size),
-        Stream::Worker => (&hot.presence_batch_seconds, &hot.presence_batch_size),
+    let batch = match stream {
+        Stream::Job => Some((&hot.job_batch_seconds, &hot.job_batch_size)),
+        Stream::Solution => Some((&hot.solution_batch_seconds, &hot.solution_batch_size)),
+        Stream::Worker => Some((&hot.presence_batch_seconds, &hot.presence_batch_size)),
+        // Webhook attempts are timed one by one (`eligo_webhook_seconds`), not in batches.
+        Stream::Webhook => None,
     };
-    seconds.record(elapsed.as_secs_f64());
-    size.record(outcomes.len() as f64);
+    if let Some((seconds, size)) = batch {
+        seconds.record(elapsed.as_secs_f64());
+        size.record(outcomes.len() as f64);
+    }
     let mut counts: HashMap<&'static str, u64> = HashMap::new();
     for outcome in outcomes {
         *counts.entry(outcome).or_default() += 1;

@@ -5,6 +5,7 @@
 //! worker ◀─ws── worker_server ◀── log `job`
 //! worker ──ws──▶ worker_server ──queue `solution`──▶ solution_processor ──▶ store, log `solution`
 //! node ◀─ws── node_server ◀── log `solution`
+//! node ◀─sse/webhook── node_http ◀── node_server (nodes over HTTP: POST a job, same path)
 //! worker_server ──queue `worker`──▶ presence_processor ──▶ store (`worker` rows)
 //! ```
 //!
@@ -17,6 +18,7 @@ pub mod connection_cap;
 pub mod consume;
 pub mod fanout;
 pub mod job_processor;
+pub mod node_http;
 pub mod node_server;
 pub mod per_ip;
 pub mod presence;

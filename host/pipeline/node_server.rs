@@ -14,6 +14,10 @@
 //!
 //! Slow connections: solutions are never dropped silently. A connection whose
 //! outbox is full is closed with code 1008 and a reason.
+//!
+//! Nodes over HTTP ([`super::node_http`]) sit in the same registry, decided on
+//! by the same policies: what differs is only where their solutions go (their
+//! stream's history and their webhook, instead of a socket's outbox).
 
 use super::accept_guard::{AcceptGuard, Peer};
 use super::admission::{admit_connection, run_challenge, Admitted};
@@ -21,13 +25,16 @@ use super::connection::{
     close_code, close_for_publish_error, finish, read_frames, sized, start_writer, FrameBudget, Outbox, Registry,
 };
 use super::connection_cap::ConnectionCap;
+use super::node_http::http_node::{HttpNode, NodeRecord};
+use super::node_http::webhook::{self, WebhookOwner, WebhookSender, WebhookTask};
+use super::node_http::HttpFront;
 use super::solution_processor::solution_event;
-use super::views::{DeliveryCounts, KeyDigest, NodeView, RecentKeys, RECENT_HEIGHTS};
+use super::views::{DeliveryCounts, HttpNodeView, KeyDigest, NodeView, RecentKeys, RECENT_HEIGHTS};
 use super::Services;
-use crate::config::{ConnectionLimits, SocketConfig};
-use crate::plugin::{now_ms, Hook, Job, JobSubmission, Lane, NodeState, Role, Solution};
+use crate::config::{ConnectionLimits, NodeHttpConfig, SocketConfig, WebhookConfig};
+use crate::plugin::{now_ms, Hook, Job, JobSubmission, Lane, NodeState, Refusal, Role, Solution};
 use crate::protocol::{ack_frame, canonical_json, refusal, JobFrame, SolutionEvent};
-use crate::transport::{Stream, Topic};
+use crate::transport::{Stream, Topic, TransportError};
 use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
@@ -35,7 +42,7 @@ use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
 use futures::StreamExt;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -52,11 +59,23 @@ pub struct NodeServerSettings {
     pub socket: SocketConfig,
     /// Caps on open connections.
     pub connections: ConnectionLimits,
+    /// Nodes over HTTP.
+    pub http: NodeHttpConfig,
+    /// The webhooks a job may name.
+    pub webhooks: BTreeMap<String, WebhookConfig>,
+}
+
+/// Where a node's solutions go.
+enum Sink {
+    /// A WebSocket connection's outbox.
+    Socket(Outbox),
+    /// A node over HTTP: its streams' history, and its webhook.
+    Http(Arc<HttpNode>),
 }
 
 struct NodeConn {
     state: NodeState,
-    outbox: Outbox,
+    sink: Sink,
     /// The solutions sent to this connection lately, to skip repeats.
     delivered: RecentKeys,
     remote: SocketAddr,
@@ -79,10 +98,10 @@ const RECENT_EVENTS: usize = 16_384;
 const RECENT_BYTES: usize = 64 << 20;
 
 /// A solution event read from the log, with the frame a node is sent.
-struct Recent {
-    event: Arc<SolutionEvent>,
-    frame: Utf8Bytes,
-    key: KeyDigest,
+pub(super) struct Recent {
+    pub(super) event: Arc<SolutionEvent>,
+    pub(super) frame: Utf8Bytes,
+    pub(super) key: KeyDigest,
 }
 
 impl Recent {
@@ -119,13 +138,26 @@ impl RecentRing {
 
 /// The node server of one process.
 pub struct NodeServer {
-    services: Services,
-    settings: NodeServerSettings,
+    pub(super) services: Services,
+    pub(super) settings: NodeServerSettings,
     nodes: Registry<NodeConn>,
-    cap: Arc<ConnectionCap>,
+    pub(super) cap: Arc<ConnectionCap>,
     deliveries: DeliveryCounts,
     recent: std::sync::Mutex<RecentRing>,
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
+    /// HTTP nodes by their id, as registry numbers.
+    http_ids: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// What serving nodes over HTTP needs besides the registry.
+    pub(super) http: HttpFront,
+    webhooks: Arc<WebhookSender>,
+}
+
+/// Why an HTTP node could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum NoRoom {
+    /// As many HTTP nodes as `[node.http] max_nodes` are alive.
+    #[error("{0} nodes over HTTP are alive, the most this server keeps: name an existing one with Eligo-Node, or try again later")]
+    Full(usize),
 }
 
 impl NodeServer {
@@ -134,12 +166,30 @@ impl NodeServer {
         let cap = ConnectionCap::new("node", &settings.connections);
         let deliveries = DeliveryCounts::new(REMEMBERED_SOLUTIONS);
         let recent = std::sync::Mutex::new(RecentRing::default());
-        Arc::new(NodeServer { services, settings, nodes: Registry::default(), cap, deliveries, recent, shutdown })
+        let timeout = std::time::Duration::from_secs(settings.http.webhook_timeout_seconds.max(1));
+        let webhooks = WebhookSender::new(settings.webhooks.clone(), timeout).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "webhooks cannot be sent: no webhook is configured");
+            WebhookSender::new(BTreeMap::new(), timeout).expect("a client without webhooks")
+        });
+        let http = HttpFront::new(&settings);
+        Arc::new(NodeServer {
+            services,
+            settings,
+            nodes: Registry::default(),
+            cap,
+            deliveries,
+            recent,
+            shutdown,
+            http_ids: Default::default(),
+            http,
+            webhooks: Arc::new(webhooks),
+        })
     }
 
-    /// The WebSocket endpoint, at `/` (and any other path, as the original server).
+    /// The HTTP API of nodes (`/api/v1/jobs`, `/api/v1/nodes/<id>/solutions`),
+    /// and the WebSocket endpoint at `/` (and any other path, as the original server).
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new().fallback(any(upgrade)).with_state(self.clone())
+        super::node_http::routes(self).fallback(any(upgrade)).with_state(self.clone())
     }
 
     /// What the listener checks on each socket before its request is read, under
@@ -173,7 +223,23 @@ impl NodeServer {
                 recent_heights: conn.recent_heights.iter().copied().collect(),
                 jobs_submitted: conn.jobs_submitted,
                 solutions_delivered: conn.solutions_delivered,
-                outbox_depth: conn.outbox.depth(),
+                outbox_depth: match &conn.sink {
+                    Sink::Socket(outbox) => outbox.depth(),
+                    Sink::Http(_) => 0,
+                },
+                transport: match &conn.sink {
+                    Sink::Socket(_) => "websocket",
+                    Sink::Http(_) => "http",
+                },
+                http: match &conn.sink {
+                    Sink::Socket(_) => None,
+                    Sink::Http(node) => Some(HttpNodeView {
+                        id: node.id.clone(),
+                        expires_at: chrono::DateTime::from_timestamp_millis(node.expires_at_ms()).unwrap_or_default(),
+                        webhook: node.callback(),
+                        webhook_stopped: node.webhook_stopped(),
+                    }),
+                },
             })
             .collect()
     }
@@ -226,7 +292,8 @@ impl NodeServer {
             return;
         }
         let chosen = self.offer_solution(recent, states).await;
-        let mut queued = 0;
+        let (mut queued, mut to_http) = (0, 0);
+        let mut webhooks = Vec::new();
         let mut nodes = self.nodes.lock();
         for i in chosen {
             // A node gone meanwhile is skipped.
@@ -234,17 +301,45 @@ impl NodeServer {
             if !conn.delivered.first_time(recent.key) {
                 continue;
             }
-            if conn.outbox.try_send(recent.frame.clone()).is_err() {
-                crate::metrics::hot().slow_nodes_closed.increment(1);
-                conn.outbox.close(close_code::POLICY, "too slow: the solution queue of this connection is full");
-            } else {
-                conn.solutions_delivered += 1;
-                queued += 1;
+            match &conn.sink {
+                Sink::Socket(outbox) => {
+                    if outbox.try_send(recent.frame.clone()).is_err() {
+                        crate::metrics::hot().slow_nodes_closed.increment(1);
+                        outbox.close(close_code::POLICY, "too slow: the solution queue of this connection is full");
+                        continue;
+                    }
+                }
+                Sink::Http(node) => {
+                    webhooks.extend(give_http(node, recent));
+                    to_http += 1;
+                }
             }
+            conn.solutions_delivered += 1;
+            queued += 1;
         }
         drop(nodes);
+        self.count_deliveries(recent, queued, to_http);
+        self.queue_webhooks(webhooks);
+    }
+
+    /// Counts solutions queued to `queued` nodes, `to_http` of them over HTTP.
+    fn count_deliveries(&self, recent: &Recent, queued: u64, to_http: u64) {
         crate::metrics::hot().solutions_delivered.increment(queued);
+        if queued > to_http {
+            crate::metrics::add("eligo_node_deliveries_total", &[("transport", "websocket")], queued - to_http);
+        }
+        if to_http > 0 {
+            crate::metrics::add("eligo_node_deliveries_total", &[("transport", "http")], to_http);
+        }
         self.deliveries.add(&recent.event.unique_key, queued);
+    }
+
+    /// Queues `tasks` to the webhook queue, off the delivery path: the solution
+    /// reader goes on to the next solution meanwhile.
+    fn queue_webhooks(&self, tasks: Vec<WebhookTask>) {
+        if !tasks.is_empty() {
+            tokio::spawn(webhook::enqueue(self.services.queue.clone(), tasks));
+        }
     }
 
     /// Queues `events` to node `id` where the policies offer them and it did not
@@ -265,7 +360,16 @@ impl NodeServer {
                     continue;
                 }
                 conn.solutions_delivered += 1;
-                conn.outbox.clone()
+                match &conn.sink {
+                    Sink::Socket(outbox) => outbox.clone(),
+                    Sink::Http(node) => {
+                        let webhooks = give_http(node, recent);
+                        drop(nodes);
+                        self.count_deliveries(recent, 1, 1);
+                        self.queue_webhooks(webhooks.into_iter().collect());
+                        continue;
+                    }
+                }
             };
             while outbox.depth() >= headroom {
                 if outbox.is_closing() {
@@ -276,8 +380,7 @@ impl NodeServer {
             if !outbox.send(recent.frame.clone()).await {
                 return;
             }
-            crate::metrics::hot().solutions_delivered.increment(1);
-            self.deliveries.add(&recent.event.unique_key, 1);
+            self.count_deliveries(recent, 1, 0);
         }
     }
 
@@ -294,7 +397,7 @@ impl NodeServer {
         }
         let conn = NodeConn {
             state: NodeState::default(),
-            outbox: outbox.clone(),
+            sink: Sink::Socket(outbox.clone()),
             delivered: RecentKeys::new(REMEMBERED_DELIVERIES),
             remote: handshake.remote,
             connected_at: chrono::Utc::now(),
@@ -328,14 +431,41 @@ impl NodeServer {
                 return;
             }
         };
+        let job = match self.admit_job(id, frame).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(refusal) => {
+                outbox.send_refusal(refuse(&refusal.to_string())).await;
+                return;
+            }
+        };
+        if let Err(e) = self.publish_job(id, &job).await {
+            tracing::warn!(connection = id, error = %e, "publishing a job failed; closing the connection");
+            if ack.is_some() {
+                outbox.send(refuse(&format!("job not accepted: {e}"))).await;
+            }
+            close_for_publish_error(outbox, &e, "job");
+            return;
+        }
+        if let Some(ack) = &ack {
+            outbox.send(ack_frame(ack, None)).await;
+        }
+        self.catch_up(id, job.block_height).await;
+    }
+
+    /// Asks the policies to admit node `id`'s job, on a copy of its state, and
+    /// keeps the state they answer with. `None`: the node is gone.
+    ///
+    /// Only the node's own jobs change its state, one at a time (a socket's
+    /// frames are read in turn; an HTTP node's POSTs take its `submitting` lock):
+    /// the copy decided on is still its state when the answer is applied.
+    pub(super) async fn admit_job(&self, id: u64, frame: JobFrame) -> Result<Option<JobSubmission>, Refusal> {
         let submission = JobSubmission {
             block_height: frame.block_height,
             proof_target: frame.proof_target,
             epoch_challenge: canonical_json(&serde_json::Value::Object(frame.epoch_challenge)),
         };
-        // Only this connection's frames change its state, one frame at a time: the
-        // copy decided on is still the state when the answer is applied.
-        let Some(state) = self.nodes.lock().get(&id).map(|conn| conn.state.clone()) else { return };
+        let Some(state) = self.nodes.lock().get(&id).map(|conn| conn.state.clone()) else { return Ok(None) };
         let admitted = self
             .services
             .decide(Lane::Urgent, Hook::AdmitJob, move |policies| {
@@ -344,37 +474,36 @@ impl NodeServer {
             })
             .await
             .unwrap_or_else(|e| Err(e.into()));
-        let job = match admitted {
-            Ok((job, state)) => {
-                match self.nodes.lock().get_mut(&id) {
-                    Some(conn) => conn.state = state,
-                    None => return,
+        match admitted {
+            Ok((job, state)) => match self.nodes.lock().get_mut(&id) {
+                Some(conn) => {
+                    conn.state = state;
+                    Ok(Some(job))
                 }
-                job
-            }
+                None => Ok(None),
+            },
             Err(refusal) => {
                 crate::metrics::add("eligo_jobs_refused_total", &[], 1);
-                outbox.send_refusal(refuse(&refusal.to_string())).await;
-                return;
+                Err(refusal)
             }
-        };
+        }
+    }
+
+    /// Publishes node `id`'s admitted job to the `job` queue (confirmed by the
+    /// broker when this returns) and counts it.
+    pub(super) async fn publish_job(&self, id: u64, job: &JobSubmission) -> Result<(), TransportError> {
         let message = serde_json::json!({
             "epoch_challenge": serde_json::from_str::<serde_json::Value>(&job.epoch_challenge).unwrap_or_default(),
             "proof_target": job.proof_target,
             "block_height": job.block_height,
         });
         if let Err(e) = self.services.queue.publish(Stream::Job, message.to_string().as_bytes()).await {
-            tracing::warn!(connection = id, error = %e, "publishing a job failed; closing the connection");
-            if ack.is_some() {
-                outbox.send(refuse(&format!("job not accepted: {e}"))).await;
+            if matches!(self.nodes.lock().get(&id).map(|conn| &conn.sink), Some(Sink::Http(_))) {
+                crate::metrics::add("eligo_publish_failures_total", &[("stream", "job")], 1);
             }
-            close_for_publish_error(outbox, &e, "job");
-            return;
+            return Err(e);
         }
         crate::metrics::hot().jobs_published.increment(1);
-        if let Some(ack) = &ack {
-            outbox.send(ack_frame(ack, None)).await;
-        }
         if let Some(conn) = self.nodes.lock().get_mut(&id) {
             conn.jobs_submitted += 1;
             if conn.recent_heights.len() == RECENT_HEIGHTS {
@@ -382,13 +511,19 @@ impl NodeServer {
             }
             conn.recent_heights.push_back(job.block_height);
         }
-        self.catch_up(id, job.block_height).await;
+        Ok(())
     }
 
     /// Sends the node what was already found at `height`: what the store has
     /// marked broadcast, and what this process read from the log lately (which
     /// the store may not have marked yet). Repeats are skipped per connection.
-    async fn catch_up(&self, id: u64, height: i64) {
+    pub(super) async fn catch_up(&self, id: u64, height: i64) {
+        let events = self.found_at(id, height).await;
+        self.deliver_waiting(id, &events).await;
+    }
+
+    /// What was found at `height`: stored as broadcast, or read from the log lately.
+    pub(super) async fn found_at(&self, id: u64, height: i64) -> Vec<Arc<Recent>> {
         let mut events: Vec<Arc<Recent>> = match self.services.store.broadcast_solutions_at(height).await {
             Ok(found) => {
                 found.iter().map(|(job, solution)| Arc::new(Recent::new(solution_event(job, solution)))).collect()
@@ -411,7 +546,187 @@ impl NodeServer {
             drop(recent);
             events.extend(unstored);
         }
-        self.deliver_waiting(id, &events).await;
+        events
+    }
+
+    /// The policies' answer for HTTP node `id` on each of `events`: those offered to it.
+    pub(super) async fn offered_to(&self, id: u64, events: Vec<Arc<Recent>>) -> Vec<Arc<Recent>> {
+        let mut offered = Vec::new();
+        for recent in events {
+            let Some(state) = self.nodes.lock().get(&id).map(|conn| conn.state.clone()) else { break };
+            if !self.offer_solution(&recent, vec![state]).await.is_empty() {
+                offered.push(recent);
+            }
+        }
+        offered
+    }
+
+    /// A new HTTP node from `remote`, in the registry: its registry number and the node.
+    pub(super) fn add_http_node(&self, remote: SocketAddr) -> Result<(u64, Arc<HttpNode>), NoRoom> {
+        let node = Arc::new(HttpNode::new(remote, self.settings.http.history));
+        self.insert_http_node(node.clone(), NodeState::default(), 0).map(|id| (id, node))
+    }
+
+    fn insert_http_node(&self, node: Arc<HttpNode>, state: NodeState, jobs: u64) -> Result<u64, NoRoom> {
+        let mut ids = self.http_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ids.len() >= self.settings.http.max_nodes {
+            return Err(NoRoom::Full(ids.len()));
+        }
+        let conn = NodeConn {
+            state,
+            sink: Sink::Http(node.clone()),
+            delivered: RecentKeys::new(REMEMBERED_DELIVERIES),
+            remote: node.remote,
+            connected_at: node.created_at,
+            recent_heights: node.heights().into_iter().rev().take(RECENT_HEIGHTS).rev().collect(),
+            jobs_submitted: jobs,
+            solutions_delivered: 0,
+        };
+        let id = self.nodes.insert(conn);
+        ids.insert(node.id.clone(), id);
+        crate::metrics::gauge("eligo_http_nodes", &[]).set(ids.len() as f64);
+        Ok(id)
+    }
+
+    /// The HTTP node named `node`, with its registry number, if it is alive here.
+    pub(super) fn http_node(&self, node: &str) -> Option<(u64, Arc<HttpNode>)> {
+        let id = *self.http_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(node)?;
+        match self.nodes.lock().get(&id).map(|conn| &conn.sink) {
+            Some(Sink::Http(node)) if !node.expired(now_ms() as i64) => Some((id, node.clone())),
+            _ => None,
+        }
+    }
+
+    /// Forgets HTTP node `id` (registry number).
+    pub(super) fn remove_http_node(&self, id: u64) {
+        let removed = self.nodes.lock().remove(&id);
+        if let Some(NodeConn { sink: Sink::Http(node), .. }) = removed {
+            let mut ids = self.http_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            ids.remove(&node.id);
+            crate::metrics::gauge("eligo_http_nodes", &[]).set(ids.len() as f64);
+        }
+    }
+
+    /// Keeps HTTP node `id` (registry number) in the store as it is now, so a
+    /// restart finds it.
+    pub(super) async fn persist_http_node(&self, id: u64) -> Result<(), crate::store::StoreError> {
+        let record = match self.nodes.lock().get(&id) {
+            Some(NodeConn { sink: Sink::Http(node), state, jobs_submitted, .. }) => node.record(state, *jobs_submitted),
+            _ => return Ok(()),
+        };
+        let text = serde_json::to_string(&record).unwrap_or_default();
+        self.services.store.save_http_node(&record.id, record.expires_at_ms, &text).await
+    }
+
+    /// Takes back the HTTP nodes kept in the store that have not expired (after a
+    /// restart): before the solution reader starts, so none of what it reads
+    /// passes them by. Returns their registry numbers, to catch up once it runs.
+    pub async fn restore_http_nodes(&self) -> Vec<u64> {
+        let records = match self.services.store.live_http_nodes(now_ms() as i64).await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!(error = %e, "nodes over HTTP could not be read back: they are unknown until they POST again");
+                return Vec::new();
+            }
+        };
+        let mut restored = Vec::new();
+        for text in records {
+            let record = serde_json::from_str::<NodeRecord>(&text).ok();
+            let Some((node, state)) = record.as_ref().and_then(|r| HttpNode::restore(r, self.settings.http.history))
+            else {
+                tracing::warn!("an HTTP node's record is unreadable; skipped");
+                continue;
+            };
+            let jobs = record.map_or(0, |r| r.jobs_submitted);
+            match self.insert_http_node(Arc::new(node), state, jobs) {
+                Ok(id) => restored.push(id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "not every HTTP node could be taken back");
+                    break;
+                }
+            }
+        }
+        if !restored.is_empty() {
+            tracing::info!(nodes = restored.len(), "nodes over HTTP taken back from the store");
+        }
+        restored
+    }
+
+    /// Catches up restored HTTP nodes on what was found at their heights while
+    /// this process was down.
+    pub async fn catch_up_restored(&self, ids: Vec<u64>) {
+        for id in ids {
+            let heights = match self.nodes.lock().get(&id).map(|conn| &conn.sink) {
+                Some(Sink::Http(node)) => node.heights(),
+                _ => continue,
+            };
+            for height in heights {
+                self.catch_up(id, height).await;
+            }
+        }
+    }
+
+    /// Removes the HTTP nodes that expired, every second, until shutdown; and
+    /// runs the webhook deliverer.
+    pub async fn run_http_upkeep(self: Arc<Self>) {
+        let deliverer = webhook::deliver_forever(
+            self.services.queue.clone(),
+            self.webhooks.clone(),
+            self.clone(),
+            self.settings.http.webhook_concurrency,
+            self.shutdown.clone(),
+        );
+        let sweeper = async {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = self.shutdown.cancelled() => return,
+                }
+                let now = now_ms() as i64;
+                let expired: Vec<u64> = self
+                    .nodes
+                    .lock()
+                    .iter()
+                    .filter(|(_, conn)| matches!(&conn.sink, Sink::Http(node) if node.expired(now)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in expired {
+                    self.remove_http_node(id);
+                }
+                self.http.forget_old();
+            }
+        };
+        tokio::join!(deliverer, sweeper);
+    }
+
+    /// Whether a webhook of this name is configured.
+    pub(super) fn knows_webhook(&self, name: &str) -> bool {
+        self.webhooks.knows(name)
+    }
+}
+
+/// Gives an HTTP node a solution: into its streams' history, and the webhook
+/// delivery it is owed, if any.
+fn give_http(node: &HttpNode, recent: &Recent) -> Option<WebhookTask> {
+    node.push(recent.frame.clone(), recent.key);
+    let callback = node.webhook()?;
+    Some(WebhookTask::first(&node.id, &callback, &recent.event.unique_key, &recent.frame, node.expires_at_ms()))
+}
+
+#[async_trait::async_trait]
+impl WebhookOwner for NodeServer {
+    async fn webhook_gone(&self, node: &str) {
+        let Some((id, found)) = self.http_node(node) else { return };
+        if found.stop_webhook() {
+            if let Err(e) = self.persist_http_node(id).await {
+                tracing::warn!(error = %e, "could not keep a node's stopped webhook in the store");
+            }
+        }
+    }
+
+    fn webhook_stopped(&self, node: &str) -> bool {
+        self.http_node(node).is_some_and(|(_, found)| found.webhook_stopped())
     }
 }
 

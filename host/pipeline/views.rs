@@ -65,8 +65,27 @@ pub struct NodeView {
     pub jobs_submitted: u64,
     /// Solutions queued to it.
     pub solutions_delivered: u64,
-    /// Frames waiting to be written to it now.
+    /// Frames waiting to be written to it now (0 for a node over HTTP).
     pub outbox_depth: usize,
+    /// How it is connected: `websocket`, or `http` (jobs by POST, solutions by
+    /// stream or webhook).
+    pub transport: &'static str,
+    /// A node over HTTP: its id, its streams open now, when it expires, and its webhook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpNodeView>,
+}
+
+/// What a [`NodeView`] adds for a node over HTTP.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct HttpNodeView {
+    /// The id its jobs (`Eligo-Node`) and its stream name it by.
+    pub id: String,
+    /// When it expires unless another job of it is accepted.
+    pub expires_at: DateTime<Utc>,
+    /// The webhook its solutions are POSTed to, if any.
+    pub webhook: Option<String>,
+    /// Its webhook answered 410: no more deliveries to it.
+    pub webhook_stopped: bool,
 }
 
 /// How many heights a [`NodeView`] lists.

@@ -122,6 +122,17 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// Each policy's blob, by the policy's key: what a node's state is kept as
+    /// outside the process (an HTTP node outlives a restart).
+    pub fn blobs(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.slots.iter().map(|(k, s)| (&**k, s.as_slice()))
+    }
+
+    /// The state made of `blobs` again.
+    pub fn from_blobs(blobs: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        NodeState { slots: blobs.into_iter().map(|(k, s)| (PluginKey::from(k), s)).collect() }
+    }
+
     /// This policy's state blob for the node (empty if it has none).
     pub fn state_of(&self, plugin: &str) -> &[u8] {
         self.slots.iter().find(|(k, _)| &**k == plugin).map_or(&[][..], |(_, s)| s)

@@ -324,6 +324,13 @@ pub trait Store: Send + Sync {
     /// what a node that (re)submits a job at that height catches up on.
     async fn broadcast_solutions_at(&self, block_height: i64) -> Result<Vec<(StoredJob, StoredSolution)>, StoreError>;
 
+    /// Keeps an HTTP node (its id, when it expires, and `record`, the node server's
+    /// own text) so a restart finds it; saving the same id again replaces it.
+    /// Expired nodes are deleted on the way.
+    async fn save_http_node(&self, id: &str, expires_at_ms: i64, record: &str) -> Result<(), StoreError>;
+    /// The records of the HTTP nodes not expired at `now_ms`.
+    async fn live_http_nodes(&self, now_ms: i64) -> Result<Vec<String>, StoreError>;
+
     /// Records a worker connection (`connected_at` = now) and returns its id. The
     /// worker's earlier connections still open (same `hardware_id` and `caption`)
     /// are finished first, as the original system's to-do describes.

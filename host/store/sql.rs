@@ -406,6 +406,28 @@ impl<D: Dialect> Store for SqlStore<D> {
         Ok(())
     }
 
+    async fn save_http_node(&self, id: &str, expires_at_ms: i64, record: &str) -> Result<(), StoreError> {
+        let mut q = Sql::<D>::default();
+        let sql = format!("DELETE FROM http_node WHERE expires_at < {}", q.arg(chrono::Utc::now().timestamp_millis()));
+        self.execute(q.finish(sql)).await?;
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "INSERT INTO http_node (id, expires_at, record) VALUES ({}, {}, {}) \
+             ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at, record = excluded.record",
+            q.arg(id),
+            q.arg(expires_at_ms),
+            q.arg(record)
+        );
+        self.execute(q.finish(sql)).await?;
+        Ok(())
+    }
+
+    async fn live_http_nodes(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let mut q = Sql::<D>::default();
+        let sql = format!("SELECT record FROM http_node WHERE expires_at >= {} ORDER BY id", q.arg(now_ms));
+        Ok(self.fetch::<(String,)>(q.finish(sql)).await?.into_iter().map(|(record,)| record).collect())
+    }
+
     async fn close_connections_of(&self, instance: &str) -> Result<u64, StoreError> {
         let mut q = Sql::<D>::default();
         let sql = format!(

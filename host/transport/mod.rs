@@ -51,11 +51,14 @@ pub enum Stream {
     Solution,
     /// Worker connections opening and ending: exchange `worker`, queue `worker.persist`.
     Worker,
+    /// Solutions owed to a node's webhook, waiting for (another) attempt: exchange
+    /// `webhook`, queue `webhook.deliver`. A restart loses none.
+    Webhook,
 }
 
 impl Stream {
     /// Every stream.
-    pub const ALL: [Stream; 3] = [Stream::Job, Stream::Solution, Stream::Worker];
+    pub const ALL: [Stream; 4] = [Stream::Job, Stream::Solution, Stream::Worker, Stream::Webhook];
 
     /// The durable fanout exchange publishers write to.
     pub fn exchange(self) -> &'static str {
@@ -63,6 +66,7 @@ impl Stream {
             Stream::Job => "job",
             Stream::Solution => "solution",
             Stream::Worker => "worker",
+            Stream::Webhook => "webhook",
         }
     }
 
@@ -72,6 +76,7 @@ impl Stream {
             Stream::Job => "job.persist_and_broadcast",
             Stream::Solution => "solution.persist_and_broadcast",
             Stream::Worker => "worker.persist",
+            Stream::Webhook => "webhook.deliver",
         }
     }
 }

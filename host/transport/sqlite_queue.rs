@@ -34,7 +34,7 @@ const MAX_TAKE: usize = 512;
 const PUBLISH_QUEUE: usize = 8192;
 
 /// How many streams the queue carries (see [`index`]).
-const STREAMS: usize = 3;
+const STREAMS: usize = 4;
 
 fn unavailable(e: impl std::fmt::Display) -> TransportError {
     TransportError::Unavailable { broker: BROKER, detail: e.to_string() }
@@ -49,6 +49,7 @@ fn index(stream: Stream) -> usize {
         Stream::Job => 0,
         Stream::Solution => 1,
         Stream::Worker => 2,
+        Stream::Webhook => 3,
     }
 }
 
@@ -123,7 +124,7 @@ impl SqliteQueue {
             .execute(&pool)
             .await
             .map_err(unavailable)?;
-        let ready = Arc::new([Notify::new(), Notify::new(), Notify::new()]);
+        let ready = Arc::new(std::array::from_fn(|_| Notify::new()));
         let (publisher, requests) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(write_published(pool.clone(), requests, ready.clone()));
         let shared = Shared { pool, out: Mutex::new(HashSet::new()), ready };

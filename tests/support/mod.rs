@@ -4,9 +4,12 @@
 pub mod backends;
 pub mod browser;
 pub mod http;
+pub mod process;
 pub mod server;
 #[path = "../../examples/solver/mod.rs"]
 pub mod solver;
+pub mod sse;
+pub mod webhook;
 pub mod ws;
 
 /// Generates, for each case `async fn name(kind: Kind)`, one `#[tokio::test]` on

@@ -11,7 +11,8 @@
 //!
 //! Settings: `configure = "loop" | "oom" | "trap" | "refuse"` misbehaves in
 //! `configure` itself; `spin = N` makes `configure` busy for N loop iterations
-//! first (a slow start-up, as an interpreter's); any other settings are taken.
+//! first (a slow start-up, as an interpreter's); `connections = "admit"` admits
+//! every connection (so its refusal of jobs can be seen); any other settings are taken.
 
 use eligo_plugin_sdk::*;
 
@@ -37,6 +38,9 @@ fn misbehave(what: &str) -> String {
         _ => REFUSAL.to_string(),
     }
 }
+
+/// Set by `connections = "admit"`.
+static ADMIT_CONNECTIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn by_height(height: i64) -> &'static str {
     match height {
@@ -75,6 +79,8 @@ impl Policy for Misbehave {
                 n = std::hint::black_box(n.wrapping_add(1));
             }
         }
+        let admit = settings.get("connections").and_then(|v| v.as_str()) == Some("admit");
+        ADMIT_CONNECTIONS.store(admit, std::sync::atomic::Ordering::Relaxed);
         match settings.get("configure").and_then(|v| v.as_str()) {
             Some(what) => Err(misbehave(what)),
             None => Ok(()),
@@ -82,6 +88,9 @@ impl Policy for Misbehave {
     }
 
     fn admit_connection(request: ConnectionRequest, _: TimestampMs) -> Result<(), Reason> {
+        if ADMIT_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         Err(misbehave(request.credential.as_deref().unwrap_or("refuse")))
     }
 

@@ -1,0 +1,10 @@
+-- Nodes over HTTP outlive a restart of the process that serves them: each is kept
+-- here (what it waits for, its webhook) until it expires.
+CREATE TABLE http_node (
+    id TEXT PRIMARY KEY,
+    -- Milliseconds since the Unix epoch.
+    expires_at BIGINT NOT NULL,
+    -- The node server's own JSON record of the node.
+    record TEXT NOT NULL
+);
+CREATE INDEX http_node_expires_idx ON http_node (expires_at);
