@@ -100,6 +100,10 @@ pub struct Hot {
     pub decisions_queued: Gauge,
     /// Presence events not kept: over the bound of those waiting for the broker.
     pub presence_events_dropped: Counter,
+    /// `eligo_node_deliveries_total{transport="websocket"}`: solutions queued to socket nodes.
+    pub node_deliveries_socket: Counter,
+    /// `eligo_node_deliveries_total{transport="http"}`: solutions given to HTTP nodes' streams.
+    pub node_deliveries_http: Counter,
 }
 
 /// The hot-path handles (installing the recorder on first use).
@@ -130,6 +134,8 @@ pub fn hot() -> &'static Hot {
             presence_batch_size: metrics::histogram!("eligo_processing_batch_size", "queue" => "worker"),
             decisions_queued: metrics::gauge!("eligo_plugin_decisions_queued"),
             presence_events_dropped: metrics::counter!("eligo_presence_events_dropped_total"),
+            node_deliveries_socket: metrics::counter!("eligo_node_deliveries_total", "transport" => "websocket"),
+            node_deliveries_http: metrics::counter!("eligo_node_deliveries_total", "transport" => "http"),
         }
     })
 }

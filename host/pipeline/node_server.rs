@@ -324,13 +324,10 @@ impl NodeServer {
 
     /// Counts solutions queued to `queued` nodes, `to_http` of them over HTTP.
     fn count_deliveries(&self, recent: &Recent, queued: u64, to_http: u64) {
-        crate::metrics::hot().solutions_delivered.increment(queued);
-        if queued > to_http {
-            crate::metrics::add("eligo_node_deliveries_total", &[("transport", "websocket")], queued - to_http);
-        }
-        if to_http > 0 {
-            crate::metrics::add("eligo_node_deliveries_total", &[("transport", "http")], to_http);
-        }
+        let hot = crate::metrics::hot();
+        hot.solutions_delivered.increment(queued);
+        hot.node_deliveries_socket.increment(queued - to_http);
+        hot.node_deliveries_http.increment(to_http);
         self.deliveries.add(&recent.event.unique_key, queued);
     }
 
