@@ -783,6 +783,12 @@ impl Store for FailingOnce {
     async fn live_http_nodes(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
         self.inner.live_http_nodes(now_ms).await
     }
+    async fn record_webhook_delivery(&self, webhook_id: &str, expires_at_ms: i64) -> Result<(), StoreError> {
+        self.inner.record_webhook_delivery(webhook_id, expires_at_ms).await
+    }
+    async fn webhook_delivered(&self, webhook_id: &str) -> Result<bool, StoreError> {
+        self.inner.webhook_delivered(webhook_id).await
+    }
     async fn record_presence(
         &self,
         connections: &[eligo::store::Presence],

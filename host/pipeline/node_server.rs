@@ -605,10 +605,12 @@ impl NodeServer {
     }
 
     /// Keeps HTTP node `id` (registry number) in the store as it is now, so a
-    /// restart finds it.
-    pub(super) async fn persist_http_node(&self, id: u64) -> Result<(), crate::store::StoreError> {
+    /// restart finds it; `queueing` a job not counted yet, which it counts.
+    pub(super) async fn persist_http_node(&self, id: u64, queueing: bool) -> Result<(), crate::store::StoreError> {
         let record = match self.nodes.lock().get(&id) {
-            Some(NodeConn { sink: Sink::Http(node), state, jobs_submitted, .. }) => node.record(state, *jobs_submitted),
+            Some(NodeConn { sink: Sink::Http(node), state, jobs_submitted, .. }) => {
+                node.record(state, jobs_submitted + u64::from(queueing))
+            }
             _ => return Ok(()),
         };
         let text = serde_json::to_string(&record).unwrap_or_default();
@@ -668,6 +670,7 @@ impl NodeServer {
     pub async fn run_http_upkeep(self: Arc<Self>) {
         let deliverer = webhook::deliver_forever(
             self.services.queue.clone(),
+            self.services.store.clone(),
             self.webhooks.clone(),
             self.clone(),
             self.settings.http.webhook_concurrency,
@@ -716,7 +719,7 @@ impl WebhookOwner for NodeServer {
     async fn webhook_gone(&self, node: &str) {
         let Some((id, found)) = self.http_node(node) else { return };
         if found.stop_webhook() {
-            if let Err(e) = self.persist_http_node(id).await {
+            if let Err(e) = self.persist_http_node(id, false).await {
                 tracing::warn!(error = %e, "could not keep a node's stopped webhook in the store");
             }
         }

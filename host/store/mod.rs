@@ -330,6 +330,11 @@ pub trait Store: Send + Sync {
     async fn save_http_node(&self, id: &str, expires_at_ms: i64, record: &str) -> Result<(), StoreError>;
     /// The records of the HTTP nodes not expired at `now_ms`.
     async fn live_http_nodes(&self, now_ms: i64) -> Result<Vec<String>, StoreError>;
+    /// Records that a webhook receiver took delivery `webhook_id` (kept until
+    /// `expires_at_ms`); recording it again changes nothing.
+    async fn record_webhook_delivery(&self, webhook_id: &str, expires_at_ms: i64) -> Result<(), StoreError>;
+    /// Whether delivery `webhook_id` was recorded.
+    async fn webhook_delivered(&self, webhook_id: &str) -> Result<bool, StoreError>;
 
     /// Records a worker connection (`connected_at` = now) and returns its id. The
     /// worker's earlier connections still open (same `hardware_id` and `caption`)

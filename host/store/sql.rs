@@ -407,9 +407,11 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn save_http_node(&self, id: &str, expires_at_ms: i64, record: &str) -> Result<(), StoreError> {
-        let mut q = Sql::<D>::default();
-        let sql = format!("DELETE FROM http_node WHERE expires_at < {}", q.arg(chrono::Utc::now().timestamp_millis()));
-        self.execute(q.finish(sql)).await?;
+        for table in ["http_node", "webhook_delivery"] {
+            let mut q = Sql::<D>::default();
+            let now = q.arg(chrono::Utc::now().timestamp_millis());
+            self.execute(q.finish(format!("DELETE FROM {table} WHERE expires_at < {now}"))).await?;
+        }
         let mut q = Sql::<D>::default();
         let sql = format!(
             "INSERT INTO http_node (id, expires_at, record) VALUES ({}, {}, {}) \
@@ -426,6 +428,23 @@ impl<D: Dialect> Store for SqlStore<D> {
         let mut q = Sql::<D>::default();
         let sql = format!("SELECT record FROM http_node WHERE expires_at >= {} ORDER BY id", q.arg(now_ms));
         Ok(self.fetch::<(String,)>(q.finish(sql)).await?.into_iter().map(|(record,)| record).collect())
+    }
+
+    async fn record_webhook_delivery(&self, webhook_id: &str, expires_at_ms: i64) -> Result<(), StoreError> {
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "INSERT INTO webhook_delivery (webhook_id, expires_at) VALUES ({}, {}) ON CONFLICT (webhook_id) DO NOTHING",
+            q.arg(webhook_id),
+            q.arg(expires_at_ms)
+        );
+        self.execute(q.finish(sql)).await?;
+        Ok(())
+    }
+
+    async fn webhook_delivered(&self, webhook_id: &str) -> Result<bool, StoreError> {
+        let mut q = Sql::<D>::default();
+        let sql = format!("SELECT webhook_id FROM webhook_delivery WHERE webhook_id = {}", q.arg(webhook_id));
+        Ok(self.fetch_optional::<(String,)>(q.finish(sql)).await?.is_some())
     }
 
     async fn close_connections_of(&self, instance: &str) -> Result<u64, StoreError> {

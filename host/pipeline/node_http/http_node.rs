@@ -64,6 +64,9 @@ pub struct NodeRecord {
     pub created_at_ms: i64,
     /// Jobs it submitted that were queued.
     pub jobs_submitted: u64,
+    /// Where its first job came from.
+    #[serde(default)]
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 /// A node that submits jobs by POST and reads its solutions as a stream or
@@ -137,6 +140,7 @@ impl HttpNode {
             expires_at_ms: self.expires_at_ms(),
             created_at_ms: self.created_at.timestamp_millis(),
             jobs_submitted,
+            remote: Some(self.remote),
         }
     }
 
@@ -146,8 +150,8 @@ impl HttpNode {
         let blobs: Option<Vec<(String, Vec<u8>)>> =
             record.state.iter().map(|(k, s)| b64.decode(s).ok().map(|s| (k.clone(), s))).collect();
         let created_at = chrono::DateTime::from_timestamp_millis(record.created_at_ms)?;
-        let unknown = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-        let node = Self::with(record.id.clone(), unknown, capacity, created_at);
+        let remote = record.remote.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let node = Self::with(record.id.clone(), remote, capacity, created_at);
         *lock(&node.callback) = record.callback.clone();
         node.webhook_stopped.store(record.webhook_stopped, Ordering::Relaxed);
         node.expires_at_ms.store(record.expires_at_ms, Ordering::Relaxed);

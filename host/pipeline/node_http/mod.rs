@@ -346,7 +346,7 @@ async fn accept(
     let ttl_ms = (server.settings.http.node_ttl_seconds as i64).saturating_mul(1000);
     node.accepted(job.block_height, callback, now_ms() as i64, ttl_ms);
     // Kept before the job is queued: once a job is accepted its node outlives a restart.
-    if let Err(e) = server.persist_http_node(id).await {
+    if let Err(e) = server.persist_http_node(id, true).await {
         tracing::warn!(node = %node.id, error = %e, "an HTTP node could not be kept; its job is refused");
         return Answer::refused(
             StatusCode::SERVICE_UNAVAILABLE,

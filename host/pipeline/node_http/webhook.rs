@@ -8,11 +8,16 @@
 //! published again with its next attempt's time. Retries back off
 //! exponentially with jitter, from one second up to five minutes.
 //!
+//! A delivery taken (2xx) is recorded in the store (`webhook_delivery`), and a
+//! message for a delivery recorded already is dropped: a restart, which catches
+//! its HTTP nodes up on their heights, sends again only what was not taken.
+//!
 //! Only the URLs of `[node.webhooks.<name>]` are ever called, never one taken
 //! from a request, and redirects are not followed.
 
 use crate::config::WebhookConfig;
 use crate::pipeline::Backoff;
+use crate::store::Store;
 use crate::transport::{Delivery, Stream, TransportError, WorkQueue};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -133,6 +138,8 @@ impl WebhookSender {
     /// One attempt of `task`.
     pub async fn attempt(&self, task: &WebhookTask) -> Attempt {
         let Some(hook) = self.hooks.get(&task.callback) else {
+            // Its configuration may come back (a restart with it): retried until the wait ends.
+            tracing::warn!(webhook = %task.callback, node = %task.node, "a delivery names a webhook that is not configured");
             return Attempt::Failed(format!("no webhook named {:?} is configured", task.callback));
         };
         let timestamp = chrono::Utc::now().timestamp();
@@ -181,6 +188,7 @@ pub trait WebhookOwner: Send + Sync + 'static {
 /// `concurrency` at once, until `shutdown`. Reconnects with backoff.
 pub async fn deliver_forever(
     queue: Arc<dyn WorkQueue>,
+    store: Arc<dyn Store>,
     sender: Arc<WebhookSender>,
     owner: Arc<dyn WebhookOwner>,
     concurrency: u16,
@@ -207,9 +215,14 @@ pub async fn deliver_forever(
             };
             match next {
                 Some(Ok(delivery)) => {
-                    let (queue, sender, owner, permits) =
-                        (queue.clone(), sender.clone(), owner.clone(), permits.clone());
-                    tokio::spawn(async move { settle(delivery, &*queue, &sender, &*owner, &permits).await });
+                    let parts = Parts {
+                        queue: queue.clone(),
+                        store: store.clone(),
+                        sender: sender.clone(),
+                        owner: owner.clone(),
+                        permits: permits.clone(),
+                    };
+                    tokio::spawn(async move { settle(delivery, &parts).await });
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "webhook queue broke; reconnecting");
@@ -221,14 +234,18 @@ pub async fn deliver_forever(
     }
 }
 
+/// What settling a message takes.
+struct Parts {
+    queue: Arc<dyn WorkQueue>,
+    store: Arc<dyn Store>,
+    sender: Arc<WebhookSender>,
+    owner: Arc<dyn WebhookOwner>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
 /// Waits for one message's time, attempts it and settles it.
-async fn settle(
-    delivery: Delivery,
-    queue: &dyn WorkQueue,
-    sender: &WebhookSender,
-    owner: &dyn WebhookOwner,
-    permits: &tokio::sync::Semaphore,
-) {
+async fn settle(delivery: Delivery, parts: &Parts) {
+    let Parts { queue, store, sender, owner, permits } = parts;
     let task: WebhookTask = match serde_json::from_slice(&delivery.payload) {
         Ok(task) => task,
         Err(e) => {
@@ -241,7 +258,8 @@ async fn settle(
     if wait > 0 {
         tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     }
-    if owner.webhook_stopped(&task.node) {
+    // A store that cannot answer sends it again rather than lose it.
+    if owner.webhook_stopped(&task.node) || store.webhook_delivered(&task.webhook_id).await.unwrap_or(false) {
         ack(&delivery).await;
         return;
     }
@@ -254,6 +272,9 @@ async fn settle(
     match sender.attempt(&task).await {
         Attempt::Delivered => {
             crate::metrics::add("eligo_node_deliveries_total", &[("transport", "webhook")], 1);
+            if let Err(e) = store.record_webhook_delivery(&task.webhook_id, task.expires_at_ms).await {
+                tracing::warn!(error = %e, "a webhook delivery could not be recorded; a restart may send it again");
+            }
             ack(&delivery).await;
         }
         Attempt::Gone => {
@@ -270,7 +291,7 @@ async fn settle(
                 return;
             }
             tracing::debug!(node = %task.node, webhook = %task.callback, attempt = next.attempt, %why, "webhook attempt failed; retrying later");
-            requeue_later(&delivery, queue, &next).await;
+            requeue_later(&delivery, &**queue, &next).await;
         }
     }
 }
