@@ -417,3 +417,21 @@ async fn a_process_killed_between_accept_and_delivery_loses_no_webhook(kind: Kin
     receiver.stop().await;
     backends.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_listener_describes_its_http_api() {
+    let server = Server::start(Kind::Embedded, &["seed-rules"]).await;
+    let doc = support::http::get(server.running.node_addr.expect("node"), "/api/v1/openapi.json").await.ok_json();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc:#}");
+    let paths: Vec<&str> = doc["paths"].as_object().expect("paths").keys().map(String::as_str).collect();
+    assert_eq!(paths, ["/api/v1/jobs", "/api/v1/nodes/{id}/solutions"]);
+    let post = &doc["paths"]["/api/v1/jobs"]["post"];
+    for status in ["202", "400", "401", "403", "404", "413", "422", "429", "503"] {
+        assert!(post["responses"][status].is_object(), "POST answers {status} described");
+    }
+    assert!(doc["components"]["schemas"]["JobRequest"]["properties"]["callback"].is_object(), "{doc:#}");
+    // The socket still answers at every other path, as the original server.
+    let mut node = server.node().await;
+    node.send(&job(150, 500)).await;
+    server.stop().await;
+}

@@ -31,7 +31,13 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
         config.roles.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ")
     );
     if let Some(addr) = running.node_addr {
-        eprintln!("  nodes connect to   ws://{addr}/");
+        let scheme = if config.node.tls.is_some() { "s" } else { "" };
+        eprintln!("  nodes connect to   ws{scheme}://{addr}/");
+        eprintln!("    or over HTTP     POST http{scheme}://{addr}/api/v1/jobs (OpenAPI /api/v1/openapi.json)");
+        let hooks: Vec<&str> = config.node.webhooks.keys().map(String::as_str).collect();
+        if !hooks.is_empty() {
+            eprintln!("    webhooks         {}", hooks.join(", "));
+        }
     }
     if let Some(addr) = running.worker_addr {
         eprintln!("  workers connect to ws://{addr}/");

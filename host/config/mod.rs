@@ -763,6 +763,24 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_come_from_the_file_and_the_environment_and_are_checked() {
+        let mut c: Config =
+            toml::from_str("[node.webhooks.payouts]\nurl = \"https://pool.example/h\"\n").expect("valid configuration");
+        c.node.webhooks_from_env([
+            ("ELIGO_NODE_WEBHOOKS_PAYOUTS_SECRET".to_string(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string()),
+            ("ELIGO_NODE_WEBHOOKS_OPS_URL".to_string(), "ftp://ops.example/".to_string()),
+            ("ELIGO_NODE_WEBHOOKS_OPS_SECRET".to_string(), "plain".to_string()),
+            ("ELIGO_NODE_LISTEN".to_string(), "ignored".to_string()),
+        ]);
+        assert_eq!(c.node.webhooks["payouts"].check(), Ok(()));
+        let ops = &c.node.webhooks["ops"];
+        assert!(ops.check().is_err_and(|e| e.contains("http:// or https://")), "{:?}", ops.check());
+        let ops = WebhookConfig { url: "http://ops.example/".into(), ..ops.clone() };
+        assert!(ops.check().is_err_and(|e| e.contains("whsec_")));
+        assert!(!format!("{:?}", c.node.webhooks).contains("MfKQ9r8"), "secrets stay out of debug output");
+    }
+
+    #[test]
     fn secret_keys_are_told_by_their_name_whatever_the_case() {
         for key in ["sasl.password", "ssl.key.password", "ssl.key.pem", "sasl.jaas.config", "token", "SASL.PASSWORD"] {
             assert!(is_secret_key(key), "{key}");
