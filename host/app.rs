@@ -271,6 +271,7 @@ pub async fn start_with(
                 publishes_in_flight: config.worker.publishes_in_flight,
                 socket: config.worker.socket.clone(),
                 connections: config.worker.connections.clone(),
+                silent_after: Duration::from_secs(u64::from(config.admin.silent_after_minutes) * 60),
             },
             shutdown.clone(),
         );
@@ -280,6 +281,10 @@ pub async fn start_with(
         tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
         let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
         tasks.spawn(server.clone().run_verdicts());
+        // Nor may a worker's solution be judged before the verdict reader is in
+        // place, or its tally (its connection's counters) could pass unseen.
+        server.verdict_reader_in_place(Duration::from_secs(30)).await;
+        tasks.spawn(server.clone().run_gauges());
         let listen = Listen {
             addr: config.worker.listen,
             backlog: config.worker.socket.listen_backlog,

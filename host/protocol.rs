@@ -397,6 +397,50 @@ pub struct SolutionMessage {
     /// Where the verdict goes, when the worker asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Reply>,
+    /// Which connection sent it, for its counters (absent from older servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// A connection of a worker-server process: where a solution came from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    /// The worker-server process.
+    pub server: String,
+    /// The connection within it.
+    pub connection: u64,
+}
+
+/// Solution processor → one worker server (the `verdict` topic, keyed by the
+/// server): what became of one batch's solutions, per connection, for the
+/// connections' counters. One event per batch and server, whatever the batch's size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TallyEvent {
+    /// The worker-server process.
+    pub server: String,
+    /// Each connection's counts.
+    pub tallies: Vec<Tally>,
+}
+
+/// One connection's share of a [`TallyEvent`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// The connection within the server.
+    pub connection: u64,
+    /// Valid (or accepted unchecked) and broadcast.
+    pub valid: u32,
+    /// Invalid, by reason: duplicate, refused by a policy, unknown job, unusable message.
+    pub invalid: [u32; 4],
+}
+
+/// What the `verdict` topic carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VerdictTopicEvent {
+    /// The verdict on one solution whose worker asked.
+    Verdict(VerdictEvent),
+    /// A batch's counts.
+    Tally(TallyEvent),
 }
 
 impl SolutionMessage {
@@ -570,6 +614,7 @@ mod tests {
             solution: serde_json::from_str(r#"{"partial_solution":{"nonce":12345}}"#).expect("json"),
             solution_target: 1,
             reply: None,
+            origin: None,
         };
         assert_eq!(m.unique_key().as_deref(), Some("12345"));
         m.solution = serde_json::from_str(r#"{"partial_solution":{}}"#).expect("json");

@@ -405,11 +405,20 @@ pub struct AdminConfig {
     /// Seconds of per-second samples the dashboard's charts and `/api/v1/series`
     /// keep (about 200 bytes each).
     pub history_secs: u32,
+    /// A worker connected this many minutes without a valid solution within them
+    /// is marked silent (the workers table, `eligo_workers_silent`).
+    pub silent_after_minutes: u32,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: Some(([127, 0, 0, 1], 8003).into()), tls: None, token: None, history_secs: 900 }
+        AdminConfig {
+            listen: Some(([127, 0, 0, 1], 8003).into()),
+            tls: None,
+            token: None,
+            history_secs: 900,
+            silent_after_minutes: 30,
+        }
     }
 }
 

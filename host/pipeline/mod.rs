@@ -27,6 +27,7 @@ pub mod solution_processor;
 pub mod token_bucket;
 pub mod views;
 pub mod worker_server;
+pub mod worker_stats;
 
 use crate::plugin::{DecisionPool, Hook, Lane, PluginHost, PolicySet, PoolError};
 use crate::store::Store;

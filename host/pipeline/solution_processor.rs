@@ -12,7 +12,7 @@
 use super::consume::{consume_until, BatchSettings, Retry};
 use super::Services;
 use crate::plugin::{Hook, Job, Lane, Solution, Validation};
-use crate::protocol::{canonical_json, Reply, SolutionEvent, SolutionMessage, VerdictEvent};
+use crate::protocol::{canonical_json, Origin, Reply, SolutionEvent, SolutionMessage, Tally, TallyEvent, VerdictEvent};
 use crate::store::{NewSolution, Rejected, Settlement, StoredJob, StoredSolution, Verdict};
 use crate::transport::{Stream, Topic};
 use std::collections::{HashMap, HashSet};
@@ -78,16 +78,23 @@ pub fn solution_event(job: &StoredJob, solution: &StoredSolution) -> SolutionEve
 /// Where a message's verdict goes, if its worker asked for one: the reply and the task.
 type Asked = Option<(Reply, String)>;
 
-/// The solution a message carries, or why it carries none; and who asked for its
-/// verdict.
-fn parse(payload: &[u8]) -> (Result<NewSolution, String>, Asked) {
+/// Who sent a message and who asked for its verdict.
+#[derive(Default)]
+struct Senders {
+    asked: Asked,
+    origin: Option<Origin>,
+}
+
+/// The solution a message carries, or why it carries none; and who sent it.
+fn parse(payload: &[u8]) -> (Result<NewSolution, String>, Senders) {
     let message: SolutionMessage = match serde_json::from_slice(payload) {
         Ok(message) => message,
-        Err(e) => return (Err(format!("not a solution message: {e}")), None),
+        Err(e) => return (Err(format!("not a solution message: {e}")), Senders::default()),
     };
     let asked = message.reply.clone().map(|reply| (reply, message.task_id.clone()));
+    let senders = Senders { asked, origin: message.origin.clone() };
     let Some(unique_key) = message.unique_key() else {
-        return (Err("solution has no partial_solution.nonce".into()), asked);
+        return (Err("solution has no partial_solution.nonce".into()), senders);
     };
     let solution = NewSolution {
         solution: canonical_json(&serde_json::Value::Object(message.solution)),
@@ -97,7 +104,36 @@ fn parse(payload: &[u8]) -> (Result<NewSolution, String>, Asked) {
         task_id: message.task_id,
         solution_target: message.solution_target,
     };
-    (Ok(solution), asked)
+    (Ok(solution), senders)
+}
+
+/// Per worker server, what became of its connections' solutions in a batch:
+/// one event each. `unknown` are the messages refused for naming no stored job.
+fn tallies(origins: &[Option<Origin>], outcomes: &[Outcome], unknown: &HashSet<usize>) -> Vec<TallyEvent> {
+    let mut by_server: HashMap<&str, HashMap<u64, Tally>> = HashMap::new();
+    for (i, (origin, outcome)) in origins.iter().zip(outcomes).enumerate() {
+        let Some(origin) = origin else { continue };
+        let tally = by_server
+            .entry(&origin.server)
+            .or_default()
+            .entry(origin.connection)
+            .or_insert_with(|| Tally { connection: origin.connection, ..Tally::default() });
+        let slot = match outcome {
+            Outcome::Broadcast => {
+                tally.valid += 1;
+                continue;
+            }
+            Outcome::Duplicate => 0,
+            Outcome::Invalid(_) => 1,
+            Outcome::Rejected(_) if unknown.contains(&i) => 2,
+            Outcome::Rejected(_) => 3,
+        };
+        tally.invalid[slot] += 1;
+    }
+    by_server
+        .into_iter()
+        .map(|(server, tallies)| TallyEvent { server: server.to_string(), tallies: tallies.into_values().collect() })
+        .collect()
 }
 
 /// The verdict a worker that asked is sent for a message's outcome.
@@ -125,9 +161,12 @@ pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<
     let mut message_of = Vec::new();
     let mut keys = HashSet::new();
     let mut asked: Vec<Asked> = Vec::with_capacity(payloads.len());
+    let mut origins: Vec<Option<Origin>> = Vec::with_capacity(payloads.len());
+    let mut unknown = HashSet::new();
     for (i, payload) in payloads.iter().enumerate() {
-        let (solution, asker) = parse(payload);
-        asked.push(asker);
+        let (solution, senders) = parse(payload);
+        asked.push(senders.asked);
+        origins.push(senders.origin);
         match solution {
             Ok(solution) if keys.insert(solution.unique_key.clone()) => {
                 new.push(solution);
@@ -166,6 +205,7 @@ pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<
             let reason = format!("unknown task_id {}", solution.task_id);
             rejected.push(Rejected::new("solution", &payloads[i], reason.clone()));
             outcomes[i] = Some(Outcome::Rejected(reason));
+            unknown.insert(i);
         } else {
             pending.push((i, solution));
         }
@@ -194,6 +234,9 @@ pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<
             let event = verdict_event(asker, outcome);
             verdict_events.push((event.reply.server.clone(), serde_json::to_vec(&event).map_err(Retry::from)?));
         }
+    }
+    for event in tallies(&origins, &outcomes, &unknown) {
+        verdict_events.push((event.server.clone(), serde_json::to_vec(&event).map_err(Retry::from)?));
     }
     // Pipelined: every produce is in flight at once; all must be confirmed.
     let solutions = events.iter().map(|(key, bytes)| services.log.produce(Topic::Solution, key, bytes));

@@ -48,6 +48,8 @@ pub struct WorkerView {
     pub outbox_depth: usize,
     /// Each policy's profile and state of it.
     pub policies: Vec<WorkerPolicyView>,
+    /// What it sent and how it was judged.
+    pub stats: super::worker_stats::WorkerStatsView,
 }
 
 /// A node connected now.

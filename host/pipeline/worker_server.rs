@@ -26,12 +26,13 @@ use super::connection_cap::ConnectionCap;
 use super::presence::PresenceSender;
 use super::solution_processor::job_view;
 use super::views::{DeliveryCounts, KeyDigest, WorkerPolicyView, WorkerView};
+use super::worker_stats::{Refused, WorkerStats};
 use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
 use crate::plugin::{now_ms, Hook, Job, Lane, Role, Welcome, WorkerState};
 use crate::protocol::{
-    ack_frame, canonical_json, refusal, verdict_frame, ConnectionRecord, JobEvent, PresenceEvent, Reply, SolutionFrame,
-    SolutionMessage, VerdictEvent, WelcomeFrame, WorkFrame,
+    ack_frame, canonical_json, refusal, verdict_frame, ConnectionRecord, JobEvent, Origin, PresenceEvent, Reply,
+    SolutionFrame, SolutionMessage, TallyEvent, VerdictEvent, VerdictTopicEvent, WelcomeFrame, WorkFrame,
 };
 use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -64,9 +65,13 @@ pub struct WorkerServerSettings {
     pub socket: SocketConfig,
     /// Caps on open connections.
     pub connections: ConnectionLimits,
+    /// A worker connected this long without a valid solution within it is silent.
+    pub silent_after: Duration,
 }
 
 struct WorkerConn {
+    /// What it sent and how it was judged.
+    stats: Arc<WorkerStats>,
     state: WorkerState,
     outbox: Outbox,
     remote: SocketAddr,
@@ -126,13 +131,16 @@ pub struct WorkerServer {
     presence: PresenceSender,
     /// This process among worker servers, for verdicts to find their way back.
     server_id: String,
-    /// The verdict reader starts with the first solution that asks for a verdict:
-    /// a pool of original clients never pays for reading the `verdict` topic.
+    /// Whether the verdict reader should run: from the start, since every
+    /// connection's counters take the batches' tallies from the `verdict` topic.
     verdicts_wanted: tokio::sync::watch::Sender<bool>,
     /// Whether the verdict reader is in place (no verdict produced from then on is missed).
     verdicts_ready: tokio::sync::watch::Sender<bool>,
     shutdown: CancellationToken,
 }
+
+/// How often the gauges of silent workers and the invalid share are computed.
+const GAUGES_EVERY: Duration = Duration::from_secs(15);
 
 /// How long the first solution that asks for a verdict waits for the verdict
 /// reader to be in place before it is published anyway.
@@ -165,7 +173,8 @@ impl WorkerServer {
             deliveries,
             presence,
             server_id: uuid::Uuid::new_v4().to_string(),
-            verdicts_wanted: tokio::sync::watch::Sender::new(false),
+            // Every connection's counters need the batches' tallies: read from the start.
+            verdicts_wanted: tokio::sync::watch::Sender::new(true),
             verdicts_ready: tokio::sync::watch::Sender::new(false),
             shutdown,
         };
@@ -199,6 +208,7 @@ impl WorkerServer {
 
     /// Up to `limit` of the workers connected now, numbered above `after`, by number.
     pub fn snapshot(&self, after: u64, limit: usize) -> Vec<WorkerView> {
+        let (now, silent_after) = (now_ms() as i64, self.settings.silent_after.as_millis() as i64);
         let workers = self.workers.lock();
         let mut ids: Vec<u64> = workers.keys().copied().filter(|id| *id > after).collect();
         ids.sort_unstable();
@@ -230,6 +240,7 @@ impl WorkerServer {
                     jobs_received: conn.jobs_received,
                     outbox_depth: conn.outbox.depth(),
                     policies,
+                    stats: conn.stats.view(now, silent_after),
                 }
             })
             .collect()
@@ -306,11 +317,55 @@ impl WorkerServer {
         });
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
         let server = self.clone();
-        super::fanout::tail_forever(log, Topic::Verdict, shutdown, Some(ready_tx), |event: VerdictEvent| {
-            server.on_verdict(event);
+        super::fanout::tail_forever(log, Topic::Verdict, shutdown, Some(ready_tx), |event: VerdictTopicEvent| {
+            match event {
+                VerdictTopicEvent::Verdict(verdict) => server.on_verdict(verdict),
+                VerdictTopicEvent::Tally(tally) => server.on_tally(tally),
+            }
             std::future::ready(())
         })
         .await
+    }
+
+    /// A batch's counts of this server's connections' solutions.
+    fn on_tally(&self, event: TallyEvent) {
+        if event.server != self.server_id {
+            return;
+        }
+        let now = now_ms() as i64;
+        let workers = self.workers.lock();
+        for tally in &event.tallies {
+            if let Some(conn) = workers.get(&tally.connection) {
+                conn.stats.judged(tally.valid, &tally.invalid, now);
+            }
+        }
+    }
+
+    /// Every so often until shutdown, the gauges of what the workers connected
+    /// now do as a whole: how many are silent, and the share of their judged
+    /// solutions that were invalid.
+    pub async fn run_gauges(self: Arc<Self>) {
+        let mut every = tokio::time::interval(GAUGES_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let (now, silent_after) = (now_ms() as i64, self.settings.silent_after.as_millis() as i64);
+            let stats: Vec<Arc<WorkerStats>> = self.workers.lock().values().map(|c| c.stats.clone()).collect();
+            let silent = stats.iter().filter(|s| s.silent(now, silent_after)).count();
+            let (valid, invalid) =
+                stats.iter().map(|s| s.judged_totals()).fold((0, 0), |(v, i), (sv, si)| (v + sv, i + si));
+            crate::metrics::gauge("eligo_workers_silent", &[]).set(silent as f64);
+            let share = if valid + invalid == 0 { 0.0 } else { invalid as f64 / (valid + invalid) as f64 };
+            crate::metrics::gauge("eligo_workers_invalid_share", &[]).set(share);
+        }
+    }
+
+    /// Waits, at most `wait`, until the verdict reader is in place.
+    pub async fn verdict_reader_in_place(&self, wait: Duration) {
+        let mut ready = self.verdicts_ready.subscribe();
+        let _ = tokio::time::timeout(wait, ready.wait_for(|r| *r)).await;
     }
 
     /// Starts the verdict reader if it is not running, and waits (bounded) until
@@ -518,7 +573,9 @@ impl WorkerServer {
         handshake: &Handshake,
     ) {
         let connected_at = chrono::Utc::now();
+        let stats = Arc::new(WorkerStats::new(connected_at.timestamp_millis()));
         let id = self.workers.insert(WorkerConn {
+            stats: stats.clone(),
             state,
             outbox: outbox.clone(),
             remote: handshake.remote,
@@ -551,7 +608,7 @@ impl WorkerServer {
         let budget =
             (FrameBudget::for_socket(&self.settings.socket), FrameBudget::control_for_socket(&self.settings.socket));
         read_frames(stream, outbox, &self.shutdown, "worker", budget, |frame| {
-            self.on_solution(id, outbox, &welcome, frame, &in_flight)
+            self.on_solution(id, outbox, &welcome, frame, (&in_flight, &stats))
         })
         .await;
         self.workers.remove(id);
@@ -574,13 +631,14 @@ impl WorkerServer {
         outbox: &Outbox,
         welcome: &WelcomeFrame,
         bytes: Vec<u8>,
-        in_flight: &Arc<Semaphore>,
+        (in_flight, stats): (&Arc<Semaphore>, &Arc<WorkerStats>),
     ) {
         let read = SolutionFrame::read_within(&bytes, &self.settings.socket.fields());
         let frame = match read.frame {
             Ok(f) => f,
             Err(e) => {
                 crate::metrics::hot().bad_frames_worker.increment(1);
+                stats.refused(Refused::BadFrame);
                 let reason = e.to_string();
                 outbox.send_refusal(refusal(read.id.as_ref(), &reason)).await;
                 return;
@@ -598,20 +656,24 @@ impl WorkerServer {
             solution: frame.solution,
             solution_target: frame.solution_target,
             reply,
+            origin: Some(Origin { server: self.server_id.clone(), connection: id }),
         };
         let Ok(bytes) = serde_json::to_vec(&message) else { return };
         let Ok(place) = in_flight.clone().acquire_owned().await else { return };
         let (queue, outbox, ack) = (self.services.queue.clone(), outbox.clone(), message.reply.map(|r| r.id));
+        let stats = stats.clone();
         tokio::spawn(async move {
             let _place = place;
             match queue.publish(Stream::Solution, &bytes).await {
                 Ok(()) => {
                     crate::metrics::hot().solutions_published.increment(1);
+                    stats.accepted(now_ms() as i64);
                     if let Some(ack) = &ack {
                         outbox.send(ack_frame(ack, None)).await;
                     }
                 }
                 Err(e) => {
+                    stats.refused(Refused::Queue);
                     tracing::warn!(connection = id, error = %e, "publishing a solution failed; closing the connection");
                     if let Some(ack) = &ack {
                         outbox.send(ack_frame(ack, Some(&format!("solution not accepted: {e}")))).await;
