@@ -598,6 +598,7 @@ impl WorkerServer {
             solution: frame.solution,
             solution_target: frame.solution_target,
             reply,
+            address: Some(welcome.address.clone()),
         };
         let Ok(bytes) = serde_json::to_vec(&message) else { return };
         let Ok(place) = in_flight.clone().acquire_owned().await else { return };
