@@ -405,11 +405,25 @@ pub struct AdminConfig {
     /// Seconds of per-second samples the dashboard's charts and `/api/v1/series`
     /// keep (about 200 bytes each).
     pub history_secs: u32,
+    /// Answer `/api/v1/miners/{address}` without the token: an address's own workers
+    /// and solutions, to whoever knows the address, at a rate per client IP. The
+    /// rest of the admin server still needs the token.
+    pub public_miner_stats: bool,
+    /// Requests each client IP (IPv6 by /64) may make to it per minute without the
+    /// token, at once up to as many; past it, 429 with `Retry-After`.
+    pub public_miner_stats_per_minute: std::num::NonZeroU32,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: Some(([127, 0, 0, 1], 8003).into()), tls: None, token: None, history_secs: 900 }
+        AdminConfig {
+            listen: Some(([127, 0, 0, 1], 8003).into()),
+            tls: None,
+            token: None,
+            history_secs: 900,
+            public_miner_stats: false,
+            public_miner_stats_per_minute: const { std::num::NonZeroU32::new(30).expect("not zero") },
+        }
     }
 }
 
