@@ -101,6 +101,7 @@ async fn store_rate(store: &dyn Store) -> Result<Value, String> {
                 task_id: uuid::Uuid::nil().to_string(),
                 solution: String::from_utf8_lossy(&payload(*i)).into_owned(),
                 solution_target: 1,
+                address: Some(format!("aleo1bench{}", i % 1000)),
             })
             .collect();
         store.insert_solutions(&batch).await.map_err(|e| e.to_string())?;

@@ -397,6 +397,10 @@ pub struct SolutionMessage {
     /// Where the verdict goes, when the worker asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Reply>,
+    /// The payout address of the connection (its welcome's `address`); absent in
+    /// messages of worker servers from before it was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     /// Which connection sent it, for its counters (absent from older servers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
@@ -614,6 +618,7 @@ mod tests {
             solution: serde_json::from_str(r#"{"partial_solution":{"nonce":12345}}"#).expect("json"),
             solution_target: 1,
             reply: None,
+            address: None,
             origin: None,
         };
         assert_eq!(m.unique_key().as_deref(), Some("12345"));

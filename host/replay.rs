@@ -544,6 +544,7 @@ mod tests {
             invalid_reason: None,
             broadcast: true,
             created_at: Utc::now(),
+            address: None,
         };
         let history = History { solutions: vec![solution], ..History::default() };
         let none = PolicySet::new(Vec::new());

@@ -143,9 +143,11 @@ async fn the_openapi_document_lists_every_api_path_and_each_answers() {
         "/api/v1/heights/{block_height}",
         "/api/v1/jobs",
         "/api/v1/jobs/{task_id}",
+        "/api/v1/miners/{address}",
         "/api/v1/nodes",
         "/api/v1/plugins",
         "/api/v1/series",
+        "/api/v1/shares",
         "/api/v1/solutions",
         "/api/v1/summary",
         "/api/v1/workers",
@@ -153,7 +155,8 @@ async fn the_openapi_document_lists_every_api_path_and_each_answers() {
     ];
     assert_eq!(paths, expected.into_iter().collect(), "the document and the routes agree");
     for path in paths {
-        let concrete = path.replace("{block_height}", "1").replace("{task_id}", "none");
+        let concrete =
+            path.replace("{block_height}", "1").replace("{task_id}", "none").replace("{address}", "aleo1none");
         let answer = get(admin, &concrete).await;
         let described = doc["paths"][path]["get"]["responses"].as_object().expect("responses");
         assert!(

@@ -697,6 +697,7 @@ async fn invalid_solutions_are_stored_with_the_reason_and_not_delivered(kind: Ki
                 task_id: task.clone(),
                 solution: String::new(),
                 solution_target: 0,
+                address: None,
             })
             .await
             .expect("read back");
@@ -821,6 +822,20 @@ impl Store for FailingOnce {
         page: Page,
     ) -> Result<Paged<eligo::store::WorkerRow>, StoreError> {
         self.inner.list_worker_connections(f, page).await
+    }
+    async fn miner_activity(
+        &self,
+        address: &str,
+        windows: &[chrono::DateTime<chrono::Utc>],
+    ) -> Result<eligo::store::MinerActivity, StoreError> {
+        self.inner.miner_activity(address, windows).await
+    }
+    async fn shares(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<eligo::store::Shares>, StoreError> {
+        self.inner.shares(since, until).await
     }
 }
 

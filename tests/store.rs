@@ -14,8 +14,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use eligo::store::postgres::PgStore;
 use eligo::store::sqlite::SqliteStore;
 use eligo::store::{
-    Inserted, NewJob, NewSolution, Page, Presence, Recovery, SolutionFilter, Store, StoredJob, StoredSolution,
-    WorkerConnection, WorkerFilter,
+    Inserted, NewJob, NewSolution, Page, Presence, Recovery, Shares, SolutionFilter, Store, StoredJob, StoredSolution,
+    Tally, WorkerConnection, WorkerFilter,
 };
 use futures::FutureExt;
 use sqlx::postgres::PgPool;
@@ -78,6 +78,22 @@ impl Backend {
             }
         };
         assert_eq!(affected.expect("reopening a worker row"), 1);
+    }
+
+    /// Moves a solution's `created_at` to `at`: rows of the past, without waiting for them.
+    async fn backdate_solution(&self, unique_key: &str, at: DateTime<Utc>) {
+        let sql = "UPDATE solution SET created_at = $1 WHERE unique_key = $2";
+        let affected = match &self.raw {
+            Raw::Pg(pool) => {
+                sqlx::query(sql).bind(at.naive_utc()).bind(unique_key).execute(pool).await.map(|r| r.rows_affected())
+            }
+            Raw::Sqlite(pool) => {
+                let stored = at.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+                let sql = sql.replace('$', "?");
+                sqlx::query(&sql).bind(stored).bind(unique_key).execute(pool).await.map(|r| r.rows_affected())
+            }
+        };
+        assert_eq!(affected.expect("backdating a solution"), 1);
     }
 
     /// `(stream, payload, reason)` of every rejected message, oldest first.
@@ -208,6 +224,9 @@ store_tests!(
     a_connections_end_may_come_before_its_start,
     a_later_connection_finishes_the_workers_open_one_at_its_latest_solution,
     a_recovery_finishes_what_its_instance_left_open_before_it,
+    a_miners_windows_count_its_own_solutions_by_verdict,
+    a_miners_workers_are_online_by_its_own_open_connections,
+    shares_sum_full_64_bit_targets_of_valid_solutions_per_address,
 );
 
 fn new_job(block_height: i64) -> NewJob {
@@ -227,6 +246,7 @@ fn new_solution(unique_key: &str, task_id: &str, hardware_id: &str, caption: &st
         task_id: task_id.to_owned(),
         solution: format!(r#"{{"partial_solution":{{"nonce":{unique_key}}}}}"#),
         solution_target: 50,
+        address: None,
     }
 }
 
@@ -745,4 +765,143 @@ async fn worker_connections_are_listed_newest_first_open_or_finished(b: Backend)
     assert_eq!(page.next, Some(other));
     let rest = store.list_worker_connections(&WorkerFilter::default(), Page::new(2, page.next)).await.unwrap();
     assert_eq!((rest.items.len(), rest.next), (1, None));
+}
+
+/// A solution of payout `address` (none: a row from before eligo kept it) to `task_id`.
+fn paid(key: &str, hardware_id: &str, address: Option<&str>, target: u64) -> NewSolution {
+    NewSolution {
+        address: address.map(str::to_owned),
+        solution_target: target,
+        ..new_solution(key, "some-task", hardware_id, "rig")
+    }
+}
+
+/// Stores `solution`, `age` ago, with the verdict `valid` (`None`: not validated).
+async fn stored(b: &Backend, solution: NewSolution, age: chrono::Duration, valid: Option<bool>) {
+    let key = solution.unique_key.clone();
+    insert_solution(&*b.store, &solution).await;
+    if let Some(valid) = valid {
+        let reason = (!valid).then_some("pow-check: too easy");
+        b.store.set_validation(&key, valid, true, reason).await.unwrap();
+    }
+    b.backdate_solution(&key, stamp() - age).await;
+}
+
+/// Starts of the last 15 minutes, hour and day.
+fn windows() -> [DateTime<Utc>; 3] {
+    let now = Utc::now();
+    [now - chrono::Duration::minutes(15), now - chrono::Duration::hours(1), now - chrono::Duration::hours(24)]
+}
+
+async fn a_miners_windows_count_its_own_solutions_by_verdict(b: Backend) {
+    let min = chrono::Duration::minutes;
+    let a = Some("aleo1a");
+    // hw-1: valid 5 min ago and 30 min ago, invalid 2 h ago, valid 2 days ago (outside every window).
+    stored(&b, paid("1", "hw-1", a, 10), min(5), Some(true)).await;
+    stored(&b, paid("2", "hw-1", a, 10), min(30), Some(true)).await;
+    stored(&b, paid("3", "hw-1", a, 10), min(120), Some(false)).await;
+    stored(&b, paid("4", "hw-1", a, 10), min(2 * 24 * 60), Some(true)).await;
+    // hw-2: unchecked 1 min ago, invalid 10 min ago.
+    stored(&b, paid("5", "hw-2", a, 10), min(1), None).await;
+    stored(&b, paid("6", "hw-2", a, 10), min(10), Some(false)).await;
+    // Another address, and a row with none, from the same rig: counted for no one else.
+    stored(&b, paid("7", "hw-1", Some("aleo1b"), 10), min(1), Some(true)).await;
+    stored(&b, paid("8", "hw-1", None, 10), min(1), Some(true)).await;
+
+    let activity = b.store.miner_activity("aleo1a", &windows()).await.unwrap();
+    let tallies: Vec<(&str, &Tally)> = activity.workers.iter().map(|w| (w.hardware_id.as_str(), &w.tally)).collect();
+    let tally = |valid: [u64; 3], invalid: [u64; 3], unchecked: [u64; 3]| Tally {
+        valid: valid.to_vec(),
+        invalid: invalid.to_vec(),
+        unchecked: unchecked.to_vec(),
+    };
+    assert_eq!(
+        tallies,
+        [("hw-1", &tally([1, 2, 2], [0, 0, 1], [0, 0, 0])), ("hw-2", &tally([0, 0, 0], [1, 1, 1], [1, 1, 1]))]
+    );
+    let hw1 = &activity.workers[0];
+    assert!(hw1.last_solution_at.is_some_and(|at| (Utc::now() - at - min(5)).num_seconds().abs() < 30), "{hw1:?}");
+    assert_eq!(hw1.connected_since, None, "no connection recorded");
+    // The address's latest solution at any time is the 1-minute-old one.
+    let latest = activity.last_solution_at.expect("a latest solution");
+    assert!((Utc::now() - latest - min(1)).num_seconds().abs() < 30, "{latest}");
+
+    let by_nonce = SolutionFilter { unique_key: Some("7".into()), ..SolutionFilter::default() };
+    let seven = b.store.list_solutions(&by_nonce, Page::new(1, None)).await.unwrap().items;
+    assert_eq!(seven[0].address.as_deref(), Some("aleo1b"), "stored with its address");
+    let other = b.store.miner_activity("aleo1b", &windows()).await.unwrap();
+    assert_eq!(other.workers.len(), 1);
+    assert_eq!(other.workers[0].tally.valid, [1, 1, 1], "only its own row");
+    let nobody = b.store.miner_activity("aleo1nobody", &windows()).await.unwrap();
+    assert_eq!((nobody.workers.len(), nobody.last_solution_at), (0, None));
+    // Only old rows: no worker within the windows, but the latest solution is known.
+    stored(&b, paid("9", "hw-9", Some("aleo1old"), 10), min(3 * 24 * 60), Some(true)).await;
+    let old = b.store.miner_activity("aleo1old", &windows()).await.unwrap();
+    assert_eq!((old.workers.len(), old.last_solution_at.is_some()), (0, true));
+}
+
+async fn a_miners_workers_are_online_by_its_own_open_connections(b: Backend) {
+    let store = &*b.store;
+    let hour = chrono::Duration::hours(1);
+    let of = |hardware_id: &str, address: &str| WorkerConnection {
+        address: address.to_owned(),
+        ..worker(hardware_id, "rig", "i1")
+    };
+    // hw-1 connected now; hw-2 disconnected 2 h ago; hw-3 disconnected 2 days ago;
+    // hw-4 connected now under another address.
+    let now = stamp();
+    let since = now - hour;
+    let ended = |key: &str, w: WorkerConnection, until: DateTime<Utc>| Presence {
+        disconnected_at: Some(until),
+        ..presence(key, w, until - hour)
+    };
+    store
+        .record_presence(
+            &[
+                presence("c-1", of("hw-1", "aleo1a"), since),
+                ended("c-2", of("hw-2", "aleo1a"), now - hour * 2),
+                ended("c-3", of("hw-3", "aleo1a"), now - hour * 48),
+                presence("c-4", of("hw-4", "aleo1b"), since),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    let activity = store.miner_activity("aleo1a", &windows()).await.unwrap();
+    let seen: Vec<(&str, Option<DateTime<Utc>>)> =
+        activity.workers.iter().map(|w| (w.hardware_id.as_str(), w.connected_since)).collect();
+    assert_eq!(seen, [("hw-1", Some(since)), ("hw-2", None)], "hw-3 ended before the day, hw-4 is another's");
+    assert!(activity.workers.iter().all(|w| w.tally == Tally::zero(3)));
+}
+
+async fn shares_sum_full_64_bit_targets_of_valid_solutions_per_address(b: Backend) {
+    let min = chrono::Duration::minutes;
+    let (a, c) = (Some("aleo1a"), Some("aleo1c"));
+    // Three valid targets of u64::MAX: a sum past 2^64, and each past i64::MAX as stored.
+    for key in ["1", "2", "3"] {
+        stored(&b, paid(key, "hw-1", a, u64::MAX), min(30), Some(true)).await;
+    }
+    stored(&b, paid("4", "hw-2", a, 5), min(30), Some(true)).await;
+    stored(&b, paid("5", "hw-2", a, 1 << 40), min(30), Some(false)).await;
+    stored(&b, paid("6", "hw-2", a, 1 << 40), min(30), None).await;
+    stored(&b, paid("7", "hw-2", a, 1 << 40), min(90), Some(true)).await;
+    stored(&b, paid("8", "hw-3", c, 7), min(20), Some(true)).await;
+    stored(&b, paid("9", "hw-4", None, 7), min(20), Some(true)).await;
+
+    let now = Utc::now();
+    let shares = b.store.shares(now - min(60), now).await.unwrap();
+    assert_eq!(
+        shares,
+        [
+            Shares { address: "aleo1a".into(), valid: 4, target_sum: 3 * u128::from(u64::MAX) + 5 },
+            Shares { address: "aleo1c".into(), valid: 1, target_sum: 7 },
+        ]
+    );
+    // The range is half-open: a solution at `until` is the next range's.
+    let at = stamp() - min(200);
+    stored(&b, paid("10", "hw-1", a, 3), min(0), Some(true)).await;
+    b.backdate_solution("10", at).await;
+    assert_eq!(b.store.shares(at - min(1), at).await.unwrap(), []);
+    let next = b.store.shares(at, at + min(1)).await.unwrap();
+    assert_eq!(next, [Shares { address: "aleo1a".into(), valid: 1, target_sum: 3 }]);
 }

@@ -39,6 +39,13 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/api/v1/nodes", get(live_nodes))
         .route("/api/v1/plugins", get(plugins))
         .route("/api/v1/series", get(super::history::series))
+        .route("/api/v1/shares", get(super::miners::shares))
+}
+
+/// `/api/v1/miners/{address}`: apart from [`routes`], as it may be public
+/// (`[admin] public_miner_stats`) and is then guarded by a rate, not the token.
+pub fn miner_route() -> Router<Arc<AdminState>> {
+    Router::new().route("/api/v1/miners/{address}", get(super::miners::miner))
 }
 
 /// The OpenAPI document of `/api/v1`.
@@ -46,17 +53,20 @@ pub fn routes() -> Router<Arc<AdminState>> {
 #[openapi(
     info(
         title = "eligo operator API",
-        description = "Read-only views of jobs, solutions, connections and plugins. When `[admin] token` is \
-                       set, every path needs `Authorization: Bearer <token>` (or `?token=<token>`)."
+        description = "Read-only views of jobs, solutions, connections, miners and plugins. When `[admin] token` \
+                       is set, every path needs `Authorization: Bearer <token>` (or `?token=<token>`), but \
+                       `/api/v1/miners/{address}` when `[admin] public_miner_stats` is on."
     ),
     paths(
         summary, list_jobs, job_by_task, job_by_height, list_solutions, live_workers, worker_connections, live_nodes,
-        plugins, super::history::series
+        plugins, super::history::series, super::miners::miner, super::miners::shares
     ),
     components(schemas(
         ApiError, JobOut, JobDetail, JobPage, SolutionOut, SolutionStatus, SolutionPage, WorkerRow, ConnectionPage,
         LiveWorkers, LiveNodes, WorkerView, WorkerPolicyView, NodeView, PluginsOut, Summary, super::history::Series,
-        super::summary::ShadowLine, super::summary::DisagreementLine, super::summary::ReloadLine
+        super::summary::ShadowLine, super::summary::DisagreementLine, super::summary::ReloadLine,
+        super::miners::MinerStats, super::miners::MinerWorker, super::miners::Windows, super::miners::SharesOut,
+        super::miners::SharesLine
     )),
     modifiers(&BearerToken),
     security(("admin_token" = []))

@@ -74,6 +74,9 @@ pub struct SolutionOut {
     pub hardware_id: String,
     /// The worker's `caption`.
     pub caption: String,
+    /// The payout address of the connection that sent it; absent on rows stored
+    /// before eligo kept it.
+    pub address: Option<String>,
     /// As the worker sent it.
     #[schema(value_type = Object)]
     pub solution: serde_json::Value,
@@ -107,6 +110,7 @@ impl SolutionOut {
             task_id: s.task_id,
             hardware_id: s.hardware_id,
             caption: s.caption,
+            address: s.address,
             solution_target: s.solution_target,
             status,
             invalid_reason: s.invalid_reason,

@@ -4,13 +4,16 @@
 //! `/healthz` and `/metrics` are always open (load balancers and Prometheus).
 //! Everything else needs the admin token when `[admin] token` is set:
 //! `Authorization: Bearer <token>`, or `?token=<token>` (what a browser's
-//! address bar and `EventSource` can send).
+//! address bar and `EventSource` can send); but for `/api/v1/miners/{address}`
+//! with `[admin] public_miner_stats`, which anyone may ask at a rate ([`public`]).
 
 pub mod api;
 mod dashboard;
 mod error;
 pub mod history;
 mod jobs;
+pub mod miners;
+pub mod public;
 pub mod summary;
 
 use crate::config::{AdminConfig, RoleName};
@@ -44,6 +47,8 @@ pub struct AdminState {
     pub history: history::History,
     /// SHA-256 of the admin token, if one is required.
     token_digest: Option<[u8; 32]>,
+    /// With public miner stats: the rate of their requests without the token.
+    public_rate: Option<Arc<public::PublicRate>>,
 }
 
 impl AdminState {
@@ -60,7 +65,9 @@ impl AdminState {
         let token = config.token.as_deref();
         let token_digest = token.filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
         let history = history::History::new(config.history_secs as usize);
-        AdminState { plugins, nodes, workers, store, roles, history, token_digest }
+        let public_rate =
+            config.public_miner_stats.then(|| Arc::new(public::PublicRate::new(config.public_miner_stats_per_minute)));
+        AdminState { plugins, nodes, workers, store, roles, history, token_digest, public_rate }
     }
 }
 
@@ -76,10 +83,19 @@ pub fn router(state: AdminState, shutdown: &CancellationToken) -> Router {
         .merge(api::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state.clone());
+    // The one route that may be public: guarded apart, by the token or by the rate.
+    let miners = match &state.public_rate {
+        Some(rate) => {
+            tokio::spawn(public::forget_idle(rate.clone(), shutdown.clone()));
+            api::miner_route().route_layer(axum::middleware::from_fn_with_state(state.clone(), public::public_or_token))
+        }
+        None => api::miner_route().route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token)),
+    };
     Router::new()
-        .route("/healthz", get(healthz).with_state(state))
+        .route("/healthz", get(healthz).with_state(state.clone()))
         .route("/metrics", get(|| async { crate::metrics::render() }))
         .merge(guarded)
+        .merge(miners.with_state(state))
 }
 
 /// `/healthz`: a liveness check, `ok` (200) while the process runs. Plugins that
@@ -101,9 +117,24 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> String {
     )
 }
 
-/// Refuses a request without the admin token (when one is configured).
-async fn require_token(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
-    let Some(expected) = state.token_digest else { return next.run(request).await };
+/// Why a request bearing another token than the admin token is refused.
+const WRONG_TOKEN: &str = "the admin token is wrong";
+
+/// What a request says of the admin token.
+enum Token {
+    /// None is configured.
+    NotRequired,
+    /// It bears the configured one.
+    Right,
+    /// It bears another: refused with [`WRONG_TOKEN`].
+    Wrong,
+    /// It bears none.
+    Missing,
+}
+
+/// Whether `request` bears the admin token: `Authorization: Bearer <token>`, or `?token=<token>`.
+fn token_of(state: &AdminState, request: &Request) -> Token {
+    let Some(expected) = state.token_digest else { return Token::NotRequired };
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -116,9 +147,20 @@ async fn require_token(State(state): State<Arc<AdminState>>, request: Request, n
     // Compared as digests: equal length, and no early exit on the secret's bytes.
     let given: Option<[u8; 32]> = bearer.or(query).map(|t| Sha256::digest(t.as_bytes()).into());
     match given {
-        Some(given) if given == expected => next.run(request).await,
-        Some(_) => unauthorized("the admin token is wrong"),
-        None => unauthorized("this admin server needs its token: Authorization: Bearer <token>, or ?token=<token>"),
+        Some(given) if given == expected => Token::Right,
+        Some(_) => Token::Wrong,
+        None => Token::Missing,
+    }
+}
+
+/// Refuses a request without the admin token (when one is configured).
+async fn require_token(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
+    match token_of(&state, &request) {
+        Token::NotRequired | Token::Right => next.run(request).await,
+        Token::Wrong => unauthorized(WRONG_TOKEN),
+        Token::Missing => {
+            unauthorized("this admin server needs its token: Authorization: Bearer <token>, or ?token=<token>")
+        }
     }
 }
 

@@ -408,6 +408,13 @@ pub struct AdminConfig {
     /// A worker connected this many minutes without a valid solution within them
     /// is marked silent (the workers table, `eligo_workers_silent`).
     pub silent_after_minutes: u32,
+    /// Answer `/api/v1/miners/{address}` without the token: an address's own workers
+    /// and solutions, to whoever knows the address, at a rate per client IP. The
+    /// rest of the admin server still needs the token.
+    pub public_miner_stats: bool,
+    /// Requests each client IP (IPv6 by /64) may make to it per minute without the
+    /// token, at once up to as many; past it, 429 with `Retry-After`.
+    pub public_miner_stats_per_minute: std::num::NonZeroU32,
 }
 
 impl Default for AdminConfig {
@@ -418,6 +425,8 @@ impl Default for AdminConfig {
             token: None,
             history_secs: 900,
             silent_after_minutes: 30,
+            public_miner_stats: false,
+            public_miner_stats_per_minute: const { std::num::NonZeroU32::new(30).expect("not zero") },
         }
     }
 }

@@ -103,6 +103,8 @@ fn parse(payload: &[u8]) -> (Result<NewSolution, String>, Senders) {
         caption: message.caption,
         task_id: message.task_id,
         solution_target: message.solution_target,
+        // An empty address pays no one: stored as none.
+        address: message.address.filter(|a| !a.is_empty()),
     };
     (Ok(solution), senders)
 }

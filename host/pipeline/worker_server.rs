@@ -656,6 +656,7 @@ impl WorkerServer {
             solution: frame.solution,
             solution_target: frame.solution_target,
             reply,
+            address: Some(welcome.address.clone()),
             origin: Some(Origin { server: self.server_id.clone(), connection: id }),
         };
         let Ok(bytes) = serde_json::to_vec(&message) else { return };

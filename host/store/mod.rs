@@ -7,7 +7,7 @@
 //!
 //! Tables are those of the original system (`job`, `solution`, `worker`) plus
 //! what eligo needs: a job's `proof_target` and broadcast marker, a solution's
-//! broadcast marker and validation reason, the server instance owning a worker
+//! broadcast marker, validation reason and payout address, the server instance owning a worker
 //! connection, and `rejected_message` for messages the processors could not use.
 
 pub mod dialect;
@@ -78,6 +78,9 @@ pub struct NewSolution {
     /// The worker's `solution` object as compact JSON text.
     pub solution: String,
     pub solution_target: u64,
+    /// The payout address of the connection that sent it (its welcome's `address`);
+    /// `None` when the message did not say.
+    pub address: Option<String>,
 }
 
 /// A stored solution.
@@ -96,6 +99,9 @@ pub struct StoredSolution {
     /// Produced to the `solution` topic already.
     pub broadcast: bool,
     pub created_at: DateTime<Utc>,
+    /// The payout address of the connection that sent it; `None` for rows stored
+    /// before eligo kept it.
+    pub address: Option<String>,
 }
 
 /// A worker connection to record.
@@ -296,6 +302,75 @@ pub struct WorkerFilter {
     pub open: Option<bool>,
 }
 
+/// Solutions counted by verdict, one count per window of a
+/// [`Store::miner_activity`] call, in the order of its `windows`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Accepted by every validating policy.
+    pub valid: Vec<u64>,
+    /// Refused by a policy.
+    pub invalid: Vec<u64>,
+    /// Not validated: no policy validates solutions, or not yet, or of an unknown job.
+    pub unchecked: Vec<u64>,
+}
+
+impl Tally {
+    /// Zero in each of `windows` windows.
+    pub fn zero(windows: usize) -> Self {
+        Tally { valid: vec![0; windows], invalid: vec![0; windows], unchecked: vec![0; windows] }
+    }
+
+    /// Adds `other`'s counts, window by window.
+    pub fn add(&mut self, other: &Tally) {
+        for (mine, theirs) in [
+            (&mut self.valid, &other.valid),
+            (&mut self.invalid, &other.invalid),
+            (&mut self.unchecked, &other.unchecked),
+        ] {
+            mine.resize(mine.len().max(theirs.len()), 0);
+            mine.iter_mut().zip(theirs).for_each(|(m, t)| *m += t);
+        }
+    }
+}
+
+/// One worker (`hardware_id` and `caption`) of a payout address: what it sent within
+/// the widest window, and whether it is connected under that address now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerActivity {
+    pub hardware_id: String,
+    pub caption: String,
+    /// When its open connection under this address opened, if one is open (as the
+    /// `worker` table says: recorded by the presence processor, finished by a
+    /// restart of the instance that held it).
+    pub connected_since: Option<DateTime<Utc>>,
+    /// Its solutions in each window.
+    pub tally: Tally,
+    /// Its latest solution within the widest window.
+    pub last_solution_at: Option<DateTime<Utc>>,
+}
+
+/// What one payout address's workers did, from its own rows only: the solutions
+/// stored with the address and the connections welcomed with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MinerActivity {
+    /// Its workers that sent a solution within the widest window, are connected, or
+    /// were within it; by `hardware_id`, then `caption`.
+    pub workers: Vec<WorkerActivity>,
+    /// Its latest solution, at any time.
+    pub last_solution_at: Option<DateTime<Utc>>,
+}
+
+/// One payout address's valid solutions in a time range: what a payout system
+/// shares its rewards by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shares {
+    pub address: String,
+    /// How many.
+    pub valid: u64,
+    /// The sum of their `solution_target`s (each a u64: the sum may pass u64).
+    pub target_sum: u128,
+}
+
 /// Persistence for the pipeline.
 ///
 /// The processors work in batches: every write they make is a multi-row statement
@@ -362,6 +437,15 @@ pub trait Store: Send + Sync {
     async fn list_solutions(&self, filter: &SolutionFilter, page: Page) -> Result<Paged<StoredSolution>, StoreError>;
     /// Worker connections matching `filter`, newest first; the cursor is a row id.
     async fn list_worker_connections(&self, filter: &WorkerFilter, page: Page) -> Result<Paged<WorkerRow>, StoreError>;
+
+    /// What the workers of payout `address` did in each window, a window being the
+    /// solutions stored at or after its start: `windows` are starts, latest first
+    /// (the last is the widest). Counted from the rows stored with the address, in
+    /// one query over the `(address, created_at)` index.
+    async fn miner_activity(&self, address: &str, windows: &[DateTime<Utc>]) -> Result<MinerActivity, StoreError>;
+    /// Per payout address, the valid solutions stored in `[since, until)`, by address.
+    /// Rows without an address are counted for no one.
+    async fn shares(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Shares>, StoreError>;
 
     /// Inserts a job unless its height is stored; returns the stored row either way.
     async fn insert_job(&self, job: &NewJob) -> Result<Inserted<StoredJob>, StoreError> {

@@ -13,8 +13,9 @@ use tokio::sync::Semaphore;
 
 use super::dialect::{Column, Dialect, Exec, Query, Sql};
 use super::{
-    in_input_order, Inserted, NewJob, NewSolution, Page, Paged, Presence, Recovery, Settlement, SolutionFilter, Store,
-    StoreError, StoredJob, StoredSolution, WorkerConnection, WorkerFilter, WorkerRow,
+    in_input_order, Inserted, MinerActivity, NewJob, NewSolution, Page, Paged, Presence, Recovery, Settlement, Shares,
+    SolutionFilter, Store, StoreError, StoredJob, StoredSolution, Tally, WorkerActivity, WorkerConnection,
+    WorkerFilter, WorkerRow,
 };
 
 /// A timestamp as stored: each dialect says how its column decodes into one.
@@ -31,7 +32,7 @@ const SOLUTION_COLUMNS: &str =
     "unique_key, coalesce(hardware_id, '') AS hardware_id, coalesce(caption, '') AS caption, \
      coalesce(task_id, '') AS task_id, coalesce(solution, '') AS solution, solution_target, \
      coalesce(valid, false) AS valid, coalesce(checked, false) AS checked, invalid_reason, \
-     broadcast_at IS NOT NULL AS broadcast, created_at";
+     broadcast_at IS NOT NULL AS broadcast, created_at, address";
 
 /// Columns of a [`WorkerConnectionRow`]; the original system's columns are nullable.
 const WORKER_COLUMNS: &str = "CAST(id AS bigint) AS id, coalesce(ip, '') AS ip, coalesce(address, '') AS address, \
@@ -138,6 +139,7 @@ struct SolutionRow {
     invalid_reason: Option<String>,
     broadcast: bool,
     created_at: Stamp,
+    address: Option<String>,
 }
 
 impl From<SolutionRow> for StoredSolution {
@@ -154,6 +156,7 @@ impl From<SolutionRow> for StoredSolution {
             invalid_reason: r.invalid_reason,
             broadcast: r.broadcast,
             created_at: r.created_at.0,
+            address: r.address,
         }
     }
 }
@@ -200,6 +203,60 @@ impl From<WorkerConnectionRow> for WorkerRow {
             disconnected_at: r.disconnected_at.map(|d| d.0),
         }
     }
+}
+
+/// One worker's solutions in one bucket of a miner's windows: the rows whose
+/// narrowest window is the `bucket`-th.
+#[derive(sqlx::FromRow)]
+struct BucketRow {
+    hardware_id: String,
+    caption: String,
+    bucket: i64,
+    valid: i64,
+    invalid: i64,
+    unchecked: i64,
+    last_solution_at: Option<Stamp>,
+}
+
+/// One worker of a miner as the `worker` table has it.
+#[derive(sqlx::FromRow)]
+struct ConnectedRow {
+    hardware_id: String,
+    caption: String,
+    connected_since: Option<Stamp>,
+}
+
+/// One address's valid solutions, their targets summed as two 32-bit halves.
+#[derive(sqlx::FromRow)]
+struct SharesRow {
+    address: String,
+    valid: i64,
+    high: i64,
+    low: i64,
+}
+
+impl From<SharesRow> for Shares {
+    fn from(r: SharesRow) -> Self {
+        let (high, low) = (r.high as u64 as u128, r.low as u64 as u128);
+        Shares { address: r.address, valid: r.valid as u64, target_sum: (high << 32) + low }
+    }
+}
+
+/// The worker `(hardware_id, caption)` of `workers`, added with no activity in
+/// `windows` windows if absent.
+fn worker_in(
+    workers: &mut std::collections::BTreeMap<(String, String), WorkerActivity>,
+    hardware_id: String,
+    caption: String,
+    windows: usize,
+) -> &mut WorkerActivity {
+    workers.entry((hardware_id.clone(), caption.clone())).or_insert_with(|| WorkerActivity {
+        hardware_id,
+        caption,
+        connected_since: None,
+        tally: Tally::zero(windows),
+        last_solution_at: None,
+    })
 }
 
 /// Texts of a batch, one per input.
@@ -267,8 +324,9 @@ impl<D: Dialect> Store for SqlStore<D> {
         // the transaction, so rows are stamped in the order they commit.
         let mut q = Sql::<D>::default();
         let sql = format!(
-            "INSERT INTO solution (unique_key, hardware_id, caption, task_id, solution, solution_target, created_at) \
-             SELECT b.k, b.h, b.c, b.t, b.s, b.st, {now} FROM {rows} WHERE true ORDER BY b.k \
+            "INSERT INTO solution (unique_key, hardware_id, caption, task_id, solution, solution_target, address, \
+             created_at) \
+             SELECT b.k, b.h, b.c, b.t, b.s, b.st, b.a, {now} FROM {rows} WHERE true ORDER BY b.k \
              ON CONFLICT (unique_key) DO NOTHING RETURNING unique_key",
             rows = q.rows(
                 "b",
@@ -279,6 +337,7 @@ impl<D: Dialect> Store for SqlStore<D> {
                     ("t", texts(solutions, |s| &s.task_id)),
                     ("s", texts(solutions, |s| &s.solution)),
                     ("st", Column::Ints(solutions.iter().map(|s| s.solution_target as i64).collect())),
+                    ("a", Column::OptionalTexts(solutions.iter().map(|s| s.address.clone()).collect())),
                 ],
             ),
             now = q.now(),
@@ -531,6 +590,83 @@ impl<D: Dialect> Store for SqlStore<D> {
             q.arg(caption)
         );
         let rows: Vec<WorkerConnectionRow> = self.fetch(q.finish(sql)).await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn miner_activity(&self, address: &str, windows: &[DateTime<Utc>]) -> Result<MinerActivity, StoreError> {
+        let Some(&widest) = windows.last() else { return Ok(MinerActivity::default()) };
+        // One range of the (address, created_at) index: each row falls in the bucket of
+        // the narrowest window that holds it, and counts in that window and every wider one.
+        let mut q = Sql::<D>::default();
+        let narrower = &windows[..windows.len() - 1];
+        let whens: String = narrower
+            .iter()
+            .enumerate()
+            .map(|(i, start)| format!("WHEN created_at >= {} THEN {i} ", q.arg(*start)))
+            .collect();
+        let bucket =
+            if whens.is_empty() { "0".to_string() } else { format!("CASE {whens}ELSE {} END", narrower.len()) };
+        let sql = format!(
+            "SELECT coalesce(hardware_id, '') AS hardware_id, coalesce(caption, '') AS caption, \
+             CAST({bucket} AS bigint) AS bucket, \
+             count(*) FILTER (WHERE checked AND valid) AS valid, \
+             count(*) FILTER (WHERE checked AND NOT valid) AS invalid, \
+             count(*) FILTER (WHERE NOT coalesce(checked, false)) AS unchecked, \
+             max(created_at) AS last_solution_at \
+             FROM solution WHERE address = {} AND created_at >= {} GROUP BY 1, 2, 3",
+            q.arg(address),
+            q.arg(widest)
+        );
+        let buckets: Vec<BucketRow> = self.fetch(q.finish(sql)).await?;
+        // Connected now, or within the widest window: the address's own connections.
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "SELECT coalesce(hardware_id, '') AS hardware_id, coalesce(caption, '') AS caption, \
+             max(connected_at) FILTER (WHERE disconnected_at IS NULL) AS connected_since \
+             FROM worker WHERE address = {} AND (disconnected_at IS NULL OR disconnected_at >= {}) GROUP BY 1, 2",
+            q.arg(address),
+            q.arg(widest)
+        );
+        let connected: Vec<ConnectedRow> = self.fetch(q.finish(sql)).await?;
+        let mut q = Sql::<D>::default();
+        let sql = format!("SELECT max(created_at) FROM solution WHERE address = {}", q.arg(address));
+        let last: Option<(Option<Stamp>,)> = self.fetch_optional(q.finish(sql)).await?;
+
+        let mut workers = std::collections::BTreeMap::new();
+        for row in buckets {
+            let w = worker_in(&mut workers, row.hardware_id, row.caption, windows.len());
+            let from = usize::try_from(row.bucket).unwrap_or(0);
+            for window in from..windows.len() {
+                w.tally.valid[window] += row.valid as u64;
+                w.tally.invalid[window] += row.invalid as u64;
+                w.tally.unchecked[window] += row.unchecked as u64;
+            }
+            w.last_solution_at = w.last_solution_at.max(row.last_solution_at.map(|s| s.0));
+        }
+        for row in connected {
+            worker_in(&mut workers, row.hardware_id, row.caption, windows.len()).connected_since =
+                row.connected_since.map(|s| s.0);
+        }
+        Ok(MinerActivity {
+            workers: workers.into_values().collect(),
+            last_solution_at: last.and_then(|(at,)| at).map(|s| s.0),
+        })
+    }
+
+    async fn shares(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Shares>, StoreError> {
+        // A target is a u64 stored bit-cast to a signed integer: it is summed as its two
+        // 32-bit halves, each unsigned, which no count of rows below 2^31 overflows.
+        let mut q = Sql::<D>::default();
+        let sql = format!(
+            "SELECT address, count(*) AS valid, \
+             CAST(sum((solution_target >> 32) & 4294967295) AS bigint) AS high, \
+             CAST(sum(solution_target & 4294967295) AS bigint) AS low \
+             FROM solution WHERE address IS NOT NULL AND created_at >= {} AND created_at < {} AND checked AND valid \
+             GROUP BY address ORDER BY address",
+            q.arg(since),
+            q.arg(until)
+        );
+        let rows: Vec<SharesRow> = self.fetch(q.finish(sql)).await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
