@@ -65,7 +65,7 @@ pub fn miner_route() -> Router<Arc<AdminState>> {
         ApiError, JobOut, JobDetail, JobPage, SolutionOut, SolutionStatus, SolutionPage, WorkerRow, ConnectionPage,
         LiveWorkers, LiveNodes, WorkerView, WorkerPolicyView, NodeView, PluginsOut, Summary, super::history::Series,
         super::summary::ShadowLine, super::summary::DisagreementLine, super::summary::ReloadLine,
-        super::miners::MinerStats, super::miners::MinerWorker, super::miners::Windows, super::miners::SharesOut,
+        super::miners::MinerStats, super::miners::MinerWorker, super::miners::Windows, super::miners::Hour, super::miners::SharesOut,
         super::miners::SharesLine
     )),
     modifiers(&BearerToken),

@@ -90,11 +90,59 @@ pub struct MinerStats {
     /// Its workers that are online, or sent a solution or went offline in the
     /// last 24 hours; by `hardware_id`, then `caption`.
     pub workers: Vec<MinerWorker>,
+    /// Its solutions in each of the last 24 hours (hours back from `as_of`), oldest first.
+    pub hourly: Vec<Hour>,
+}
+
+/// A payout address's solutions in one hour.
+#[derive(Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Hour {
+    /// When the hour starts.
+    pub hour: DateTime<Utc>,
+    /// Accepted by every validating policy.
+    pub valid: u64,
+    /// Refused by a policy.
+    pub invalid: u64,
+    /// Not validated.
+    pub unchecked: u64,
+}
+
+/// How many hours the hourly series covers.
+const HOURS: usize = 24;
+
+/// The starts of the windows a miner's counts are asked for: [`WINDOWS`], then the
+/// last 1, 2, … [`HOURS`] hours (the hourly series is their differences).
+fn window_starts(now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    let hours = (1..=HOURS as i64).map(|h| now - Duration::hours(h));
+    WINDOWS.iter().map(|w| now - *w).chain(hours).collect()
+}
+
+/// The hourly series out of the counts since each of [`window_starts`].
+fn hourly(total: &Tally, now: DateTime<Utc>) -> Vec<Hour> {
+    let since = |counts: &[u64], hours: usize| {
+        if hours == 0 {
+            0
+        } else {
+            counts.get(WINDOWS.len() + hours - 1).copied().unwrap_or(0)
+        }
+    };
+    (0..HOURS)
+        .rev()
+        .map(|back| {
+            let within = |counts: &[u64]| since(counts, back + 1).saturating_sub(since(counts, back));
+            Hour {
+                hour: now - Duration::hours(back as i64 + 1),
+                valid: within(&total.valid),
+                invalid: within(&total.invalid),
+                unchecked: within(&total.unchecked),
+            }
+        })
+        .collect()
 }
 
 impl MinerStats {
     fn new(address: String, as_of: DateTime<Utc>, activity: MinerActivity) -> Self {
-        let mut total = Tally::zero(WINDOWS.len());
+        let mut total = Tally::zero(WINDOWS.len() + HOURS);
         let workers: Vec<MinerWorker> = activity
             .workers
             .into_iter()
@@ -120,6 +168,7 @@ impl MinerStats {
             invalid: Windows::of(&total.invalid),
             unchecked: Windows::of(&total.unchecked),
             last_solution_at: activity.last_solution_at,
+            hourly: hourly(&total, as_of),
             workers,
         }
     }
@@ -148,8 +197,7 @@ pub async fn miner(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, why));
     }
     let now = Utc::now();
-    let starts: Vec<DateTime<Utc>> = WINDOWS.iter().map(|w| now - *w).collect();
-    let activity = state.store.miner_activity(&address, &starts).await?;
+    let activity = state.store.miner_activity(&address, &window_starts(now)).await?;
     Ok(Json(MinerStats::new(address, now, activity)))
 }
 
@@ -279,6 +327,26 @@ pub async fn shares(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hourly_series_is_the_differences_of_the_windows_back_from_now() {
+        let now = Utc::now();
+        assert_eq!(window_starts(now).len(), WINDOWS.len() + HOURS);
+        // Cumulative: 2 in the last hour, 5 in the last 2 hours, 5 in every wider window.
+        let mut total = Tally::zero(WINDOWS.len() + HOURS);
+        total.valid[WINDOWS.len()] = 2;
+        for h in 1..HOURS {
+            total.valid[WINDOWS.len() + h] = 5;
+        }
+        total.invalid[WINDOWS.len() + HOURS - 1] = 1;
+        let hours = hourly(&total, now);
+        assert_eq!(hours.len(), HOURS);
+        assert_eq!((hours[HOURS - 1].valid, hours[HOURS - 2].valid), (2, 3), "the last hour, the one before");
+        assert_eq!(hours[0].invalid, 1, "the oldest hour");
+        assert_eq!(hours.iter().map(|h| h.valid).sum::<u64>(), 5);
+        assert_eq!(hours[HOURS - 1].hour, now - Duration::hours(1));
+        assert!(hours.windows(2).all(|w| w[0].hour < w[1].hour), "oldest first");
+    }
 
     #[test]
     fn csv_quotes_only_what_needs_it() {

@@ -94,6 +94,8 @@ pub fn router(state: AdminState, shutdown: &CancellationToken) -> Router {
     Router::new()
         .route("/healthz", get(healthz).with_state(state.clone()))
         .route("/metrics", get(|| async { crate::metrics::render() }))
+        // The page holds no data (it reads the miners path, guarded as above): open to all.
+        .route("/miners/{address}", get(dashboard::miner_page))
         .merge(guarded)
         .merge(miners.with_state(state))
 }
