@@ -602,11 +602,13 @@ async fn post_job(client: &reqwest::Client, http: &str, job: &Value) -> Result<(
     let started = Instant::now();
     let response = client.post(format!("{http}/api/v1/jobs")).json(job).send().await.context("POSTing the job")?;
     let status = response.status();
-    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    let text = response.text().await.unwrap_or_default();
     let took = started.elapsed();
     if status != reqwest::StatusCode::ACCEPTED {
-        bail!("POST /api/v1/jobs answered {status}: {answer}");
+        let text = text.trim();
+        bail!("POST /api/v1/jobs answered {status}{}{text}", if text.is_empty() { "" } else { ": " });
     }
+    let answer: Value = serde_json::from_str(&text).context("the 202's body is not JSON")?;
     Ok((took, answer))
 }
 
