@@ -6,7 +6,13 @@
 //! - `jobs`: nodes submit jobs; workers only receive (job fan-out latency).
 //! - `solutions`: one job, then workers send `--solutions` solutions in all, at
 //!   `--rate` per second (0: as fast as they can); nodes receive them. Checks that
-//!   none is lost or duplicated.
+//!   none is lost or duplicated. `--node-transport` says how the nodes receive
+//!   them: `ws` (the socket), `sse` (each node POSTs the job over HTTP and reads its
+//!   stream of server-sent events) or `webhook` (each node POSTs the job naming the
+//!   webhook `--webhook-name`, and a receiver here on `--webhook-listen` takes the
+//!   POSTs: start eligo with `ELIGO_NODE_WEBHOOKS_BENCH_URL=http://127.0.0.1:8009/`
+//!   and `ELIGO_NODE_WEBHOOKS_BENCH_SECRET=whsec_<base64>`). Over HTTP the report
+//!   adds the POST → 202 latency (`post_ack`).
 //! - `idle`: workers connect, send their welcome and stay idle for `--hold-secs`
 //!   (for measuring memory per connection, and welcomes per second).
 //! - `receive`: workers only, timing the jobs of `--run` that another loadgen
@@ -51,6 +57,17 @@ enum Mode {
     Idle,
     Receive,
     Storm,
+}
+
+/// How the nodes of solutions mode receive their solutions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum NodeTransport {
+    /// The node's WebSocket, as in the original protocol.
+    Ws,
+    /// `POST /api/v1/jobs`, then the node's stream of server-sent events.
+    Sse,
+    /// `POST /api/v1/jobs` naming a webhook; eligo POSTs each solution to it.
+    Webhook,
 }
 
 /// Drives a running eligo with workers and nodes over the original protocol.
@@ -126,6 +143,20 @@ struct Args {
     /// (0: a number), to see what long keys cost the server.
     #[arg(long, default_value_t = 0)]
     nonce_bytes: usize,
+    /// Solutions mode: how nodes receive solutions. Over HTTP the job goes to
+    /// `POST /api/v1/jobs` on the node listener (`--node-url` with http for ws).
+    #[arg(long, value_enum, default_value = "ws")]
+    node_transport: NodeTransport,
+    /// Webhook transport: where the receiver of eligo's webhook POSTs listens.
+    #[arg(long, default_value = "127.0.0.1:8009")]
+    webhook_listen: SocketAddr,
+    /// Webhook transport: the webhook's name in eligo's configuration, the job's `callback`.
+    #[arg(long, default_value = "bench")]
+    webhook_name: String,
+    /// Webhook transport: its secret (`whsec_<base64>`); each POST's signature is
+    /// then verified, a bad one counted as an error. Unset: not verified.
+    #[arg(long, env = "ELIGO_NODE_WEBHOOKS_BENCH_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
 }
 
 /// Microseconds since the Unix epoch: a clock every process on the machine shares.
@@ -137,7 +168,11 @@ fn unix_us() -> u64 {
 #[derive(Default)]
 struct Tally {
     job_latency: Mutex<Vec<Duration>>,
-    solution_sent: Mutex<HashMap<u64, Instant>>,
+    /// Each solution sent: when, and how many receipts of it are still due.
+    solution_sent: Mutex<HashMap<u64, (Instant, u32)>>,
+    /// Receipts due for each solution (0 counts as 1): over HTTP every node that
+    /// POSTed the job is given each solution; over sockets only the one that sent it.
+    receivers: u32,
     solution_latency: Mutex<Vec<Duration>>,
     solutions_sent: AtomicU64,
     duplicates: AtomicU64,
@@ -153,7 +188,7 @@ impl Tally {
 
     fn solution_sent(&self, nonce: u64) {
         let now = Instant::now();
-        self.solution_sent.lock().map(|mut m| m.insert(nonce, now)).ok();
+        self.solution_sent.lock().map(|mut m| m.insert(nonce, (now, self.receivers.max(1)))).ok();
         self.solutions_sent.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut first) = self.first_send.lock() {
             first.get_or_insert(now);
@@ -161,16 +196,36 @@ impl Tally {
     }
 
     fn solution_received(&self, nonce: u64) -> bool {
-        // Taking the send time out makes a second receipt a duplicate.
-        let sent = self.solution_sent.lock().ok().and_then(|mut m| m.remove(&nonce));
+        // Taking the send time out after the last receipt due makes one more a duplicate.
+        let sent = self.solution_sent.lock().ok().and_then(|mut m| {
+            let (sent, due) = m.get_mut(&nonce)?;
+            let sent = *sent;
+            *due -= 1;
+            if *due == 0 {
+                m.remove(&nonce);
+            }
+            Some(sent)
+        });
         let Some(sent) = sent else {
-            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            self.duplicate();
             return false;
         };
         self.solution_latency.lock().map(|mut l| l.push(sent.elapsed())).ok();
         self.last_receipt.lock().map(|mut l| *l = Some(Instant::now())).ok();
         true
     }
+
+    /// A receipt of something already received (by the same node, over HTTP).
+    fn duplicate(&self) {
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A solution's nonce as a node receives it (`partial_solution.nonce`), a number
+/// or a zero-padded text.
+fn nonce_of(solution: &Value) -> Option<u64> {
+    let n = &solution["partial_solution"]["nonce"];
+    n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok()))
 }
 
 type Socket = WebSocketStream<TcpStream>;
@@ -318,7 +373,12 @@ async fn main() -> Result<()> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         eprintln!("could not raise the open-files limit: {e}");
     }
-    let tally = Arc::new(Tally::default());
+    if args.node_transport != NodeTransport::Ws && args.mode != Mode::Solutions {
+        bail!("--node-transport sse or webhook is for --mode solutions");
+    }
+    let over_http = args.node_transport != NodeTransport::Ws;
+    let receivers = if over_http { args.nodes.max(1) as u32 } else { 1 };
+    let tally = Arc::new(Tally { receivers, ..Tally::default() });
     let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     let run_given = args.run.is_some();
     let run = args.run.get_or_insert_with(|| format!("load-{base}")).clone();
@@ -336,6 +396,10 @@ async fn main() -> Result<()> {
     let connect_started = Instant::now();
     let per_worker = args.solutions.div_ceil(args.workers.max(1) as u64);
     let mut handles = Vec::with_capacity(args.workers);
+    // Workers send solutions once the nodes can receive them: at once for sockets
+    // (connected before the job is sent), after the POSTs' 202 (and the streams'
+    // opening) over HTTP.
+    let go = CancellationToken::new();
     let sockets: Vec<Result<(usize, Socket)>> = futures::stream::iter(0..args.workers)
         .map(|w| {
             let url = args.worker_url.clone();
@@ -348,7 +412,7 @@ async fn main() -> Result<()> {
         .await;
     for socket in sockets {
         let (w, socket) = socket.context("connecting a worker")?;
-        handles.push(tokio::spawn(worker(w, socket, args.clone(), tally.clone(), base, per_worker)));
+        handles.push(tokio::spawn(worker(w, socket, args.clone(), tally.clone(), base, per_worker, go.clone())));
     }
     let connect_secs = connect_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
@@ -383,7 +447,12 @@ async fn main() -> Result<()> {
     }
     let receiving_only = args.mode == Mode::Receive;
     let mut nodes = Vec::new();
-    for n in 0..if receiving_only { 0 } else { args.nodes } {
+    // The webhook's receiver listens before any job names it.
+    let hooks = match args.node_transport {
+        NodeTransport::Webhook => Some(receive_webhooks(&args, tally.clone(), &mut handles).await?),
+        _ => None,
+    };
+    for n in 0..if receiving_only || over_http { 0 } else { args.nodes } {
         let socket = connect(&args.node_url, args.workers + n, args.source_ips).await.context("connecting a node")?;
         let (tx, mut rx) = socket.split();
         let tally = tally.clone();
@@ -391,10 +460,7 @@ async fn main() -> Result<()> {
             while let Some(Ok(message)) = rx.next().await {
                 let Message::Text(text) = message else { continue };
                 let Ok(solution) = serde_json::from_str::<Value>(&text) else { continue };
-                match {
-                    let n = &solution["partial_solution"]["nonce"];
-                    n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok()))
-                } {
+                match nonce_of(&solution) {
                     Some(nonce) => {
                         tally.solution_received(nonce);
                     }
@@ -404,7 +470,7 @@ async fn main() -> Result<()> {
         }));
         nodes.push(tx);
     }
-    if nodes.is_empty() && !receiving_only {
+    if nodes.is_empty() && !receiving_only && !over_http {
         bail!("at least one node is needed in this mode");
     }
     if counted < args.workers as u64 {
@@ -412,7 +478,30 @@ async fn main() -> Result<()> {
     }
     let sending = Instant::now();
     let jobs = if args.mode == Mode::Solutions { 1 } else { args.jobs };
-    for j in 0..if receiving_only { 0 } else { jobs } {
+    let mut post_ack = Vec::new();
+    let reconnects = Arc::new(AtomicU64::new(0));
+    if over_http {
+        let challenge = json!({ "height": base, "run": run, "sent_us": unix_us() });
+        let mut job = json!({ "epoch_challenge": challenge, "proof_target": 1, "block_height": base });
+        if args.node_transport == NodeTransport::Webhook {
+            job["callback"] = json!(args.webhook_name);
+        }
+        let http = http_base(&args.node_url)?;
+        let client = reqwest::Client::new();
+        for n in 0..args.nodes.max(1) {
+            let (took, answer) = post_job(&client, &http, &job).await.with_context(|| format!("node {n}"))?;
+            post_ack.push(took);
+            if args.node_transport == NodeTransport::Sse {
+                let events = answer["events"].as_str().context("the 202 names no events stream")?;
+                let url = format!("{http}{events}");
+                let stream = open_stream(&client, &url, None).await.with_context(|| format!("node {n}'s stream"))?;
+                let (tally, reconnects) = (tally.clone(), reconnects.clone());
+                handles.push(tokio::spawn(follow_stream(client.clone(), url, stream, tally, reconnects)));
+            }
+        }
+    }
+    go.cancel();
+    for j in 0..if receiving_only || over_http { 0 } else { jobs } {
         let height = base + j as i64;
         let challenge = json!({ "height": height, "run": run, "sent_us": unix_us() });
         let job = json!({ "epoch_challenge": challenge, "proof_target": 1, "block_height": height });
@@ -427,7 +516,7 @@ async fn main() -> Result<()> {
     let expected_jobs = (jobs * args.workers) as u64;
     let expected_solutions = match args.mode {
         Mode::RoundTrip => expected_jobs,
-        Mode::Solutions => per_worker * args.workers as u64,
+        Mode::Solutions => per_worker * args.workers as u64 * receivers as u64,
         _ => 0,
     };
     // Wait while deliveries progress, at most `wait_secs` without progress.
@@ -460,7 +549,7 @@ async fn main() -> Result<()> {
         (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
         _ => 0.0,
     };
-    let report = json!({
+    let mut report = json!({
         "mode": format!("{:?}", args.mode).to_lowercase(),
         "workers": args.workers, "nodes": args.nodes, "jobs": jobs, "elapsed_s": elapsed.as_secs_f64(),
         "connect_s": connect_secs,
@@ -472,19 +561,199 @@ async fn main() -> Result<()> {
             Value::Null
         },
         "solutions_sent": sent, "solutions_received": received,
-        "solutions_lost": sent.saturating_sub(received),
+        "solutions_lost": (sent * receivers as u64).saturating_sub(received),
         "solutions_duplicated": tally.duplicates.load(Ordering::Relaxed),
         "solutions_per_s": if window > 0.0 { received as f64 / window } else { 0.0 },
         "solution_latency": percentiles(tally.solution_latency.lock().map(|l| l.clone()).unwrap_or_default()),
         "errors": tally.errors.load(Ordering::Relaxed),
     });
+    if over_http {
+        let more = report.as_object_mut().expect("an object");
+        more.insert("node_transport".into(), json!(format!("{:?}", args.node_transport).to_lowercase()));
+        more.insert("post_ack".into(), percentiles(post_ack));
+        if args.node_transport == NodeTransport::Sse {
+            more.insert("stream_reconnects".into(), json!(reconnects.load(Ordering::Relaxed)));
+        }
+        if let Some(hooks) = &hooks {
+            more.insert("webhook_requests".into(), json!(hooks.requests.load(Ordering::Relaxed)));
+            more.insert("webhook_bad_signatures".into(), json!(hooks.bad_signatures.load(Ordering::Relaxed)));
+            more.insert("webhook_verified".into(), json!(hooks.verifier.is_some()));
+        }
+    }
     print_report(&args, &report);
     Ok(())
 }
 
+/// `http://host:port` of the node listener, from its WebSocket URL.
+fn http_base(node_url: &str) -> Result<String> {
+    let url = url::Url::parse(node_url).with_context(|| format!("bad URL {node_url}"))?;
+    let scheme = match url.scheme() {
+        "ws" | "http" => "http",
+        "wss" | "https" => "https",
+        other => bail!("--node-url: no HTTP for scheme {other}"),
+    };
+    let host = url.host_str().context("--node-url without host")?;
+    let port = url.port_or_known_default().context("--node-url without port")?;
+    Ok(format!("{scheme}://{host}:{port}"))
+}
+
+/// `POST /api/v1/jobs`: how long until the whole 202 answer came, and the answer.
+async fn post_job(client: &reqwest::Client, http: &str, job: &Value) -> Result<(Duration, Value)> {
+    let started = Instant::now();
+    let response = client.post(format!("{http}/api/v1/jobs")).json(job).send().await.context("POSTing the job")?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let took = started.elapsed();
+    if status != reqwest::StatusCode::ACCEPTED {
+        let text = text.trim();
+        bail!("POST /api/v1/jobs answered {status}{}{text}", if text.is_empty() { "" } else { ": " });
+    }
+    let answer: Value = serde_json::from_str(&text).context("the 202's body is not JSON")?;
+    Ok((took, answer))
+}
+
+/// Opens a node's stream of solutions (after `last_id`, when resuming).
+async fn open_stream(client: &reqwest::Client, url: &str, last_id: Option<&str>) -> Result<reqwest::Response> {
+    let mut request = client.get(url).header("accept", "text/event-stream");
+    if let Some(id) = last_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.context("opening the stream")?;
+    if !response.status().is_success() {
+        bail!("GET {url} answered {}", response.status());
+    }
+    Ok(response)
+}
+
+/// Reads one node's stream: each `solution` event is a receipt, one the node
+/// had already received a duplicate. A stream that ends (eligo ends one that
+/// read too slowly) is opened again with `Last-Event-ID`, as a client should.
+async fn follow_stream(
+    client: reqwest::Client,
+    url: String,
+    mut response: reqwest::Response,
+    tally: Arc<Tally>,
+    reconnects: Arc<AtomicU64>,
+) {
+    let mut seen = std::collections::HashSet::new();
+    let mut last_id: Option<String> = None;
+    loop {
+        let mut body = response.bytes_stream();
+        let mut text: Vec<u8> = Vec::new();
+        while let Some(Ok(bytes)) = body.next().await {
+            text.extend_from_slice(&bytes);
+            // Events end with an empty line.
+            while let Some(end) = text.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = text.drain(..end + 2).collect();
+                let (mut event, mut data) = ("", String::new());
+                let block = String::from_utf8_lossy(&block);
+                for line in block.lines() {
+                    match line.split_once(':') {
+                        Some(("event", v)) => event = v.trim(),
+                        Some(("id", v)) => last_id = Some(v.trim().to_string()),
+                        Some(("data", v)) => data.push_str(v.strip_prefix(' ').unwrap_or(v)),
+                        _ => {}
+                    }
+                }
+                match event {
+                    "solution" => match serde_json::from_str::<Value>(&data).ok().as_ref().and_then(nonce_of) {
+                        Some(nonce) if !seen.insert(nonce) => tally.duplicate(),
+                        Some(nonce) => {
+                            tally.solution_received(nonce);
+                        }
+                        None => tally.error(),
+                    },
+                    "expired" => return,
+                    _ => {}
+                }
+            }
+        }
+        reconnects.fetch_add(1, Ordering::Relaxed);
+        response = loop {
+            match open_stream(&client, &url, last_id.as_deref()).await {
+                Ok(response) => break response,
+                Err(_) => {
+                    tally.error();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+    }
+}
+
+/// What the webhook's receiver counts.
+struct Hooks {
+    tally: Arc<Tally>,
+    /// `webhook-id`s received: one per solution and node, so a second is a duplicate.
+    seen: Mutex<std::collections::HashSet<String>>,
+    verifier: Option<standardwebhooks::Webhook>,
+    requests: AtomicU64,
+    bad_signatures: AtomicU64,
+}
+
+/// Starts the receiver of eligo's webhook POSTs on `--webhook-listen`.
+async fn receive_webhooks(
+    args: &Args,
+    tally: Arc<Tally>,
+    handles: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<Arc<Hooks>> {
+    let verifier = match &args.webhook_secret {
+        Some(secret) => Some(standardwebhooks::Webhook::new(secret).context("--webhook-secret")?),
+        None => None,
+    };
+    let hooks = Arc::new(Hooks {
+        tally,
+        seen: Mutex::new(Default::default()),
+        verifier,
+        requests: AtomicU64::new(0),
+        bad_signatures: AtomicU64::new(0),
+    });
+    let listener = tokio::net::TcpListener::bind(args.webhook_listen)
+        .await
+        .with_context(|| format!("listening for webhooks on {}", args.webhook_listen))?;
+    let app = axum::Router::new().fallback(webhook_receipt).with_state(hooks.clone());
+    handles.push(tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    }));
+    Ok(hooks)
+}
+
+/// One webhook POST: a receipt of its solution, answered 200.
+async fn webhook_receipt(
+    axum::extract::State(hooks): axum::extract::State<Arc<Hooks>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    hooks.requests.fetch_add(1, Ordering::Relaxed);
+    if hooks.verifier.as_ref().is_some_and(|v| v.verify(&body, &headers).is_err()) {
+        hooks.bad_signatures.fetch_add(1, Ordering::Relaxed);
+        hooks.tally.error();
+    }
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if !id.is_empty() && !hooks.seen.lock().map(|mut s| s.insert(id)).unwrap_or(true) {
+        hooks.tally.duplicate();
+        return axum::http::StatusCode::OK;
+    }
+    match serde_json::from_slice::<Value>(&body).ok().as_ref().and_then(nonce_of) {
+        Some(nonce) => {
+            hooks.tally.solution_received(nonce);
+        }
+        None => hooks.tally.error(),
+    }
+    axum::http::StatusCode::OK
+}
+
 /// One worker: welcome, then per job: answer it (round-trip), note it (jobs), or
 /// start sending its share of solutions (solutions).
-async fn worker(w: usize, socket: Socket, args: Args, tally: Arc<Tally>, base: i64, per_worker: u64) {
+async fn worker(
+    w: usize,
+    socket: Socket,
+    args: Args,
+    tally: Arc<Tally>,
+    base: i64,
+    per_worker: u64,
+    go: CancellationToken,
+) {
     let (mut tx, mut rx) = socket.split();
     if tx.send(Message::text(welcome(w).to_string())).await.is_err() {
         tally.error();
@@ -519,6 +788,7 @@ async fn worker(w: usize, socket: Socket, args: Args, tally: Arc<Tally>, base: i
                 }
             }
             Mode::Solutions => {
+                go.cancelled().await;
                 let task_id = task_id.to_string();
                 let (tally, rate, workers) = (tally.clone(), args.rate, args.workers as u64);
                 // Each worker sends its share at its share of the rate.
