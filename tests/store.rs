@@ -887,6 +887,8 @@ async fn shares_sum_full_64_bit_targets_of_valid_solutions_per_address(b: Backen
     stored(&b, paid("7", "hw-2", a, 1 << 40), min(90), Some(true)).await;
     stored(&b, paid("8", "hw-3", c, 7), min(20), Some(true)).await;
     stored(&b, paid("9", "hw-4", None, 7), min(20), Some(true)).await;
+    // An address whose only solution is invalid has no share.
+    stored(&b, paid("11", "hw-5", Some("aleo1d"), 7), min(20), Some(false)).await;
 
     let now = Utc::now();
     let shares = b.store.shares(now - min(60), now).await.unwrap();

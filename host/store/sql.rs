@@ -654,15 +654,25 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn shares(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Shares>, StoreError> {
+        // The (address, created_at) index read address by address: each next address is
+        // one probe (a loose index scan, which neither database plans by itself), then
+        // its range of the time. No index by time alone, which every insert would pay
+        // for, and no scan of the whole table, which grows without end.
         // A target is a u64 stored bit-cast to a signed integer: it is summed as its two
         // 32-bit halves, each unsigned, which no count of rows below 2^31 overflows.
         let mut q = Sql::<D>::default();
         let sql = format!(
-            "SELECT address, count(*) AS valid, \
-             CAST(sum((solution_target >> 32) & 4294967295) AS bigint) AS high, \
-             CAST(sum(solution_target & 4294967295) AS bigint) AS low \
-             FROM solution WHERE address IS NOT NULL AND created_at >= {} AND created_at < {} AND checked AND valid \
-             GROUP BY address ORDER BY address",
+            "WITH RECURSIVE addresses(address) AS ( \
+                 SELECT min(address) FROM solution WHERE address IS NOT NULL \
+                 UNION ALL \
+                 SELECT (SELECT min(n.address) FROM solution n WHERE n.address > addresses.address) \
+                 FROM addresses WHERE addresses.address IS NOT NULL) \
+             SELECT s.address, count(*) AS valid, \
+             CAST(sum((s.solution_target >> 32) & 4294967295) AS bigint) AS high, \
+             CAST(sum(s.solution_target & 4294967295) AS bigint) AS low \
+             FROM addresses JOIN solution s ON s.address = addresses.address \
+             WHERE s.created_at >= {} AND s.created_at < {} AND s.checked AND s.valid \
+             GROUP BY s.address ORDER BY s.address",
             q.arg(since),
             q.arg(until)
         );
