@@ -8,9 +8,8 @@ use eligo::store::NewSolution;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 use support::backends::{Backends, Kind};
-use support::http::{get, get_with, Response};
+use support::http::{get, get_with, until, Response};
 use support::server::{job, solution, welcome, Server};
 use support::solver;
 use support::ws::Client;
@@ -44,19 +43,6 @@ async fn judged(worker: &mut Client, task: &str, nonce: u64, target: u64) -> Val
             return answer;
         }
         assert_eq!(answer["status"], "accepted", "{answer}");
-    }
-}
-
-/// Polls `path` until `done` holds for its JSON, or fails after 15 s with the last answer.
-async fn until(admin: SocketAddr, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let answer = get(admin, path).await.ok_json();
-        if done(&answer) {
-            return answer;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{path} never got there: {answer:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -6,26 +6,11 @@ mod support;
 
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::time::Duration;
 use support::backends::{Backends, Kind};
-use support::http::{first_event, get, get_with};
+use support::http::{first_event, get, get_with, until};
 use support::server::{Server, Solved};
 
 on_both!(the_api_follows_a_job_and_its_solutions_through_the_pipeline);
-
-/// Polls `path` until `done` holds for its JSON, or fails after 15 s with the last answer.
-async fn until(admin: SocketAddr, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let answer = get(admin, path).await.ok_json();
-        if done(&answer) {
-            return answer;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{path} never got there: {answer:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn the_api_follows_a_job_and_its_solutions_through_the_pipeline(kind: Kind) {
     let server = Server::start(kind, &["seed-rules", "pow-check"]).await;

@@ -82,3 +82,16 @@ pub async fn first_event(addr: SocketAddr, path: &str) -> Response {
         raw.extend_from_slice(&buf[..n]);
     }
 }
+
+/// Polls `path` until `done` holds for its JSON, or fails after 15 s with the last answer.
+pub async fn until(admin: SocketAddr, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = get(admin, path).await.ok_json();
+        if done(&answer) {
+            return answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path} never got there: {answer:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
