@@ -232,7 +232,8 @@ pub async fn start_with(
                 webhooks: config.node.webhooks.clone(),
             },
             shutdown.clone(),
-        );
+        )
+        .context("starting the node server")?;
         // Nodes over HTTP kept from before a restart wait again before the reader
         // starts, and catch up on what was found meanwhile once it runs.
         let restored = server.restore_http_nodes().await;

@@ -526,11 +526,17 @@ pub async fn read_frames<F, Fut>(
     }
 }
 
+/// Counts a frame of `what` the broker did not take, whichever edge took it (a
+/// socket, an HTTP request): what an alert on an unreachable broker watches
+/// (deploy/prometheus/alerts.yml).
+pub fn count_publish_failure(what: &'static str) {
+    crate::metrics::add("eligo_publish_failures_total", &[("stream", what)], 1);
+}
+
 /// Closes a connection whose frame could not be published: 1013 (try again later)
 /// while the broker is unavailable, 1011 otherwise, with `what` and the error.
 pub fn close_for_publish_error(outbox: &Outbox, error: &TransportError, what: &'static str) {
-    // What an alert on an unreachable broker watches (deploy/prometheus/alerts.yml).
-    crate::metrics::add("eligo_publish_failures_total", &[("stream", what)], 1);
+    count_publish_failure(what);
     let code = match error {
         TransportError::Unavailable { .. } => close_code::TRY_AGAIN_LATER,
         _ => close_code::INTERNAL,

@@ -73,6 +73,35 @@ enum Sink {
     Http(Arc<HttpNode>),
 }
 
+impl Sink {
+    /// Frames waiting to be written (none for a node over HTTP).
+    fn depth(&self) -> usize {
+        match self {
+            Sink::Socket(outbox) => outbox.depth(),
+            Sink::Http(_) => 0,
+        }
+    }
+
+    /// How the node is connected, as the API names it.
+    fn transport(&self) -> &'static str {
+        match self {
+            Sink::Socket(_) => "websocket",
+            Sink::Http(_) => "http",
+        }
+    }
+
+    /// What the API adds for a node over HTTP.
+    fn http_view(&self) -> Option<HttpNodeView> {
+        let Sink::Http(node) = self else { return None };
+        Some(HttpNodeView {
+            id: node.id.clone(),
+            expires_at: chrono::DateTime::from_timestamp_millis(node.expires_at_ms()).unwrap_or_default(),
+            webhook: node.callback(),
+            webhook_stopped: node.webhook_stopped(),
+        })
+    }
+}
+
 struct NodeConn {
     state: NodeState,
     sink: Sink,
@@ -162,17 +191,19 @@ pub enum NoRoom {
 
 impl NodeServer {
     /// A node server over `services`; connections close when `shutdown` fires.
-    pub fn new(services: Services, settings: NodeServerSettings, shutdown: CancellationToken) -> Arc<Self> {
+    /// Fails if the client that calls webhooks cannot be made (no TLS roots, say).
+    pub fn new(
+        services: Services,
+        settings: NodeServerSettings,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, webhook::ClientError> {
         let cap = ConnectionCap::new("node", &settings.connections);
         let deliveries = DeliveryCounts::new(REMEMBERED_SOLUTIONS);
         let recent = std::sync::Mutex::new(RecentRing::default());
         let timeout = std::time::Duration::from_secs(settings.http.webhook_timeout_seconds.max(1));
-        let webhooks = WebhookSender::new(settings.webhooks.clone(), timeout).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "webhooks cannot be sent: no webhook is configured");
-            WebhookSender::new(BTreeMap::new(), timeout).expect("a client without webhooks")
-        });
+        let webhooks = WebhookSender::new(settings.webhooks.clone(), timeout)?;
         let http = HttpFront::new(&settings);
-        Arc::new(NodeServer {
+        Ok(Arc::new(NodeServer {
             services,
             settings,
             nodes: Registry::default(),
@@ -183,7 +214,7 @@ impl NodeServer {
             http_ids: Default::default(),
             http,
             webhooks: Arc::new(webhooks),
-        })
+        }))
     }
 
     /// The HTTP API of nodes (`/api/v1/jobs`, `/api/v1/nodes/<id>/solutions`),
@@ -223,23 +254,9 @@ impl NodeServer {
                 recent_heights: conn.recent_heights.iter().copied().collect(),
                 jobs_submitted: conn.jobs_submitted,
                 solutions_delivered: conn.solutions_delivered,
-                outbox_depth: match &conn.sink {
-                    Sink::Socket(outbox) => outbox.depth(),
-                    Sink::Http(_) => 0,
-                },
-                transport: match &conn.sink {
-                    Sink::Socket(_) => "websocket",
-                    Sink::Http(_) => "http",
-                },
-                http: match &conn.sink {
-                    Sink::Socket(_) => None,
-                    Sink::Http(node) => Some(HttpNodeView {
-                        id: node.id.clone(),
-                        expires_at: chrono::DateTime::from_timestamp_millis(node.expires_at_ms()).unwrap_or_default(),
-                        webhook: node.callback(),
-                        webhook_stopped: node.webhook_stopped(),
-                    }),
-                },
+                outbox_depth: conn.sink.depth(),
+                transport: conn.sink.transport(),
+                http: conn.sink.http_view(),
             })
             .collect()
     }
@@ -494,12 +511,7 @@ impl NodeServer {
             "proof_target": job.proof_target,
             "block_height": job.block_height,
         });
-        if let Err(e) = self.services.queue.publish(Stream::Job, message.to_string().as_bytes()).await {
-            if matches!(self.nodes.lock().get(&id).map(|conn| &conn.sink), Some(Sink::Http(_))) {
-                crate::metrics::add("eligo_publish_failures_total", &[("stream", "job")], 1);
-            }
-            return Err(e);
-        }
+        self.services.queue.publish(Stream::Job, message.to_string().as_bytes()).await?;
         crate::metrics::hot().jobs_published.increment(1);
         if let Some(conn) = self.nodes.lock().get_mut(&id) {
             conn.jobs_submitted += 1;

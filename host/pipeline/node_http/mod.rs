@@ -182,7 +182,8 @@ impl HttpFront {
         rates.get_or_insert_mut(group, || TokenBucket::new(per_second, burst)).take(Instant::now())
     }
 
-    /// The answer cell of an idempotency key in `scope`, and whether this call made it.
+    /// The answer cell of an idempotency key in `scope`: empty until the first
+    /// request with it is answered.
     fn remember(&self, scope: String, key: String) -> Arc<OnceCell<Answer>> {
         let mut remembered = self.remembered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = remembered
@@ -356,6 +357,7 @@ async fn accept(
     }
     if let Err(e) = server.publish_job(id, &job).await {
         tracing::warn!(node = %node.id, error = %e, "publishing an HTTP node's job failed");
+        super::connection::count_publish_failure("job");
         let status = match e {
             TransportError::Unavailable { .. } | TransportError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             TransportError::Refused { .. } => StatusCode::BAD_GATEWAY,

@@ -111,6 +111,11 @@ impl Attempt {
     }
 }
 
+/// The HTTP client that calls webhooks could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("the client that calls webhooks could not be made: {0}")]
+pub struct ClientError(#[source] reqwest::Error);
+
 /// Calls the configured webhooks.
 pub struct WebhookSender {
     client: reqwest::Client,
@@ -119,14 +124,14 @@ pub struct WebhookSender {
 
 impl WebhookSender {
     /// A sender for the configured `hooks`, each attempt given `timeout`.
-    pub fn new(hooks: BTreeMap<String, WebhookConfig>, timeout: Duration) -> Result<Self, String> {
+    pub fn new(hooks: BTreeMap<String, WebhookConfig>, timeout: Duration) -> Result<Self, ClientError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("eligo/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("webhook client: {e}"))?;
+            .map_err(ClientError)?;
         Ok(WebhookSender { client, hooks })
     }
 
