@@ -173,7 +173,6 @@ impl WorkerStats {
             labels.zip(counters).map(|(l, c)| (l.to_string(), c.load(Ordering::Relaxed))).collect()
         };
         let last_valid_ms = self.last_valid_ms.load(Ordering::Relaxed);
-        let quiet_since = if last_valid_ms > 0 { last_valid_ms } else { self.connected_ms };
         let minute = (now_ms.max(0) / 60_000) as u64;
         let minutes = *self.minutes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let age_minutes = ((now_ms - self.connected_ms).max(0) as f64 / 60_000.0).max(1.0);
@@ -191,7 +190,7 @@ impl WorkerStats {
             last_valid_at: chrono::DateTime::from_timestamp_millis(last_valid_ms).filter(|_| last_valid_ms > 0),
             accepted_per_minute: Rates { m5: rate(5, |m| m.accepted), m60: rate(60, |m| m.accepted) },
             valid_per_minute: Rates { m5: rate(5, |m| m.valid), m60: rate(60, |m| m.valid) },
-            silent: now_ms - quiet_since >= silent_after_ms,
+            silent: self.silent(now_ms, silent_after_ms),
         }
     }
 
