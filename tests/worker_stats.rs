@@ -7,20 +7,27 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use support::backends::{Backends, Kind};
 use support::server::{job, solution, Server};
+use tokio_tungstenite::tungstenite::Message;
 
 /// The stats of the connected worker `hardware_id`, once `done` holds of them (or
 /// after a minute, whatever they are).
 async fn stats_when(server: &Server, hardware_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    worker_when(server, hardware_id, |w| done(&w["stats"])).await["stats"].clone()
+}
+
+/// The connected worker `hardware_id` as `/api/v1/workers` lists it, once `done`
+/// holds of it (or after a minute, whatever it is).
+async fn worker_when(server: &Server, hardware_id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let admin = server.running.admin_addr.expect("admin");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let workers = support::http::get(admin, "/api/v1/workers?limit=500").await.ok_json();
         let found = workers["items"]
             .as_array()
-            .and_then(|items| items.iter().find(|w| w["hardware_id"] == hardware_id).map(|w| w["stats"].clone()));
-        if let Some(stats) = found {
-            if done(&stats) || tokio::time::Instant::now() > deadline {
-                return stats;
+            .and_then(|items| items.iter().find(|w| w["hardware_id"] == hardware_id).cloned());
+        if let Some(worker) = found {
+            if done(&worker) || tokio::time::Instant::now() > deadline {
+                return worker;
             }
         }
         assert!(tokio::time::Instant::now() < deadline, "worker {hardware_id} is not listed");
@@ -80,3 +87,78 @@ async fn a_worker_without_a_valid_solution_for_the_threshold_is_silent(kind: Kin
 }
 
 on_both!(counters_match_what_the_worker_sent, a_worker_without_a_valid_solution_for_the_threshold_is_silent);
+
+/// The server pings every connection; a worker that answers shows its round trip,
+/// one that pongs unasked (or not at all) shows none.
+#[tokio::test]
+async fn a_worker_shows_the_round_trip_of_the_servers_ping() {
+    let server = Server::start_configured(Backends::new(Kind::Embedded).await, &["seed-rules"], None, |config| {
+        config.worker.socket.ping_interval_seconds = 1;
+    })
+    .await;
+    let mut answering = server.worker("hw-pong").await;
+    let mut forging = server.worker("hw-forged").await;
+    // A pong that answers no ping, carrying what a ping's payload looks like.
+    forging.send_frame(Message::Pong(1u64.to_be_bytes().to_vec().into())).await;
+    // Reading is what answers a ping (the client library pongs as it reads).
+    let reading = tokio::spawn(async move {
+        loop {
+            if let support::ws::Next::Closed(..) = answering.next_within(Duration::from_secs(60)).await {
+                return;
+            }
+        }
+    });
+    let worker = worker_when(&server, "hw-pong", |w| w["ping_ms"].is_number()).await;
+    let ping_ms = worker["ping_ms"].as_f64().expect("a round trip once the worker answered a ping");
+    assert!(ping_ms > 0.0 && ping_ms < 10_000.0, "{worker:#}");
+    // The forging worker never reads, so it never answers a ping.
+    let forged = worker_when(&server, "hw-forged", |_| true).await;
+    assert_eq!(forged["ping_ms"], Value::Null, "{forged:#}");
+    reading.abort();
+    server.stop().await;
+}
+
+/// What `examples/worker` prints (the counts mining software shows) is what the
+/// workers API shows for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_worker_prints_the_counts_the_api_shows() {
+    use tokio::io::AsyncBufReadExt;
+    let server = Server::start(Kind::Embedded, &["seed-rules", "pow-check"]).await;
+    let url = format!("ws://{}/", server.running.worker_addr.expect("worker server"));
+    let mut example = tokio::process::Command::new(support::example_path("worker"))
+        .args([url.as_str(), "500"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting examples/worker");
+    let hardware_id = format!("example-{}", example.id().expect("a running example"));
+    let mut lines = tokio::io::BufReader::new(example.stdout.take().expect("piped")).lines();
+    worker_when(&server, &hardware_id, |_| true).await;
+    let mut node = server.node().await;
+    let mut printed = String::new();
+    for height in 1..=3 {
+        node.send(&job(400 + height, 500)).await;
+        // Its ack and its verdict: two lines of counts per job.
+        let mut counts_seen = 0;
+        while counts_seen < 2 {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("the example answers within a minute")
+                .expect("reading its output")
+                .expect("the example runs on");
+            if let Some(counts) = line.strip_prefix("worker: accepted ") {
+                printed = format!("accepted {}", counts.split(" (").next().unwrap_or_default());
+                counts_seen += 1;
+            }
+        }
+    }
+    assert_eq!(printed, "accepted 3 refused 0 | valid 3 invalid 0");
+    let stats = stats_when(&server, &hardware_id, |s| s["valid"] == 3).await;
+    let invalid: u64 = stats["invalid"].as_object().expect("by reason").values().filter_map(Value::as_u64).sum();
+    let refused: u64 = stats["refused"].as_object().expect("by reason").values().filter_map(Value::as_u64).sum();
+    let shown =
+        format!("accepted {} refused {refused} | valid {} invalid {invalid}", stats["accepted"], stats["valid"]);
+    assert_eq!(shown, printed, "{stats:#}");
+    drop(example);
+    server.stop().await;
+}

@@ -49,6 +49,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Apply database migrations at start-up.
     pub migrate_on_start: bool,
+    /// Seconds to go on serving after SIGTERM while `/readyz` says 503, before
+    /// closing connections: the time a load balancer takes to stop sending new
+    /// ones (on Kubernetes, a `preStop` sleep does the same).
+    pub shutdown_delay_seconds: u64,
     /// The node WebSocket server.
     pub node: NodeConfig,
     /// The worker WebSocket server.
@@ -76,6 +80,7 @@ impl Default for Config {
             instance: "eligo".into(),
             data_dir: PathBuf::from("."),
             migrate_on_start: true,
+            shutdown_delay_seconds: 0,
             node: NodeConfig::default(),
             worker: WorkerConfig::default(),
             admin: AdminConfig::default(),
@@ -255,6 +260,10 @@ pub struct SocketConfig {
     /// apart from its data frames: each ping costs the server a pong. A flood of
     /// them is closed with 1008 as for data frames.
     pub control_frames_per_second: u32,
+    /// Seconds between the server's pings of each connection (0: none). A pong
+    /// times the round trip the workers API shows; the first ping goes one to
+    /// two intervals (at random) after the connection opens.
+    pub ping_interval_seconds: u64,
     /// Error frames and refusals written to a connection per second (burst the
     /// same); past that they are counted in `eligo_error_frames_unsent_total`
     /// and not written, so a client cannot choose how much the server writes.
@@ -280,6 +289,7 @@ impl Default for SocketConfig {
             frames_per_second: 1000,
             frame_burst: 2000,
             control_frames_per_second: 10,
+            ping_interval_seconds: 30,
             error_frames_per_second: 10,
             listen_backlog: 65_535,
         }
@@ -400,7 +410,7 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// Serve `https://` with this certificate.
     pub tls: Option<TlsConfig>,
-    /// Required on every admin path but `/healthz` and `/metrics`, when set.
+    /// Required on every admin path but `/healthz`, `/readyz` and `/metrics`, when set.
     pub token: Option<String>,
     /// Seconds of per-second samples the dashboard's charts and `/api/v1/series`
     /// keep (about 200 bytes each).

@@ -52,6 +52,46 @@ pub struct Outbox {
     close: watch::Sender<Option<CloseReason>>,
     latest: Arc<Latest>,
     errors: ErrorAllowance,
+    ping: Arc<PingClock>,
+}
+
+/// The server's pings of one connection: when the last one left and how long
+/// the latest answered one took. Every ping carries its send time, and only the
+/// pong of the last one sent counts, so a client cannot claim a round trip it
+/// did not make.
+#[derive(Default)]
+struct PingClock {
+    /// Microseconds since [`epoch`] the last ping was sent at; 0: none yet.
+    sent_us: AtomicU64,
+    /// The latest round trip in microseconds; 0: none answered yet.
+    round_trip_us: AtomicU64,
+}
+
+/// The instant ping times count from: one per process, so a ping's payload is
+/// eight bytes rather than a timestamp format.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl PingClock {
+    /// Records a ping leaving now; returns its payload.
+    fn sent(&self) -> Vec<u8> {
+        let now = (epoch().elapsed().as_micros() as u64).max(1);
+        self.sent_us.store(now, Ordering::Relaxed);
+        now.to_be_bytes().to_vec()
+    }
+
+    /// A pong arrived now with `payload`: a round trip if it answers the last ping.
+    fn answered(&self, payload: &[u8]) {
+        let Ok(bytes) = <[u8; 8]>::try_from(payload) else { return };
+        let sent = u64::from_be_bytes(bytes);
+        if sent == 0 || sent != self.sent_us.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = epoch().elapsed().as_micros() as u64;
+        self.round_trip_us.store(now.saturating_sub(sent).max(1), Ordering::Relaxed);
+    }
 }
 
 /// For latest-wins frames (jobs): the newest one that found the outbox full,
@@ -143,6 +183,13 @@ impl Outbox {
         });
     }
 
+    /// The round trip of the latest ping the peer answered, if any (see
+    /// `socket.ping_interval_seconds`).
+    pub fn last_ping(&self) -> Option<std::time::Duration> {
+        let us = self.ping.round_trip_us.load(Ordering::Relaxed);
+        (us > 0).then(|| std::time::Duration::from_micros(us))
+    }
+
     /// Resolves once someone asked to close the connection.
     pub async fn closing(&self) -> CloseReason {
         let mut rx = self.close.subscribe();
@@ -158,21 +205,37 @@ impl Outbox {
 }
 
 /// Starts the writer of a connection: frames from the outbox go out in order; a
-/// close request sends the close frame and ends it.
-/// `error_frames_per_second` bounds what [`Outbox::send_refusal`] writes.
+/// close request sends the close frame and ends it. `socket` sets how many error
+/// frames [`Outbox::send_refusal`] writes and how often the peer is pinged.
 pub fn start_writer(
     mut sink: SplitSink<WebSocket, Message>,
     capacity: usize,
-    error_frames_per_second: u32,
+    socket: &SocketConfig,
 ) -> (Outbox, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(capacity.max(1));
     let (close, mut close_rx) = watch::channel::<Option<CloseReason>>(None);
     let latest = Arc::new(Latest::default());
     let waiting = latest.clone();
+    let ping = Arc::new(PingClock::default());
+    let pinger = ping.clone();
+    let pinging = socket.ping_interval_seconds > 0;
+    let interval = std::time::Duration::from_secs(socket.ping_interval_seconds.max(1));
     let writer = tokio::spawn(async move {
+        // The first ping one to two intervals after the welcome, at random: the
+        // workers of a reconnect storm are not pinged all at once ever after.
+        let first = interval + interval.mul_f64(rand::random::<f64>());
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + first, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
+                // First: one ping per interval cannot starve the frames, and a
+                // busy outbox must not starve the pings.
+                _ = ticks.tick(), if pinging => {
+                    if sink.send(Message::Ping(pinger.sent().into())).await.is_err() {
+                        return;
+                    }
+                }
                 frame = rx.recv() => match frame {
                     Some(text) => {
                         if sink.send(Message::Text(text)).await.is_err() {
@@ -212,7 +275,7 @@ pub fn start_writer(
             }
         }
     });
-    (Outbox { tx, close, latest, errors: ErrorAllowance::new(error_frames_per_second) }, writer)
+    (Outbox { tx, close, latest, errors: ErrorAllowance::new(socket.error_frames_per_second), ping }, writer)
 }
 
 /// Ends a connection: lets the writer send what is queued and the close frame.
@@ -521,6 +584,7 @@ pub async fn read_frames<F, Fut>(
         match message {
             Some(Ok(Message::Text(text))) => on_frame(text.as_bytes().to_vec()).await,
             Some(Ok(Message::Binary(bytes))) => on_frame(bytes.to_vec()).await,
+            Some(Ok(Message::Pong(payload))) => outbox.ping.answered(&payload),
             _ => {}
         }
     }

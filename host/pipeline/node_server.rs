@@ -401,8 +401,7 @@ impl NodeServer {
     async fn serve(&self, socket: WebSocket, admitted: Admitted) {
         let Admitted { handshake, place: _place, challenge } = admitted;
         let (sink, mut stream) = socket.split();
-        let (outbox, writer) =
-            start_writer(sink, self.settings.outbox_capacity, self.settings.socket.error_frames_per_second);
+        let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity, &self.settings.socket);
         if let Some(challenge) = &challenge {
             if !run_challenge(challenge, &self.services, &handshake.request(Role::Node), &mut stream, &outbox).await {
                 finish(&mut stream, outbox, writer).await;

@@ -46,6 +46,9 @@ pub struct WorkerView {
     pub jobs_received: u64,
     /// Frames waiting to be written to it now.
     pub outbox_depth: usize,
+    /// The round trip of the latest server ping it answered, in milliseconds
+    /// (none before its first answer; see `socket.ping_interval_seconds`).
+    pub ping_ms: Option<f64>,
     /// Each policy's profile and state of it.
     pub policies: Vec<WorkerPolicyView>,
     /// What it sent and how it was judged.

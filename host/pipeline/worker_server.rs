@@ -239,6 +239,7 @@ impl WorkerServer {
                     connected_at: conn.connected_at,
                     jobs_received: conn.jobs_received,
                     outbox_depth: conn.outbox.depth(),
+                    ping_ms: conn.outbox.last_ping().map(|rtt| (rtt.as_secs_f64() * 1e5).round() / 100.0),
                     policies,
                     stats: conn.stats.view(now, silent_after),
                 }
@@ -496,8 +497,7 @@ impl WorkerServer {
     async fn serve(&self, socket: WebSocket, admitted: Admitted) {
         let Admitted { handshake, place: _place, challenge } = admitted;
         let (sink, mut stream) = socket.split();
-        let (outbox, writer) =
-            start_writer(sink, self.settings.outbox_capacity, self.settings.socket.error_frames_per_second);
+        let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity, &self.settings.socket);
         if let Some(challenge) = &challenge {
             if !run_challenge(challenge, &self.services, &handshake.request(Role::Worker), &mut stream, &outbox).await {
                 finish(&mut stream, outbox, writer).await;

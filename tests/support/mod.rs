@@ -28,7 +28,9 @@ macro_rules! on_both {
     };
 }
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::Command;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -46,6 +48,16 @@ pub fn plugin_path(name: &str) -> PathBuf {
     path
 }
 
+/// A built example program (`cargo test` builds every example beside the tests);
+/// fails with the command that builds it if missing.
+pub fn example_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("a target dir").join("examples").join(name);
+    assert!(path.is_file(), "{} is missing: build it with `cargo build --example {name}`", path.display());
+    path
+}
+
 /// The bytes of a built plugin component.
 pub fn plugin_bytes(name: &str) -> Vec<u8> {
     std::fs::read(plugin_path(name)).expect("reading a built plugin")
@@ -54,4 +66,15 @@ pub fn plugin_bytes(name: &str) -> Vec<u8> {
 /// The PostgreSQL the integration tests use: `ELIGO_TEST_POSTGRES_URL`, or the local one.
 pub fn postgres_url() -> String {
     std::env::var("ELIGO_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Runs `eligo config check` with `args` and exactly `env` as eligo's environment.
+pub fn config_check(args: &[String], env: &BTreeMap<String, String>) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eligo"));
+    command.args(["config", "check"]).args(args).current_dir(std::env::temp_dir());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ELIGO_")) {
+        command.env_remove(k);
+    }
+    let out = command.envs(env).output().expect("running eligo config check");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }

@@ -108,6 +108,11 @@ impl Client {
         self.socket.send(Message::text(text.to_string())).await.expect("send");
     }
 
+    /// Sends one frame of any kind (a pong nobody asked for, say).
+    pub async fn send_frame(&mut self, frame: Message) {
+        self.socket.send(frame).await.expect("send");
+    }
+
     /// Sends `frame` `count` times as fast as the socket takes it, reading what
     /// the server answers meanwhile, until the server closes the connection (or
     /// says nothing for 10 s once the frames are out).
