@@ -85,6 +85,12 @@ pub struct Running {
     /// The backends and plugins the stages share.
     pub services: Services,
     shutdown: CancellationToken,
+    /// Makes `/readyz` 503: the first step of stopping.
+    draining: CancellationToken,
+    /// How long to serve on, not ready, before closing (`shutdown_delay_seconds`).
+    shutdown_delay: Duration,
+    /// Stops the admin server: the last step, so `/readyz` answers 503 throughout.
+    admin_shutdown: CancellationToken,
     /// Stops the presence processor, after the servers' last presence events.
     presence_shutdown: CancellationToken,
     /// Publishes the worker server's presence events.
@@ -96,9 +102,19 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, closes connections with 1001, lets processors finish the
-    /// message in hand, and waits (bounded) for everything to end.
+    /// Says it is not ready (`/readyz` 503) and serves on for the shutdown
+    /// delay; then stops accepting, closes connections with 1001, lets
+    /// processors finish the message in hand, and waits (bounded) for
+    /// everything to end. The admin server answers until the end.
     pub async fn stop(mut self) {
+        self.draining.cancel();
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(
+                seconds = self.shutdown_delay.as_secs(),
+                "not ready (/readyz 503); serving on before draining"
+            );
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         self.shutdown.cancel();
         let (nodes, workers) = (self.node_server.take(), self.worker_server.take());
         let presence_publisher = self.presence_publisher.take();
@@ -116,6 +132,7 @@ impl Running {
                 let _ = publisher.await;
             }
             self.presence_shutdown.cancel();
+            self.admin_shutdown.cancel();
             while self.tasks.join_next().await.is_some() {}
         };
         if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
@@ -212,6 +229,8 @@ pub async fn start_with(
     let decisions = DecisionPool::new(config.plugins.decision_threads).context("starting the decision threads")?;
     let services = Services { queue, log, store, plugins: plugins.clone(), decisions };
     let shutdown = CancellationToken::new();
+    let draining = CancellationToken::new();
+    let admin_shutdown = CancellationToken::new();
     let presence_shutdown = CancellationToken::new();
     let mut presence_publisher = None;
     let mut tasks = JoinSet::new();
@@ -307,21 +326,20 @@ pub async fn start_with(
     let admin_addr = match config.admin.listen {
         Some(listen) => {
             let state = crate::admin::AdminState::new(
-                plugins.clone(),
-                node_server.clone(),
-                worker_server.clone(),
-                services.store.clone(),
+                &services,
+                (node_server.clone(), worker_server.clone()),
                 config.roles.clone(),
                 &config.admin,
+                draining.clone(),
             );
-            let router = crate::admin::router(state, &shutdown);
+            let router = crate::admin::router(state, &admin_shutdown);
             let listen = Listen {
                 addr: listen,
                 backlog: listener::DEFAULT_BACKLOG,
                 tls: config.admin.tls.as_ref(),
                 guard: None,
             };
-            Some(listener::serve(&mut tasks, listen, router, &shutdown, "admin").await?)
+            Some(listener::serve(&mut tasks, listen, router, &admin_shutdown, "admin").await?)
         }
         None => None,
     };
@@ -332,6 +350,9 @@ pub async fn start_with(
         plugins,
         services,
         shutdown,
+        draining,
+        shutdown_delay: Duration::from_secs(config.shutdown_delay_seconds),
+        admin_shutdown,
         presence_shutdown,
         presence_publisher,
         tasks,

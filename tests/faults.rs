@@ -134,6 +134,10 @@ async fn reconnect_worker(addr: std::net::SocketAddr) -> Client {
 
 /// eligo on `backends` with the seed rules, listening on free ports.
 async fn start_eligo(backends: &Backends) -> Running {
+    start_eligo_with(backends, |_| {}).await
+}
+
+async fn start_eligo_with(backends: &Backends, configure: impl FnOnce(&mut Config)) -> Running {
     let dir = backends.dir().join("policies");
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::copy(support::plugin_path("seed-rules"), dir.join("seed-rules.wasm")).expect("copy");
@@ -142,6 +146,7 @@ async fn start_eligo(backends: &Backends) -> Running {
     config.worker.listen = ([127, 0, 0, 1], 0).into();
     config.admin.listen = None;
     config.plugins.dir = dir;
+    configure(&mut config);
     start_with(&config, backends.queue.clone(), backends.log.clone(), backends.store.clone())
         .await
         .expect("eligo starts")
@@ -406,4 +411,40 @@ async fn a_producer_hit_by_a_fatal_error_is_replaced_and_nothing_is_lost() {
     let sent = send_traffic(&mut rig.worker, &mut rig.node, &rig.task, 3000).await;
     assert_everything_arrives(&mut rig.worker, &mut rig.node, &sent, "after a fatal producer error").await;
     rig.stop().await;
+}
+
+/// `/readyz` follows the backends this process needs: 503 naming the queue while
+/// RabbitMQ is stopped and the store while PostgreSQL is, 200 again once each is
+/// back; `/healthz` stays 200 throughout (restarting would not help).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_lost_while_rabbitmq_or_postgresql_is_down_and_comes_back() {
+    use support::http::{get, readyz_until};
+    let backends = Backends::new(Kind::Networked).await;
+    let running = start_eligo_with(&backends, |c| c.admin.listen = Some(([127, 0, 0, 1], 0).into())).await;
+    let admin = running.admin_addr.expect("admin server");
+    let ready = readyz_until(admin, 200).await;
+    assert_eq!(ready.body, "ready\nplugins: ok\nqueue: ok\nlog: ok\nstore: ok\n");
+
+    let restart = Restart;
+    rabbitmqctl(&["stop_app"]);
+    let down = readyz_until(admin, 503).await;
+    assert!(down.body.starts_with("not ready\n"), "{}", down.body);
+    assert!(down.body.contains("queue: ") && !down.body.contains("queue: ok"), "{}", down.body);
+    assert!(down.body.contains("store: ok"), "only the queue is down: {}", down.body);
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    rabbitmqctl(&["start_app"]);
+    drop(restart);
+    readyz_until(admin, 200).await;
+
+    let guard = PostgresRestart;
+    let stopped = pg_ctlcluster("stop");
+    assert!(stopped.status.success(), "pg_ctlcluster stop: {}", String::from_utf8_lossy(&stopped.stderr));
+    let down = readyz_until(admin, 503).await;
+    assert!(down.body.contains("store: ") && !down.body.contains("store: ok"), "{}", down.body);
+    assert!(down.body.contains("queue: ok"), "only the store is down: {}", down.body);
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    drop(guard);
+    readyz_until(admin, 200).await;
+    running.stop().await;
+    backends.finish().await;
 }

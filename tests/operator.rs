@@ -164,6 +164,7 @@ async fn a_configured_admin_token_guards_everything_but_health_and_metrics() {
     .await;
     let admin = server.running.admin_addr.expect("admin server");
     assert_eq!(get(admin, "/healthz").await.status, 200);
+    assert_eq!(get(admin, "/readyz").await.status, 200);
     assert_eq!(get(admin, "/metrics").await.status, 200);
     for path in ["/", "/status", "/plugins", "/api/v1/jobs", "/api/v1/openapi.json", "/api/v1/events"] {
         let refused = get(admin, path).await;
@@ -193,4 +194,51 @@ async fn the_events_stream_sends_summaries() {
     let summary: Value = serde_json::from_str(data).expect("the event is JSON");
     assert!(summary["totals"].is_object() && summary["latency"].is_object(), "{summary:#}");
     server.stop().await;
+}
+
+/// `/readyz` is 503 while a plugin failed to load (its decisions are refused,
+/// so this process should get no traffic); `/healthz` stays 200, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_refused_while_a_plugin_failed_to_load() {
+    let server = Server::start_configured(Backends::new(Kind::Embedded).await, &["seed-rules"], None, |c| {
+        std::fs::write(c.plugins.dir.join("90-broken.wasm"), b"not a component").expect("writing a broken plugin");
+        c.plugins.start_with_failed = true;
+    })
+    .await;
+    let admin = server.running.admin_addr.expect("admin server");
+    let ready = get(admin, "/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.starts_with("not ready\nplugins: failed to load"), "{}", ready.body);
+    assert!(ready.body.contains("90-broken.wasm") && ready.body.contains("store: ok"), "{}", ready.body);
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    // Mended in place (hot reload): ready again.
+    std::fs::remove_file(server.backends.dir().join("policies/90-broken.wasm")).expect("removing it");
+    support::http::readyz_until(admin, 200).await;
+    server.stop().await;
+}
+
+/// After SIGTERM (here `stop`), `/readyz` is 503 at once and the process serves
+/// on for `shutdown_delay_seconds` — a new worker is still welcomed — before its
+/// connections are closed with 1001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_is_not_ready_first_and_serves_on_for_the_delay() {
+    let server = Server::start_configured(Backends::new(Kind::Embedded).await, &["seed-rules"], None, |c| {
+        c.shutdown_delay_seconds = 5;
+    })
+    .await;
+    let admin = server.running.admin_addr.expect("admin server");
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+    let worker_addr = server.running.worker_addr.expect("worker server");
+    let stopping = tokio::spawn(server.stop());
+    let draining = support::http::readyz_until(admin, 503).await;
+    assert_eq!(draining.body, "not ready\ndraining: shutting down\n");
+    let mut late = support::ws::Client::connect(worker_addr).await;
+    late.send(&serde_json::json!({ "ip": "1.1.1.1", "address": "a", "hardware": "cpu",
+                                    "hardware_id": "hw-late", "caption": "c" }))
+        .await;
+    match late.next_within(std::time::Duration::from_secs(30)).await {
+        support::ws::Next::Closed(code, reason) => assert_eq!(code, 1001, "closed by the drain: {reason}"),
+        other => panic!("expected the drain to close the late worker with 1001, got {other:?}"),
+    }
+    stopping.await.expect("stopped");
 }

@@ -745,6 +745,9 @@ impl Store for FailingOnce {
     async fn migrate(&self) -> Result<(), StoreError> {
         self.inner.migrate().await
     }
+    async fn check(&self) -> Result<(), StoreError> {
+        self.inner.check().await
+    }
     async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Inserted<StoredJob>>, StoreError> {
         self.inner.insert_jobs(jobs).await
     }

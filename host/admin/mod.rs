@@ -1,7 +1,8 @@
 //! The admin server: health, metrics, the operator's JSON API (`/api/v1`), and
 //! the live dashboard at `/`.
 //!
-//! `/healthz` and `/metrics` are always open (load balancers and Prometheus).
+//! `/healthz`, `/readyz` ([`ready`]) and `/metrics` are always open (load
+//! balancers, Kubernetes' probes and Prometheus).
 //! Everything else needs the admin token when `[admin] token` is set:
 //! `Authorization: Bearer <token>`, or `?token=<token>` (what a browser's
 //! address bar and `EventSource` can send); but for `/api/v1/miners/{address}`
@@ -14,11 +15,13 @@ pub mod history;
 mod jobs;
 pub mod miners;
 pub mod public;
+pub mod ready;
 pub mod summary;
 
 use crate::config::{AdminConfig, RoleName};
 use crate::pipeline::node_server::NodeServer;
 use crate::pipeline::worker_server::WorkerServer;
+use crate::pipeline::Services;
 use crate::plugin::PluginHost;
 use crate::store::Store;
 use axum::extract::{Request, State};
@@ -45,6 +48,8 @@ pub struct AdminState {
     pub roles: Vec<RoleName>,
     /// The last minutes, second by second (filled by [`history::sample`]).
     pub history: history::History,
+    /// What `/readyz` answers.
+    pub readiness: ready::Readiness,
     /// SHA-256 of the admin token, if one is required.
     token_digest: Option<[u8; 32]>,
     /// With public miner stats: the rate of their requests without the token.
@@ -52,22 +57,24 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// The admin state; `token`, if given, is required on every path but
-    /// `/healthz` and `/metrics`.
+    /// The admin state of a process whose backends and plugins are `services`;
+    /// `config.token`, if given, is required on every path but `/healthz`,
+    /// `/readyz` and `/metrics`. `/readyz` is 503 once `draining` is cancelled.
     pub fn new(
-        plugins: Arc<PluginHost>,
-        nodes: Option<Arc<NodeServer>>,
-        workers: Option<Arc<WorkerServer>>,
-        store: Arc<dyn Store>,
+        services: &Services,
+        (nodes, workers): (Option<Arc<NodeServer>>, Option<Arc<WorkerServer>>),
         roles: Vec<RoleName>,
         config: &AdminConfig,
+        draining: CancellationToken,
     ) -> Self {
+        let (plugins, store) = (services.plugins.clone(), services.store.clone());
+        let readiness = ready::Readiness::new(services.clone(), draining);
         let token = config.token.as_deref();
         let token_digest = token.filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
         let history = history::History::new(config.history_secs as usize);
         let public_rate =
             config.public_miner_stats.then(|| Arc::new(public::PublicRate::new(config.public_miner_stats_per_minute)));
-        AdminState { plugins, nodes, workers, store, roles, history, token_digest, public_rate }
+        AdminState { plugins, nodes, workers, store, roles, history, readiness, token_digest, public_rate }
     }
 }
 
@@ -93,6 +100,7 @@ pub fn router(state: AdminState, shutdown: &CancellationToken) -> Router {
     };
     Router::new()
         .route("/healthz", get(healthz).with_state(state.clone()))
+        .route("/readyz", get(ready::readyz).with_state(state.clone()))
         .route("/metrics", get(|| async { crate::metrics::render() }))
         // The page holds no data (it reads the miners path, guarded as above): open to all.
         .route("/miners/{address}", get(dashboard::miner_page))
@@ -105,18 +113,24 @@ pub fn router(state: AdminState, shutdown: &CancellationToken) -> Router {
 /// named on the lines after `ok`: by file name only, as this path needs no
 /// token; the reasons are at `/plugins`.
 async fn healthz(State(state): State<Arc<AdminState>>) -> String {
-    let failed = state.plugins.active_failures();
-    if failed.is_empty() {
+    let names = failed_plugin_files(&state.plugins);
+    if names.is_empty() {
         return "ok".into();
     }
-    let names: Vec<String> = failed
-        .iter()
-        .map(|f| std::path::Path::new(&f.file).file_name().map_or(f.file.clone(), |n| n.to_string_lossy().into_owned()))
-        .collect();
     format!(
         "ok\nplugins failed to load, every decision they take part in is refused (reasons at /plugins): {}\n",
         names.join(", ")
     )
+}
+
+/// The file names of the plugins that failed to load: names only, for the
+/// paths that need no token (the reasons are at `/plugins`).
+fn failed_plugin_files(plugins: &PluginHost) -> Vec<String> {
+    plugins
+        .active_failures()
+        .iter()
+        .map(|f| std::path::Path::new(&f.file).file_name().map_or(f.file.clone(), |n| n.to_string_lossy().into_owned()))
+        .collect()
 }
 
 /// Why a request bearing another token than the admin token is refused.

@@ -44,7 +44,7 @@ async fn serve(args: &ServeArgs, config: Config) -> Result<()> {
     }
     if let Some(addr) = running.admin_addr {
         eprintln!(
-            "  dashboard          http://{addr}/  (API /api/v1, OpenAPI /api/v1/openapi.json, /healthz, /metrics)"
+            "  dashboard          http://{addr}/  (API /api/v1, OpenAPI /api/v1/openapi.json, /healthz, /readyz, /metrics)"
         );
     }
     for line in config.describe_backends() {

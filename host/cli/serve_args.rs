@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Token the admin API and dashboard require [default: none].
     #[arg(long, env = "ELIGO_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Seconds to serve on after SIGTERM with /readyz 503, before draining [default: 0].
+    #[arg(long, env = "ELIGO_SHUTDOWN_DELAY_SECONDS")]
+    shutdown_delay_seconds: Option<u64>,
 }
 
 /// Each of `serve`'s settings: its argument id and the configuration key it sets.
@@ -70,6 +73,7 @@ pub(super) const SETTING_KEYS: &[(&str, &str)] = &[
     ("postgres_url", "postgres.url"),
     ("log_format", "log.format"),
     ("admin_token", "admin.token"),
+    ("shutdown_delay_seconds", "shutdown_delay_seconds"),
 ];
 
 impl ServeArgs {
@@ -127,6 +131,9 @@ impl ServeArgs {
         }
         if let Some(token) = &self.admin_token {
             config.admin.token = Some(token.clone());
+        }
+        if let Some(seconds) = self.shutdown_delay_seconds {
+            config.shutdown_delay_seconds = seconds;
         }
         config.node.webhooks_from_env(std::env::vars());
         Ok(config)

@@ -380,6 +380,8 @@ pub struct Shares {
 pub trait Store: Send + Sync {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
+    /// Whether the database answers a query now (what `/readyz` asks).
+    async fn check(&self) -> Result<(), StoreError>;
 
     /// Inserts the jobs whose height is not stored, in one transaction; returns
     /// each job's row as stored now, in input order.

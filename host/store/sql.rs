@@ -270,6 +270,10 @@ impl<D: Dialect> Store for SqlStore<D> {
         D::migrate(&self.pool).await
     }
 
+    async fn check(&self) -> Result<(), StoreError> {
+        self.execute(Sql::<D>::default().finish("SELECT 1".into())).await.map(|_| ())
+    }
+
     async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Inserted<StoredJob>>, StoreError> {
         let heights: Vec<i64> = jobs.iter().map(|j| j.block_height).collect();
         let mut tx = D::begin(&self.pool).await?;

@@ -122,6 +122,12 @@ impl WorkQueue for AmqpQueue {
         }
     }
 
+    /// The publishers' connection is open, or opens now. While the broker is
+    /// known to be down this fails at once (the reconnection's backoff).
+    async fn check(&self) -> Result<(), TransportError> {
+        self.publisher.lock().await.connection().await.map(|_| ())
+    }
+
     async fn consume(&self, stream: Stream, prefetch: u16) -> Result<Deliveries, TransportError> {
         let connection = self.consumer.lock().await.connection().await?;
         let channel = step("open a channel", connection.create_channel()).await?;

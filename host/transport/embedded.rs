@@ -67,6 +67,11 @@ impl EventLog for EmbeddedLog {
         Ok(())
     }
 
+    /// In this process: there whenever the process is.
+    async fn check(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     async fn produce(&self, topic: Topic, _key: &str, payload: &[u8]) -> Result<(), TransportError> {
         let log = &self.topics[topic_index(topic)];
         {

@@ -397,6 +397,16 @@ impl EventLog for KafkaLog {
         Ok(())
     }
 
+    /// A metadata request of the current producer's client, within
+    /// [`WATERMARK_TIMEOUT`].
+    async fn check(&self) -> Result<(), TransportError> {
+        let client = self.shared.producer.load().producer.clone();
+        blocking(move || client.client().fetch_metadata(None, WATERMARK_TIMEOUT))
+            .await?
+            .map(|_| ())
+            .map_err(|e| unavailable(format!("no metadata from {}: {e}", self.shared.settings.bootstrap_servers)))
+    }
+
     async fn produce(&self, topic: Topic, key: &str, payload: &[u8]) -> Result<(), TransportError> {
         let current = self.shared.producer.load_full();
         let record = FutureRecord::to(topic.name()).key(key).payload(payload);

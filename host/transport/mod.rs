@@ -143,6 +143,9 @@ pub trait WorkQueue: Send + Sync {
     async fn publish(&self, stream: Stream, payload: &[u8]) -> Result<(), TransportError>;
     /// Consumes the stream's queue with at most `prefetch` unacked messages.
     async fn consume(&self, stream: Stream, prefetch: u16) -> Result<Deliveries, TransportError>;
+    /// Whether the broker can be used now (what `/readyz` asks): cheap, and
+    /// quick to fail while the broker is known to be down.
+    async fn check(&self) -> Result<(), TransportError>;
 }
 
 /// Messages appended to a topic after the reader started.
@@ -158,4 +161,6 @@ pub trait EventLog: Send + Sync {
     /// Reads every message appended to `topic` from now on, in order per key. No
     /// consumer group: each reader sees everything.
     async fn tail(&self, topic: Topic) -> Result<Tail, TransportError>;
+    /// Whether the cluster answers now (what `/readyz` asks), within seconds.
+    async fn check(&self) -> Result<(), TransportError>;
 }

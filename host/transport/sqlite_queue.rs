@@ -350,6 +350,11 @@ impl WorkQueue for SqliteQueue {
         Ok(())
     }
 
+    /// The file still answers a query (a full or vanished disk does not).
+    async fn check(&self) -> Result<(), TransportError> {
+        sqlx::query("SELECT 1").execute(&self.shared.pool).await.map(|_| ()).map_err(unavailable)
+    }
+
     async fn publish(&self, stream: Stream, payload: &[u8]) -> Result<(), TransportError> {
         let (done, committed) = oneshot::channel();
         let request = Publish { stream, payload: payload.to_vec(), done };

@@ -83,6 +83,20 @@ pub async fn first_event(addr: SocketAddr, path: &str) -> Response {
     }
 }
 
+/// Polls `/readyz` until it answers `status`, or fails after 90 s (what a broker
+/// takes to be noticed gone and back) with the last answer.
+pub async fn readyz_until(admin: SocketAddr, status: u16) -> Response {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let answer = get(admin, "/readyz").await;
+        if answer.status == status {
+            return answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz never answered {status}: {}", answer.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls `path` until `done` holds for its JSON, or fails after 15 s with the last answer.
 pub async fn until(admin: SocketAddr, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
