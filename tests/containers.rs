@@ -6,8 +6,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
-use support::root;
+use support::{config_check, root};
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn compose() -> Yaml {
@@ -28,17 +27,6 @@ fn interpolate(value: &str) -> String {
         }
         None => value.to_string(),
     }
-}
-
-/// Runs `eligo config check` with `args` and exactly `env` as eligo's environment.
-fn config_check(args: &[String], env: &BTreeMap<String, String>) -> (bool, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eligo"));
-    command.args(["config", "check"]).args(args).current_dir(std::env::temp_dir());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ELIGO_")) {
-        command.env_remove(k);
-    }
-    let out = command.envs(env).output().expect("running eligo config check");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 #[test]

@@ -288,3 +288,34 @@ fn worker_state_survives_a_reload_of_the_same_plugin() {
     assert_eq!(summary.loaded, vec!["seed".to_string()], "{summary:?}");
     assert_eq!(host.current().offer_job(&job, &mut [&mut worker], 0), Vec::<usize>::new());
 }
+
+/// A plugin folder mounted from a Kubernetes ConfigMap: the kubelet writes each
+/// version into a timestamped folder, points `..data` at it by renaming a new
+/// symlink over the old, and the plugin files are symlinks through `..data`.
+/// An update is one rename in the folder: it reloads like any file change.
+#[test]
+fn a_plugin_folder_mounted_from_a_config_map_reloads_when_the_map_changes() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let version = |name: &str, plugin: &str| {
+        let folder = dir.path().join(name);
+        std::fs::create_dir(&folder).expect("a version folder");
+        std::fs::write(folder.join("10-policy.wasm"), plugin_bytes(plugin)).expect("the plugin");
+    };
+    version("..2026_12_06_01_00_00.000000001", "seed-rules");
+    symlink("..2026_12_06_01_00_00.000000001", dir.path().join("..data")).expect("..data");
+    symlink("..data/10-policy.wasm", dir.path().join("10-policy.wasm")).expect("the file's link");
+    let host = PluginHost::open(engine(), dir.path()).expect("open");
+    let _watch = host.watch(Duration::from_millis(150)).expect("watch");
+    let mut generation = host.generation();
+    assert_eq!(host.reports().iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["seed-rules"]);
+
+    // The kubelet's update: a new version folder, a new link renamed over `..data`.
+    version("..2026_12_06_01_05_00.000000002", "testing-misbehave");
+    symlink("..2026_12_06_01_05_00.000000002", dir.path().join("..data_tmp")).expect("..data_tmp");
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("the swap");
+    std::fs::remove_dir_all(dir.path().join("..2026_12_06_01_00_00.000000001")).expect("the old version goes");
+    wait_for(&mut generation, || host.reports().first().is_some_and(|r| r.name == "testing-misbehave"));
+    assert_eq!(host.reports().len(), 1, "the hidden version folders are not plugins: {:?}", host.reports());
+    assert!(host.failures().is_empty(), "{:?}", host.failures());
+}
