@@ -69,28 +69,41 @@ impl Services {
     }
 }
 
-/// Backoff between retries of a failing broker or database: doubles up to a cap.
-#[derive(Clone, Debug)]
+/// The delays between retries of a failing broker or database: 100 ms doubling
+/// to 5 s, each with up to as much again at random (backon's jitter), so the
+/// processes that lost a broker together do not all retry in the same instant.
+#[derive(Debug)]
 pub struct Backoff {
-    next: Duration,
-    max: Duration,
+    delays: backon::ExponentialBackoff,
 }
+
+/// The longest wait between two retries, before jitter.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { next: Duration::from_millis(100), max: Duration::from_secs(5) }
+        Backoff { delays: Self::schedule() }
     }
 }
 
 impl Backoff {
-    /// Waits the current delay, then doubles it.
+    fn schedule() -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(BACKOFF_MAX)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// Waits the current delay; the next one is longer, up to the cap.
     pub async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
+        tokio::time::sleep(self.delays.next().unwrap_or(BACKOFF_MAX)).await;
     }
 
     /// Back to the shortest delay after a success.
     pub fn reset(&mut self) {
-        *self = Backoff { max: self.max, ..Backoff::default() };
+        self.delays = Self::schedule();
     }
 }

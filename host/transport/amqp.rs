@@ -203,7 +203,11 @@ impl Link {
                 )));
             }
         }
-        match tokio::time::timeout(TIMEOUT, Connection::connect(&self.url, ConnectionProperties::default())).await {
+        // lapin's tasks and I/O on tokio, beside everything else eligo runs.
+        let properties = ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
+        match tokio::time::timeout(TIMEOUT, Connection::connect(&self.url, properties)).await {
             Ok(Ok(connection)) => {
                 self.retry_at = None;
                 self.backoff = BACKOFF_FIRST;
