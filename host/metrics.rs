@@ -194,16 +194,15 @@ impl Snapshot {
     fn series<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (Vec<&'a str>, f64)> + 'a {
         self.text.lines().filter(|l| !l.starts_with('#')).filter_map(move |line| {
             let (series, value) = line.rsplit_once(' ')?;
+            // A metric name holds no `{`; the first one opens the labels.
             let (series_name, series_labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
                 None => (series, ""),
             };
             if series_name != name {
                 return None;
             }
-            let labels: Vec<&str> =
-                if series_labels.is_empty() { Vec::new() } else { series_labels.split(',').collect() };
-            Some((labels, value.parse::<f64>().unwrap_or(0.0)))
+            Some((split_labels(series_labels), value.parse::<f64>().unwrap_or(0.0)))
         })
     }
 
@@ -214,7 +213,7 @@ impl Snapshot {
         with: &'a [(&str, &str)],
         ignoring: &'a str,
     ) -> impl Iterator<Item = (Vec<&'a str>, f64)> + 'a {
-        let wanted: Vec<String> = with.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let wanted: Vec<String> = with.iter().map(|(k, v)| format!("{k}=\"{}\"", escape_label(v))).collect();
         self.series(name).filter_map(move |(labels, value)| {
             let (ignored, present): (Vec<&str>, Vec<&str>) =
                 labels.into_iter().partition(|l| !ignoring.is_empty() && l.starts_with(ignoring));
@@ -247,6 +246,35 @@ impl Snapshot {
         bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
         Buckets(bounds)
     }
+}
+
+/// The `k="v"` pairs of a series' labels, split at the commas between them: a
+/// comma, brace or escaped quote inside a value (a plugin's name, a reason) is
+/// part of the value.
+fn split_labels(labels: &str) -> Vec<&str> {
+    let mut pairs = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in labels.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                pairs.push(&labels[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < labels.len() {
+        pairs.push(&labels[start..]);
+    }
+    pairs
+}
+
+/// A label value as the text exposition writes it.
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// A histogram's cumulative bucket counts: `(upper bound, samples at or below it)`.
@@ -297,6 +325,21 @@ impl Buckets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_label_value_with_commas_quotes_and_braces_is_one_value() {
+        let snapshot = Snapshot {
+            text: concat!(
+                "# TYPE eligo_x_total counter\n",
+                "eligo_x_total{plugin=\"a,b\",reason=\"say \\\"hi\\\", {ok}\"} 3\n",
+                "eligo_x_total{plugin=\"a\",reason=\"b\"} 4\n",
+            )
+            .into(),
+        };
+        assert_eq!(snapshot.value("eligo_x_total", &[("plugin", "a,b"), ("reason", "say \"hi\", {ok}")]), 3.0);
+        assert_eq!(snapshot.value("eligo_x_total", &[("plugin", "a"), ("reason", "b")]), 4.0);
+        assert_eq!(snapshot.total("eligo_x_total"), 7.0);
+    }
 
     #[test]
     fn quantiles_interpolate_within_the_bucket() {
