@@ -22,8 +22,11 @@ use crate::protocol::{
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 
+/// A fuzz target: the bytes the fuzzer made.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by name (the `fuzz/` crate has one binary per entry).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("welcome_frame", welcome_frame),
     ("job_frame", job_frame),
     ("solution_frame", solution_frame),

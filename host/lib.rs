@@ -14,6 +14,9 @@
 //! - [`metrics`]: process-wide counters.
 //! - [`cli`]: the `eligo` command's subcommands; `host/main.rs` only parses and dispatches.
 
+// Every public item says what it is for: `scripts/test` runs clippy with `-D warnings`.
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod app;
 pub mod cli;

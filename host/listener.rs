@@ -187,9 +187,9 @@ impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for GuardAcceptor 
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
         use tower_layer::Layer;
-        let admitted = stream.peer_addr().and_then(|remote| {
-            self.0.admit(remote).map_err(|full| std::io::Error::new(std::io::ErrorKind::Other, full.reason))
-        });
+        let admitted = stream
+            .peer_addr()
+            .and_then(|remote| self.0.admit(remote).map_err(|full| std::io::Error::other(full.reason)));
         std::future::ready(admitted.map(|peer| {
             let stream = self.0.guard(stream, &peer);
             (stream, axum::Extension(ConnectInfo(peer)).layer(service))

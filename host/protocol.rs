@@ -170,10 +170,15 @@ impl JobFrame {
 /// Worker → server, first frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WelcomeFrame {
+    /// The welcome's `ip`.
     pub ip: String,
+    /// The payout address (the welcome's `address`).
     pub address: String,
+    /// The welcome's `hardware`.
     pub hardware: String,
+    /// The worker's hardware id (unique per rig).
     pub hardware_id: String,
+    /// The worker's caption (its name for the rig).
     pub caption: String,
 }
 
@@ -198,9 +203,11 @@ impl WelcomeFrame {
 /// Worker → server: a solution. An extra `"type": "solution"` is ignored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SolutionFrame {
+    /// The job's task id (a uuid).
     pub task_id: String,
     /// The worker's solution object, e.g. `{"partial_solution": {"nonce": …}, "proof.w": {…}}`.
     pub solution: Map<String, Value>,
+    /// The target the solution claims to reach.
     pub solution_target: u64,
 }
 
@@ -375,7 +382,9 @@ pub struct VerdictEvent {
 /// Server → worker: a job to work on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkFrame {
+    /// The job's task id (a uuid).
     pub task_id: String,
+    /// The `epoch_challenge` object.
     pub epoch_challenge: Value,
 }
 
@@ -389,10 +398,15 @@ pub fn error_frame(error: &str) -> String {
 /// plus who sent it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SolutionMessage {
+    /// The sending worker's `hardware_id`.
     pub hardware_id: String,
+    /// The sending worker's `caption`.
     pub caption: String,
+    /// The job's task id (a uuid).
     pub task_id: String,
+    /// The worker's `solution` object.
     pub solution: Map<String, Value>,
+    /// The target the solution claims to reach.
     pub solution_target: u64,
     /// Where the verdict goes, when the worker asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -485,9 +499,13 @@ pub struct ConnectionRecord {
     pub instance: String,
     /// The welcome's fields.
     pub ip: String,
+    /// The payout address (the welcome's `address`).
     pub address: String,
+    /// The welcome's `hardware`.
     pub hardware: String,
+    /// The welcome's `hardware_id`.
     pub hardware_id: String,
+    /// The welcome's `caption`.
     pub caption: String,
     /// When it was welcomed.
     pub connected_at: chrono::DateTime<chrono::Utc>,
@@ -500,11 +518,15 @@ pub struct ConnectionRecord {
 /// `proof_target` for policies.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
+    /// The job's task id (a uuid).
     pub task_id: String,
+    /// The `epoch_challenge` object.
     pub epoch_challenge: Value,
+    /// The block height the job is for.
     pub block_height: i64,
     /// RFC 3339, UTC.
     pub created_at: String,
+    /// The target a solution must reach.
     #[serde(default)]
     pub proof_target: u64,
 }
@@ -513,19 +535,27 @@ pub struct JobEvent {
 /// plus what policies need to decide which nodes receive it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SolutionEvent {
+    /// The job's task id (a uuid).
     pub task_id: String,
+    /// The target the solution claims to reach.
     pub solution_target: u64,
+    /// The worker's `solution` object.
     pub solution: Value,
     /// The job's height.
     pub solution_height: i64,
+    /// `partial_solution.nonce` as text: unique per solution.
     #[serde(default)]
     pub unique_key: String,
+    /// The sending worker's `hardware_id`.
     #[serde(default)]
     pub hardware_id: String,
+    /// The sending worker's `caption`.
     #[serde(default)]
     pub caption: String,
+    /// The target a solution must reach.
     #[serde(default)]
     pub proof_target: u64,
+    /// The `epoch_challenge` object.
     #[serde(default)]
     pub epoch_challenge: Value,
 }

@@ -25,7 +25,10 @@ async fn the_api_follows_a_job_and_its_solutions_through_the_pipeline(kind: Kind
     assert_eq!((detail["block_height"].as_i64(), detail["proof_target"].as_u64()), (Some(700), Some(500)));
     assert_eq!(detail["delivered_to_workers"], 1, "{detail:#}");
     let by_key = |key: u64| {
-        detail["solutions"].as_array().and_then(|s| s.iter().find(|s| s["unique_key"] == key.to_string())).cloned()
+        detail["solutions"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["unique_key"].as_str().and_then(|k| k.parse::<u64>().ok()) == Some(key)))
+            .cloned()
     };
     let valid = by_key(good).expect("the valid solution is listed");
     assert_eq!((valid["status"].as_str(), valid["hardware_id"].as_str()), (Some("valid"), Some("hw-api")));

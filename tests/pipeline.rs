@@ -899,8 +899,7 @@ async fn presence_waits_in_the_queue_while_the_store_is_down(kind: Kind) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_mode_keeps_accepted_jobs_across_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::default();
-    config.data_dir = dir.path().to_path_buf();
+    let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
     config.plugins.dir = dir.path().join("policies");
     config.node.listen = ([127, 0, 0, 1], 0).into();
     config.worker.listen = ([127, 0, 0, 1], 0).into();

@@ -262,7 +262,7 @@ fn a_plugin_that_failed_to_load_is_refused_in_its_place_and_the_fallback_never_s
         Validation::Invalid(refusal) => assert_eq!(refusal.plugin, "20-pow-check", "{refusal}"),
         other => panic!("a validator that failed to load let a solution through: {other:?}"),
     }
-    let refusal = host.current().admit_worker(&welcome(), 0).err().expect("no worker admitted");
+    let refusal = host.current().admit_worker(&welcome(), 0).expect_err("no worker admitted");
     assert_eq!(refusal.plugin, "20-pow-check");
     assert!(host.current().admit_job(&submission(5), &mut NodeState::default(), 0).is_err());
 

@@ -573,13 +573,13 @@ async fn times_of(store: &dyn Store, hardware_id: &str, caption: &str) -> Vec<(D
 async fn a_connection_is_written_once_however_often_its_events_come(b: Backend) {
     let store = &*b.store;
     let opened = presence("c-1", worker("hw-1", "rig-a", "i1"), stamp());
-    store.record_presence(&[opened.clone()], &[]).await.unwrap();
+    store.record_presence(std::slice::from_ref(&opened), &[]).await.unwrap();
     store.record_presence(&[opened.clone(), opened.clone()], &[]).await.unwrap();
     assert_eq!(times_of(store, "hw-1", "rig-a").await, [(opened.connected_at, None)]);
 
     let ended_at = stamp();
     let ended = Presence { disconnected_at: Some(ended_at), ..opened.clone() };
-    store.record_presence(&[ended.clone()], &[]).await.unwrap();
+    store.record_presence(std::slice::from_ref(&ended), &[]).await.unwrap();
     // Delivered again, late: the end stays, and nothing is added.
     store.record_presence(&[opened.clone(), ended.clone()], &[]).await.unwrap();
     store.record_presence(&[Presence { disconnected_at: Some(stamp()), ..opened.clone() }], &[]).await.unwrap();
@@ -593,7 +593,7 @@ async fn a_connections_end_may_come_before_its_start(b: Backend) {
     let opened = presence("c-1", worker("hw-1", "rig-a", "i1"), stamp());
     let ended_at = stamp();
     store.record_presence(&[Presence { disconnected_at: Some(ended_at), ..opened.clone() }], &[]).await.unwrap();
-    store.record_presence(&[opened.clone()], &[]).await.unwrap();
+    store.record_presence(std::slice::from_ref(&opened), &[]).await.unwrap();
     assert_eq!(times_of(store, "hw-1", "rig-a").await, [(opened.connected_at, Some(ended_at))]);
 }
 
@@ -634,7 +634,10 @@ async fn a_recovery_finishes_what_its_instance_left_open_before_it(b: Backend) {
     tokio::time::sleep(Duration::from_millis(2)).await;
     // Welcomed by the restarted instance before its recovery was processed.
     let after = presence("c-after", worker("hw-d", "rig", "i1"), stamp());
-    store.record_presence(&[after.clone()], &[Recovery { instance: "i1".into(), at: restarted }]).await.unwrap();
+    store
+        .record_presence(std::slice::from_ref(&after), &[Recovery { instance: "i1".into(), at: restarted }])
+        .await
+        .unwrap();
     assert_eq!(times_of(store, "hw-a", "rig").await, [(idle.connected_at, Some(idle.connected_at))]);
     assert_eq!(times_of(store, "hw-b", "rig").await, [(busy.connected_at, Some(busy_latest))]);
     assert_eq!(times_of(store, "hw-c", "rig").await, [(elsewhere.connected_at, None)]);

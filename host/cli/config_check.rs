@@ -15,6 +15,7 @@ pub enum ConfigCommand {
     /// Prints the effective configuration (secrets masked) and where each value
     /// came from (default, file, env, flag); exits non-zero on any problem.
     Check {
+        /// The settings checked: `serve`'s.
         #[command(flatten)]
         serve: ServeArgs,
         /// Also connect to RabbitMQ, Kafka and PostgreSQL, if configured.

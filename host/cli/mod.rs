@@ -3,10 +3,10 @@
 //!
 //! - [`serve_args`]: `serve`'s settings and the configuration they make.
 //! - [`serve`]: `serve`, the default command.
-//! - [`migrate`]: `migrate`.
+//! - [`migrate`]: the `migrate` command.
 //! - [`config_check`]: `config check` and its connection probes.
 //! - [`plugin`]: the `plugin` subcommands.
-//! - [`kafka_mock`]: `kafka-mock`.
+//! - [`kafka_mock`]: the `kafka-mock` command.
 //! - `manual`: `man`; `completions` is one call to clap_complete.
 
 pub mod config_check;

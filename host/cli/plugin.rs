@@ -12,6 +12,8 @@ use std::sync::Arc;
 // clap also reads this doc as `eligo plugin`'s about, but the `Plugin` variant's own,
 // applied after, wins: --help does not show it.
 /// `eligo plugin`'s subcommands.
+// Parsed once per command line: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum PluginCommand {
     /// Calls one hook of a plugin and prints the decision and what it cost.
@@ -25,6 +27,7 @@ pub enum PluginCommand {
         hook: String,
         /// The JSON input file; `-` for standard input.
         input: PathBuf,
+        /// The plugin's settings.
         #[command(flatten)]
         settings: SettingsArg,
     },
@@ -34,6 +37,7 @@ pub enum PluginCommand {
         plugin: PathBuf,
         /// The case file (JSON; see the README).
         cases: PathBuf,
+        /// The plugin's settings.
         #[command(flatten)]
         settings: SettingsArg,
     },
@@ -58,6 +62,7 @@ pub enum PluginCommand {
     Check {
         /// The plugin component (.wasm).
         plugin: PathBuf,
+        /// The plugin's settings.
         #[command(flatten)]
         settings: SettingsArg,
         /// A public key the plugin must be signed by (`ed25519:…`); repeat for several.
@@ -87,6 +92,7 @@ pub enum PluginCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// The server settings the report is made against.
         #[command(flatten)]
         server: crate::cli::serve_args::ServeArgs,
     },

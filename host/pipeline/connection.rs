@@ -541,10 +541,10 @@ pub async fn read_frames<F, Fut>(
             Some(Ok(Message::Text(_) | Message::Binary(_))) => Budgeted::Data,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Budgeted::Control,
             _ => {
-                return match message {
-                    Some(Err(e)) => close_for_read_error(outbox, e, role),
-                    _ => {}
+                if let Some(Err(e)) = message {
+                    close_for_read_error(outbox, e, role);
                 }
+                return;
             }
         };
         let spent = match kind {

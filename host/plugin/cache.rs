@@ -176,7 +176,7 @@ impl ComponentCache {
                 kept.push((modified, path));
             }
         }
-        kept.sort_by(|a, b| b.0.cmp(&a.0));
+        kept.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
         for (_, path) in kept.into_iter().skip(KEEP_NEWEST) {
             let _ = std::fs::remove_file(&path);
         }

@@ -72,8 +72,11 @@ pub struct PluginEngine {
     pub(crate) cache: Option<Arc<ComponentCache>>,
     /// Called with a plugin's name before it is compiled afresh (tests hold a
     /// compile with it).
-    pub(crate) before_compile: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub(crate) before_compile: Option<BeforeCompile>,
 }
+
+/// What [`PluginEngine`]'s `before_compile` calls with a plugin's name.
+pub(crate) type BeforeCompile = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The pooling allocator's sizes: fixed but for the memory cap.
 const POOLED_INSTANCES: u32 = 512;

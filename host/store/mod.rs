@@ -49,7 +49,9 @@ impl StoreError {
 pub struct NewJob {
     /// A fresh uuid, used if the height is new.
     pub task_id: String,
+    /// The block height the job is for.
     pub block_height: i64,
+    /// The target a solution must reach.
     pub proof_target: u64,
     /// The `epoch_challenge` object as compact JSON text.
     pub epoch_challenge: String,
@@ -58,10 +60,15 @@ pub struct NewJob {
 /// A stored job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredJob {
+    /// The job's task id (a uuid).
     pub task_id: String,
+    /// The block height the job is for.
     pub block_height: i64,
+    /// The target a solution must reach.
     pub proof_target: u64,
+    /// The `epoch_challenge` object.
     pub epoch_challenge: String,
+    /// When it was stored.
     pub created_at: DateTime<Utc>,
     /// Produced to the `job` topic already.
     pub broadcast: bool,
@@ -72,11 +79,15 @@ pub struct StoredJob {
 pub struct NewSolution {
     /// `partial_solution.nonce` as text.
     pub unique_key: String,
+    /// The sending worker's `hardware_id`.
     pub hardware_id: String,
+    /// The sending worker's `caption`.
     pub caption: String,
+    /// The job's task id (a uuid).
     pub task_id: String,
     /// The worker's `solution` object as compact JSON text.
     pub solution: String,
+    /// The target the solution claims to reach.
     pub solution_target: u64,
     /// The payout address of the connection that sent it (its welcome's `address`);
     /// `None` when the message did not say.
@@ -86,18 +97,27 @@ pub struct NewSolution {
 /// A stored solution.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredSolution {
+    /// `partial_solution.nonce` as text: unique per solution.
     pub unique_key: String,
+    /// The sending worker's `hardware_id`.
     pub hardware_id: String,
+    /// The sending worker's `caption`.
     pub caption: String,
+    /// The job's task id (a uuid).
     pub task_id: String,
+    /// The worker's `solution` object.
     pub solution: String,
+    /// The target the solution claims to reach.
     pub solution_target: u64,
+    /// Whether it was judged valid (or accepted unchecked).
     pub valid: bool,
+    /// Whether a validator judged it.
     pub checked: bool,
     /// Why a validator refused it.
     pub invalid_reason: Option<String>,
     /// Produced to the `solution` topic already.
     pub broadcast: bool,
+    /// When it was stored.
     pub created_at: DateTime<Utc>,
     /// The payout address of the connection that sent it; `None` for rows stored
     /// before eligo kept it.
@@ -107,10 +127,15 @@ pub struct StoredSolution {
 /// A worker connection to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerConnection {
+    /// The welcome's `ip`.
     pub ip: String,
+    /// The payout address (the welcome's `address`).
     pub address: String,
+    /// The welcome's `hardware`.
     pub hardware: String,
+    /// The welcome's `hardware_id`.
     pub hardware_id: String,
+    /// The welcome's `caption`.
     pub caption: String,
     /// The server instance holding the connection (for crash recovery).
     pub instance: String,
@@ -144,14 +169,23 @@ pub struct Recovery {
 /// A row of `worker`: one connection of a worker (`disconnected_at` absent while open).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct WorkerRow {
+    /// The row's id.
     pub id: i64,
+    /// The welcome's `ip`.
     pub ip: String,
+    /// The payout address (the welcome's `address`).
     pub address: String,
+    /// The welcome's `hardware`.
     pub hardware: String,
+    /// The welcome's `hardware_id`.
     pub hardware_id: String,
+    /// The welcome's `caption`.
     pub caption: String,
+    /// The server instance that held the connection.
     pub instance: String,
+    /// When the worker was welcomed.
     pub connected_at: DateTime<Utc>,
+    /// When the connection ended; none while it is open.
     pub disconnected_at: Option<DateTime<Utc>>,
 }
 
@@ -167,8 +201,11 @@ pub struct Inserted<T> {
 /// A validators' verdict on a stored solution.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
+    /// `partial_solution.nonce` as text: unique per solution.
     pub unique_key: String,
+    /// Whether it was judged valid (or accepted unchecked).
     pub valid: bool,
+    /// Whether a validator judged it.
     pub checked: bool,
     /// Why a validator refused it.
     pub invalid_reason: Option<String>,
@@ -181,6 +218,7 @@ pub struct Rejected {
     pub stream: String,
     /// The message as text (invalid UTF-8 and NUL characters replaced).
     pub payload: String,
+    /// Why it could not be used.
     pub reason: String,
 }
 
@@ -337,7 +375,9 @@ impl Tally {
 /// the widest window, and whether it is connected under that address now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerActivity {
+    /// The welcome's `hardware_id`.
     pub hardware_id: String,
+    /// The welcome's `caption`.
     pub caption: String,
     /// When its open connection under this address opened, if one is open (as the
     /// `worker` table says: recorded by the presence processor, finished by a
@@ -364,6 +404,7 @@ pub struct MinerActivity {
 /// shares its rewards by.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shares {
+    /// The payout address (the welcome's `address`).
     pub address: String,
     /// How many.
     pub valid: u64,

@@ -19,11 +19,11 @@ macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod embedded {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { crate::$name(crate::Kind::Embedded).await; })*
+            async fn $name() { $crate::$name($crate::Kind::Embedded).await; })*
         }
         mod networked {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { crate::$name(crate::Kind::Networked).await; })*
+            async fn $name() { $crate::$name($crate::Kind::Networked).await; })*
         }
     };
 }

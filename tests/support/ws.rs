@@ -142,7 +142,7 @@ impl Client {
                     break;
                 }
                 sent.set(sent.get() + 1);
-                if sent.get() % 256 == 0 && sink.flush().await.is_err() {
+                if sent.get().is_multiple_of(256) && sink.flush().await.is_err() {
                     break;
                 }
             }
