@@ -273,7 +273,7 @@ pub async fn start_with(
                     tls: config.node.tls.as_ref(),
                     guard: Some(server.accept_guard()),
                 },
-                server.router(),
+                crate::pipeline::node_routes::router(&server),
                 &shutdown,
                 "node",
             )

@@ -19,6 +19,7 @@ pub mod consume;
 pub mod fanout;
 pub mod job_processor;
 pub mod node_http;
+pub mod node_routes;
 pub mod node_server;
 pub mod per_ip;
 pub mod presence;

@@ -25,9 +25,9 @@ use super::connection::{
     close_code, close_for_publish_error, finish, read_frames, sized, start_writer, FrameBudget, Outbox, Registry,
 };
 use super::connection_cap::ConnectionCap;
+use super::node_http::front::HttpFront;
 use super::node_http::http_node::{HttpNode, NodeRecord};
 use super::node_http::webhook::{self, WebhookOwner, WebhookSender, WebhookTask};
-use super::node_http::HttpFront;
 use super::solution_processor::solution_event;
 use super::views::{DeliveryCounts, HttpNodeView, KeyDigest, NodeView, RecentKeys, RECENT_HEIGHTS};
 use super::Services;
@@ -39,8 +39,6 @@ use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use axum::routing::any;
-use axum::Router;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -202,7 +200,7 @@ impl NodeServer {
         let recent = std::sync::Mutex::new(RecentRing::default());
         let timeout = std::time::Duration::from_secs(settings.http.webhook_timeout_seconds.max(1));
         let webhooks = WebhookSender::new(settings.webhooks.clone(), timeout)?;
-        let http = HttpFront::new(&settings);
+        let http = HttpFront::new(&settings.connections, &settings.http);
         Ok(Arc::new(NodeServer {
             services,
             settings,
@@ -215,12 +213,6 @@ impl NodeServer {
             http,
             webhooks: Arc::new(webhooks),
         }))
-    }
-
-    /// The HTTP API of nodes (`/api/v1/jobs`, `/api/v1/nodes/<id>/solutions`),
-    /// and the WebSocket endpoint at `/` (and any other path, as the original server).
-    pub fn router(self: &Arc<Self>) -> Router {
-        super::node_http::routes(self).fallback(any(upgrade)).with_state(self.clone())
     }
 
     /// What the listener checks on each socket before its request is read, under
@@ -760,7 +752,7 @@ fn offered(event: &SolutionEvent) -> (Job, Solution) {
     (job, solution)
 }
 
-async fn upgrade(
+pub(crate) async fn upgrade(
     State(server): State<Arc<NodeServer>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     uri: Uri,
