@@ -2,10 +2,13 @@
 //! roles asked for, and the admin endpoints; and taking it down gracefully.
 
 use crate::config::{Config, RoleName};
-use crate::listener::{self, Listen};
-use crate::pipeline::node_server::{NodeServer, NodeServerSettings};
-use crate::pipeline::worker_server::{WorkerServer, WorkerServerSettings};
-use crate::pipeline::{job_processor, presence_processor, solution_processor, Services};
+use crate::edge::listener::{self, Listen};
+use crate::pipeline::node::server::{NodeServer, NodeServerSettings};
+use crate::pipeline::processors::{
+    job as job_processor, presence as presence_processor, solution as solution_processor,
+};
+use crate::pipeline::worker::server::{WorkerServer, WorkerServerSettings};
+use crate::pipeline::Services;
 use crate::plugin::signature::TrustedKeys;
 use crate::plugin::{
     DecisionPool, NativeSeedRules, PluginEngine, PluginHost, RescanSummary, Trust, WatchGuard, BUILTIN_KEY,
@@ -273,7 +276,7 @@ pub async fn start_with(
                     tls: config.node.tls.as_ref(),
                     guard: Some(server.accept_guard()),
                 },
-                crate::pipeline::node_routes::router(&server),
+                crate::pipeline::node::routes::router(&server),
                 &shutdown,
                 "node",
             )

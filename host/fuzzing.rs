@@ -8,9 +8,8 @@
 //! Each takes arbitrary bytes and panics only on a broken invariant (a bug).
 //! Rejecting the input with an error is the expected outcome for most of them.
 
-use crate::plugin::{
-    check_indices, check_job_offer, loaded_policy, runner, NativeSeedRules, NodeState, PolicySet, ALL_HOOKS,
-};
+use crate::authoring::runner;
+use crate::plugin::{check_indices, check_job_offer, loaded_policy, NativeSeedRules, NodeState, PolicySet, ALL_HOOKS};
 use crate::plugin::{
     ConnectionRequest, Decision, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo, Policy, PolicyError,
     Solution, Verdict, Welcome, WorkerAdmission, WorkerProfile, Workers,
@@ -114,9 +113,9 @@ pub fn queue_messages(data: &[u8]) {
         // Its unique key is the nonce as text, if the solution has one.
         let _ = message.unique_key();
     }
-    if let Ok(events) = crate::pipeline::presence_processor::read_events(data) {
+    if let Ok(events) = crate::pipeline::processors::presence::read_events(data) {
         let bytes = serde_json::to_vec(&events).expect("events serialize");
-        assert_eq!(crate::pipeline::presence_processor::read_events(&bytes).ok(), Some(events));
+        assert_eq!(crate::pipeline::processors::presence::read_events(&bytes).ok(), Some(events));
     }
 }
 

@@ -3,13 +3,19 @@
 //! plugins.
 //!
 //! - [`protocol`]: the wire formats of nodes, workers and the stages.
-//! - [`pipeline`]: the four stages (node server, worker server, job and solution processors).
-//! - [`plugin`]: the plugin runtime (contract, engine, limits, hot reload, runner).
+//! - [`pipeline`]: the stages: the node and worker servers, the job, solution and
+//!   presence processors, and what carries data between them.
+//! - [`edge`]: the defence at the edge: listeners and TLS, the accept guard,
+//!   connection caps, per-IP grouping and the admission of a handshake.
+//! - [`session`]: one WebSocket connection's plumbing: outbox and writer, read
+//!   loop, frame budget, close codes, the registry of open connections.
+//! - [`plugin`]: the plugin runtime (contract, engine, limits, hot reload).
+//! - [`authoring`]: the plugin author's tools: the case runner, the scaffold and
+//!   the replay of recorded history.
 //! - [`transport`]: the work queue (RabbitMQ or embedded) and event log (Kafka or embedded).
 //! - [`store`]: persistence (PostgreSQL or SQLite).
 //! - [`config`]: settings from file, environment and flags.
 //! - [`app`]: assembling and stopping a running eligo.
-//! - [`replay`]: a candidate plugin over the recorded history, next to the active ones.
 //! - [`admin`]: health, metrics, the operator's JSON API and the live dashboard.
 //! - [`metrics`]: process-wide counters.
 //! - [`cli`]: the `eligo` command's subcommands; `host/main.rs` only parses and dispatches.
@@ -19,16 +25,17 @@
 
 pub mod admin;
 pub mod app;
+pub mod authoring;
 pub mod cli;
 pub mod config;
+pub mod edge;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod listener;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod protocol;
-pub mod replay;
+pub mod session;
 pub mod store;
 pub mod transport;

@@ -94,12 +94,12 @@ async fn loads_passes_and_decides(component: &std::path::Path, example: &str, na
     let size = std::fs::metadata(component).expect("built").len();
     let started = Instant::now();
     let cases = support::root().join(format!("examples/{example}/cases.json"));
-    let file = eligo::plugin::runner::CaseFile::read(&cases).expect("cases");
+    let file = eligo::authoring::runner::CaseFile::read(&cases).expect("cases");
     let (plugin, _) = file.load(component, std::path::Path::new("cases.json"), None).expect("loads");
     let loaded_in = started.elapsed();
     assert_eq!(eligo::plugin::Policy::contract(&plugin), "eligo:policy@0.2.0");
     let plugin = Arc::new(plugin);
-    let outcomes = eligo::plugin::runner::run_cases(plugin.clone(), &file);
+    let outcomes = eligo::authoring::runner::run_cases(plugin.clone(), &file);
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.mismatches.is_empty()).collect();
     assert!(failed.is_empty(), "{failed:?}");
     let sample_job =

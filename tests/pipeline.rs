@@ -954,7 +954,7 @@ async fn stored_job(server: &Server) -> (String, Value, Client) {
 }
 
 async fn a_batch_handles_each_message_as_it_would_alone(kind: Kind) {
-    use eligo::pipeline::solution_processor::{process, process_batch, Outcome};
+    use eligo::pipeline::processors::solution::{process, process_batch, Outcome};
     let batched = Server::start(kind, &["seed-rules", "pow-check"]).await;
     let (task, epoch_challenge, mut node) = stored_job(&batched).await;
     let messages = mixed_batch(&task, &epoch_challenge);

@@ -3,9 +3,9 @@
 
 mod support;
 
+use eligo::authoring::runner;
 use eligo::plugin::{
-    runner, Job, JobSubmission, Limits, LoadError, NodeState, PluginEngine, PluginHost, Policy, PolicySet, Welcome,
-    WorkerState,
+    Job, JobSubmission, Limits, LoadError, NodeState, PluginEngine, PluginHost, Policy, PolicySet, Welcome, WorkerState,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

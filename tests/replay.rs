@@ -3,8 +3,8 @@
 
 mod support;
 
+use eligo::authoring::replay::{self, History, Range};
 use eligo::plugin::{Limits, PluginEngine, PluginHost};
-use eligo::replay::{self, History, Range};
 use eligo::store::{Page, SolutionFilter, WorkerFilter};
 use std::path::Path;
 use std::process::Command;

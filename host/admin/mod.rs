@@ -19,8 +19,8 @@ pub mod ready;
 pub mod summary;
 
 use crate::config::{AdminConfig, RoleName};
-use crate::pipeline::node_server::NodeServer;
-use crate::pipeline::worker_server::WorkerServer;
+use crate::pipeline::node::server::NodeServer;
+use crate::pipeline::worker::server::WorkerServer;
 use crate::pipeline::Services;
 use crate::plugin::PluginHost;
 use crate::store::Store;

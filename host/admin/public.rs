@@ -12,7 +12,7 @@
 //! the rate there instead (this layer then only caps the proxy as a whole).
 
 use super::{token_of, unauthorized, AdminState, Token, WRONG_TOKEN};
-use crate::pipeline::per_ip::{IpGroup, PerIp};
+use crate::edge::per_ip::{IpGroup, PerIp};
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};

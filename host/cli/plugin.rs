@@ -1,8 +1,8 @@
 //! `eligo plugin`: the policy author's runner over the same plugin runtime the server
 //! uses, so that what a plugin decides here is what it decides in production.
 
-use crate::plugin::{self, runner, signature};
-use crate::replay;
+use crate::authoring::{replay, runner};
+use crate::plugin::{self, signature};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -175,7 +175,7 @@ pub fn run(command: PluginCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::New { name, dir } => {
-            use plugin::scaffold::{default_layout, scaffold, Layout};
+            use crate::authoring::scaffold::{default_layout, scaffold, Layout};
             let layout = match dir {
                 Some(dir) => Layout::Standalone(dir),
                 None => default_layout(&std::env::current_dir().context("reading the current folder")?, &name),

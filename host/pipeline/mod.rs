@@ -1,34 +1,26 @@
 //! The pipeline's stages, each a role `eligo serve` can run:
 //!
 //! ```text
-//! node ──ws──▶ node_server ──queue `job`──▶ job_processor ──▶ store, log `job`
-//! worker ◀─ws── worker_server ◀── log `job`
-//! worker ──ws──▶ worker_server ──queue `solution`──▶ solution_processor ──▶ store, log `solution`
-//! node ◀─ws── node_server ◀── log `solution`
-//! node ◀─sse/webhook── node_http ◀── node_server (nodes over HTTP: POST a job, same path)
-//! worker_server ──queue `worker`──▶ presence_processor ──▶ store (`worker` rows)
+//! node ──ws──▶ node::server ──queue `job`──▶ processors::job ──▶ store, log `job`
+//! worker ◀─ws── worker::server ◀── log `job` (fanout)
+//! worker ──ws──▶ worker::server ──queue `solution`──▶ processors::solution ──▶ store, log `solution`
+//! node ◀─ws── node::server ◀── log `solution` (fanout)
+//! node ◀─sse/webhook── node::routes ◀── node::server (nodes over HTTP: POST a job, same path)
+//! worker::presence ──queue `worker`──▶ processors::presence ──▶ store (`worker` rows)
 //! ```
+//!
+//! [`consume`] is the processors' batch loop over a queue, [`fanout`] the servers'
+//! tail of a topic. Below the stages: [`crate::edge`] (listeners, admission) and
+//! [`crate::session`] (one connection's plumbing).
 //!
 //! Every decision on the way is asked of the plugins ([`crate::plugin::PolicySet`]).
 
-pub mod accept_guard;
-pub mod admission;
-pub mod connection;
-pub mod connection_cap;
 pub mod consume;
 pub mod fanout;
-pub mod job_processor;
-pub mod node_http;
-pub mod node_routes;
-pub mod node_server;
-pub mod per_ip;
-pub mod presence;
-pub mod presence_processor;
-pub mod solution_processor;
-pub mod token_bucket;
+pub mod node;
+pub mod processors;
 pub mod views;
-pub mod worker_server;
-pub mod worker_stats;
+pub mod worker;
 
 use crate::plugin::{DecisionPool, Hook, Lane, PluginHost, PolicySet, PoolError};
 use crate::store::Store;

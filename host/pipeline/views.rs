@@ -52,7 +52,7 @@ pub struct WorkerView {
     /// Each policy's profile and state of it.
     pub policies: Vec<WorkerPolicyView>,
     /// What it sent and how it was judged.
-    pub stats: super::worker_stats::WorkerStatsView,
+    pub stats: crate::pipeline::worker::stats::WorkerStatsView,
 }
 
 /// A node connected now.

@@ -16,8 +16,6 @@ mod native;
 mod policy;
 mod pool;
 mod report;
-pub mod runner;
-pub mod scaffold;
 mod set;
 mod shadow;
 pub mod signature;

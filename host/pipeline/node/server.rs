@@ -15,25 +15,25 @@
 //! Slow connections: solutions are never dropped silently. A connection whose
 //! outbox is full is closed with code 1008 and a reason.
 //!
-//! Nodes over HTTP ([`super::node_http`]) sit in the same registry, decided on
+//! Nodes over HTTP ([`crate::pipeline::node`]) sit in the same registry, decided on
 //! by the same policies: what differs is only where their solutions go (their
 //! stream's history and their webhook, instead of a socket's outbox).
 
-use super::accept_guard::{AcceptGuard, Peer};
-use super::admission::{admit_connection, run_challenge, Admitted};
-use super::connection::{
-    close_code, close_for_publish_error, finish, read_frames, sized, start_writer, FrameBudget, Outbox, Registry,
-};
-use super::connection_cap::ConnectionCap;
-use super::node_http::front::HttpFront;
-use super::node_http::http_node::{HttpNode, NodeRecord};
-use super::node_http::webhook::{self, WebhookOwner, WebhookSender, WebhookTask};
-use super::solution_processor::solution_event;
-use super::views::{DeliveryCounts, HttpNodeView, KeyDigest, NodeView, RecentKeys, RECENT_HEIGHTS};
-use super::Services;
 use crate::config::{ConnectionLimits, NodeHttpConfig, SocketConfig, WebhookConfig};
+use crate::edge::accept_guard::{AcceptGuard, Peer};
+use crate::edge::admission::{admit_connection, run_challenge, Admitted};
+use crate::edge::connection_cap::ConnectionCap;
+use crate::pipeline::node::front::HttpFront;
+use crate::pipeline::node::http_node::{HttpNode, NodeRecord};
+use crate::pipeline::node::webhook::{self, WebhookOwner, WebhookSender, WebhookTask};
+use crate::pipeline::processors::solution::solution_event;
+use crate::pipeline::views::{DeliveryCounts, HttpNodeView, KeyDigest, NodeView, RecentKeys, RECENT_HEIGHTS};
+use crate::pipeline::Services;
 use crate::plugin::{now_ms, Hook, Job, JobSubmission, Lane, NodeState, Refusal, Role, Solution};
 use crate::protocol::{ack_frame, canonical_json, refusal, JobFrame, SolutionEvent};
+use crate::session::{
+    close_code, close_for_publish_error, finish, read_frames, sized, start_writer, FrameBudget, Outbox, Registry,
+};
 use crate::transport::{Stream, Topic, TransportError};
 use axum::extract::ws::{Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -263,7 +263,7 @@ impl NodeServer {
     /// policies offer it to, until shutdown. Reconnects with backoff.
     pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
-        super::fanout::tail_forever(log, Topic::Solution, shutdown, ready, |event: SolutionEvent| {
+        crate::pipeline::fanout::tail_forever(log, Topic::Solution, shutdown, ready, |event: SolutionEvent| {
             let recent = Arc::new(Recent::new(event));
             // Remembered before it is delivered: a node that starts waiting after this
             // delivery finds it in its catch-up.

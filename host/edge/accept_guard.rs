@@ -5,7 +5,7 @@
 //!   their handshake count too; the place moves to the connection once upgraded.
 //! - **Attempts per IP.** Each client IP may open so many sockets a second (a token
 //!   bucket; the IPs exempt from the per-IP cap are exempt here too). An IPv6
-//!   client is its prefix, as for the cap ([`super::per_ip`]).
+//!   client is its prefix, as for the cap ([`crate::edge::per_ip`]).
 //! - **A deadline for the request.** A socket whose HTTP request (and TLS
 //!   handshake) is not complete within the handshake timeout is dropped: a client
 //!   that sends its request slowly, or never, holds a file descriptor no longer.
@@ -25,10 +25,10 @@
 //! status and reason by a short task (429 or 503, as after an upgrade request);
 //! a TLS socket, which cannot be answered before its handshake, is closed.
 
-use super::connection_cap::{ConnectionCap, Full, Place};
-use super::per_ip::IpGroup;
-use super::token_bucket::TokenBucket;
 use crate::config::ConnectionLimits;
+use crate::edge::connection_cap::{ConnectionCap, Full, Place};
+use crate::edge::per_ip::IpGroup;
+use crate::session::token_bucket::TokenBucket;
 use axum::http::StatusCode;
 use lru::LruCache;
 use std::future::Future;

@@ -1,9 +1,9 @@
 //! What serving nodes over HTTP keeps besides the node registry: the per-IP
 //! rate of POSTs and the answers remembered for idempotency keys, each bounded.
 
-use super::super::per_ip::{IpGroup, PerIp};
-use super::super::token_bucket::TokenBucket;
 use crate::config::{ConnectionLimits, NodeHttpConfig};
+use crate::edge::per_ip::{IpGroup, PerIp};
+use crate::session::token_bucket::TokenBucket;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;

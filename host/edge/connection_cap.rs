@@ -1,10 +1,10 @@
 //! Caps on a server's open connections: in all, and from one client IP (one
-//! IPv6 prefix: see [`super::per_ip`]). Checked before the WebSocket upgrade, so
+//! IPv6 prefix: see [`crate::edge::per_ip`]). Checked before the WebSocket upgrade, so
 //! a refused client costs an HTTP answer, not a connection: 503 when the server
 //! is full, 429 when its own IP is.
 
-use super::per_ip::{IpGroup, PerIp};
 use crate::config::ConnectionLimits;
+use crate::edge::per_ip::{IpGroup, PerIp};
 use axum::http::StatusCode;
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -15,8 +15,8 @@
 //! Keyed by height they were spread over the partitions, and a reader could get a
 //! higher height first: the lower one was then never sent to any worker.
 
-use super::consume::{consume_until, BatchSettings, Retry};
-use super::Services;
+use crate::pipeline::consume::{consume_until, BatchSettings, Retry};
+use crate::pipeline::Services;
 use crate::protocol::{JobEvent, JobFrame};
 use crate::store::{NewJob, Rejected, Settlement};
 use crate::transport::{Stream, Topic};
@@ -59,7 +59,7 @@ impl Outcome {
 
 /// Stores and broadcasts one job message.
 pub async fn process(services: &Services, payload: &[u8]) -> Result<Outcome, Retry> {
-    super::consume::only(process_batch(services, &[payload.to_vec()]).await?)
+    crate::pipeline::consume::only(process_batch(services, &[payload.to_vec()]).await?)
 }
 
 /// Stores and broadcasts a batch of job messages; says what became of each, in

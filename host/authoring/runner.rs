@@ -13,11 +13,10 @@
 //!     { "hook": "offer-job", "job": { … }, "expect_workers": [] } ] } ] }
 //! ```
 
-use super::bindings::{ConnectionRequest, Job, JobSubmission, NodeView, Solution, Welcome, WorkerProfile, Workers};
-use super::dir::loaded_policy;
-use super::policy::Policy;
-use super::set::{NodeState, PolicySet, Validation, WorkerState};
-use super::wasm::{Cost, WasmPlugin};
+use crate::plugin::{
+    loaded_policy, ConnectionRequest, Cost, Job, JobSubmission, NodeState, NodeView, Policy, PolicySet, Solution,
+    Validation, WasmPlugin, Welcome, WorkerProfile, WorkerState, Workers,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -82,7 +81,12 @@ pub fn run_hook(plugin: &WasmPlugin, hook: &str, input: Value) -> Result<(Value,
     let (decision, cost) = match hook {
         "info" => {
             let (d, c) = plugin.call_measured(|b, s| b.info(s));
-            (d.map(|i| json!({ "name": i.name, "version": i.version, "hooks": super::hook_names(&i.hooks) })), c)
+            (
+                d.map(
+                    |i| json!({ "name": i.name, "version": i.version, "hooks": crate::plugin::hook_names(&i.hooks) }),
+                ),
+                c,
+            )
         }
         "admit-connection" => {
             let request = required(hook, "request", input.request)?;
@@ -145,22 +149,22 @@ impl CaseFile {
     }
 
     /// Loads `plugin` for these cases: with `settings_file` if given, else with
-    /// the case file's own settings, else as [`load_file`](super::load_file) would.
+    /// the case file's own settings, else as [`load_file`](crate::plugin::load_file) would.
     pub fn load(
         &self,
         plugin: &Path,
         cases_file: &Path,
         settings_file: Option<&Path>,
-    ) -> anyhow::Result<(WasmPlugin, super::Settings)> {
+    ) -> anyhow::Result<(WasmPlugin, crate::plugin::Settings)> {
         match (&self.settings, settings_file) {
             (Some(settings), None) => {
-                let settings = super::Settings {
+                let settings = crate::plugin::Settings {
                     json: crate::protocol::canonical_json(settings),
                     source: Some(format!("{} (settings)", cases_file.display())),
                 };
-                super::load_file_with(plugin, settings)
+                crate::plugin::load_file_with(plugin, settings)
             }
-            _ => super::load_file_configured(plugin, settings_file),
+            _ => crate::plugin::load_file_configured(plugin, settings_file),
         }
     }
 }

@@ -270,7 +270,7 @@ fn welcome_of(row: &WorkerRow) -> Welcome {
 }
 
 fn job_of(job: &StoredJob) -> Job {
-    crate::pipeline::solution_processor::job_view(job)
+    crate::pipeline::processors::solution::job_view(job)
 }
 
 fn millis(at: DateTime<Utc>) -> u64 {

@@ -9,8 +9,8 @@
 //! delivered once per node connection: node servers remember what each
 //! connection got.
 
-use super::consume::{consume_until, BatchSettings, Retry};
-use super::Services;
+use crate::pipeline::consume::{consume_until, BatchSettings, Retry};
+use crate::pipeline::Services;
 use crate::plugin::{Hook, Job, Lane, Solution, Validation};
 use crate::protocol::{canonical_json, Origin, Reply, SolutionEvent, SolutionMessage, Tally, TallyEvent, VerdictEvent};
 use crate::store::{NewSolution, Rejected, Settlement, StoredJob, StoredSolution, Verdict};
@@ -150,7 +150,7 @@ fn verdict_event((reply, task_id): (Reply, String), outcome: &Outcome) -> Verdic
 
 /// Stores, validates and broadcasts one solution message.
 pub async fn process(services: &Services, payload: &[u8]) -> Result<Outcome, Retry> {
-    super::consume::only(process_batch(services, &[payload.to_vec()]).await?)
+    crate::pipeline::consume::only(process_batch(services, &[payload.to_vec()]).await?)
 }
 
 /// Stores, validates and broadcasts a batch of solution messages; says what became

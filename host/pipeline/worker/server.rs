@@ -16,23 +16,23 @@
 //! welcomed while an offer is decided wait for the next one together, and are
 //! offered the job that is current by then: never an older one after a newer.
 
-use super::accept_guard::{AcceptGuard, Peer};
-use super::admission::{admit_connection, run_challenge, Admitted, Handshake};
-use super::connection::{
-    close_code, close_for_publish_error, close_for_read_error, finish, read_frames, sized, start_writer, FrameBudget,
-    Outbox, Registry,
-};
-use super::connection_cap::ConnectionCap;
-use super::presence::PresenceSender;
-use super::solution_processor::job_view;
-use super::views::{DeliveryCounts, KeyDigest, WorkerPolicyView, WorkerView};
-use super::worker_stats::{Refused, WorkerStats};
-use super::Services;
 use crate::config::{ConnectionLimits, SocketConfig};
+use crate::edge::accept_guard::{AcceptGuard, Peer};
+use crate::edge::admission::{admit_connection, run_challenge, Admitted, Handshake};
+use crate::edge::connection_cap::ConnectionCap;
+use crate::pipeline::processors::solution::job_view;
+use crate::pipeline::views::{DeliveryCounts, KeyDigest, WorkerPolicyView, WorkerView};
+use crate::pipeline::worker::presence::PresenceSender;
+use crate::pipeline::worker::stats::{Refused, WorkerStats};
+use crate::pipeline::Services;
 use crate::plugin::{now_ms, Hook, Job, Lane, Role, Welcome, WorkerState};
 use crate::protocol::{
     ack_frame, canonical_json, refusal, verdict_frame, ConnectionRecord, JobEvent, Origin, PresenceEvent, Reply,
     SolutionFrame, SolutionMessage, TallyEvent, VerdictEvent, VerdictTopicEvent, WelcomeFrame, WorkFrame,
+};
+use crate::session::{
+    close_code, close_for_publish_error, close_for_read_error, finish, read_frames, sized, start_writer, FrameBudget,
+    Outbox, Registry,
 };
 use crate::transport::{Stream, Topic};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -293,7 +293,7 @@ impl WorkerServer {
     /// Reads the `job` log and offers each job to every worker, until shutdown.
     pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
-        super::fanout::tail_forever(log, Topic::Job, shutdown, ready, |event: JobEvent| {
+        crate::pipeline::fanout::tail_forever(log, Topic::Job, shutdown, ready, |event: JobEvent| {
             self.on_job(event);
             std::future::ready(())
         })
@@ -318,13 +318,19 @@ impl WorkerServer {
         });
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
         let server = self.clone();
-        super::fanout::tail_forever(log, Topic::Verdict, shutdown, Some(ready_tx), |event: VerdictTopicEvent| {
-            match event {
-                VerdictTopicEvent::Verdict(verdict) => server.on_verdict(verdict),
-                VerdictTopicEvent::Tally(tally) => server.on_tally(tally),
-            }
-            std::future::ready(())
-        })
+        crate::pipeline::fanout::tail_forever(
+            log,
+            Topic::Verdict,
+            shutdown,
+            Some(ready_tx),
+            |event: VerdictTopicEvent| {
+                match event {
+                    VerdictTopicEvent::Verdict(verdict) => server.on_verdict(verdict),
+                    VerdictTopicEvent::Tally(tally) => server.on_tally(tally),
+                }
+                std::future::ready(())
+            },
+        )
         .await
     }
 

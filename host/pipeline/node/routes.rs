@@ -6,19 +6,19 @@
 //!   HTTP node's state; `202` once the job is confirmed by the queue.
 //! - `GET /api/v1/nodes/<id>/solutions`: the solutions offered to that node, as
 //!   server-sent events numbered for `Last-Event-ID`.
-//! - Webhooks ([`webhook`](super::node_http::webhook)): each solution POSTed, signed, to the webhook the
+//! - Webhooks ([`webhook`](crate::pipeline::node::webhook)): each solution POSTed, signed, to the webhook the
 //!   node's job named.
 //!
 //! Each cost a client can cause is bounded: the body by the socket's message
 //! limit, POSTs by a per-IP rate, HTTP nodes by `[node.http] max_nodes`, what a
 //! node keeps for its streams by `history`, remembered idempotency keys by
-//! [`IDEMPOTENCY_KEYS`](super::node_http::front::IDEMPOTENCY_KEYS), and open streams by the node listener's connection caps.
+//! [`IDEMPOTENCY_KEYS`](crate::pipeline::node::front::IDEMPOTENCY_KEYS), and open streams by the node listener's connection caps.
 
-use super::accept_guard::Peer;
-use super::admission::admit_connection;
-use super::node_http::front::{Answer, Refused};
-use super::node_http::http_node::{self, valid_id, HttpNode};
-use super::node_server::{self, NodeServer};
+use crate::edge::accept_guard::Peer;
+use crate::edge::admission::admit_connection;
+use crate::pipeline::node::front::{Answer, Refused};
+use crate::pipeline::node::http_node::{self, valid_id, HttpNode};
+use crate::pipeline::node::server::{self, NodeServer};
 use crate::plugin::{now_ms, Role};
 use crate::protocol::JobFrame;
 use crate::transport::TransportError;
@@ -92,7 +92,7 @@ struct Accepted {
 /// The node listener's routes: nodes over HTTP, and the WebSocket endpoint at
 /// `/` (and any other path, as the original server).
 pub fn router(server: &Arc<NodeServer>) -> Router {
-    routes(server).fallback(axum::routing::any(node_server::upgrade)).with_state(server.clone())
+    routes(server).fallback(axum::routing::any(server::upgrade)).with_state(server.clone())
 }
 
 /// The routes of nodes over HTTP.
@@ -252,7 +252,7 @@ async fn accept(
     }
     if let Err(e) = server.publish_job(id, &job).await {
         tracing::warn!(node = %node.id, error = %e, "publishing an HTTP node's job failed");
-        super::connection::count_publish_failure("job");
+        crate::session::count_publish_failure("job");
         let status = match e {
             TransportError::Unavailable { .. } | TransportError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             TransportError::Refused { .. } => StatusCode::BAD_GATEWAY,

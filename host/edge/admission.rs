@@ -11,11 +11,11 @@
 //! that does not ask is still asked of the policies (`check-challenge` with no
 //! answer), so a policy can require the challenge.
 
-use super::accept_guard::Peer;
-use super::connection::{close_code, Outbox};
-use super::connection_cap::{ConnectionCap, Place};
-use super::Services;
+use crate::edge::accept_guard::Peer;
+use crate::edge::connection_cap::{ConnectionCap, Place};
+use crate::pipeline::Services;
 use crate::plugin::{ConnectionRequest, Hook, Lane, PolicySet, Refusal, Role};
+use crate::session::{close_code, Outbox};
 use axum::extract::ws::{Message, WebSocket};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};

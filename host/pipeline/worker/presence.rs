@@ -1,6 +1,6 @@
 //! The worker server's side of presence: connection events go to the `worker`
 //! queue from a background task, so a welcome never waits for the broker or the
-//! database. The presence processor ([`super::presence_processor`]) writes them.
+//! database. The presence processor ([`crate::pipeline::processors::presence`]) writes them.
 //!
 //! Events waiting together are published as one message, several messages
 //! concurrently (up to [`IN_FLIGHT`] awaiting confirms), retried with backoff while
@@ -12,7 +12,7 @@
 //! for a crash. What is still in memory when the
 //! process dies is lost, and the instance's next start finishes what it left open.
 
-use super::Backoff;
+use crate::pipeline::Backoff;
 use crate::protocol::PresenceEvent;
 use crate::transport::{Stream, WorkQueue};
 use futures::stream::{FuturesUnordered, StreamExt};

@@ -5,7 +5,7 @@
 //! does not load is logged and the previous pair keeps serving.
 
 use crate::config::TlsConfig;
-use crate::pipeline::accept_guard::{AcceptGuard, GuardedIo, Peer};
+use crate::edge::accept_guard::{AcceptGuard, GuardedIo, Peer};
 use anyhow::Context;
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::serve::IncomingStream;

@@ -9,8 +9,8 @@
 //! workers finished, and the recoveries of restarted instances applied. While the
 //! database is down the events wait in the queue.
 
-use super::consume::{consume_draining, BatchSettings, Retry};
-use super::Services;
+use crate::pipeline::consume::{consume_draining, BatchSettings, Retry};
+use crate::pipeline::Services;
 use crate::protocol::{ConnectionRecord, PresenceEvent};
 use crate::store::{Presence, Recovery, Rejected, Settlement, WorkerConnection};
 use crate::transport::Stream;

@@ -1,0 +1,311 @@
+//! The sending half of a connection: a bounded outbox drained by one writer
+//! task, which also pings the peer and sends the close frame.
+
+use super::close::{close_code, CloseReason};
+use super::token_bucket::TokenBucket;
+use crate::config::SocketConfig;
+use crate::plugin::truncate as host_truncate;
+use crate::transport::TransportError;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+
+/// The sending half of a connection, shared with the fan-out stages. Frames are
+/// reference-counted text: one job frame is shared by every worker it goes to.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Utf8Bytes>,
+    close: watch::Sender<Option<CloseReason>>,
+    latest: Arc<Latest>,
+    errors: ErrorAllowance,
+    ping: Arc<PingClock>,
+}
+
+/// The server's pings of one connection: when the last one left and how long
+/// the latest answered one took. Every ping carries its send time, and only the
+/// pong of the last one sent counts, so a client cannot claim a round trip it
+/// did not make.
+#[derive(Default)]
+struct PingClock {
+    /// Microseconds since [`epoch`] the last ping was sent at; 0: none yet.
+    sent_us: AtomicU64,
+    /// The latest round trip in microseconds; 0: none answered yet.
+    round_trip_us: AtomicU64,
+}
+
+/// The instant ping times count from: one per process, so a ping's payload is
+/// eight bytes rather than a timestamp format.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl PingClock {
+    /// Records a ping leaving now; returns its payload.
+    fn sent(&self) -> Vec<u8> {
+        let now = (epoch().elapsed().as_micros() as u64).max(1);
+        self.sent_us.store(now, Ordering::Relaxed);
+        now.to_be_bytes().to_vec()
+    }
+
+    /// A pong arrived now with `payload`: a round trip if it answers the last ping.
+    fn answered(&self, payload: &[u8]) {
+        let Ok(bytes) = <[u8; 8]>::try_from(payload) else { return };
+        let sent = u64::from_be_bytes(bytes);
+        if sent == 0 || sent != self.sent_us.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = epoch().elapsed().as_micros() as u64;
+        self.round_trip_us.store(now.saturating_sub(sent).max(1), Ordering::Relaxed);
+    }
+}
+
+/// For latest-wins frames (jobs): the newest one that found the outbox full,
+/// sent once the frames queued before it are out.
+#[derive(Default)]
+struct Latest {
+    frame: Mutex<Option<Utf8Bytes>>,
+    /// Whether `frame` holds one: read without the lock on every job of a fan-out.
+    waiting: std::sync::atomic::AtomicBool,
+    ready: tokio::sync::Notify,
+}
+
+impl Latest {
+    fn take(&self) -> Option<Utf8Bytes> {
+        let mut frame = self.frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.waiting.store(false, Ordering::Release);
+        frame.take()
+    }
+}
+
+/// The outbox is full: the peer does not read fast enough.
+#[derive(Debug)]
+pub struct Full;
+
+impl Outbox {
+    /// Queues a text frame without waiting.
+    pub fn try_send(&self, text: Utf8Bytes) -> Result<(), Full> {
+        self.tx.try_send(text).map_err(|_| Full)
+    }
+
+    /// Queues a frame of a latest-wins stream without waiting: when the outbox is
+    /// full, the frame waits in a one-frame slot sent after the queued frames, and
+    /// replaces the frame waiting there. Says whether one was replaced (a frame
+    /// superseded by a newer one, never sent).
+    pub fn send_latest(&self, text: Utf8Bytes) -> bool {
+        // While a frame waits in the slot, newer ones go there too, to stay behind
+        // every queued frame and in order.
+        let text = if self.latest.waiting.load(Ordering::Acquire) {
+            text
+        } else {
+            match self.tx.try_send(text) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(text)) => text,
+            }
+        };
+        let mut waiting = self.latest.frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let replaced = waiting.replace(text).is_some();
+        self.latest.waiting.store(true, Ordering::Release);
+        drop(waiting);
+        self.latest.ready.notify_one();
+        replaced
+    }
+
+    /// Whether someone asked to close the connection.
+    pub fn is_closing(&self) -> bool {
+        self.close.borrow().is_some() || self.tx.is_closed()
+    }
+
+    /// Frames queued and not yet written.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Queues a text frame, waiting for room.
+    pub async fn send(&self, text: impl Into<Utf8Bytes>) -> bool {
+        self.tx.send(text.into()).await.is_ok()
+    }
+
+    /// Queues an error frame or a refusal, within the connection's allowance of
+    /// them; past it the frame is counted and not written. Says whether it was queued.
+    pub async fn send_refusal(&self, text: impl Into<Utf8Bytes>) -> bool {
+        if !self.errors.take() {
+            crate::metrics::hot().error_frames_unsent.increment(1);
+            return false;
+        }
+        self.send(text).await
+    }
+
+    /// Closes the connection after the frames already queued. The first reason wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        // Close frames carry at most 123 bytes of reason.
+        let reason = host_truncate(reason, 123).to_string();
+        self.close.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(CloseReason { code, reason });
+            true
+        });
+    }
+
+    /// The round trip of the latest ping the peer answered, if any (see
+    /// `socket.ping_interval_seconds`).
+    pub fn last_ping(&self) -> Option<std::time::Duration> {
+        let us = self.ping.round_trip_us.load(Ordering::Relaxed);
+        (us > 0).then(|| std::time::Duration::from_micros(us))
+    }
+
+    /// A pong arrived now with `payload`: a round trip if it answers the last ping.
+    pub(super) fn pong(&self, payload: &[u8]) {
+        self.ping.answered(payload);
+    }
+
+    /// Resolves once someone asked to close the connection.
+    pub async fn closing(&self) -> CloseReason {
+        let mut rx = self.close.subscribe();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                return CloseReason { code: close_code::NORMAL, reason: String::new() };
+            }
+        }
+    }
+}
+
+/// Starts the writer of a connection: frames from the outbox go out in order; a
+/// close request sends the close frame and ends it. `socket` sets how many error
+/// frames [`Outbox::send_refusal`] writes and how often the peer is pinged.
+pub fn start_writer(
+    mut sink: SplitSink<WebSocket, Message>,
+    capacity: usize,
+    socket: &SocketConfig,
+) -> (Outbox, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(capacity.max(1));
+    let (close, mut close_rx) = watch::channel::<Option<CloseReason>>(None);
+    let latest = Arc::new(Latest::default());
+    let waiting = latest.clone();
+    let ping = Arc::new(PingClock::default());
+    let pinger = ping.clone();
+    let pinging = socket.ping_interval_seconds > 0;
+    let interval = std::time::Duration::from_secs(socket.ping_interval_seconds.max(1));
+    let writer = tokio::spawn(async move {
+        // The first ping one to two intervals after the welcome, at random: the
+        // workers of a reconnect storm are not pinged all at once ever after.
+        let first = interval + interval.mul_f64(rand::random::<f64>());
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + first, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                // First: one ping per interval cannot starve the frames, and a
+                // busy outbox must not starve the pings.
+                _ = ticks.tick(), if pinging => {
+                    if sink.send(Message::Ping(pinger.sent().into())).await.is_err() {
+                        return;
+                    }
+                }
+                frame = rx.recv() => match frame {
+                    Some(text) => {
+                        if sink.send(Message::Text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Every sender is gone: the connection is over; say why if someone did.
+                    None => {
+                        let reason = close_rx.borrow().clone();
+                        if let Some(reason) = reason {
+                            send_close(&mut sink, reason).await;
+                        }
+                        return;
+                    }
+                },
+                // Only once the queue is empty (biased): the slot holds the newest.
+                _ = waiting.ready.notified() => {
+                    if let Some(text) = waiting.take() {
+                        if sink.send(Message::Text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                changed = close_rx.changed() => {
+                    let reason = if changed.is_ok() { close_rx.borrow().clone() } else { None };
+                    let Some(reason) = reason else { return };
+                    // Frames queued before the close still go out.
+                    let queued = std::iter::from_fn(|| rx.try_recv().ok()).chain(waiting.take());
+                    for text in queued.collect::<Vec<_>>() {
+                        if sink.send(Message::Text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                    send_close(&mut sink, reason).await;
+                    return;
+                }
+            }
+        }
+    });
+    (Outbox { tx, close, latest, errors: ErrorAllowance::new(socket.error_frames_per_second), ping }, writer)
+}
+
+/// Ends a connection: lets the writer send what is queued and the close frame.
+/// When the connection was closed for what the peer sends (a flood, an oversized
+/// message), the peer is likely still sending: what it sends is then read and
+/// discarded until it answers the close, since a socket dropped with unread data is
+/// reset and the peer would lose the close frame and its reason. Both bounded.
+pub async fn finish(stream: &mut SplitStream<WebSocket>, outbox: Outbox, writer: tokio::task::JoinHandle<()>) {
+    let peer_still_sending =
+        outbox.close.borrow().as_ref().is_some_and(|r| matches!(r.code, close_code::POLICY | close_code::TOO_BIG));
+    drop(outbox);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    if peer_still_sending {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+    }
+}
+
+async fn send_close(sink: &mut SplitSink<WebSocket, Message>, reason: CloseReason) {
+    let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(reason.reason) };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
+}
+
+/// How many error frames a connection is written: every refusal costs the server
+/// a frame the client chose to cause, so past this allowance refusals are only
+/// counted (`eligo_error_frames_unsent_total`).
+#[derive(Clone)]
+struct ErrorAllowance(Arc<Mutex<TokenBucket>>);
+
+impl ErrorAllowance {
+    fn new(per_second: u32) -> Self {
+        ErrorAllowance(Arc::new(Mutex::new(TokenBucket::new(per_second, per_second))))
+    }
+
+    fn take(&self) -> bool {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take(std::time::Instant::now())
+    }
+}
+
+/// Counts a frame of `what` the broker did not take, whichever edge took it (a
+/// socket, an HTTP request): what an alert on an unreachable broker watches
+/// (deploy/prometheus/alerts.yml).
+pub fn count_publish_failure(what: &'static str) {
+    crate::metrics::add("eligo_publish_failures_total", &[("stream", what)], 1);
+}
+
+/// Closes a connection whose frame could not be published: 1013 (try again later)
+/// while the broker is unavailable, 1011 otherwise, with `what` and the error.
+pub fn close_for_publish_error(outbox: &Outbox, error: &TransportError, what: &'static str) {
+    count_publish_failure(what);
+    let code = match error {
+        TransportError::Unavailable { .. } => close_code::TRY_AGAIN_LATER,
+        _ => close_code::INTERNAL,
+    };
+    outbox.close(code, &format!("{what} not accepted: {error}"));
+}
