@@ -130,8 +130,16 @@ impl Backends {
         if let Some(schema) = schema {
             drop_schema(&schema).await;
         }
-        // librdkafka clients need a moment to let go before the cluster goes.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // librdkafka's clients let go before the cluster goes: awaited here, where
+        // tasks closing them can still run (the cluster's drop would block for it).
+        if let Some(kafka) = &kafka {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while eligo::transport::kafka::live_clients(&kafka.bootstrap_servers()) > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         drop(kafka);
     }
 }
