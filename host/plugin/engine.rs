@@ -5,7 +5,7 @@
 use super::bindings::{v0_1, Policy as PolicyWorld};
 use super::cache::ComponentCache;
 use super::host_state::HostState;
-use crate::config::Limits;
+use super::limits::Limits;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,6 +11,7 @@ mod cache;
 mod dir;
 mod engine;
 mod host_state;
+mod limits;
 mod load;
 mod native;
 mod policy;
@@ -28,22 +29,17 @@ pub use bindings::{
 };
 pub use cache::Compiled;
 pub use dir::{loaded_policy, Compiling, LoadFailure, PluginHost, Reload, RescanSummary, Settings, Trust, WatchGuard};
-// The limits are settings (`[plugins.limits]`), so they are defined with the
-// others, below the runtime; they are named here too, where engines are built.
-pub use crate::config::Limits;
 pub use engine::{LoadError, PluginEngine};
 pub(crate) use host_state::truncate;
+pub use limits::Limits;
 pub use native::{NativeSeedRules, BUILTIN_KEY, NOTHING_SENT, WAIT_MS};
-// For the fuzz entry points only, which are built with the `fuzzing` feature.
-#[cfg(feature = "fuzzing")]
-pub(crate) use policy::{check_indices, check_job_offer};
+pub use policy::{check_indices, check_job_offer};
 pub use policy::{Decision, Policy, PolicyError, Reason, Verdict};
 pub use pool::{DecisionPool, Lane, PoolError};
 pub use report::PluginReport;
 pub use set::{hook_names, LoadedPolicy, NodeState, PluginKey, PolicySet, Refusal, Validation, WorkerState};
 pub use shadow::{Disagreement, Shadow, ShadowReport};
-#[cfg(feature = "fuzzing")]
-pub(crate) use wasm::HOOKS as ALL_HOOKS;
+pub use wasm::HOOKS as ALL_HOOKS;
 pub use wasm::{Cost, Exports, WasmPlugin, NO_SETTINGS};
 
 /// Milliseconds since the Unix epoch: the `now` passed to plugins.

@@ -119,7 +119,7 @@ pub trait Policy: Send + Sync {
 
 /// Checks an `offer-job` answer for `workers` candidates: chosen indices in range
 /// and unique, and one state per chosen worker or one for all of them.
-pub(crate) fn check_job_offer(offer: &JobOffer, workers: usize) -> Decision<()> {
+pub fn check_job_offer(offer: &JobOffer, workers: usize) -> Decision<()> {
     if offer.states.len() != offer.workers.len() && offer.states.len() != 1 {
         return Err(PolicyError::BadOutput(format!(
             "offer-job chose {} workers but gave {} states (one each, or one for all)",
@@ -131,7 +131,7 @@ pub(crate) fn check_job_offer(offer: &JobOffer, workers: usize) -> Decision<()> 
 }
 
 /// Checks that a list of chosen indices is within `0..len` and has no repeats.
-pub(crate) fn check_indices(indices: &[u32], len: usize, what: &str) -> Decision<()> {
+pub fn check_indices(indices: &[u32], len: usize, what: &str) -> Decision<()> {
     let out_of_range = |i: u32| PolicyError::BadOutput(format!("{what} index {i} out of range 0..{len}"));
     // Plugins usually answer in ascending order: then one pass, no allocation, proves it.
     if indices.windows(2).all(|w| w[0] < w[1]) {

@@ -7,8 +7,8 @@ use super::bindings::{
 use super::cache::Compiled;
 use super::engine::{LoadError, PluginEngine};
 use super::host_state::{truncate, HostState, LogBudget};
+use super::limits::Limits;
 use super::policy::{check_indices, check_job_offer, Decision, Policy, PolicyError, Verdict};
-use crate::config::Limits;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
@@ -28,7 +28,7 @@ pub struct Cost {
 }
 
 /// Every decision hook, in the order of [`WasmPlugin`]'s call timers.
-pub(crate) const HOOKS: [Hook; 6] = [
+pub const HOOKS: [Hook; 6] = [
     Hook::AdmitConnection,
     Hook::AdmitWorker,
     Hook::AdmitJob,
