@@ -92,8 +92,7 @@ pub fn router(state: AdminState, shutdown: &CancellationToken) -> Router {
         .with_state(state.clone());
     // The one route that may be public: guarded apart, by the token or by the rate.
     let miners = match &state.public_rate {
-        Some(rate) => {
-            tokio::spawn(public::forget_idle(rate.clone(), shutdown.clone()));
+        Some(_) => {
             api::miner_route().route_layer(axum::middleware::from_fn_with_state(state.clone(), public::public_or_token))
         }
         None => api::miner_route().route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token)),

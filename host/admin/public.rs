@@ -3,66 +3,47 @@
 //! `public_miner_stats_per_minute`. A layer around that one route; the rest of the
 //! admin server keeps [`super::require_token`].
 //!
-//! The rate is governor's keyed GCRA: a client may ask as many times at once as
-//! its per-minute rate, then once per 60/rate seconds. Its state per client is
-//! one word; clients idle long enough to be back at a full allowance are forgotten
-//! every minute, so memory follows the clients of the last minute.
+//! The rate is a token bucket per client ([`PerIpRate`], as for connection
+//! attempts and POSTed jobs): a client may ask as many times at once as its
+//! per-minute rate, then once per 60/rate seconds. At most [`RATED_CLIENTS`]
+//! clients are remembered, the least recently seen forgotten first.
 //!
 //! Behind a reverse proxy every request comes from the proxy's address: limit
 //! the rate there instead (this layer then only caps the proxy as a whole).
 
 use super::{token_of, unauthorized, AdminState, Token, WRONG_TOKEN};
-use crate::edge::per_ip::{IpGroup, PerIp};
+use crate::edge::per_ip::{PerIp, PerIpRate};
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
+use std::time::{Duration, Instant};
 
-/// How often clients back at a full allowance are forgotten.
-const FORGET_EVERY: Duration = Duration::from_secs(60);
+/// Clients whose allowance is remembered.
+pub const RATED_CLIENTS: NonZeroUsize = NonZeroUsize::new(65_536).expect("not zero");
 
 /// The rate of requests without the token, per client.
 pub struct PublicRate {
-    limiter: DefaultKeyedRateLimiter<IpGroup>,
+    rate: PerIpRate,
     per_ip: PerIp,
 }
 
 impl PublicRate {
     /// `per_minute` requests a minute per client, as many at once.
     pub fn new(per_minute: NonZeroU32) -> Self {
-        PublicRate { limiter: RateLimiter::keyed(Quota::per_minute(per_minute)), per_ip: PerIp::new(&[], 64) }
+        let rate = PerIpRate::new(f64::from(per_minute.get()) / 60.0, per_minute.get(), RATED_CLIENTS);
+        PublicRate { rate, per_ip: PerIp::new(&[], 64) }
     }
 
     /// Takes one request of `ip`'s allowance, or says how long until it has one.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
         // No address is exempt, so every one has a group; `None` would be no limit.
         let Some(group) = self.per_ip.group(ip) else { return Ok(()) };
-        self.limiter.check_key(&group).map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
-    }
-
-    /// Forgets the clients back at a full allowance.
-    fn forget_idle(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
-    }
-}
-
-/// Forgets idle clients every minute until `shutdown`.
-pub async fn forget_idle(rate: Arc<PublicRate>, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(FORGET_EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => rate.forget_idle(),
-        }
+        self.rate.take(group, Instant::now())
     }
 }
 

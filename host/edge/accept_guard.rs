@@ -27,8 +27,7 @@
 
 use crate::config::ConnectionLimits;
 use crate::edge::connection_cap::{ConnectionCap, Full, Place};
-use crate::edge::per_ip::IpGroup;
-use crate::session::token_bucket::TokenBucket;
+use crate::edge::per_ip::{IpGroup, PerIpRate};
 use axum::http::StatusCode;
 use lru::LruCache;
 use std::future::Future;
@@ -58,7 +57,7 @@ pub const REMEMBERED_CLIENTS: NonZeroUsize = NonZeroUsize::new(65_536).expect("n
 pub struct AcceptGuard {
     cap: Arc<ConnectionCap>,
     attempts_per_second: u32,
-    attempts: Mutex<LruCache<IpGroup, TokenBucket>>,
+    attempts: PerIpRate,
     handshake_timeout: Duration,
     failures: Arc<AuthFailures>,
     answering: Arc<std::sync::atomic::AtomicUsize>,
@@ -124,7 +123,12 @@ impl AcceptGuard {
         Arc::new(AcceptGuard {
             cap,
             attempts_per_second: limits.attempts_per_ip_per_second,
-            attempts: Mutex::new(LruCache::sparse(REMEMBERED_CLIENTS)),
+            // The burst is a second's worth.
+            attempts: PerIpRate::new(
+                f64::from(limits.attempts_per_ip_per_second),
+                limits.attempts_per_ip_per_second,
+                REMEMBERED_CLIENTS,
+            ),
             handshake_timeout: Duration::from_secs(limits.handshake_timeout_secs.max(1)),
             failures: Arc::new(AuthFailures {
                 role,
@@ -162,12 +166,9 @@ impl AcceptGuard {
         })))
     }
 
-    /// Spends one attempt of `group`; the burst is a second's worth.
+    /// Spends one attempt of `group`.
     fn attempt(&self, group: IpGroup) -> bool {
-        let mut attempts = self.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        attempts
-            .get_or_insert_mut(group, || TokenBucket::new(self.attempts_per_second, self.attempts_per_second))
-            .take(Instant::now())
+        self.attempts.take(group, Instant::now()).is_ok()
     }
 
     /// How long a socket has for its TLS handshake and request.
@@ -410,7 +411,7 @@ mod tests {
             let source = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 | n), 4000));
             guard.admit(source).expect("a new source has its own attempt").auth_failed();
         }
-        let attempts = guard.attempts.lock().map(|a| a.len()).unwrap_or_default();
+        let attempts = guard.attempts.clients();
         let failures = guard.failures.by_ip.lock().map(|f| f.len()).unwrap_or_default();
         assert_eq!((attempts, failures), (REMEMBERED_CLIENTS.get(), REMEMBERED_CLIENTS.get()));
         let last = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 | 99_999), 4000));

@@ -11,8 +11,13 @@
 //! does counts toward nobody, so exempting one address of a /64 leaves its
 //! neighbours' budgets as they were.
 
+use crate::session::token_bucket::TokenBucket;
+use lru::LruCache;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// One client as the per-IP limits count it: an IPv4 address or an IPv6 prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,6 +72,41 @@ impl PerIp {
     }
 }
 
+/// An allowance per client: a token bucket for each [`IpGroup`], `burst` at
+/// once and refilled at `per_second`. The one per-IP rate of eligo: connection
+/// attempts, POSTed jobs and public miner stats.
+///
+/// At most `clients` groups are kept, the least recently seen forgotten first, so
+/// memory has a bound (about 100 bytes a client) however many addresses come. A
+/// forgotten client comes back with a full allowance, and only once that many
+/// other clients came since.
+pub struct PerIpRate {
+    buckets: Mutex<LruCache<IpGroup, TokenBucket>>,
+    per_second: f64,
+    burst: u32,
+}
+
+impl PerIpRate {
+    /// `per_second` (not necessarily whole) after `burst` at once, for each of up
+    /// to `clients` clients.
+    pub fn new(per_second: f64, burst: u32, clients: NonZeroUsize) -> Self {
+        // Sparse: the map grows with the clients seen, not to its bound at once.
+        PerIpRate { buckets: Mutex::new(LruCache::sparse(clients)), per_second, burst }
+    }
+
+    /// How many clients are remembered now.
+    pub fn clients(&self) -> usize {
+        self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
+    /// Takes one of `group`'s allowance at `now`, or says how long until it has one.
+    pub fn take(&self, group: IpGroup, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (per_second, burst) = (self.per_second, self.burst);
+        buckets.get_or_insert_mut(group, || TokenBucket::at_rate(per_second, burst)).take_or_wait(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +150,21 @@ mod tests {
         assert!(per_ip.group(ip("2001:db8::2")).is_some(), "its neighbour in the /64");
         assert_eq!(per_ip.group(ip("192.0.2.1")), None, "an exempt mapped address exempts the IPv4 one");
         assert!(per_ip.group(ip("192.0.2.2")).is_some());
+    }
+
+    #[test]
+    fn a_rate_per_client_is_bounded_and_forgets_the_least_recent() {
+        let rate = PerIpRate::new(1.0 / 20.0, 3, NonZeroUsize::new(2).expect("not zero"));
+        let per_ip = PerIp::new(&[], 64);
+        let group = |text: &str| per_ip.group(ip(text)).expect("not exempt");
+        let now = Instant::now();
+        assert!((0..3).all(|_| rate.take(group("192.0.2.1"), now).is_ok()), "the burst");
+        let wait = rate.take(group("192.0.2.1"), now).expect_err("past the burst");
+        assert!(wait > Duration::from_secs(19) && wait <= Duration::from_secs(20), "one per 20 s: {wait:?}");
+        assert!(rate.take(group("2001:db8::1"), now).is_ok(), "another client has its own allowance");
+        assert!(rate.take(group("2001:db8::2"), now).is_ok());
+        // Two clients are kept: a third forgets the least recently seen (192.0.2.1).
+        assert!(rate.take(group("198.51.100.1"), now).is_ok());
+        assert!(rate.take(group("192.0.2.1"), now).is_ok(), "forgotten, so full again");
     }
 }

@@ -17,8 +17,13 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(per_second: u32, burst: u32) -> Self {
+        TokenBucket::at_rate(f64::from(per_second), burst)
+    }
+
+    /// A full bucket refilled at a rate that need not be whole (a few a minute, say).
+    pub fn at_rate(per_second: f64, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
-        TokenBucket { per_second: f64::from(per_second), burst, tokens: burst, lent: 0.0, refilled: Instant::now() }
+        TokenBucket { per_second, burst, tokens: burst, lent: 0.0, refilled: Instant::now() }
     }
 
     /// A full bucket that forgives frames read up to `lateness` late. The bucket
@@ -42,6 +47,15 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+
+    /// Takes one token at `now`, or says how long until there is one.
+    pub fn take_or_wait(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.take(now) {
+            return Ok(());
+        }
+        let missing = 1.0 - (self.tokens + self.lent);
+        Err(Duration::from_secs_f64(missing / self.per_second.max(f64::MIN_POSITIVE)))
     }
 
     /// The sustained rate.

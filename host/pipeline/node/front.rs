@@ -2,8 +2,7 @@
 //! rate of POSTs and the answers remembered for idempotency keys, each bounded.
 
 use crate::config::{ConnectionLimits, NodeHttpConfig};
-use crate::edge::per_ip::{IpGroup, PerIp};
-use crate::session::token_bucket::TokenBucket;
+use crate::edge::per_ip::{PerIp, PerIpRate};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -79,9 +78,7 @@ struct Remembered {
 /// rate of POSTs and the idempotency keys.
 pub struct HttpFront {
     per_ip: PerIp,
-    rates: Mutex<lru::LruCache<IpGroup, TokenBucket>>,
-    per_second: u32,
-    burst: u32,
+    rates: PerIpRate,
     remembered: Mutex<lru::LruCache<(String, String), Remembered>>,
 }
 
@@ -92,9 +89,7 @@ impl HttpFront {
         let size = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         HttpFront {
             per_ip: PerIp::new(&connections.per_ip_exempt, connections.ipv6_prefix_len),
-            rates: Mutex::new(lru::LruCache::new(size(RATED_CLIENTS))),
-            per_second: http.jobs_per_second,
-            burst: http.jobs_burst,
+            rates: PerIpRate::new(f64::from(http.jobs_per_second), http.jobs_burst, size(RATED_CLIENTS)),
             remembered: Mutex::new(lru::LruCache::new(size(IDEMPOTENCY_KEYS))),
         }
     }
@@ -102,9 +97,7 @@ impl HttpFront {
     /// Whether a POST from `ip` is within its rate.
     pub fn within_rate(&self, ip: std::net::IpAddr) -> bool {
         let Some(group) = self.per_ip.group(ip) else { return true };
-        let mut rates = self.rates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (per_second, burst) = (self.per_second, self.burst);
-        rates.get_or_insert_mut(group, || TokenBucket::new(per_second, burst)).take(Instant::now())
+        self.rates.take(group, Instant::now()).is_ok()
     }
 
     /// The answer cell of an idempotency key in `scope`: empty until the first
