@@ -29,9 +29,6 @@ pub mod authoring;
 pub mod cli;
 pub mod config;
 pub mod edge;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;

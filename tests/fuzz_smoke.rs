@@ -1,4 +1,4 @@
-//! A smoke run of every fuzz target (`fuzz/`, `host/fuzzing.rs`) on the stable
+//! A smoke run of every fuzz target (`fuzz/`, entry points in `fuzz/targets/`) on the stable
 //! toolchain: each replays its corpus (fixed crashes included) and any crash
 //! cargo fuzz saved locally, then mutations of the corpus. The long runs are `scripts/fuzz` (cargo fuzz).
 
@@ -62,7 +62,7 @@ fn mutate(rng: &mut StdRng, seeds: &[Vec<u8>]) -> Vec<u8> {
 #[test]
 fn every_fuzz_target_survives_its_corpus_and_mutations_of_it() {
     let mut rng = StdRng::seed_from_u64(0x5eed);
-    for (name, target) in eligo::fuzzing::TARGETS {
+    for (name, target) in eligo_fuzz_targets::TARGETS {
         let seeds = inputs(name);
         for input in &seeds {
             target(input);
@@ -77,7 +77,7 @@ fn every_fuzz_target_survives_its_corpus_and_mutations_of_it() {
 #[test]
 fn every_fuzz_target_has_a_cargo_fuzz_binary() {
     let manifest = std::fs::read_to_string(support::root().join("fuzz/Cargo.toml")).expect("fuzz/Cargo.toml");
-    for (name, _) in eligo::fuzzing::TARGETS {
+    for (name, _) in eligo_fuzz_targets::TARGETS {
         assert!(manifest.contains(&format!("name = \"{name}\"")), "fuzz/Cargo.toml lacks the target {name}");
     }
 }

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| eligo::fuzzing::canonical(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| eligo_fuzz_targets::canonical(data));

@@ -1,20 +1,20 @@
 //! Entry points for fuzzing every parser of untrusted input: the `fuzz/` crate
-//! (cargo fuzz, libFuzzer) drives them for long runs, and `tests/fuzz_smoke.rs`
-//! replays the corpus and random inputs through them in every test run.
-//!
-//! Built only with the `fuzzing` feature (on for both of them), so the server and
-//! the library's users do not carry them.
+//! (cargo fuzz, libFuzzer) drives them for long runs, and eligo's
+//! `tests/fuzz_smoke.rs` replays the corpus and random inputs through them in
+//! every test run. A crate of their own beside the fuzz binaries, so the server
+//! and the library's users do not carry them, and the test run does not build
+//! libFuzzer.
 //!
 //! Each takes arbitrary bytes and panics only on a broken invariant (a bug).
 //! Rejecting the input with an error is the expected outcome for most of them.
 
-use crate::authoring::runner;
-use crate::plugin::{check_indices, check_job_offer, loaded_policy, NativeSeedRules, NodeState, PolicySet, ALL_HOOKS};
-use crate::plugin::{
+use eligo::authoring::runner;
+use eligo::plugin::{check_indices, check_job_offer, loaded_policy, NativeSeedRules, NodeState, PolicySet, ALL_HOOKS};
+use eligo::plugin::{
     ConnectionRequest, Decision, Job, JobAdmission, JobOffer, JobSubmission, NodeView, PluginInfo, Policy, PolicyError,
     Solution, Verdict, Welcome, WorkerAdmission, WorkerProfile, Workers,
 };
-use crate::protocol::{
+use eligo::protocol::{
     ack_frame, canonical_json, refusal_frame, verdict_frame, Acked, FieldLimits, FrameId, JobFrame, SolutionFrame,
     SolutionMessage, VerdictEvent, WelcomeFrame,
 };
@@ -113,9 +113,9 @@ pub fn queue_messages(data: &[u8]) {
         // Its unique key is the nonce as text, if the solution has one.
         let _ = message.unique_key();
     }
-    if let Ok(events) = crate::pipeline::processors::presence::read_events(data) {
+    if let Ok(events) = eligo::pipeline::processors::presence::read_events(data) {
         let bytes = serde_json::to_vec(&events).expect("events serialize");
-        assert_eq!(crate::pipeline::processors::presence::read_events(&bytes).ok(), Some(events));
+        assert_eq!(eligo::pipeline::processors::presence::read_events(&bytes).ok(), Some(events));
     }
 }
 
