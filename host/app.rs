@@ -190,18 +190,110 @@ fn refuse_failed_plugins(config: &Config, plugins: &PluginHost) -> anyhow::Resul
     Ok(())
 }
 
-/// Starts every role of `config` over the given backends.
+/// Starts every role of `config` over the given backends: the backends
+/// declared, the plugins loaded and watched, then each role this process runs,
+/// and the admin listener last.
 pub async fn start_with(
     config: &Config,
     queue: Arc<dyn WorkQueue>,
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<Running> {
+    prepare_backends(config, &*queue, &*log, &*store).await?;
+    let (plugins, watch) = open_plugins(config)?;
+    warn_of_split_roles_without_kafka(config);
+    let decisions = DecisionPool::new(config.plugins.decision_threads).context("starting the decision threads")?;
+    let services = Services { queue, log, store, plugins: plugins.clone(), decisions };
+    let tokens = Tokens::default();
+    let mut tasks = JoinSet::new();
+    let runs = |role| config.roles.contains(&role);
+
+    let (node_server, node_addr) = match runs(RoleName::NodeServer) {
+        true => {
+            let (server, addr) = start_node_server(config, &services, &tokens.shutdown, &mut tasks).await?;
+            (Some(server), Some(addr))
+        }
+        false => (None, None),
+    };
+    let (worker_server, worker_addr, presence_publisher) = match runs(RoleName::WorkerServer) {
+        true => {
+            let (server, addr, presence) = start_worker_server(config, &services, &tokens.shutdown, &mut tasks).await?;
+            (Some(server), Some(addr), Some(presence))
+        }
+        false => (None, None, None),
+    };
+    start_processors(config, &services, &tokens, &mut tasks);
+    let admin_addr = match config.admin.listen {
+        Some(listen) => {
+            let state = crate::admin::AdminState::new(
+                &services,
+                (node_server.clone(), worker_server.clone()),
+                config.roles.clone(),
+                &config.admin,
+                tokens.draining.clone(),
+            );
+            let router = crate::admin::router(state, &tokens.admin_shutdown);
+            let listen = Listen {
+                addr: listen,
+                backlog: listener::DEFAULT_BACKLOG,
+                tls: config.admin.tls.as_ref(),
+                guard: None,
+            };
+            Some(listener::serve(&mut tasks, listen, router, &tokens.admin_shutdown, "admin").await?)
+        }
+        None => None,
+    };
+    let Tokens { shutdown, draining, admin_shutdown, presence_shutdown } = tokens;
+    Ok(Running {
+        node_addr,
+        worker_addr,
+        admin_addr,
+        plugins,
+        services,
+        shutdown,
+        draining,
+        shutdown_delay: Duration::from_secs(config.shutdown_delay_seconds),
+        admin_shutdown,
+        presence_shutdown,
+        presence_publisher,
+        tasks,
+        node_server,
+        worker_server,
+        _watch: watch,
+    })
+}
+
+/// The tokens that stop a running eligo, in the order [`Running::stop`] cancels them.
+#[derive(Default)]
+struct Tokens {
+    /// Makes `/readyz` 503.
+    draining: CancellationToken,
+    /// Stops the listeners, connections and processors.
+    shutdown: CancellationToken,
+    /// Stops the presence processor, after the servers' last presence events.
+    presence_shutdown: CancellationToken,
+    /// Stops the admin listener, last.
+    admin_shutdown: CancellationToken,
+}
+
+/// Applies the migrations (when `migrate_on_start`) and declares the queues and topics.
+async fn prepare_backends(
+    config: &Config,
+    queue: &dyn WorkQueue,
+    log: &dyn EventLog,
+    store: &dyn Store,
+) -> anyhow::Result<()> {
     if config.migrate_on_start {
         store.migrate().await.context("applying database migrations")?;
     }
     queue.declare().await.context("declaring exchanges and queues")?;
     log.declare().await.context("declaring topics")?;
+    Ok(())
+}
+
+/// Loads the plugin folder (refusing to start on a failed plugin unless told
+/// to) and watches it; says so when nothing will be decided by a plugin.
+fn open_plugins(config: &Config) -> anyhow::Result<(Arc<PluginHost>, WatchGuard)> {
     let mut engine = PluginEngine::new(config.plugins.limits.clone()).context("starting the plugin engine")?;
     let cache = config.plugins.cache_dir(&config.data_dir);
     if let Err(e) = engine.use_cache(&cache) {
@@ -222,6 +314,12 @@ pub async fn start_with(
             "no plugin in the folder: the built-in seed rules serve until one is dropped in"),
         _ => {}
     }
+    Ok((plugins, watch))
+}
+
+/// The embedded log reaches only its own process: roles split over processes
+/// without Kafka never see each other's jobs and solutions.
+fn warn_of_split_roles_without_kafka(config: &Config) {
     let all_roles = RoleName::ALL.iter().all(|r| config.roles.contains(r));
     if !all_roles && config.kafka.is_none() {
         tracing::warn!(
@@ -229,141 +327,108 @@ pub async fn start_with(
             solutions produced here reach no server process elsewhere; configure Kafka to split roles"
         );
     }
-    let decisions = DecisionPool::new(config.plugins.decision_threads).context("starting the decision threads")?;
-    let services = Services { queue, log, store, plugins: plugins.clone(), decisions };
-    let shutdown = CancellationToken::new();
-    let draining = CancellationToken::new();
-    let admin_shutdown = CancellationToken::new();
-    let presence_shutdown = CancellationToken::new();
-    let mut presence_publisher = None;
-    let mut tasks = JoinSet::new();
-    let runs = |role| config.roles.contains(&role);
-    let mut node_server = None;
-    let mut worker_server = None;
-    let mut node_addr = None;
-    let mut worker_addr = None;
+}
 
-    if runs(RoleName::NodeServer) {
-        let server = NodeServer::new(
-            services.clone(),
-            NodeServerSettings {
-                outbox_capacity: config.node.outbox,
-                socket: config.node.socket.clone(),
-                connections: config.node.connections.clone(),
-                http: config.node.http.clone(),
-                webhooks: config.node.webhooks.clone(),
-            },
-            shutdown.clone(),
-        )
-        .context("starting the node server")?;
-        // Nodes over HTTP kept from before a restart wait again before the reader
-        // starts, and catch up on what was found meanwhile once it runs.
-        let restored = server.restore_http_nodes().await;
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
-        // A node must not submit a job before the solution reader is in place, or
-        // a fast solution could pass unseen.
-        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
-        tasks.spawn(server.clone().run_http_upkeep());
-        let catching_up = server.clone();
-        tasks.spawn(async move { catching_up.catch_up_restored(restored).await });
-        node_addr = Some(
-            listener::serve(
-                &mut tasks,
-                Listen {
-                    addr: config.node.listen,
-                    backlog: config.node.socket.listen_backlog,
-                    tls: config.node.tls.as_ref(),
-                    guard: Some(server.accept_guard()),
-                },
-                crate::pipeline::node::routes::router(&server),
-                &shutdown,
-                "node",
-            )
-            .await?,
-        );
-        node_server = Some(server);
-    }
-    if runs(RoleName::WorkerServer) {
-        let (server, presence) = WorkerServer::new(
-            services.clone(),
-            WorkerServerSettings {
-                outbox_capacity: config.worker.outbox,
-                welcome_timeout: Duration::from_secs(config.worker.welcome_timeout_secs),
-                instance: config.instance.clone(),
-                publishes_in_flight: config.worker.publishes_in_flight,
-                socket: config.worker.socket.clone(),
-                connections: config.worker.connections.clone(),
-                silent_after: Duration::from_secs(u64::from(config.admin.silent_after_minutes) * 60),
-            },
-            shutdown.clone(),
-        );
-        presence_publisher = Some(tokio::spawn(presence));
-        server.recover().await.context("recovering worker connections")?;
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
-        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
-        tasks.spawn(server.clone().run_verdicts());
-        // Nor may a worker's solution be judged before the verdict reader is in
-        // place, or its tally (its connection's counters) could pass unseen.
-        server.verdict_reader_in_place(Duration::from_secs(30)).await;
-        tasks.spawn(server.clone().run_gauges());
-        let listen = Listen {
-            addr: config.worker.listen,
-            backlog: config.worker.socket.listen_backlog,
-            tls: config.worker.tls.as_ref(),
-            guard: Some(server.accept_guard()),
-        };
-        worker_addr = Some(listener::serve(&mut tasks, listen, server.router(), &shutdown, "worker").await?);
-        worker_server = Some(server);
-    }
+/// Starts the node server: its solution reader in place before it listens, so
+/// no solution of a node's first job passes unseen.
+async fn start_node_server(
+    config: &Config,
+    services: &Services,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<(Arc<NodeServer>, SocketAddr)> {
+    let server = NodeServer::new(
+        services.clone(),
+        NodeServerSettings {
+            outbox_capacity: config.node.outbox,
+            socket: config.node.socket.clone(),
+            connections: config.node.connections.clone(),
+            http: config.node.http.clone(),
+            webhooks: config.node.webhooks.clone(),
+        },
+        shutdown.clone(),
+    )
+    .context("starting the node server")?;
+    // Nodes over HTTP kept from before a restart wait again before the reader
+    // starts, and catch up on what was found meanwhile once it runs.
+    let restored = server.restore_http_nodes().await;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
+    // A node must not submit a job before the solution reader is in place, or
+    // a fast solution could pass unseen.
+    let _ = tokio::time::timeout(READER_IN_PLACE, ready_rx).await;
+    tasks.spawn(server.clone().run_http_upkeep());
+    let catching_up = server.clone();
+    tasks.spawn(async move { catching_up.catch_up_restored(restored).await });
+    let listen = Listen {
+        addr: config.node.listen,
+        backlog: config.node.socket.listen_backlog,
+        tls: config.node.tls.as_ref(),
+        guard: Some(server.accept_guard()),
+    };
+    let addr = listener::serve(tasks, listen, crate::pipeline::node::routes::router(&server), shutdown, "node").await?;
+    Ok((server, addr))
+}
+
+/// Starts the worker server: its job and verdict readers in place before it
+/// listens; returns the task that publishes its presence events.
+async fn start_worker_server(
+    config: &Config,
+    services: &Services,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<(Arc<WorkerServer>, SocketAddr, tokio::task::JoinHandle<()>)> {
+    let (server, presence) = WorkerServer::new(
+        services.clone(),
+        WorkerServerSettings {
+            outbox_capacity: config.worker.outbox,
+            welcome_timeout: Duration::from_secs(config.worker.welcome_timeout_secs),
+            instance: config.instance.clone(),
+            publishes_in_flight: config.worker.publishes_in_flight,
+            socket: config.worker.socket.clone(),
+            connections: config.worker.connections.clone(),
+            silent_after: Duration::from_secs(u64::from(config.admin.silent_after_minutes) * 60),
+        },
+        shutdown.clone(),
+    );
+    let presence_publisher = tokio::spawn(presence);
+    server.recover().await.context("recovering worker connections")?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
+    let _ = tokio::time::timeout(READER_IN_PLACE, ready_rx).await;
+    tasks.spawn(server.clone().run_verdicts());
+    // Nor may a worker's solution be judged before the verdict reader is in
+    // place, or its tally (its connection's counters) could pass unseen.
+    server.verdict_reader_in_place(READER_IN_PLACE).await;
+    tasks.spawn(server.clone().run_gauges());
+    let listen = Listen {
+        addr: config.worker.listen,
+        backlog: config.worker.socket.listen_backlog,
+        tls: config.worker.tls.as_ref(),
+        guard: Some(server.accept_guard()),
+    };
+    let addr = listener::serve(tasks, listen, server.router(), shutdown, "worker").await?;
+    Ok((server, addr, presence_publisher))
+}
+
+/// Starts the processors this process runs; the presence processor stops on
+/// its own token, after the servers' last presence events.
+fn start_processors(config: &Config, services: &Services, tokens: &Tokens, tasks: &mut JoinSet<()>) {
+    let runs = |role| config.roles.contains(&role);
+    let batches = &config.processor;
     if runs(RoleName::JobProcessor) {
-        tasks.spawn(job_processor::run(services.clone(), config.processor.clone(), shutdown.clone()));
+        tasks.spawn(job_processor::run(services.clone(), batches.clone(), tokens.shutdown.clone()));
     }
     if runs(RoleName::SolutionProcessor) {
-        tasks.spawn(solution_processor::run(services.clone(), config.processor.clone(), shutdown.clone()));
+        tasks.spawn(solution_processor::run(services.clone(), batches.clone(), tokens.shutdown.clone()));
     }
     if runs(RoleName::PresenceProcessor) {
-        tasks.spawn(presence_processor::run(services.clone(), config.processor.clone(), presence_shutdown.clone()));
+        tasks.spawn(presence_processor::run(services.clone(), batches.clone(), tokens.presence_shutdown.clone()));
     }
-    let admin_addr = match config.admin.listen {
-        Some(listen) => {
-            let state = crate::admin::AdminState::new(
-                &services,
-                (node_server.clone(), worker_server.clone()),
-                config.roles.clone(),
-                &config.admin,
-                draining.clone(),
-            );
-            let router = crate::admin::router(state, &admin_shutdown);
-            let listen = Listen {
-                addr: listen,
-                backlog: listener::DEFAULT_BACKLOG,
-                tls: config.admin.tls.as_ref(),
-                guard: None,
-            };
-            Some(listener::serve(&mut tasks, listen, router, &admin_shutdown, "admin").await?)
-        }
-        None => None,
-    };
-    Ok(Running {
-        node_addr,
-        worker_addr,
-        admin_addr,
-        plugins,
-        services,
-        shutdown,
-        draining,
-        shutdown_delay: Duration::from_secs(config.shutdown_delay_seconds),
-        admin_shutdown,
-        presence_shutdown,
-        presence_publisher,
-        tasks,
-        node_server,
-        worker_server,
-        _watch: watch,
-    })
 }
+
+/// Longest wait at start for a server's reader of the log to be in place.
+const READER_IN_PLACE: Duration = Duration::from_secs(30);
 
 /// Connects the configured backends and starts every role.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {

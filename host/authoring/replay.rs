@@ -302,8 +302,52 @@ pub fn replay(
     replaced: bool,
 ) -> Result<ReplayReport, ReplayError> {
     let jobs: BTreeMap<&str, &StoredJob> = history.jobs.iter().map(|j| (j.task_id.as_str(), j)).collect();
+    let events = timeline(history, &jobs)?;
+    let mut report = ReplayReport {
+        against: against.to_string(),
+        replaced,
+        heights: history.jobs.first().zip(history.jobs.last()).map(|(a, b)| (a.block_height, b.block_height)),
+        not_replayed: candidate.policies().iter().filter(|p| &*p.key == against).flat_map(unreplayable).collect(),
+        ..ReplayReport::default()
+    };
+    let sets = (active, candidate);
+    let mut connected: BTreeMap<usize, Connected> = BTreeMap::new();
+    let mut current: Option<Job> = None;
+    for (at, event) in events {
+        match event {
+            Event::Connect(index) => {
+                let row = &history.welcomes[index];
+                let worker = connected.entry(index).or_insert(replay_welcome(row, at, sets, &mut report.welcomes));
+                // The server offers the current job to a worker as it arrives.
+                if let Some(job) = &current {
+                    offer(job, &mut [worker], active, candidate, millis(at), None);
+                }
+            }
+            Event::Disconnect(index) => {
+                connected.remove(&index);
+            }
+            Event::Job(stored) => {
+                let job = job_of(stored);
+                let mut all: Vec<&mut Connected> = connected.values_mut().collect();
+                offer(&job, &mut all, active, candidate, millis(at), Some(&mut report.jobs));
+                current = Some(job);
+            }
+            Event::Solution(stored) => {
+                replay_solution(stored, jobs[stored.task_id.as_str()], sets, &mut report.solutions);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The history as the server lived it, in order; at the same instant:
+/// connections, then jobs, then solutions, then departures. Every solution's
+/// job must be stored: `validate-solution` needs it.
+fn timeline<'a>(
+    history: &'a History,
+    jobs: &BTreeMap<&str, &StoredJob>,
+) -> Result<Vec<(DateTime<Utc>, Event<'a>)>, ReplayError> {
     let mut events: Vec<(DateTime<Utc>, u8, Event)> = Vec::new();
-    // At the same instant: connections, then jobs, then solutions, then departures.
     for (i, w) in history.welcomes.iter().enumerate() {
         events.push((w.connected_at, 0, Event::Connect(i)));
         if let Some(gone) = w.disconnected_at {
@@ -321,99 +365,85 @@ pub fn replay(
         events.push((s.created_at, 2, Event::Solution(s)));
     }
     events.sort_by_key(|(at, order, _)| (*at, *order));
+    Ok(events.into_iter().map(|(at, _, event)| (at, event)).collect())
+}
 
-    let mut report = ReplayReport {
-        against: against.to_string(),
-        replaced,
-        heights: history.jobs.first().zip(history.jobs.last()).map(|(a, b)| (a.block_height, b.block_height)),
-        not_replayed: candidate.policies().iter().filter(|p| &*p.key == against).flat_map(unreplayable).collect(),
-        ..ReplayReport::default()
-    };
-    let mut connected: BTreeMap<usize, Connected> = BTreeMap::new();
-    let mut current: Option<Job> = None;
-    for (at, _, event) in events {
-        match event {
-            Event::Connect(index) => {
-                let row = &history.welcomes[index];
-                let welcome = welcome_of(row);
-                let now = millis(at);
-                let (a, c) = (active.admit_worker(&welcome, now), candidate.admit_worker(&welcome, now));
-                let w = &mut report.welcomes;
-                w.replayed += 1;
-                w.refused_by_active += usize::from(a.is_err());
-                w.refused_by_candidate += usize::from(c.is_err());
-                if a.is_err() != c.is_err() {
-                    w.flipped += 1;
-                    if w.flips.len() < LISTED {
-                        let said = |r: &Result<WorkerState, crate::plugin::Refusal>| match r {
-                            Ok(_) => "admitted".to_string(),
-                            Err(refusal) => format!("refused: {refusal}"),
-                        };
-                        w.flips.push(WelcomeFlip {
-                            at,
-                            hardware_id: row.hardware_id.clone(),
-                            caption: row.caption.clone(),
-                            active: said(&a),
-                            candidate: said(&c),
-                        });
-                    }
-                }
-                let name = format!("{}/{}", row.hardware_id, row.caption);
-                let worker = connected.entry(index).or_insert(Connected { name, active: a.ok(), candidate: c.ok() });
-                // The server offers the current job to a worker as it arrives.
-                if let Some(job) = &current {
-                    offer(job, &mut [worker], active, candidate, now, None);
-                }
-            }
-            Event::Disconnect(index) => {
-                connected.remove(&index);
-            }
-            Event::Job(stored) => {
-                let job = job_of(stored);
-                let mut all: Vec<&mut Connected> = connected.values_mut().collect();
-                offer(&job, &mut all, active, candidate, millis(at), Some(&mut report.jobs));
-                current = Some(job);
-            }
-            Event::Solution(stored) => {
-                let job = job_of(jobs[stored.task_id.as_str()]);
-                let solution = Solution {
-                    task_id: stored.task_id.clone(),
-                    hardware_id: stored.hardware_id.clone(),
-                    caption: stored.caption.clone(),
-                    solution: stored.solution.clone(),
-                    solution_target: stored.solution_target,
-                    unique_key: stored.unique_key.clone(),
-                };
-                let (a, c) = (active.validate_solution(&job, &solution), candidate.validate_solution(&job, &solution));
-                let valid = |v: &Validation| !matches!(v, Validation::Invalid(_));
-                let said = |v: &Validation| match v {
-                    Validation::Invalid(refusal) => format!("invalid: {refusal}"),
-                    _ => "valid".to_string(),
-                };
-                let s = &mut report.solutions;
-                s.replayed += 1;
-                s.valid_by_active += usize::from(valid(&a));
-                s.valid_by_candidate += usize::from(valid(&c));
-                if valid(&a) != valid(&c) {
-                    if valid(&a) {
-                        s.valid_to_invalid += 1;
-                    } else {
-                        s.invalid_to_valid += 1;
-                    }
-                    if s.flips.len() < LISTED {
-                        s.flips.push(SolutionFlip {
-                            unique_key: stored.unique_key.clone(),
-                            task_id: stored.task_id.clone(),
-                            hardware_id: stored.hardware_id.clone(),
-                            active: said(&a),
-                            candidate: said(&c),
-                        });
-                    }
-                }
-            }
+/// One recorded welcome under both sets: counted, and listed when they disagree.
+/// Returns the worker as each set admitted it (or not).
+fn replay_welcome(
+    row: &WorkerRow,
+    at: DateTime<Utc>,
+    (active, candidate): (&PolicySet, &PolicySet),
+    w: &mut WelcomeReport,
+) -> Connected {
+    let welcome = welcome_of(row);
+    let now = millis(at);
+    let (a, c) = (active.admit_worker(&welcome, now), candidate.admit_worker(&welcome, now));
+    w.replayed += 1;
+    w.refused_by_active += usize::from(a.is_err());
+    w.refused_by_candidate += usize::from(c.is_err());
+    if a.is_err() != c.is_err() {
+        w.flipped += 1;
+        if w.flips.len() < LISTED {
+            let said = |r: &Result<WorkerState, crate::plugin::Refusal>| match r {
+                Ok(_) => "admitted".to_string(),
+                Err(refusal) => format!("refused: {refusal}"),
+            };
+            w.flips.push(WelcomeFlip {
+                at,
+                hardware_id: row.hardware_id.clone(),
+                caption: row.caption.clone(),
+                active: said(&a),
+                candidate: said(&c),
+            });
         }
     }
-    Ok(report)
+    let name = format!("{}/{}", row.hardware_id, row.caption);
+    Connected { name, active: a.ok(), candidate: c.ok() }
+}
+
+/// One recorded solution under both sets' validators: counted, and listed when
+/// they disagree.
+fn replay_solution(
+    stored: &StoredSolution,
+    job: &StoredJob,
+    (active, candidate): (&PolicySet, &PolicySet),
+    s: &mut SolutionReport,
+) {
+    let job = job_of(job);
+    let solution = Solution {
+        task_id: stored.task_id.clone(),
+        hardware_id: stored.hardware_id.clone(),
+        caption: stored.caption.clone(),
+        solution: stored.solution.clone(),
+        solution_target: stored.solution_target,
+        unique_key: stored.unique_key.clone(),
+    };
+    let (a, c) = (active.validate_solution(&job, &solution), candidate.validate_solution(&job, &solution));
+    let valid = |v: &Validation| !matches!(v, Validation::Invalid(_));
+    let said = |v: &Validation| match v {
+        Validation::Invalid(refusal) => format!("invalid: {refusal}"),
+        _ => "valid".to_string(),
+    };
+    s.replayed += 1;
+    s.valid_by_active += usize::from(valid(&a));
+    s.valid_by_candidate += usize::from(valid(&c));
+    if valid(&a) != valid(&c) {
+        if valid(&a) {
+            s.valid_to_invalid += 1;
+        } else {
+            s.invalid_to_valid += 1;
+        }
+        if s.flips.len() < LISTED {
+            s.flips.push(SolutionFlip {
+                unique_key: stored.unique_key.clone(),
+                task_id: stored.task_id.clone(),
+                hardware_id: stored.hardware_id.clone(),
+                active: said(&a),
+                candidate: said(&c),
+            });
+        }
+    }
 }
 
 /// Offers `job` to the `workers` under both sets, updating their states; a job

@@ -135,143 +135,172 @@ fn settings_used(settings: &plugin::Settings) -> String {
 /// failure exit code, not an error: the cases' report says what failed.
 pub fn run(command: PluginCommand) -> Result<ExitCode> {
     match command {
-        PluginCommand::Run { plugin, hook, input, settings } => {
-            let (plugin, settings) = plugin::load_file_configured(&plugin, settings.file.as_deref())?;
-            let text = if input.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
-            } else {
-                std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?
-            };
-            let input = serde_json::from_str(&text).context("the input is not JSON")?;
-            let (decision, cost) = runner::run_hook(&plugin, &hook, input)?;
-            let out = serde_json::json!({
-                "config": settings_used(&settings),
-                "decision": decision,
-                "cost": { "micros": cost.elapsed.as_secs_f64() * 1e6, "fuel": cost.fuel, "memory_bytes": cost.memory_bytes },
-            });
-            println!("{}", serde_json::to_string_pretty(&out)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        PluginCommand::Test { plugin, cases: cases_file, settings } => {
-            let cases = runner::CaseFile::read(&cases_file)?;
-            let (plugin, settings) = cases.load(&plugin, &cases_file, settings.file.as_deref())?;
-            println!("config: {}", settings_used(&settings));
-            let outcomes = runner::run_cases(Arc::new(plugin), &cases);
-            let failed = outcomes.iter().filter(|o| !o.mismatches.is_empty()).count();
-            for o in &outcomes {
-                if o.mismatches.is_empty() {
-                    println!("ok    {}", o.name);
-                } else {
-                    println!("FAIL  {}", o.name);
-                    for m in &o.mismatches {
-                        println!("        {m}");
-                    }
-                }
-            }
-            println!("{} passed, {} failed", outcomes.len() - failed, failed);
-            if failed > 0 {
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        PluginCommand::New { name, dir } => {
-            use crate::authoring::scaffold::{default_layout, scaffold, Layout};
-            let layout = match dir {
-                Some(dir) => Layout::Standalone(dir),
-                None => default_layout(&std::env::current_dir().context("reading the current folder")?, &name),
-            };
-            let files = scaffold(&name, &layout)?;
-            for file in &files {
-                println!("wrote {}", file.display());
-            }
-            let lib = name.replace('-', "_");
-            match &layout {
-                Layout::Workspace(plugins) => println!(
-                    "\nnext:\n  cargo xtask plugins                      # builds target/plugins/{name}.wasm\n  \
-                     eligo plugin test target/plugins/{name}.wasm {}/{name}/cases.json\n  \
-                     cp target/plugins/{name}.wasm policies/50-{name}.wasm   # a running server loads it",
-                    plugins.display()
-                ),
-                Layout::Standalone(dir) => println!(
-                    "\nnext:\n  cd {}\n  cargo component build --release --target wasm32-unknown-unknown\n  \
-                     eligo plugin test target/wasm32-unknown-unknown/release/{lib}.wasm cases.json\n  \
-                     cp target/wasm32-unknown-unknown/release/{lib}.wasm <policies>/50-{name}.wasm",
-                    dir.display()
-                ),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        PluginCommand::Check { plugin, settings, trusted_keys } => {
-            let path = plugin;
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let signature = check_signature(&path, &bytes, &trusted_keys)?;
-            let (plugin, settings) = plugin::load_file_configured(&path, settings.file.as_deref())?;
-            let mut report =
-                plugin::loaded_policy(plugin.name().into(), &path, &sha256(&bytes), Arc::new(plugin)).report;
-            report.settings = Some(settings_used(&settings));
-            let mut shown = serde_json::to_value(&report)?;
-            shown["signature"] = serde_json::Value::String(signature.clone().unwrap_or_else(|e| e));
-            println!("{}", serde_json::to_string_pretty(&shown)?);
-            if let Err(refused) = signature {
-                eprintln!("refused: {refused}");
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        PluginCommand::Run { plugin, hook, input, settings } => run_hook(plugin, hook, input, settings),
+        PluginCommand::Test { plugin, cases: cases_file, settings } => test_cases(plugin, cases_file, settings),
+        PluginCommand::New { name, dir } => new_plugin(name, dir),
+        PluginCommand::Check { plugin, settings, trusted_keys } => check(plugin, settings, trusted_keys),
         PluginCommand::Replay { candidate, against, since, heights, settings, json, server } => {
-            let range = match (since, heights) {
-                (Some(since), _) => replay::Range::Since(before(chrono::Utc::now(), &since)?),
-                (None, Some(heights)) => {
-                    let (from, to) = parse_heights(&heights)?;
-                    replay::Range::Heights(from, to)
-                }
-                (None, None) => replay::Range::All,
-            };
-            let config = server.config()?;
-            let report =
-                super::process::runtime()?.block_on(replay_history(&config, &candidate, against, settings, range))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.summary());
-            }
-            Ok(ExitCode::SUCCESS)
+            replay_command(candidate, against, since, heights, settings, json, server)
         }
-        PluginCommand::Keygen { name, dir } => {
-            let (secret, public) = signature::generate_key_pair(&name);
-            let secret_file = dir.join(format!("{name}.key"));
-            let public_file = dir.join(format!("{name}.pub"));
-            for file in [&secret_file, &public_file] {
-                anyhow::ensure!(!file.exists(), "{} exists: keys are never overwritten", file.display());
+        PluginCommand::Keygen { name, dir } => keygen(name, dir),
+        PluginCommand::Sign { plugin, key } => sign(plugin, key),
+    }
+}
+
+/// `plugin run`: one hook on one input, with what it cost.
+fn run_hook(plugin: PathBuf, hook: String, input: PathBuf, settings: SettingsArg) -> Result<ExitCode> {
+    let (plugin, settings) = plugin::load_file_configured(&plugin, settings.file.as_deref())?;
+    let text = if input.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?
+    };
+    let input = serde_json::from_str(&text).context("the input is not JSON")?;
+    let (decision, cost) = runner::run_hook(&plugin, &hook, input)?;
+    let out = serde_json::json!({
+        "config": settings_used(&settings),
+        "decision": decision,
+        "cost": { "micros": cost.elapsed.as_secs_f64() * 1e6, "fuel": cost.fuel, "memory_bytes": cost.memory_bytes },
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plugin test`: every case of a case file; a failed case is a failure exit code.
+fn test_cases(plugin: PathBuf, cases_file: PathBuf, settings: SettingsArg) -> Result<ExitCode> {
+    let cases = runner::CaseFile::read(&cases_file)?;
+    let (plugin, settings) = cases.load(&plugin, &cases_file, settings.file.as_deref())?;
+    println!("config: {}", settings_used(&settings));
+    let outcomes = runner::run_cases(Arc::new(plugin), &cases);
+    let failed = outcomes.iter().filter(|o| !o.mismatches.is_empty()).count();
+    for o in &outcomes {
+        if o.mismatches.is_empty() {
+            println!("ok    {}", o.name);
+        } else {
+            println!("FAIL  {}", o.name);
+            for m in &o.mismatches {
+                println!("        {m}");
             }
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            write_secret(&secret_file, &secret)?;
-            std::fs::write(&public_file, &public).with_context(|| format!("writing {}", public_file.display()))?;
-            println!("wrote {} (secret: keep it where plugins are signed, not on the servers)", secret_file.display());
-            println!("wrote {}", public_file.display());
-            println!("\ntrust it in eligo.toml:\n  [plugins]\n  trusted_keys = [\"{}\"]", public.trim());
-            Ok(ExitCode::SUCCESS)
-        }
-        PluginCommand::Sign { plugin, key } => {
-            let text = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
-            let secret = signature::parse_secret_key(&text).with_context(|| format!("reading {}", key.display()))?;
-            let bytes = std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
-            let settings_file = signature::settings_path(&plugin);
-            let settings = signature::read_if_present(&settings_file)
-                .with_context(|| format!("reading {}", settings_file.display()))?;
-            let name = |p: &std::path::Path| p.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
-            let covered = settings.as_deref().map(|bytes| (name(&settings_file), bytes));
-            let sig = signature::sign(&secret, &name(&plugin), &bytes, covered.as_ref().map(|(n, b)| (n.as_str(), *b)));
-            let sig_file = signature::signature_path(&plugin);
-            std::fs::write(&sig_file, sig).with_context(|| format!("writing {}", sig_file.display()))?;
-            match &covered {
-                Some((settings, _)) => println!("wrote {} over {} and {settings}", sig_file.display(), name(&plugin)),
-                None => println!("wrote {} over {} (no settings file beside it)", sig_file.display(), name(&plugin)),
-            }
-            println!("signed by {}", signature::public_key_text(&secret.verifying_key()));
-            Ok(ExitCode::SUCCESS)
         }
     }
+    println!("{} passed, {} failed", outcomes.len() - failed, failed);
+    if failed > 0 {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plugin new`: a plugin's project, and what to run next.
+fn new_plugin(name: String, dir: Option<PathBuf>) -> Result<ExitCode> {
+    use crate::authoring::scaffold::{default_layout, scaffold, Layout};
+    let layout = match dir {
+        Some(dir) => Layout::Standalone(dir),
+        None => default_layout(&std::env::current_dir().context("reading the current folder")?, &name),
+    };
+    let files = scaffold(&name, &layout)?;
+    for file in &files {
+        println!("wrote {}", file.display());
+    }
+    let lib = name.replace('-', "_");
+    match &layout {
+        Layout::Workspace(plugins) => println!(
+            "\nnext:\n  cargo xtask plugins                      # builds target/plugins/{name}.wasm\n  \
+             eligo plugin test target/plugins/{name}.wasm {}/{name}/cases.json\n  \
+             cp target/plugins/{name}.wasm policies/50-{name}.wasm   # a running server loads it",
+            plugins.display()
+        ),
+        Layout::Standalone(dir) => println!(
+            "\nnext:\n  cd {}\n  cargo component build --release --target wasm32-unknown-unknown\n  \
+             eligo plugin test target/wasm32-unknown-unknown/release/{lib}.wasm cases.json\n  \
+             cp target/wasm32-unknown-unknown/release/{lib}.wasm <policies>/50-{name}.wasm",
+            dir.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plugin check`: what the server would report of the plugin, and its signature.
+fn check(plugin: PathBuf, settings: SettingsArg, trusted_keys: Vec<String>) -> Result<ExitCode> {
+    let path = plugin;
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let signature = check_signature(&path, &bytes, &trusted_keys)?;
+    let (plugin, settings) = plugin::load_file_configured(&path, settings.file.as_deref())?;
+    let mut report = plugin::loaded_policy(plugin.name().into(), &path, &sha256(&bytes), Arc::new(plugin)).report;
+    report.settings = Some(settings_used(&settings));
+    let mut shown = serde_json::to_value(&report)?;
+    shown["signature"] = serde_json::Value::String(signature.clone().unwrap_or_else(|e| e));
+    println!("{}", serde_json::to_string_pretty(&shown)?);
+    if let Err(refused) = signature {
+        eprintln!("refused: {refused}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plugin replay`: a candidate over the recorded history, beside the active plugins.
+fn replay_command(
+    candidate: PathBuf,
+    against: Option<String>,
+    since: Option<String>,
+    heights: Option<String>,
+    settings: Option<PathBuf>,
+    json: bool,
+    server: crate::cli::serve_args::ServeArgs,
+) -> Result<ExitCode> {
+    let range = match (since, heights) {
+        (Some(since), _) => replay::Range::Since(before(chrono::Utc::now(), &since)?),
+        (None, Some(heights)) => {
+            let (from, to) = parse_heights(&heights)?;
+            replay::Range::Heights(from, to)
+        }
+        (None, None) => replay::Range::All,
+    };
+    let config = server.config()?;
+    let report = super::process::runtime()?.block_on(replay_history(&config, &candidate, against, settings, range))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.summary());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plugin keygen`: a new signing key pair; never overwrites one.
+fn keygen(name: String, dir: PathBuf) -> Result<ExitCode> {
+    let (secret, public) = signature::generate_key_pair(&name);
+    let secret_file = dir.join(format!("{name}.key"));
+    let public_file = dir.join(format!("{name}.pub"));
+    for file in [&secret_file, &public_file] {
+        anyhow::ensure!(!file.exists(), "{} exists: keys are never overwritten", file.display());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_secret(&secret_file, &secret)?;
+    std::fs::write(&public_file, &public).with_context(|| format!("writing {}", public_file.display()))?;
+    println!("wrote {} (secret: keep it where plugins are signed, not on the servers)", secret_file.display());
+    println!("wrote {}", public_file.display());
+    println!("\ntrust it in eligo.toml:\n  [plugins]\n  trusted_keys = [\"{}\"]", public.trim());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plugin sign`: a signature over the plugin and its settings file.
+fn sign(plugin: PathBuf, key: PathBuf) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
+    let secret = signature::parse_secret_key(&text).with_context(|| format!("reading {}", key.display()))?;
+    let bytes = std::fs::read(&plugin).with_context(|| format!("reading {}", plugin.display()))?;
+    let settings_file = signature::settings_path(&plugin);
+    let settings =
+        signature::read_if_present(&settings_file).with_context(|| format!("reading {}", settings_file.display()))?;
+    let name = |p: &std::path::Path| p.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let covered = settings.as_deref().map(|bytes| (name(&settings_file), bytes));
+    let sig = signature::sign(&secret, &name(&plugin), &bytes, covered.as_ref().map(|(n, b)| (n.as_str(), *b)));
+    let sig_file = signature::signature_path(&plugin);
+    std::fs::write(&sig_file, sig).with_context(|| format!("writing {}", sig_file.display()))?;
+    match &covered {
+        Some((settings, _)) => println!("wrote {} over {} and {settings}", sig_file.display(), name(&plugin)),
+        None => println!("wrote {} over {} (no settings file beside it)", sig_file.display(), name(&plugin)),
+    }
+    println!("signed by {}", signature::public_key_text(&secret.verifying_key()));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The plugin's signature as `check` reports it: `Ok` with what was verified,

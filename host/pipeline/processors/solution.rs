@@ -13,7 +13,7 @@ use crate::pipeline::consume::{consume_until, BatchSettings, Retry};
 use crate::pipeline::Services;
 use crate::plugin::{Hook, Job, Lane, Solution, Validation};
 use crate::protocol::{canonical_json, Origin, Reply, SolutionEvent, SolutionMessage, Tally, TallyEvent, VerdictEvent};
-use crate::store::{NewSolution, Rejected, Settlement, StoredJob, StoredSolution, Verdict};
+use crate::store::{Inserted, NewSolution, Rejected, Settlement, StoredJob, StoredSolution, Verdict};
 use crate::transport::{Stream, Topic};
 use std::collections::{HashMap, HashSet};
 use tokio_util::sync::CancellationToken;
@@ -156,33 +156,158 @@ pub async fn process(services: &Services, payload: &[u8]) -> Result<Outcome, Ret
 /// Stores, validates and broadcasts a batch of solution messages; says what became
 /// of each, in order. A failure leaves nothing acked: the batch is retried.
 pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<Vec<Outcome>, Retry> {
-    let mut outcomes: Vec<Option<Outcome>> = payloads.iter().map(|_| None).collect();
-    let mut rejected = Vec::new();
-    // Each nonce once per batch: a repeat is a duplicate of the first.
-    let mut new = Vec::new();
-    let mut message_of = Vec::new();
-    let mut keys = HashSet::new();
-    let mut asked: Vec<Asked> = Vec::with_capacity(payloads.len());
-    let mut origins: Vec<Option<Origin>> = Vec::with_capacity(payloads.len());
-    let mut unknown = HashSet::new();
-    for (i, payload) in payloads.iter().enumerate() {
-        let (solution, senders) = parse(payload);
-        asked.push(senders.asked);
-        origins.push(senders.origin);
-        match solution {
-            Ok(solution) if keys.insert(solution.unique_key.clone()) => {
-                new.push(solution);
-                message_of.push(i);
-            }
-            Ok(_) => outcomes[i] = Some(Outcome::Duplicate),
-            Err(reason) => {
-                rejected.push(Rejected::new("solution", payload, reason.clone()));
-                outcomes[i] = Some(Outcome::Rejected(reason));
+    let mut batch = Batch::parse(payloads);
+    let stored = if batch.new.is_empty() {
+        Vec::new()
+    } else {
+        services.store.insert_solutions(&batch.new).await.map_err(Retry::store)?
+    };
+    let jobs = jobs_of(services, &stored).await?;
+    let mut pending = batch.still_to_decide(stored, &jobs, payloads);
+    let verdicts = validate(services, &jobs, &mut pending).await?;
+    let events = batch.judge(&pending, &jobs)?;
+    let (outcomes, verdict_events) = batch.finish()?;
+    // Verdicts go out with the solutions, before the batch is settled: if the batch
+    // is redelivered, the worker server has already passed on the first verdict and
+    // drops the second.
+    produce_all(services, &events, &verdict_events).await?;
+    let broadcast: Vec<String> = events.into_iter().map(|(key, _)| key).collect();
+    let rejected = &batch.rejected;
+    let settlement =
+        Settlement { verdicts: &verdicts, solutions_broadcast: &broadcast, rejected, ..Default::default() };
+    services.store.settle(&settlement).await.map_err(Retry::store)?;
+    for r in rejected {
+        tracing::warn!(reason = %r.reason, "solution message rejected");
+    }
+    tracing::debug!(broadcast = broadcast.len(), "solution batch broadcast");
+    Ok(outcomes)
+}
+
+/// One batch on its way: what each message became so far, and what the next
+/// steps need of them.
+struct Batch {
+    outcomes: Vec<Option<Outcome>>,
+    rejected: Vec<Rejected>,
+    /// The solutions new to this batch (each nonce once), to insert.
+    new: Vec<NewSolution>,
+    /// The message each of `new` came from.
+    message_of: Vec<usize>,
+    asked: Vec<Asked>,
+    origins: Vec<Option<Origin>>,
+    /// The messages refused for naming no stored job.
+    unknown: HashSet<usize>,
+}
+
+/// A solution event to produce, by its unique key.
+type Event = (String, Vec<u8>);
+
+impl Batch {
+    /// Parses every message; a repeat of a nonce within the batch is a duplicate
+    /// of the first, an unusable message is rejected.
+    fn parse(payloads: &[Vec<u8>]) -> Self {
+        let mut batch = Batch {
+            outcomes: payloads.iter().map(|_| None).collect(),
+            rejected: Vec::new(),
+            new: Vec::new(),
+            message_of: Vec::new(),
+            asked: Vec::with_capacity(payloads.len()),
+            origins: Vec::with_capacity(payloads.len()),
+            unknown: HashSet::new(),
+        };
+        let mut keys = HashSet::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            let (solution, senders) = parse(payload);
+            batch.asked.push(senders.asked);
+            batch.origins.push(senders.origin);
+            match solution {
+                Ok(solution) if keys.insert(solution.unique_key.clone()) => {
+                    batch.new.push(solution);
+                    batch.message_of.push(i);
+                }
+                Ok(_) => batch.outcomes[i] = Some(Outcome::Duplicate),
+                Err(reason) => batch.reject(i, payload, reason, false),
             }
         }
+        batch
     }
-    let stored =
-        if new.is_empty() { Vec::new() } else { services.store.insert_solutions(&new).await.map_err(Retry::store)? };
+
+    fn reject(&mut self, i: usize, payload: &[u8], reason: String, unknown_job: bool) {
+        self.rejected.push(Rejected::new("solution", payload, reason.clone()));
+        self.outcomes[i] = Some(Outcome::Rejected(reason));
+        if unknown_job {
+            self.unknown.insert(i);
+        }
+    }
+
+    /// Of the stored solutions, those still to decide on: not broadcast before
+    /// (else a duplicate), of a known job (else rejected).
+    fn still_to_decide(
+        &mut self,
+        stored: Vec<Inserted<StoredSolution>>,
+        jobs: &HashMap<String, StoredJob>,
+        payloads: &[Vec<u8>],
+    ) -> Vec<(usize, StoredSolution)> {
+        let mut pending = Vec::new();
+        let message_of = std::mem::take(&mut self.message_of);
+        for (inserted, i) in stored.into_iter().zip(message_of) {
+            let solution = inserted.row;
+            if solution.broadcast {
+                self.outcomes[i] = Some(Outcome::Duplicate);
+            } else if !jobs.contains_key(&solution.task_id) {
+                self.reject(i, &payloads[i], format!("unknown task_id {}", solution.task_id), true);
+            } else {
+                pending.push((i, solution));
+            }
+        }
+        pending
+    }
+
+    /// The validators' verdicts as outcomes: invalid ones stay, valid (and
+    /// unchecked) ones become the events to broadcast.
+    fn judge(
+        &mut self,
+        pending: &[(usize, StoredSolution)],
+        jobs: &HashMap<String, StoredJob>,
+    ) -> Result<Vec<Event>, Retry> {
+        let mut events = Vec::new();
+        for (i, solution) in pending {
+            if solution.checked && !solution.valid {
+                self.outcomes[*i] = Some(Outcome::Invalid(solution.invalid_reason.clone().unwrap_or_default()));
+                tracing::debug!(unique_key = %solution.unique_key, reason = ?solution.invalid_reason, "solution invalid");
+                continue;
+            }
+            let Some(job) = jobs.get(&solution.task_id) else { continue };
+            let bytes = serde_json::to_vec(&solution_event(job, solution)).map_err(Retry::from)?;
+            events.push((solution.unique_key.clone(), bytes));
+            self.outcomes[*i] = Some(Outcome::Broadcast);
+        }
+        Ok(events)
+    }
+
+    /// Every message's outcome, and the `verdict` topic's events: a verdict for
+    /// each worker that asked, and a tally per worker server.
+    fn finish(&mut self) -> Result<(Vec<Outcome>, Vec<Event>), Retry> {
+        let outcomes: Vec<Outcome> =
+            std::mem::take(&mut self.outcomes).into_iter().map(|o| o.unwrap_or(Outcome::Duplicate)).collect();
+        let mut verdict_events = Vec::new();
+        for (asker, outcome) in std::mem::take(&mut self.asked).into_iter().zip(&outcomes) {
+            if let Some(asker) = asker {
+                let event = verdict_event(asker, outcome);
+                verdict_events.push((event.reply.server.clone(), serde_json::to_vec(&event).map_err(Retry::from)?));
+            }
+        }
+        for event in tallies(&self.origins, &outcomes, &self.unknown) {
+            verdict_events.push((event.server.clone(), serde_json::to_vec(&event).map_err(Retry::from)?));
+        }
+        Ok((outcomes, verdict_events))
+    }
+}
+
+/// The stored jobs of the solutions not broadcast before, by task id.
+async fn jobs_of(
+    services: &Services,
+    stored: &[Inserted<StoredSolution>],
+) -> Result<HashMap<String, StoredJob>, Retry> {
     let task_ids: Vec<String> = stored
         .iter()
         .filter(|s| !s.row.broadcast)
@@ -190,72 +315,23 @@ pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let jobs: HashMap<String, StoredJob> = if task_ids.is_empty() {
-        HashMap::new()
-    } else {
-        let found = services.store.jobs_by_task(&task_ids).await.map_err(Retry::store)?;
-        found.into_iter().map(|j| (j.task_id.clone(), j)).collect()
-    };
+    if task_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let found = services.store.jobs_by_task(&task_ids).await.map_err(Retry::store)?;
+    Ok(found.into_iter().map(|j| (j.task_id.clone(), j)).collect())
+}
 
-    // Solutions still to decide on: not broadcast before, of a known job.
-    let mut pending: Vec<(usize, StoredSolution)> = Vec::new();
-    for (inserted, i) in stored.into_iter().zip(message_of) {
-        let solution = inserted.row;
-        if solution.broadcast {
-            outcomes[i] = Some(Outcome::Duplicate);
-        } else if !jobs.contains_key(&solution.task_id) {
-            let reason = format!("unknown task_id {}", solution.task_id);
-            rejected.push(Rejected::new("solution", &payloads[i], reason.clone()));
-            outcomes[i] = Some(Outcome::Rejected(reason));
-            unknown.insert(i);
-        } else {
-            pending.push((i, solution));
-        }
+/// Produces the solutions and the verdict events, pipelined: every produce is in
+/// flight at once, and all must be confirmed.
+async fn produce_all(services: &Services, solutions: &[Event], verdicts: &[Event]) -> Result<(), Retry> {
+    let solutions = solutions.iter().map(|(key, bytes)| services.log.produce(Topic::Solution, key, bytes));
+    let verdicts = verdicts.iter().map(|(server, bytes)| services.log.produce(Topic::Verdict, server, bytes));
+    let produced = futures::future::join_all(solutions.chain(verdicts)).await;
+    match produced.into_iter().find(Result::is_err) {
+        Some(Err(e)) => Err(Retry::from(e)),
+        _ => Ok(()),
     }
-
-    let verdicts = validate(services, &jobs, &mut pending).await?;
-    let mut events = Vec::new();
-    for (i, solution) in &pending {
-        if solution.checked && !solution.valid {
-            outcomes[*i] = Some(Outcome::Invalid(solution.invalid_reason.clone().unwrap_or_default()));
-            tracing::debug!(unique_key = %solution.unique_key, reason = ?solution.invalid_reason, "solution invalid");
-            continue;
-        }
-        let Some(job) = jobs.get(&solution.task_id) else { continue };
-        let bytes = serde_json::to_vec(&solution_event(job, solution)).map_err(Retry::from)?;
-        events.push((solution.unique_key.clone(), bytes));
-        outcomes[*i] = Some(Outcome::Broadcast);
-    }
-    let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Duplicate)).collect();
-    // Verdicts go out with the solutions, before the batch is settled: if the batch
-    // is redelivered, the worker server has already passed on the first verdict and
-    // drops the second.
-    let mut verdict_events = Vec::new();
-    for (asker, outcome) in asked.into_iter().zip(&outcomes) {
-        if let Some(asker) = asker {
-            let event = verdict_event(asker, outcome);
-            verdict_events.push((event.reply.server.clone(), serde_json::to_vec(&event).map_err(Retry::from)?));
-        }
-    }
-    for event in tallies(&origins, &outcomes, &unknown) {
-        verdict_events.push((event.server.clone(), serde_json::to_vec(&event).map_err(Retry::from)?));
-    }
-    // Pipelined: every produce is in flight at once; all must be confirmed.
-    let solutions = events.iter().map(|(key, bytes)| services.log.produce(Topic::Solution, key, bytes));
-    let verdicts_out = verdict_events.iter().map(|(server, bytes)| services.log.produce(Topic::Verdict, server, bytes));
-    let produced = futures::future::join_all(solutions.chain(verdicts_out)).await;
-    if let Some(Err(e)) = produced.into_iter().find(Result::is_err) {
-        return Err(Retry::from(e));
-    }
-    let broadcast: Vec<String> = events.into_iter().map(|(key, _)| key).collect();
-    let settlement =
-        Settlement { verdicts: &verdicts, solutions_broadcast: &broadcast, rejected: &rejected, ..Default::default() };
-    services.store.settle(&settlement).await.map_err(Retry::store)?;
-    for r in &rejected {
-        tracing::warn!(reason = %r.reason, "solution message rejected");
-    }
-    tracing::debug!(broadcast = broadcast.len(), "solution batch broadcast");
-    Ok(outcomes)
 }
 
 /// Asks the validators about the solutions not checked yet, off the async threads
