@@ -533,12 +533,23 @@ async fn connection_attempts_over_the_rate_of_an_ip_are_answered_429() {
     })
     .await;
     let node_addr = server.running.node_addr.expect("node server");
-    let mut open = Vec::new();
-    for _ in 0..3 {
-        open.push(Client::connect(node_addr).await);
+    // Ten attempts at once. The allowance is a burst of three, refilled at three a
+    // second: however slowly this machine opens them, at least three get through
+    // and no more than three per second they took, started or not.
+    let started = std::time::Instant::now();
+    let attempts = futures::future::join_all((0..10).map(|_| Client::attempt(node_addr))).await;
+    let took = started.elapsed();
+    let (open, refused): (Vec<_>, Vec<_>) = attempts.into_iter().partition(Result::is_ok);
+    let mut open: Vec<Client> = open.into_iter().flatten().collect();
+    assert!(open.len() >= 3, "the burst of three gets through; {} of 10 did", open.len());
+    let most = 3 + 3 * took.as_secs_f64().ceil() as usize;
+    assert!(open.len() <= most, "{} of 10 got through in {took:?}: at most {most}", open.len());
+    assert!(!refused.is_empty(), "all 10 got through in {took:?}");
+    for refusal in refused {
+        let refusal = refusal.err().expect("a refusal");
+        assert_eq!(refusal, (429, "too many node connection attempts from 127.0.0.1 (limit 3 a second)".to_owned()));
     }
-    let refused = Client::refused(node_addr).await;
-    assert_eq!(refused, (429, "too many node connection attempts from 127.0.0.1 (limit 3 a second)".to_owned()));
+    // A second later the allowance has refilled.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     open.push(Client::connect(node_addr).await);
     // The worker server keeps its defaults: loopback is exempt.

@@ -88,13 +88,22 @@ impl Client {
     /// Connects to `ws://addr/` expecting the upgrade to be refused: its HTTP
     /// status and body.
     pub async fn refused(addr: std::net::SocketAddr) -> (u16, String) {
+        match Self::attempt(addr).await {
+            Err(refusal) => refusal,
+            Ok(_) => panic!("expected an HTTP refusal, the connection was accepted"),
+        }
+    }
+
+    /// Connects, or returns the status and body of the HTTP answer that refused
+    /// the upgrade. Any other failure is a panic.
+    pub async fn attempt(addr: std::net::SocketAddr) -> Result<Client, (u16, String)> {
         match connect_async(format!("ws://{addr}/")).await {
+            Ok((socket, _)) => Ok(Client { socket }),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-                (response.status().as_u16(), body.into_owned())
+                Err((response.status().as_u16(), body.into_owned()))
             }
-            Err(other) => panic!("expected an HTTP refusal, got {other}"),
-            Ok(_) => panic!("expected an HTTP refusal, the connection was accepted"),
+            Err(other) => panic!("expected a connection or an HTTP refusal, got {other}"),
         }
     }
 
