@@ -13,8 +13,7 @@
 
 use crate::edge::accept_guard::Peer;
 use crate::edge::connection_cap::{ConnectionCap, Place};
-use crate::pipeline::Services;
-use crate::plugin::{ConnectionRequest, Hook, Lane, PolicySet, Refusal, Role};
+use crate::plugin::{ConnectionRequest, Deciding, Hook, Lane, PolicySet, Refusal, Role};
 use crate::session::{close_code, Outbox};
 use axum::extract::ws::{Message, WebSocket};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
@@ -105,7 +104,7 @@ pub struct Admitted {
 /// then what the challenge needs. A refusal is an HTTP 401 (reasons starting
 /// with `unauthorized`) or 403 with the reason.
 pub async fn admit_connection(
-    services: &Services,
+    deciding: Deciding<'_>,
     cap: &Arc<ConnectionCap>,
     role: Role,
     peer: &Peer,
@@ -120,7 +119,7 @@ pub async fn admit_connection(
     };
     let handshake = Handshake::read(remote, uri, headers);
     let (request, once) = (handshake.request(role), handshake.once.clone());
-    let decided = services
+    let decided = deciding
         .decide(lane_of(role), Hook::AdmitConnection, move |policies| decide(policies, &request, once.as_deref()))
         .await
         .unwrap_or_else(|e| Err(e.into()));
@@ -225,7 +224,7 @@ fn fresh_once() -> String {
 /// being closed (1008 with the reason, or the client left).
 pub async fn run_challenge(
     challenge: &Challenge,
-    services: &Services,
+    deciding: Deciding<'_>,
     request: &ConnectionRequest,
     stream: &mut SplitStream<WebSocket>,
     outbox: &Outbox,
@@ -246,7 +245,7 @@ pub async fn run_challenge(
         return refuse(outbox, request.role, "expected {\"type\":\"answer\",\"answer\":…}");
     };
     let (asked, once) = (request.clone(), challenge.once.clone());
-    let checked = services
+    let checked = deciding
         .decide(lane_of(request.role), Hook::AdmitConnection, move |policies| {
             policies.check_challenge(&asked, &once, Some(&answer), crate::plugin::now_ms())
         })

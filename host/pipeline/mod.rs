@@ -22,7 +22,7 @@ pub mod processors;
 pub mod views;
 pub mod worker;
 
-use crate::plugin::{DecisionPool, Hook, Lane, PluginHost, PolicySet, PoolError};
+use crate::plugin::{Deciding, DecisionPool, Hook, Lane, PluginHost, PolicySet, PoolError};
 use crate::store::Store;
 use crate::transport::{EventLog, WorkQueue};
 use std::sync::Arc;
@@ -44,21 +44,18 @@ pub struct Services {
 }
 
 impl Services {
-    /// Decides with the active policies: on the decision pool, in `lane`, when
-    /// that calls a plugin for `hook`, here when only the built-in rules (or none) decide.
-    /// An error (the decision panicked, the pool stopped) is for the caller to
-    /// fail closed on.
+    /// What asking the policies needs, borrowed: the plugins and the decision pool.
+    pub fn deciding(&self) -> Deciding<'_> {
+        Deciding { plugins: &self.plugins, pool: &self.decisions }
+    }
+
+    /// Decides with the active policies (see [`Deciding::decide`]).
     pub async fn decide<R, F>(&self, lane: Lane, hook: Hook, decide: F) -> Result<R, PoolError>
     where
         R: Send + 'static,
         F: FnOnce(&PolicySet) -> R + Send + 'static,
     {
-        let policies = self.plugins.current();
-        if policies.calls_plugins(hook) {
-            self.decisions.run(lane, move || decide(&policies)).await
-        } else {
-            Ok(decide(&policies))
-        }
+        self.deciding().decide(lane, hook, decide).await
     }
 }
 

@@ -7,6 +7,7 @@
 //! its decision. Time spent queued for a thread is not the plugin's: the
 //! deadline of a call is armed when the call starts on its thread.
 
+use super::{Hook, PluginHost, PolicySet};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -158,6 +159,35 @@ impl DecisionPool {
         }
         self.shared.ready.notify_one();
         rx.await.unwrap_or(Err(PoolError::Stopped))
+    }
+}
+
+/// What asking the policies needs: the active plugins and the threads their
+/// decisions run on. Borrowed from whoever holds both (the pipeline's services).
+#[derive(Clone, Copy)]
+pub struct Deciding<'a> {
+    /// The plugins whose active set decides.
+    pub plugins: &'a PluginHost,
+    /// Where a decision that calls a plugin runs: never on the runtime's threads.
+    pub pool: &'a DecisionPool,
+}
+
+impl Deciding<'_> {
+    /// Decides with the active policies: on the decision pool, in `lane`, when
+    /// that calls a plugin for `hook`, here when only the built-in rules (or none)
+    /// decide. An error (the decision panicked, the pool stopped) is for the caller
+    /// to fail closed on.
+    pub async fn decide<R, F>(self, lane: Lane, hook: Hook, decide: F) -> Result<R, PoolError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&PolicySet) -> R + Send + 'static,
+    {
+        let policies = self.plugins.current();
+        if policies.calls_plugins(hook) {
+            self.pool.run(lane, move || decide(&policies)).await
+        } else {
+            Ok(decide(&policies))
+        }
     }
 }
 

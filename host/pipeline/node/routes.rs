@@ -133,10 +133,11 @@ async fn post_job(
         let reason = format!("over {} jobs per second from this address", server.settings.http.jobs_per_second);
         return Answer::refused(StatusCode::TOO_MANY_REQUESTS, reason).retry_after(1).into_response();
     }
-    let admitted = match admit_connection(&server.services, &server.cap, Role::Node, &peer, &uri, &headers).await {
-        Ok(admitted) => admitted,
-        Err(refused) => return as_json(refused).await,
-    };
+    let admitted =
+        match admit_connection(server.services.deciding(), &server.cap, Role::Node, &peer, &uri, &headers).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return as_json(refused).await,
+        };
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
         Some(Ok(key)) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Some(key.to_string()),
@@ -296,10 +297,11 @@ async fn solutions(
         let reason = "this is a stream of server-sent events: ask with Accept: text/event-stream";
         return Answer::refused(StatusCode::NOT_ACCEPTABLE, reason).into_response();
     }
-    let admitted = match admit_connection(&server.services, &server.cap, Role::Node, &peer, &uri, &headers).await {
-        Ok(admitted) => admitted,
-        Err(refused) => return as_json(refused).await,
-    };
+    let admitted =
+        match admit_connection(server.services.deciding(), &server.cap, Role::Node, &peer, &uri, &headers).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return as_json(refused).await,
+        };
     let Some((id, node)) = server.http_node(&named).filter(|_| valid_id(&named)) else {
         return Answer::refused(StatusCode::NOT_FOUND, format!("no node {named:?} is alive here")).into_response();
     };

@@ -395,7 +395,9 @@ impl NodeServer {
         let (sink, mut stream) = socket.split();
         let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity, &self.settings.socket);
         if let Some(challenge) = &challenge {
-            if !run_challenge(challenge, &self.services, &handshake.request(Role::Node), &mut stream, &outbox).await {
+            if !run_challenge(challenge, self.services.deciding(), &handshake.request(Role::Node), &mut stream, &outbox)
+                .await
+            {
                 finish(&mut stream, outbox, writer).await;
                 return;
             }
@@ -759,7 +761,7 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    match admit_connection(&server.services, &server.cap, Role::Node, &peer, &uri, &headers).await {
+    match admit_connection(server.services.deciding(), &server.cap, Role::Node, &peer, &uri, &headers).await {
         Ok(admitted) => sized(ws, &server.settings.socket).on_upgrade(move |socket| async move {
             server.nodes.track(server.serve(socket, admitted)).await;
         }),
