@@ -52,7 +52,7 @@ pub struct WorkerView {
     /// Each policy's profile and state of it.
     pub policies: Vec<WorkerPolicyView>,
     /// What it sent and how it was judged.
-    pub stats: crate::pipeline::worker::stats::WorkerStatsView,
+    pub stats: WorkerStatsView,
 }
 
 /// A node connected now.
@@ -179,6 +179,38 @@ impl DeliveryCounts {
     pub fn get(&self, key: &str) -> Option<u64> {
         self.counts.lock().ok().and_then(|c| c.0.get(&KeyDigest::of(key)).copied())
     }
+}
+
+/// Solutions per minute over two windows.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Rates {
+    /// Over the last 5 minutes (or since it connected, if later).
+    #[serde(rename = "5m")]
+    pub m5: f64,
+    /// Over the last 60 minutes (or since it connected, if later).
+    #[serde(rename = "60m")]
+    pub m60: f64,
+}
+
+/// A worker connection's counters, as the API shows them.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct WorkerStatsView {
+    /// Solutions the queue took (what an acknowledging client hears as accepted).
+    pub accepted: u64,
+    /// Solutions refused before the queue, by reason (`bad_frame`, `queue`).
+    pub refused: BTreeMap<String, u64>,
+    /// Solutions judged valid (or accepted unchecked) and broadcast.
+    pub valid: u64,
+    /// Solutions judged invalid, by reason (`duplicate`, `policy`, `unknown_job`, `malformed`).
+    pub invalid: BTreeMap<String, u64>,
+    /// When its latest valid solution was judged.
+    pub last_valid_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Solutions accepted per minute.
+    pub accepted_per_minute: Rates,
+    /// Valid solutions per minute.
+    pub valid_per_minute: Rates,
+    /// Connected for the silence threshold and no valid solution within it.
+    pub silent: bool,
 }
 
 #[cfg(test)]

@@ -8,11 +8,9 @@
 //! server's registry lock. Each connection's cost is fixed: a few counters and
 //! [`MINUTES`] one-minute buckets.
 
-use serde::Serialize;
-use std::collections::BTreeMap;
+use crate::pipeline::views::{Rates, WorkerStatsView};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
-use utoipa::ToSchema;
 
 /// How many one-minute buckets a connection keeps: the longest rate window.
 pub const MINUTES: usize = 60;
@@ -84,38 +82,6 @@ pub struct WorkerStats {
     /// Milliseconds since the epoch; 0: none yet.
     last_valid_ms: AtomicI64,
     minutes: Mutex<[Minute; MINUTES]>,
-}
-
-/// Solutions per minute over two windows.
-#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
-pub struct Rates {
-    /// Over the last 5 minutes (or since it connected, if later).
-    #[serde(rename = "5m")]
-    pub m5: f64,
-    /// Over the last 60 minutes (or since it connected, if later).
-    #[serde(rename = "60m")]
-    pub m60: f64,
-}
-
-/// A worker connection's counters, as the API shows them.
-#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
-pub struct WorkerStatsView {
-    /// Solutions the queue took (what an acknowledging client hears as accepted).
-    pub accepted: u64,
-    /// Solutions refused before the queue, by reason (`bad_frame`, `queue`).
-    pub refused: BTreeMap<String, u64>,
-    /// Solutions judged valid (or accepted unchecked) and broadcast.
-    pub valid: u64,
-    /// Solutions judged invalid, by reason (`duplicate`, `policy`, `unknown_job`, `malformed`).
-    pub invalid: BTreeMap<String, u64>,
-    /// When its latest valid solution was judged.
-    pub last_valid_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Solutions accepted per minute.
-    pub accepted_per_minute: Rates,
-    /// Valid solutions per minute.
-    pub valid_per_minute: Rates,
-    /// Connected for the silence threshold and no valid solution within it.
-    pub silent: bool,
 }
 
 impl WorkerStats {
