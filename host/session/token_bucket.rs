@@ -54,8 +54,9 @@ impl TokenBucket {
         if self.take(now) {
             return Ok(());
         }
+        // A bucket that never refills (a rate of 0) has none to come.
         let missing = 1.0 - (self.tokens + self.lent);
-        Err(Duration::from_secs_f64(missing / self.per_second.max(f64::MIN_POSITIVE)))
+        Err(Duration::try_from_secs_f64(missing / self.per_second).unwrap_or(Duration::MAX))
     }
 
     /// The sustained rate.
@@ -108,5 +109,17 @@ mod tests {
         // A client sending 100 a second for ten seconds gets the burst, the loan and the rate.
         let taken = (0..1000u64).filter(|i| bucket.take(start + Duration::from_millis(10 * i))).count();
         assert!((10 + 10 + 99..=10 + 10 + 101).contains(&taken), "{taken}");
+    }
+
+    #[test]
+    fn the_wait_for_a_token_is_its_share_of_a_second_or_forever_at_rate_zero() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::at_rate(0.5, 1);
+        assert_eq!(bucket.take_or_wait(start), Ok(()));
+        assert_eq!(bucket.take_or_wait(start), Err(Duration::from_secs(2)));
+        assert_eq!(bucket.take_or_wait(start + Duration::from_secs(1)), Err(Duration::from_secs(1)));
+        let mut never = TokenBucket::at_rate(0.0, 2);
+        assert!(never.take_or_wait(start).is_ok() && never.take_or_wait(start).is_ok(), "the burst");
+        assert_eq!(never.take_or_wait(start + Duration::from_secs(3600)), Err(Duration::MAX));
     }
 }
