@@ -200,7 +200,7 @@ async fn list_jobs(
     State(state): State<Arc<AdminState>>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult<JobPage> {
-    let page = state.store.list_jobs(query?.page()).await?;
+    let page = state.services.store.list_jobs(query?.page()).await?;
     Ok(Json(JobPage { items: page.items.into_iter().map(Into::into).collect(), next: page.next }))
 }
 
@@ -208,7 +208,7 @@ async fn list_jobs(
 #[utoipa::path(get, path = "/api/v1/jobs/{task_id}", params(("task_id" = String, Path, description = "The job's task id")),
     responses((status = 200, body = JobDetail), (status = 404, body = ApiError), (status = 401, body = ApiError)))]
 async fn job_by_task(State(state): State<Arc<AdminState>>, Path(task_id): Path<String>) -> ApiResult<JobDetail> {
-    let job = state.store.job_by_task(&task_id).await?;
+    let job = state.services.store.job_by_task(&task_id).await?;
     let job = job.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job with task id {task_id}")))?;
     Ok(Json(job_detail(&state, job).await?))
 }
@@ -217,7 +217,7 @@ async fn job_by_task(State(state): State<Arc<AdminState>>, Path(task_id): Path<S
 #[utoipa::path(get, path = "/api/v1/heights/{block_height}", params(("block_height" = i64, Path, description = "The height")),
     responses((status = 200, body = JobDetail), (status = 404, body = ApiError), (status = 401, body = ApiError)))]
 async fn job_by_height(State(state): State<Arc<AdminState>>, Path(height): Path<i64>) -> ApiResult<JobDetail> {
-    let job = state.store.job_at_height(height).await?;
+    let job = state.services.store.job_at_height(height).await?;
     let job = job.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job at height {height}")))?;
     Ok(Json(job_detail(&state, job).await?))
 }
@@ -248,7 +248,7 @@ async fn list_solutions(
     let Query(q) = query?;
     let filter = SolutionFilter { task_id: q.task_id, hardware_id: q.hardware_id, unique_key: q.nonce };
     let page = Page::new(q.limit.unwrap_or(DEFAULT_LIMIT), q.before);
-    let found = state.store.list_solutions(&filter, page).await?;
+    let found = state.services.store.list_solutions(&filter, page).await?;
     let items = found.items.into_iter().map(|s| SolutionOut::new(s, &state)).collect();
     Ok(Json(SolutionPage { items, next: found.next }))
 }
@@ -289,8 +289,11 @@ async fn worker_connections(
 ) -> ApiResult<ConnectionPage> {
     let Query(q) = query?;
     let filter = WorkerFilter { hardware_id: q.hardware_id, open: q.open };
-    let found =
-        state.store.list_worker_connections(&filter, Page::new(q.limit.unwrap_or(DEFAULT_LIMIT), q.before)).await?;
+    let found = state
+        .services
+        .store
+        .list_worker_connections(&filter, Page::new(q.limit.unwrap_or(DEFAULT_LIMIT), q.before))
+        .await?;
     Ok(Json(ConnectionPage { items: found.items, next: found.next }))
 }
 
@@ -309,7 +312,7 @@ async fn live_nodes(
 /// Active plugins, files that failed to load, and the latest reloads.
 #[utoipa::path(get, path = "/api/v1/plugins", responses((status = 200, body = PluginsOut), (status = 401, body = ApiError)))]
 async fn plugins(State(state): State<Arc<AdminState>>) -> ApiResult<PluginsOut> {
-    let plugins = &state.plugins;
+    let plugins = &state.services.plugins;
     Ok(Json(PluginsOut {
         active: plugins.reports(),
         failed: plugins.failures(),

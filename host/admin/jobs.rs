@@ -123,7 +123,7 @@ impl SolutionOut {
 /// A job with its solutions (newest first, one page) and delivery counts.
 pub(super) async fn job_detail(state: &AdminState, job: StoredJob) -> Result<JobDetail, ApiError> {
     let filter = SolutionFilter { task_id: Some(job.task_id.clone()), ..SolutionFilter::default() };
-    let solutions = state.store.list_solutions(&filter, Page::new(Page::MAX_LIMIT, None)).await?;
+    let solutions = state.services.store.list_solutions(&filter, Page::new(Page::MAX_LIMIT, None)).await?;
     Ok(JobDetail {
         delivered_to_workers: state.workers.as_ref().and_then(|w| w.job_deliveries(&job.task_id)),
         solutions: solutions.items.into_iter().map(|s| SolutionOut::new(s, state)).collect(),

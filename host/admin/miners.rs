@@ -197,7 +197,7 @@ pub async fn miner(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, why));
     }
     let now = Utc::now();
-    let activity = state.store.miner_activity(&address, &window_starts(now)).await?;
+    let activity = state.services.store.miner_activity(&address, &window_starts(now)).await?;
     Ok(Json(MinerStats::new(address, now, activity)))
 }
 
@@ -313,7 +313,7 @@ pub async fn shares(
     if since >= until {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("since ({since}) must be before until ({until})")));
     }
-    let lines = state.store.shares(since, until).await?;
+    let lines = state.services.store.shares(since, until).await?;
     let out = SharesOut { since, until, shares: lines.into_iter().map(Into::into).collect() };
     if !wants_csv(&headers) {
         return Ok(Json(out).into_response());

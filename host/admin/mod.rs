@@ -23,7 +23,6 @@ use crate::pipeline::node::server::NodeServer;
 use crate::pipeline::worker::server::WorkerServer;
 use crate::pipeline::Services;
 use crate::plugin::PluginHost;
-use crate::store::Store;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -36,14 +35,12 @@ use tokio_util::sync::CancellationToken;
 
 /// What the admin endpoints read.
 pub struct AdminState {
-    /// The plugins.
-    pub plugins: Arc<PluginHost>,
+    /// The backends and plugins (the process's own, as its stages have them).
+    pub services: Services,
     /// The node server, if this process runs one.
     pub nodes: Option<Arc<NodeServer>>,
     /// The worker server, if this process runs one.
     pub workers: Option<Arc<WorkerServer>>,
-    /// The store.
-    pub store: Arc<dyn Store>,
     /// The roles this process runs.
     pub roles: Vec<RoleName>,
     /// The last minutes, second by second (filled by [`history::sample`]).
@@ -67,14 +64,13 @@ impl AdminState {
         config: &AdminConfig,
         draining: CancellationToken,
     ) -> Self {
-        let (plugins, store) = (services.plugins.clone(), services.store.clone());
         let readiness = ready::Readiness::new(services.clone(), draining);
         let token = config.token.as_deref();
         let token_digest = token.filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
         let history = history::History::new(config.history_secs as usize);
         let public_rate =
             config.public_miner_stats.then(|| Arc::new(public::PublicRate::new(config.public_miner_stats_per_minute)));
-        AdminState { plugins, nodes, workers, store, roles, history, readiness, token_digest, public_rate }
+        AdminState { services: services.clone(), nodes, workers, roles, history, readiness, token_digest, public_rate }
     }
 }
 
@@ -112,7 +108,7 @@ pub fn router(state: AdminState, shutdown: &CancellationToken) -> Router {
 /// named on the lines after `ok`: by file name only, as this path needs no
 /// token; the reasons are at `/plugins`.
 async fn healthz(State(state): State<Arc<AdminState>>) -> String {
-    let names = failed_plugin_files(&state.plugins);
+    let names = failed_plugin_files(&state.services.plugins);
     if names.is_empty() {
         return "ok".into();
     }
@@ -187,7 +183,7 @@ fn unauthorized(why: &str) -> Response {
 
 /// `/plugins`, as before `/api/v1`: active, failed and compiling plugins, and candidates in shadow.
 async fn legacy_plugins(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
-    let plugins = &state.plugins;
+    let plugins = &state.services.plugins;
     Json(serde_json::json!({
         "active": plugins.reports(),
         "failed": plugins.failures(),
@@ -202,7 +198,7 @@ async fn legacy_status(State(state): State<Arc<AdminState>>) -> Json<serde_json:
         "roles": state.roles,
         "nodes": state.nodes.as_ref().map(|n| n.connections()),
         "workers": state.workers.as_ref().map(|w| w.connections()),
-        "plugins": state.plugins.reports().len(),
-        "plugin_failures": state.plugins.failures().len(),
+        "plugins": state.services.plugins.reports().len(),
+        "plugin_failures": state.services.plugins.failures().len(),
     }))
 }

@@ -232,12 +232,12 @@ impl Summary {
             None => histograms.clone(),
         };
         let count = |name: &str, with: &[(&str, &str)]| metrics.value(name, with).max(0.0) as u64;
-        let recent = state.store.list_jobs(Page::new(RECENT_JOBS, None)).await?;
+        let recent = state.services.store.list_jobs(Page::new(RECENT_JOBS, None)).await?;
         let mut recent_jobs = Vec::with_capacity(recent.items.len());
         for job in recent.items {
             recent_jobs.push(job_detail(state, job).await?);
         }
-        let reports = state.plugins.reports();
+        let reports = state.services.plugins.reports();
         let summary = Summary {
             at: Utc::now(),
             roles: state
@@ -276,14 +276,15 @@ impl Summary {
                 })
                 .collect(),
             plugin_failures: state
+                .services
                 .plugins
                 .failures()
                 .into_iter()
                 .map(|f| PluginFailureLine { file: f.file, error: f.error })
                 .collect(),
-            last_reload: state.plugins.history().pop().map(|r| r.at),
-            shadows: state.plugins.shadows().into_iter().map(shadow_line).collect(),
-            reloads: state.plugins.history().into_iter().rev().take(LISTED_RELOADS).map(reload_line).collect(),
+            last_reload: state.services.plugins.history().pop().map(|r| r.at),
+            shadows: state.services.plugins.shadows().into_iter().map(shadow_line).collect(),
+            reloads: state.services.plugins.history().into_iter().rev().take(LISTED_RELOADS).map(reload_line).collect(),
             recent_jobs,
             workers: state.workers.as_ref().map(|w| w.snapshot(0, LISTED_CONNECTIONS)).unwrap_or_default(),
             nodes: state.nodes.as_ref().map(|n| n.snapshot(0, LISTED_CONNECTIONS)).unwrap_or_default(),
