@@ -162,6 +162,12 @@ impl JobFrame {
         read_acked("job", text, |frame: &Self| frame.check(limits))
     }
 
+    /// [`Self::read_within`] of a body already parsed as JSON (a POSTed job, whose
+    /// other fields its route reads too).
+    pub fn read_value_within(value: Value, limits: &FieldLimits) -> Acked<Self> {
+        read_acked_value("job", value, |frame: &Self| frame.check(limits))
+    }
+
     fn check(&self, limits: &FieldLimits) -> Result<(), FrameError> {
         limits.object("epoch_challenge", &self.epoch_challenge)
     }
@@ -300,10 +306,18 @@ fn read_acked<T: serde::de::DeserializeOwned>(
     text: &[u8],
     check: impl FnOnce(&T) -> Result<(), FrameError>,
 ) -> Acked<T> {
-    let value: Value = match serde_json::from_slice(text) {
-        Ok(value) => value,
-        Err(e) => return Acked { id: None, frame: Err(FrameError::NotJson(e.to_string())) },
-    };
+    match serde_json::from_slice(text) {
+        Ok(value) => read_acked_value(kind, value, check),
+        Err(e) => Acked { id: None, frame: Err(FrameError::NotJson(e.to_string())) },
+    }
+}
+
+/// [`read_acked`] of a frame already parsed as JSON.
+fn read_acked_value<T: serde::de::DeserializeOwned>(
+    kind: &'static str,
+    value: Value,
+    check: impl FnOnce(&T) -> Result<(), FrameError>,
+) -> Acked<T> {
     let id = match FrameId::of(&value) {
         Ok(id) => id,
         Err(e) => return Acked { id: None, frame: Err(e) },

@@ -215,11 +215,20 @@ async fn submit(
 
 /// The job frame of a POST's body, and the webhook it names.
 fn read_job(server: &NodeServer, body: &[u8]) -> Result<(JobFrame, Option<String>), String> {
-    let read = JobFrame::read_within(body, &server.settings.socket.fields());
-    let frame = read.frame.map_err(|e| e.to_string())?;
-    let callback = match serde_json::from_slice::<Value>(body).ok().as_ref().and_then(|v| v.get("callback")) {
+    // Parsed once: the job's fields and the route's own `callback`.
+    let limits = server.settings.socket.fields();
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        // Not JSON: the frame reader's own error, as a socket's job gets it.
+        Err(_) => {
+            return Err(JobFrame::read_within(body, &limits).frame.err().map(|e| e.to_string()).unwrap_or_default())
+        }
+    };
+    let callback = value.get("callback").cloned();
+    let frame = JobFrame::read_value_within(value, &limits).frame.map_err(|e| e.to_string())?;
+    let callback = match callback {
         None | Some(Value::Null) => None,
-        Some(Value::String(name)) if server.knows_webhook(name) => Some(name.clone()),
+        Some(Value::String(name)) if server.knows_webhook(&name) => Some(name),
         Some(Value::String(name)) => return Err(format!("callback: no webhook named {name:?} is configured")),
         Some(_) => return Err("callback must be the name of a configured webhook".into()),
     };
