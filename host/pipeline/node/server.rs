@@ -107,9 +107,24 @@ struct NodeConn {
     delivered: RecentKeys,
     remote: SocketAddr,
     connected_at: chrono::DateTime<chrono::Utc>,
-    recent_heights: VecDeque<i64>,
+    /// A socket node's latest heights; a node over HTTP keeps its own (it
+    /// outlives a restart), read through [`NodeConn::recent_heights`].
+    socket_heights: VecDeque<i64>,
     jobs_submitted: u64,
     solutions_delivered: u64,
+}
+
+impl NodeConn {
+    /// The heights the node submitted jobs at lately, oldest first.
+    fn recent_heights(&self) -> Vec<i64> {
+        match &self.sink {
+            Sink::Socket(_) => self.socket_heights.iter().copied().collect(),
+            Sink::Http(node) => {
+                let heights = node.heights();
+                heights[heights.len().saturating_sub(RECENT_HEIGHTS)..].to_vec()
+            }
+        }
+    }
 }
 
 /// Solutions whose delivery counts the server remembers.
@@ -243,7 +258,7 @@ impl NodeServer {
                 connection: id,
                 remote: conn.remote.to_string(),
                 connected_at: conn.connected_at,
-                recent_heights: conn.recent_heights.iter().copied().collect(),
+                recent_heights: conn.recent_heights(),
                 jobs_submitted: conn.jobs_submitted,
                 solutions_delivered: conn.solutions_delivered,
                 outbox_depth: conn.sink.depth(),
@@ -408,7 +423,7 @@ impl NodeServer {
             delivered: RecentKeys::new(REMEMBERED_DELIVERIES),
             remote: handshake.remote,
             connected_at: chrono::Utc::now(),
-            recent_heights: VecDeque::new(),
+            socket_heights: VecDeque::new(),
             jobs_submitted: 0,
             solutions_delivered: 0,
         };
@@ -508,10 +523,12 @@ impl NodeServer {
         crate::metrics::hot().jobs_published.increment(1);
         if let Some(conn) = self.nodes.lock().get_mut(&id) {
             conn.jobs_submitted += 1;
-            if conn.recent_heights.len() == RECENT_HEIGHTS {
-                conn.recent_heights.pop_front();
+            if matches!(conn.sink, Sink::Socket(_)) {
+                if conn.socket_heights.len() == RECENT_HEIGHTS {
+                    conn.socket_heights.pop_front();
+                }
+                conn.socket_heights.push_back(job.block_height);
             }
-            conn.recent_heights.push_back(job.block_height);
         }
         Ok(())
     }
@@ -580,7 +597,7 @@ impl NodeServer {
             delivered: RecentKeys::new(REMEMBERED_DELIVERIES),
             remote: node.remote,
             connected_at: node.created_at,
-            recent_heights: node.heights().into_iter().rev().take(RECENT_HEIGHTS).rev().collect(),
+            socket_heights: VecDeque::new(),
             jobs_submitted: jobs,
             solutions_delivered: 0,
         };
