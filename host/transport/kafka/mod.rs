@@ -5,7 +5,7 @@
 //! - `producer`: the shared producer and its recovery from a cluster that lost its state.
 //! - `tail`: one topic's reader, with stall detection and reopening at its offsets.
 //! - `topics`: creating the topics the cluster lacks.
-//! - [`mock`]: the mock cluster.
+//! - `mock`: the mock cluster ([`MockKafka`]).
 
 mod mock;
 mod producer;
