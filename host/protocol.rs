@@ -434,39 +434,6 @@ pub struct SolutionMessage {
     pub origin: Option<Origin>,
 }
 
-/// A [`SolutionMessage`] as a worker server writes it: the same fields in the
-/// same order, borrowed from the connection's welcome and the frame rather than
-/// copied, since one is written per solution.
-#[derive(Serialize)]
-pub struct SolutionMessageOut<'a> {
-    /// The sending worker's `hardware_id`.
-    pub hardware_id: &'a str,
-    /// The sending worker's `caption`.
-    pub caption: &'a str,
-    /// The job's task id (a uuid).
-    pub task_id: &'a str,
-    /// The worker's `solution` object.
-    pub solution: &'a Map<String, Value>,
-    /// The target the solution claims to reach.
-    pub solution_target: u64,
-    /// Where the verdict goes, when the worker asked for one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reply: Option<&'a Reply>,
-    /// The payout address of the connection.
-    pub address: &'a str,
-    /// Which connection sent it.
-    pub origin: OriginOut<'a>,
-}
-
-/// An [`Origin`] as a worker server writes it, borrowed.
-#[derive(Serialize)]
-pub struct OriginOut<'a> {
-    /// The worker-server process.
-    pub server: &'a str,
-    /// The connection within it.
-    pub connection: u64,
-}
-
 /// A connection of a worker-server process: where a solution came from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Origin {
@@ -701,37 +668,5 @@ mod tests {
         assert_eq!(m.unique_key().as_deref(), Some("12345"));
         m.solution = serde_json::from_str(r#"{"partial_solution":{}}"#).expect("json");
         assert_eq!(m.unique_key(), None);
-    }
-
-    #[test]
-    fn a_solution_message_written_borrowed_reads_back_as_the_owned_one() {
-        let solution: Map<String, Value> =
-            serde_json::from_str(r#"{"partial_solution":{"nonce":"n-1"},"x":[1,2]}"#).expect("json");
-        let reply = Reply { server: "s-1".into(), connection: 7, id: FrameId(serde_json::json!("f-1")) };
-        for reply in [None, Some(&reply)] {
-            let out = SolutionMessageOut {
-                hardware_id: "hw",
-                caption: "cap",
-                task_id: "task",
-                solution: &solution,
-                solution_target: 9,
-                reply,
-                address: "aleo1addr",
-                origin: OriginOut { server: "s-1", connection: 7 },
-            };
-            let owned = SolutionMessage {
-                hardware_id: "hw".into(),
-                caption: "cap".into(),
-                task_id: "task".into(),
-                solution: solution.clone(),
-                solution_target: 9,
-                reply: reply.cloned(),
-                address: Some("aleo1addr".into()),
-                origin: Some(Origin { server: "s-1".into(), connection: 7 }),
-            };
-            let written = serde_json::to_string(&out).expect("written");
-            assert_eq!(written, serde_json::to_string(&owned).expect("written"), "the same bytes on the wire");
-            assert_eq!(serde_json::from_str::<SolutionMessage>(&written).expect("read"), owned);
-        }
     }
 }

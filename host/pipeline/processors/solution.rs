@@ -15,7 +15,7 @@ use crate::plugin::{Hook, Job, Lane, Solution, Validation};
 use crate::protocol::{canonical_json, Origin, Reply, SolutionEvent, SolutionMessage, Tally, TallyEvent, VerdictEvent};
 use crate::store::{Inserted, NewSolution, Rejected, Settlement, StoredJob, StoredSolution, Verdict};
 use crate::transport::{Stream, Topic};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use tokio_util::sync::CancellationToken;
 
 /// What became of one message.
@@ -91,12 +91,11 @@ fn parse(payload: &[u8]) -> (Result<NewSolution, String>, Senders) {
         Ok(message) => message,
         Err(e) => return (Err(format!("not a solution message: {e}")), Senders::default()),
     };
+    let asked = message.reply.clone().map(|reply| (reply, message.task_id.clone()));
+    let senders = Senders { asked, origin: message.origin.clone() };
     let Some(unique_key) = message.unique_key() else {
-        let asked = message.reply.map(|reply| (reply, message.task_id));
-        return (Err("solution has no partial_solution.nonce".into()), Senders { asked, origin: message.origin });
+        return (Err("solution has no partial_solution.nonce".into()), senders);
     };
-    let asked = message.reply.map(|reply| (reply, message.task_id.clone()));
-    let senders = Senders { asked, origin: message.origin };
     let solution = NewSolution {
         solution: canonical_json(&serde_json::Value::Object(message.solution)),
         unique_key,
@@ -113,20 +112,12 @@ fn parse(payload: &[u8]) -> (Result<NewSolution, String>, Senders) {
 /// Per worker server, what became of its connections' solutions in a batch:
 /// one event each. `unknown` are the messages refused for naming no stored job.
 fn tallies(origins: &[Option<Origin>], outcomes: &[Outcome], unknown: &HashSet<usize>) -> Vec<TallyEvent> {
-    // A batch's solutions come from a few worker servers: found by a scan, and
-    // each server's connections in a BTreeMap, so no string is hashed per solution.
-    let mut by_server: Vec<(&str, BTreeMap<u64, Tally>)> = Vec::new();
+    let mut by_server: HashMap<&str, HashMap<u64, Tally>> = HashMap::new();
     for (i, (origin, outcome)) in origins.iter().zip(outcomes).enumerate() {
         let Some(origin) = origin else { continue };
-        let at = match by_server.iter().position(|(server, _)| *server == origin.server) {
-            Some(at) => at,
-            None => {
-                by_server.push((&origin.server, BTreeMap::new()));
-                by_server.len() - 1
-            }
-        };
-        let tally = by_server[at]
-            .1
+        let tally = by_server
+            .entry(&origin.server)
+            .or_default()
             .entry(origin.connection)
             .or_insert_with(|| Tally { connection: origin.connection, ..Tally::default() });
         let slot = match outcome {

@@ -27,8 +27,8 @@ use crate::pipeline::worker::stats::{Refused, WorkerStats};
 use crate::pipeline::Services;
 use crate::plugin::{now_ms, Hook, Job, Lane, Role, Welcome, WorkerState};
 use crate::protocol::{
-    ack_frame, canonical_json, refusal, verdict_frame, ConnectionRecord, JobEvent, OriginOut, PresenceEvent, Reply,
-    SolutionFrame, SolutionMessageOut, TallyEvent, VerdictEvent, VerdictTopicEvent, WelcomeFrame, WorkFrame,
+    ack_frame, canonical_json, refusal, verdict_frame, ConnectionRecord, JobEvent, Origin, PresenceEvent, Reply,
+    SolutionFrame, SolutionMessage, TallyEvent, VerdictEvent, VerdictTopicEvent, WelcomeFrame, WorkFrame,
 };
 use crate::session::{
     close_code, close_for_publish_error, close_for_read_error, finish, read_frames, sized, start_writer, FrameBudget,
@@ -663,19 +663,19 @@ impl WorkerServer {
             self.verdict_reader().await;
             self.await_verdict(id, reply);
         }
-        let message = SolutionMessageOut {
-            hardware_id: &welcome.hardware_id,
-            caption: &welcome.caption,
-            task_id: &frame.task_id,
-            solution: &frame.solution,
+        let message = SolutionMessage {
+            hardware_id: welcome.hardware_id.clone(),
+            caption: welcome.caption.clone(),
+            task_id: frame.task_id,
+            solution: frame.solution,
             solution_target: frame.solution_target,
-            reply: reply.as_ref(),
-            address: &welcome.address,
-            origin: OriginOut { server: &self.server_id, connection: id },
+            reply,
+            address: Some(welcome.address.clone()),
+            origin: Some(Origin { server: self.server_id.clone(), connection: id }),
         };
         let Ok(bytes) = serde_json::to_vec(&message) else { return };
         let Ok(place) = in_flight.clone().acquire_owned().await else { return };
-        let (queue, outbox, ack) = (self.services.queue.clone(), outbox.clone(), reply.map(|r| r.id));
+        let (queue, outbox, ack) = (self.services.queue.clone(), outbox.clone(), message.reply.map(|r| r.id));
         let stats = stats.clone();
         tokio::spawn(async move {
             let _place = place;
