@@ -8,6 +8,12 @@
 //! (one transaction); ack the batch. A solution produced twice after a crash is
 //! delivered once per node connection: node servers remember what each
 //! connection got.
+//!
+//! Solutions are keyed in the log by their job's task id, so one job's solutions
+//! share a partition and every node server reads them in the order they were
+//! judged: what a node gets of one job comes in that order, whichever partition
+//! count the topic has. Node servers read every partition, so the key costs no
+//! reader parallelism; it puts one job's solutions on one partition leader.
 
 use crate::pipeline::consume::{consume_until, BatchSettings, Retry};
 use crate::pipeline::Services;
@@ -165,13 +171,12 @@ pub async fn process_batch(services: &Services, payloads: &[Vec<u8>]) -> Result<
     let jobs = jobs_of(services, &stored).await?;
     let mut pending = batch.still_to_decide(stored, &jobs, payloads);
     let verdicts = validate(services, &jobs, &mut pending).await?;
-    let events = batch.judge(&pending, &jobs)?;
+    let (events, broadcast) = batch.judge(&pending, &jobs)?;
     let (outcomes, verdict_events) = batch.finish()?;
     // Verdicts go out with the solutions, before the batch is settled: if the batch
     // is redelivered, the worker server has already passed on the first verdict and
     // drops the second.
     produce_all(services, &events, &verdict_events).await?;
-    let broadcast: Vec<String> = events.into_iter().map(|(key, _)| key).collect();
     let rejected = &batch.rejected;
     let settlement =
         Settlement { verdicts: &verdicts, solutions_broadcast: &broadcast, rejected, ..Default::default() };
@@ -198,7 +203,7 @@ struct Batch {
     unknown: HashSet<usize>,
 }
 
-/// A solution event to produce, by its unique key.
+/// An event to produce: its key in the log and its bytes.
 type Event = (String, Vec<u8>);
 
 impl Batch {
@@ -263,13 +268,14 @@ impl Batch {
     }
 
     /// The validators' verdicts as outcomes: invalid ones stay, valid (and
-    /// unchecked) ones become the events to broadcast.
+    /// unchecked) ones become the events to broadcast (keyed by task id), with
+    /// their unique keys.
     fn judge(
         &mut self,
         pending: &[(usize, StoredSolution)],
         jobs: &HashMap<String, StoredJob>,
-    ) -> Result<Vec<Event>, Retry> {
-        let mut events = Vec::new();
+    ) -> Result<(Vec<Event>, Vec<String>), Retry> {
+        let (mut events, mut broadcast) = (Vec::new(), Vec::new());
         for (i, solution) in pending {
             if solution.checked && !solution.valid {
                 self.outcomes[*i] = Some(Outcome::Invalid(solution.invalid_reason.clone().unwrap_or_default()));
@@ -278,10 +284,11 @@ impl Batch {
             }
             let Some(job) = jobs.get(&solution.task_id) else { continue };
             let bytes = serde_json::to_vec(&solution_event(job, solution)).map_err(Retry::from)?;
-            events.push((solution.unique_key.clone(), bytes));
+            events.push((solution.task_id.clone(), bytes));
+            broadcast.push(solution.unique_key.clone());
             self.outcomes[*i] = Some(Outcome::Broadcast);
         }
-        Ok(events)
+        Ok((events, broadcast))
     }
 
     /// Every message's outcome, and the `verdict` topic's events: a verdict for
