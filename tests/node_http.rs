@@ -256,6 +256,9 @@ impl WorkQueue for JobQueueDown {
     async fn consume(&self, stream: Stream, prefetch: u16) -> Result<Deliveries, TransportError> {
         self.0.consume(stream, prefetch).await
     }
+    async fn ready(&self, stream: Stream) -> Result<u64, TransportError> {
+        self.0.ready(stream).await
+    }
     async fn check(&self) -> Result<(), TransportError> {
         self.0.check().await
     }

@@ -122,6 +122,17 @@ impl WorkQueue for AmqpQueue {
         }
     }
 
+    /// The queue's `messages_ready`, from a passive declaration on a channel of its
+    /// own (one naming a missing queue closes the channel it was made on).
+    async fn ready(&self, stream: Stream) -> Result<u64, TransportError> {
+        let connection = self.publisher.lock().await.connection().await?;
+        let channel = step("open a channel", connection.create_channel()).await?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let queue = step("look at a queue", channel.queue_declare(stream.queue(), passive, FieldTable::default())).await;
+        let _ = tokio::time::timeout(TIMEOUT, channel.close(200, "looked")).await;
+        Ok(u64::from(queue?.message_count()))
+    }
+
     /// The publishers' connection is open, or opens now. While the broker is
     /// known to be down this fails at once (the reconnection's backoff).
     async fn check(&self) -> Result<(), TransportError> {

@@ -143,6 +143,9 @@ pub trait WorkQueue: Send + Sync {
     async fn publish(&self, stream: Stream, payload: &[u8]) -> Result<(), TransportError>;
     /// Consumes the stream's queue with at most `prefetch` unacked messages.
     async fn consume(&self, stream: Stream, prefetch: u16) -> Result<Deliveries, TransportError>;
+    /// Messages of the stream's queue waiting for a consumer: not counting those
+    /// out with one and not yet settled. How far behind its processors a queue is.
+    async fn ready(&self, stream: Stream) -> Result<u64, TransportError>;
     /// Whether the broker can be used now (what `/readyz` asks): cheap, and
     /// quick to fail while the broker is known to be down.
     async fn check(&self) -> Result<(), TransportError>;

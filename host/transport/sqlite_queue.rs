@@ -366,6 +366,21 @@ impl WorkQueue for SqliteQueue {
         }
     }
 
+    /// The stream's rows no consumer has out.
+    async fn ready(&self, stream: Stream) -> Result<u64, TransportError> {
+        let out = self.shared.out.lock().map(|o| id_list(o.iter().copied())).unwrap_or_else(|_| "[]".into());
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM queue_message
+             WHERE stream = ?1 AND id NOT IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(stream_name(stream))
+        .bind(out)
+        .fetch_one(&self.shared.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.try_get::<i64, _>("n").map_err(unavailable)? as u64)
+    }
+
     async fn consume(&self, stream: Stream, prefetch: u16) -> Result<Deliveries, TransportError> {
         let ledger = Arc::new(Ledger {
             stream,
