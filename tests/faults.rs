@@ -248,9 +248,16 @@ async fn send_traffic_from(worker: &mut Client, node: &mut Client, task: &str, h
     sent
 }
 
-/// Waits until every job sent reached `worker` and every solution `waiting`,
-/// then asserts none arrived twice and prints the counts.
-async fn assert_everything_arrives(worker: &mut Client, waiting: &mut Client, sent: &Sent, across: &str) {
+/// Waits until every job sent reached `worker` and every solution for `task`
+/// `waiting`, then asserts none arrived twice and prints the counts. Returns the
+/// height the worker was last sent: the marker job's.
+async fn assert_everything_arrives(
+    worker: &mut Client,
+    waiting: &mut Client,
+    task: &str,
+    sent: &Sent,
+    across: &str,
+) -> i64 {
     let mut jobs = Tally::default();
     jobs.add(sent.jobs[0]);
     while jobs.0.len() < sent.jobs.len() {
@@ -271,11 +278,29 @@ async fn assert_everything_arrives(worker: &mut Client, waiting: &mut Client, se
             ),
         }
     }
-    worker.assert_quiet("no job twice").await;
-    waiting.assert_quiet("no solution twice").await;
+    // None twice, proven by order: a repeat (a retried batch) is ahead of one more
+    // solution, then of one more job, so each must come next.
+    static MARKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(MARKER_NONCE);
+    let marker = MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    worker.send(&solution(task, marker)).await;
+    match waiting.next_within(RECOVERY).await {
+        Next::Frame(got) if got["partial_solution"]["nonce"] == marker => {}
+        other => panic!("no solution twice {across}: expected the marker {marker}, got {other:?}"),
+    }
+    let height = sent.jobs.iter().max().expect("a job was sent") + 1;
+    waiting.send(&job(height)).await;
+    match worker.next_within(RECOVERY).await {
+        Next::Frame(work) if work["epoch_challenge"]["e"] == height => {}
+        other => panic!("no job twice {across}: expected the marker job {height}, got {other:?}"),
+    }
     jobs.assert_exactly(&format!("jobs {across}"), &sent.jobs);
     solutions.assert_exactly(&format!("solutions {across}"), &sent.solutions);
+    height
 }
+
+/// Where the nonces of the markers of [`assert_everything_arrives`] start: above
+/// any traffic's.
+const MARKER_NONCE: u64 = 1 << 40;
 
 /// Restarts this machine's PostgreSQL cluster; `start`s it when dropped, so a
 /// failing test leaves it running for the others.
@@ -313,7 +338,7 @@ async fn a_postgresql_restart_under_load_loses_and_duplicates_nothing() {
     let restarted = restart.await.expect("restart ran");
     assert!(restarted.status.success(), "pg_ctlcluster restart: {}", String::from_utf8_lossy(&restarted.stderr));
     drop(guard);
-    assert_everything_arrives(&mut rig.worker, &mut rig.node, &sent, "across a PostgreSQL restart").await;
+    assert_everything_arrives(&mut rig.worker, &mut rig.node, &rig.task, &sent, "across a PostgreSQL restart").await;
     rig.stop().await;
 }
 
@@ -327,8 +352,8 @@ async fn a_kafka_broker_restart_that_keeps_its_state_loses_and_duplicates_nothin
     let sent = send_traffic(&mut rig.worker, &mut rig.node, &rig.task, 2000).await;
     // It sleeps while it polls: off the runtime's two workers' task queues.
     tokio::task::block_in_place(|| bring_back(rig.backends.kafka_mock()));
-    assert_everything_arrives(&mut rig.worker, &mut rig.node, &sent, "across a Kafka restart that kept its state")
-        .await;
+    let across = "across a Kafka restart that kept its state";
+    assert_everything_arrives(&mut rig.worker, &mut rig.node, &rig.task, &sent, across).await;
     rig.stop().await;
 }
 
@@ -353,7 +378,8 @@ async fn an_external_kafka_broker_restart_loses_and_duplicates_nothing() {
     });
     let sent = send_traffic(&mut rig.worker, &mut rig.node, &rig.task, 1).await;
     assert!(restarting.await.expect("the restart").success(), "the restart command failed");
-    assert_everything_arrives(&mut rig.worker, &mut rig.node, &sent, "across an external Kafka broker restart").await;
+    let across = "across an external Kafka broker restart";
+    let height = assert_everything_arrives(&mut rig.worker, &mut rig.node, &rig.task, &sent, across).await;
 
     // Restarted while idle, as an operator does: nothing is produced or read
     // while it is away, so eligo learns of the empty broker from the next job.
@@ -363,7 +389,6 @@ async fn an_external_kafka_broker_restart_loses_and_duplicates_nothing() {
     });
     assert!(restarted.await.expect("the restart").success(), "the restart command failed");
     let back = std::time::Instant::now();
-    let height = *sent.jobs.last().expect("jobs were sent");
     rig.node.send(&job(height + 1)).await;
     match rig.worker.next_within(RECOVERY).await {
         Next::Frame(work) => assert_eq!(work["epoch_challenge"]["e"], height + 1),
@@ -373,7 +398,8 @@ async fn an_external_kafka_broker_restart_loses_and_duplicates_nothing() {
     println!("after an idle restart of the broker, the first job reached the worker in {resumed:?}");
     assert!(resumed < Duration::from_secs(15), "delivery resumed {resumed:?} after the broker came back");
     let sent = send_traffic_from(&mut rig.worker, &mut rig.node, &rig.task, height + 1, 30).await;
-    assert_everything_arrives(&mut rig.worker, &mut rig.node, &sent, "after an idle restart of the broker").await;
+    let across = "after an idle restart of the broker";
+    assert_everything_arrives(&mut rig.worker, &mut rig.node, &rig.task, &sent, across).await;
     rig.stop().await;
 }
 
@@ -409,7 +435,8 @@ async fn a_producer_hit_by_a_fatal_error_is_replaced_and_nothing_is_lost() {
     let fatal = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
     rig.backends.kafka_mock().fail_produces(fatal, 1).expect("injecting a produce error");
     let sent = send_traffic(&mut rig.worker, &mut rig.node, &rig.task, 3000).await;
-    assert_everything_arrives(&mut rig.worker, &mut rig.node, &sent, "after a fatal producer error").await;
+    let across = "after a fatal producer error";
+    assert_everything_arrives(&mut rig.worker, &mut rig.node, &rig.task, &sent, across).await;
     rig.stop().await;
 }
 

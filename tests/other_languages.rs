@@ -144,10 +144,12 @@ async fn loads_passes_and_decides(component: &std::path::Path, example: &str, na
     let mut node = server.node().await;
     node.send(&job(50, 5)).await;
     let task = worker.recv("the job").await["task_id"].as_str().expect("task").to_string();
-    worker.send(&solution(&task, 1, 3)).await;
+    let invalid = worker.send_judged(&solution(&task, 1, 3), "1").await;
+    assert_eq!(invalid["valid"], false, "{invalid}");
+    // Judged before the valid one was sent, and of the same job: the invalid one
+    // would come first.
     worker.send(&solution(&task, 2, 7)).await;
     let got = node.recv("the valid solution").await;
-    assert_eq!(got["partial_solution"]["nonce"], 2, "{got}");
-    node.assert_quiet("the invalid one never comes").await;
+    assert_eq!(got["partial_solution"]["nonce"], 2, "the invalid one never comes: {got}");
     server.stop().await;
 }

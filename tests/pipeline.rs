@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::backends::{Backends, Kind};
-use support::server::{challenge, job, solution, welcome, Server};
+use support::server::{assert_node_quiet, assert_worker_quiet, challenge, job, solution, welcome, Server};
 use support::solver;
 use support::ws::{Client, Next};
 
@@ -66,8 +66,9 @@ async fn an_empty_plugin_folder_applies_the_builtin_seed_rules(kind: Kind) {
     let mut node = server.node().await;
     node.send(&job(70, 1)).await;
     worker.recv("job 70").await;
-    node.send(&job(69, 1)).await;
-    worker.assert_quiet("a stale height, as the seed rules say").await;
+    node.send_queued(&job(69, 1), "69").await;
+    assert_worker_quiet(&mut server.node().await, &mut worker, &job(71, 1), "a stale height, as the seed rules say")
+        .await;
 
     // Dropping a plugin in replaces the built-in rules.
     let dir = server.backends.dir().join("policies");
@@ -147,34 +148,41 @@ async fn the_original_rules_hold(kind: Kind) {
     let mut c = server.node().await;
 
     a.send(&job(10, 100)).await;
-    let task10 = worker.recv("job 10").await["task_id"].as_str().expect("task").to_string();
-    a.send(&job(9, 100)).await;
-    a.send(&job(10, 100)).await;
-    worker.assert_quiet("stale and repeated heights are not sent").await;
-
-    c.send(&job(11, 1)).await;
-    let task11 = worker.recv("job 11").await["task_id"].as_str().expect("task").to_string();
+    let work10 = worker.recv("job 10").await;
+    let task10 = work10["task_id"].as_str().expect("task").to_string();
+    // Acknowledged, so that C's job is queued after them.
+    a.send_queued(&job(9, 100), "9").await;
+    a.send_queued(&job(10, 100), "10 again").await;
+    let work11 = assert_worker_quiet(&mut c, &mut worker, &job(11, 1), "stale and repeated heights are not sent").await;
+    let task11 = work11["task_id"].as_str().expect("task").to_string();
     assert_ne!(task10, task11);
 
     // Below node A's target: nobody gets it.
-    worker.send(&solution(&task10, 1, 50)).await;
-    a.assert_quiet("a solution below the job's target").await;
+    let below = worker.send_judged(&solution(&task10, 1, 50), "1").await;
+    assert_eq!(below["valid"], true, "the seed rules route it, they do not judge it: {below}");
+    let above = assert_node_quiet(&mut worker, &mut a, &work10, 100, "a solution below the job's target").await;
 
-    // Node B waits on height 10 with a lower target: it catches up on the one above at once.
+    // Node B waits on height 10 with a lower target: it catches up at once on what
+    // was found above it (solution 1, and the marker above A's target).
     let mut b = server.node().await;
     b.send(&job(10, 40)).await;
-    assert_eq!(b.recv("the stored solution meeting B's target").await["partial_solution"]["nonce"], 1);
+    let caught_up: std::collections::BTreeSet<u64> = [b.recv("a stored solution").await, b.recv("the other").await]
+        .iter()
+        .map(|got| got["partial_solution"]["nonce"].as_u64().expect("a nonce"))
+        .collect();
+    assert_eq!(caught_up, [1, above].into(), "the stored solutions meeting B's target");
 
     // Meets both targets: A and B get it, C (waiting on height 11) does not.
-    worker.send(&solution(&task10, 2, 150)).await;
+    worker.send_judged(&solution(&task10, 2, 150), "2").await;
     assert_eq!(a.recv("solution 2").await["partial_solution"]["nonce"], 2);
     assert_eq!(b.recv("solution 2").await["partial_solution"]["nonce"], 2);
-    c.assert_quiet("a solution for another height").await;
+    assert_node_quiet(&mut worker, &mut c, &work11, 1, "a solution for another height").await;
 
     // The same nonce again is a duplicate: nobody gets it twice.
-    worker.send(&solution(&task10, 2, 150)).await;
-    a.assert_quiet("a duplicate").await;
-    b.assert_quiet("a duplicate").await;
+    let again = worker.send_judged(&solution(&task10, 2, 150), "2 again").await;
+    assert_eq!(again["valid"], false, "{again}");
+    let marker = assert_node_quiet(&mut worker, &mut a, &work10, 100, "a duplicate").await;
+    assert_eq!(b.recv("the marker, not the duplicate").await["partial_solution"]["nonce"], marker);
     server.stop().await;
 }
 
@@ -183,7 +191,8 @@ async fn a_node_that_reconnects_gets_what_was_found_while_it_was_away(kind: Kind
     let mut worker = server.worker("hw-1").await;
     let mut node = server.node().await;
     node.send(&job(30, 5)).await;
-    let task = worker.recv("job 30").await["task_id"].as_str().expect("task").to_string();
+    let work = worker.recv("job 30").await;
+    let task = work["task_id"].as_str().expect("task").to_string();
     node.close().await;
 
     worker.send(&solution(&task, 77, 9)).await;
@@ -196,7 +205,7 @@ async fn a_node_that_reconnects_gets_what_was_found_while_it_was_away(kind: Kind
     let mut again = server.node().await;
     again.send(&job(30, 5)).await;
     assert_eq!(again.recv("the solution found while away").await["partial_solution"]["nonce"], 77);
-    again.assert_quiet("it comes once").await;
+    assert_node_quiet(&mut worker, &mut again, &work, 5, "it comes once").await;
     server.stop().await;
 }
 
@@ -211,7 +220,8 @@ async fn a_catch_up_larger_than_the_node_queue_arrives_whole() {
     let mut worker = server.worker("hw-1").await;
     let mut node = server.node().await;
     node.send(&job(40, 1)).await;
-    let task = worker.recv("job 40").await["task_id"].as_str().expect("task").to_string();
+    let work = worker.recv("job 40").await;
+    let task = work["task_id"].as_str().expect("task").to_string();
     node.close().await;
     const FOUND: u64 = 200;
     for nonce in 1..=FOUND {
@@ -231,7 +241,7 @@ async fn a_catch_up_larger_than_the_node_queue_arrives_whole() {
             other => panic!("after {} of {FOUND} solutions: {other:?}", got.len()),
         }
     }
-    again.assert_quiet("each once, and the connection stays").await;
+    assert_node_quiet(&mut worker, &mut again, &work, 1, "each once, and the connection stays").await;
     server.stop().await;
 }
 
@@ -542,9 +552,9 @@ async fn connection_attempts_over_the_rate_of_an_ip_are_answered_429() {
     let (open, refused): (Vec<_>, Vec<_>) = attempts.into_iter().partition(Result::is_ok);
     let mut open: Vec<Client> = open.into_iter().flatten().collect();
     assert!(open.len() >= 3, "the burst of three gets through; {} of 10 did", open.len());
+    // Whenever the ten took under 2.3 s, this bound is below ten: some were refused.
     let most = 3 + 3 * took.as_secs_f64().ceil() as usize;
     assert!(open.len() <= most, "{} of 10 got through in {took:?}: at most {most}", open.len());
-    assert!(!refused.is_empty(), "all 10 got through in {took:?}");
     for refusal in refused {
         let refusal = refusal.err().expect("a refusal");
         assert_eq!(refusal, (429, "too many node connection attempts from 127.0.0.1 (limit 3 a second)".to_owned()));
@@ -642,10 +652,12 @@ async fn a_client_at_its_budget_is_never_refused() {
     .await;
     let mut node = server.node().await;
     // The burst at once, then the sustained rate for three seconds.
+    let mut last_sent = tokio::time::Instant::now();
     for height in 1..=25 {
         if height > 10 {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        last_sent = tokio::time::Instant::now();
         node.send(
             &json!({ "id": height, "epoch_challenge": { "e": height }, "proof_target": 1, "block_height": height }),
         )
@@ -655,7 +667,10 @@ async fn a_client_at_its_budget_is_never_refused() {
         let ack = node.recv("an ack").await;
         assert_eq!(ack, json!({ "type": "ack", "id": height, "status": "accepted" }));
     }
-    node.assert_quiet("no refusal, no close").await;
+    // One more at the same rate: its ack is next, so no refusal and no close came
+    // before it.
+    tokio::time::sleep_until(last_sent + Duration::from_millis(200)).await;
+    node.send_queued(&job(26, 1), "26").await;
     server.stop().await;
 }
 
@@ -694,8 +709,9 @@ async fn invalid_solutions_are_stored_with_the_reason_and_not_delivered(kind: Ki
     let work = worker.recv("job 40").await;
     let task = work["task_id"].as_str().expect("task").to_string();
     let (bad_nonce, reached) = solver::fail(&work["epoch_challenge"], 1000, 0);
-    worker.send(&solution(&task, bad_nonce, 1000)).await;
-    node.assert_quiet("an invalid solution").await;
+    let verdict = worker.send_judged(&solution(&task, bad_nonce, 1000), "bad").await;
+    assert_eq!(verdict["valid"], false, "{verdict}");
+    assert_node_quiet(&mut worker, &mut node, &work, 1000, "an invalid solution").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let row = server
@@ -860,11 +876,14 @@ async fn a_processor_failing_between_commit_and_ack_loses_and_duplicates_nothing
     let mut worker = server.worker("hw-1").await;
     let mut node = server.node().await;
     node.send(&job(50, 1)).await;
-    let task = worker.recv("job 50, produced twice").await["task_id"].as_str().expect("task").to_string();
-    worker.assert_quiet("the second production of job 50").await;
+    let work = worker.recv("job 50, produced twice").await;
+    let task = work["task_id"].as_str().expect("task").to_string();
+    // The second production comes from the retry of the failed batch, which is
+    // ahead of any later message.
+    assert_worker_quiet(&mut server.node().await, &mut worker, &job(51, 1), "the second production of job 50").await;
     worker.send(&solution(&task, 5, 1)).await;
     assert_eq!(node.recv("the solution, produced twice").await["partial_solution"]["nonce"], 5);
-    node.assert_quiet("the second production of the solution").await;
+    assert_node_quiet(&mut worker, &mut node, &work, 1, "the second production of the solution").await;
     let job = failing.job_by_task(&task).await.expect("read").expect("stored");
     assert!(job.broadcast, "the retry recorded the broadcast");
     server.stop().await;
@@ -918,8 +937,7 @@ async fn embedded_mode_keeps_accepted_jobs_across_a_restart() {
     config.roles = vec![eligo::config::RoleName::NodeServer];
     let only_nodes = eligo::app::start(&config).await.expect("eligo starts");
     let mut node = Client::connect(only_nodes.node_addr.expect("node server")).await;
-    node.send(&job(80, 1)).await;
-    node.assert_quiet("the job is accepted").await;
+    node.send_queued(&job(80, 1), "80").await;
     only_nodes.stop().await;
 
     config.roles = eligo::config::RoleName::ALL.to_vec();
@@ -955,20 +973,21 @@ fn mixed_batch(task: &str, epoch_challenge: &Value) -> Vec<Vec<u8>> {
 }
 
 /// A job at height 60 stored and broadcast on `server`; returns its task id and
-/// challenge, with a node waiting for its solutions.
-async fn stored_job(server: &Server) -> (String, Value, Client) {
+/// the worker's job frame, with the worker that got it and a node waiting for
+/// its solutions.
+async fn stored_job(server: &Server) -> (String, Value, Client, Client) {
     let mut worker = server.worker("hw-batch").await;
     let mut node = server.node().await;
     node.send(&job(60, 1000)).await;
     let work = worker.recv("job 60").await;
-    (work["task_id"].as_str().expect("task").to_string(), work["epoch_challenge"].clone(), node)
+    (work["task_id"].as_str().expect("task").to_string(), work, worker, node)
 }
 
 async fn a_batch_handles_each_message_as_it_would_alone(kind: Kind) {
     use eligo::pipeline::processors::solution::{process, process_batch, Outcome};
     let batched = Server::start(kind, &["seed-rules", "pow-check"]).await;
-    let (task, epoch_challenge, mut node) = stored_job(&batched).await;
-    let messages = mixed_batch(&task, &epoch_challenge);
+    let (task, work, mut worker, mut node) = stored_job(&batched).await;
+    let messages = mixed_batch(&task, &work["epoch_challenge"]);
     let outcomes = process_batch(&batched.running.services, &messages).await.expect("the batch is processed");
     let kinds: Vec<&str> = outcomes
         .iter()
@@ -986,21 +1005,22 @@ async fn a_batch_handles_each_message_as_it_would_alone(kind: Kind) {
         node.recv("the second valid solution").await["partial_solution"]["nonce"].as_u64(),
     ];
     nonces.sort();
-    node.assert_quiet("a duplicate, a poison, an invalid or an unknown task's solution").await;
+    let what = "a duplicate, a poison, an invalid or an unknown task's solution";
+    assert_node_quiet(&mut worker, &mut node, &work, 1000, what).await;
     // The same batch once more (a redelivery after a crash): nothing new is delivered.
     let again = process_batch(&batched.running.services, &messages).await.expect("redelivered batch");
     assert!(
         again.iter().all(|o| matches!(o, Outcome::Duplicate | Outcome::Rejected(_) | Outcome::Invalid(_))),
         "{again:?}"
     );
-    node.assert_quiet("the redelivered batch").await;
+    assert_node_quiet(&mut worker, &mut node, &work, 1000, "the redelivered batch").await;
     batched.stop().await;
 
     // Each message alone, in the same order, on fresh backends.
     let alone = Server::start(kind, &["seed-rules", "pow-check"]).await;
-    let (task, _, mut node) = stored_job(&alone).await;
+    let (task, _, _worker, mut node) = stored_job(&alone).await;
     let mut one_by_one = Vec::new();
-    for message in mixed_batch(&task, &epoch_challenge) {
+    for message in mixed_batch(&task, &work["epoch_challenge"]) {
         one_by_one.push(process(&alone.running.services, &message).await.expect("a message alone"));
     }
     assert_eq!(outcomes, one_by_one, "a batch ends as its messages would one by one");
@@ -1082,6 +1102,10 @@ async fn solutions_and_jobs_with_an_id_are_acknowledged_and_judged(kind: Kind) {
     let (other, other_reached) = solver::solve(&work["epoch_challenge"], 1000, good + 100);
     worker.send(&solution(&task, other, other_reached)).await;
     assert_eq!(node.recv("the solution sent without an id").await["partial_solution"]["nonce"], other);
-    worker.assert_quiet("anything for a solution sent without an id").await;
+    // One more with an id: its ack and verdict come next, so nothing came for the
+    // one without (its verdict would be ahead of this one's in the `verdict` topic).
+    let (marker, marker_reached) = solver::solve(&work["epoch_challenge"], 1000, other + 1);
+    let verdict = worker.send_judged(&solution(&task, marker, marker_reached), "marker").await;
+    assert_eq!(verdict["valid"], true, "anything for a solution sent without an id comes before: {verdict}");
     server.stop().await;
 }

@@ -98,6 +98,41 @@ pub async fn solve(worker: &mut Client, node: &mut Client, height: i64) -> Solve
     Solved { task, good, bad }
 }
 
+/// Where the nonces of [`assert_node_quiet`]'s markers start: above any a test sends.
+const MARKER_NONCES: u64 = 1 << 40;
+
+/// Silence proven by order, on the node side: `worker` sends one more valid
+/// solution to the job `work` (a worker's job frame) reaching `target`, and
+/// `node`'s next frame must be that one. One job's solutions share one ordered
+/// partition of the log, and a node's frames one ordered outbox, so a solution
+/// the pipeline already had for `node` comes before it. Call it once what was
+/// sent before is judged (a verdict, or the node got a later solution of the job).
+/// Returns the marker's nonce.
+pub async fn assert_node_quiet(worker: &mut Client, node: &mut Client, work: &Value, target: u64, what: &str) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(MARKER_NONCES);
+    let start = NEXT.fetch_add(1 << 20, std::sync::atomic::Ordering::Relaxed);
+    let (nonce, reached) = super::solver::solve(&work["epoch_challenge"], target, start);
+    let task = work["task_id"].as_str().expect("a job frame has a task id");
+    worker.send(&solution(task, nonce, reached)).await;
+    let got = node.recv("the marker solution").await;
+    assert_eq!(got["partial_solution"]["nonce"], nonce, "nothing before the marker ({what}), got {got}");
+    nonce
+}
+
+/// Silence proven by order, on the worker side: `node` sends the job `marker`,
+/// higher than every job sent before, and `worker`'s next frame must be it. Jobs
+/// share one ordered partition of the log, and a worker's frames one ordered
+/// outbox, so a job the pipeline already had for `worker` comes before it. Call
+/// it once the jobs sent before are queued (acknowledged, or sent on). A node
+/// connection of its own sending the marker leaves the test's nodes waiting
+/// where they were. Returns the worker's job frame.
+pub async fn assert_worker_quiet(node: &mut Client, worker: &mut Client, marker: &Value, what: &str) -> Value {
+    node.send(marker).await;
+    let got = worker.recv("the marker job").await;
+    assert_eq!(got["epoch_challenge"], marker["epoch_challenge"], "nothing before the marker ({what}), got {got}");
+    got
+}
+
 pub fn welcome(hardware_id: &str) -> Value {
     json!({ "ip": "10.1.2.3", "address": "aleo1worker", "hardware": "NVIDIA RTX 4090", "hardware_id": hardware_id, "caption": "rig" })
 }

@@ -220,12 +220,32 @@ impl Client {
         }
     }
 
-    /// Asserts nothing arrives for a while.
-    pub async fn assert_quiet(&mut self, what: &str) {
-        match self.next_within(Duration::from_millis(600)).await {
-            Next::Quiet => {}
-            other => panic!("expected nothing ({what}), got {other:?}"),
-        }
+    /// Sends `frame` with `"id": id` added.
+    pub async fn send_with_id(&mut self, frame: &Value, id: &str) {
+        let mut frame = frame.clone();
+        frame["id"] = Value::from(id);
+        self.send(&frame).await;
+    }
+
+    /// Sends a job or a solution with `id`; returns once the server has queued it,
+    /// when its next frame must be the `accepted` ack.
+    pub async fn send_queued(&mut self, frame: &Value, id: &str) {
+        self.send_with_id(frame, id).await;
+        let ack = self.recv("the ack").await;
+        assert_eq!(ack, serde_json::json!({ "type": "ack", "id": id, "status": "accepted" }), "for {frame}");
+    }
+
+    /// Sends a solution with `id`; returns its verdict once the processor has
+    /// judged it. Its next two frames must be its ack and its verdict (either
+    /// first: the ack leaves when the queue confirms, the verdict when the
+    /// processor is done, and a busy machine may hold the first back).
+    pub async fn send_judged(&mut self, frame: &Value, id: &str) -> Value {
+        self.send_with_id(frame, id).await;
+        let (first, second) = (self.recv("the ack or the verdict").await, self.recv("the verdict or the ack").await);
+        let (ack, verdict) = if first["type"] == "ack" { (first, second) } else { (second, first) };
+        assert_eq!(ack, serde_json::json!({ "type": "ack", "id": id, "status": "accepted" }), "for {frame}");
+        assert_eq!((&verdict["type"], &verdict["id"]), (&Value::from("verdict"), &Value::from(id)), "{verdict}");
+        verdict
     }
 
     /// Closes the connection.
