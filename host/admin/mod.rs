@@ -50,7 +50,7 @@ pub struct AdminState {
     /// SHA-256 of the admin token, if one is required.
     token_digest: Option<[u8; 32]>,
     /// With public miner stats: the rate of their requests without the token.
-    public_rate: Option<Arc<public::PublicRate>>,
+    public_rate: Option<public::PublicRate>,
 }
 
 impl AdminState {
@@ -69,7 +69,7 @@ impl AdminState {
         let token_digest = token.filter(|t| !t.is_empty()).map(|t| Sha256::digest(t.as_bytes()).into());
         let history = history::History::new(config.history_secs as usize);
         let public_rate =
-            config.public_miner_stats.then(|| Arc::new(public::PublicRate::new(config.public_miner_stats_per_minute)));
+            config.public_miner_stats.then(|| public::PublicRate::new(config.public_miner_stats_per_minute));
         AdminState { services: services.clone(), nodes, workers, roles, history, readiness, token_digest, public_rate }
     }
 }
@@ -87,11 +87,10 @@ pub fn router(state: AdminState, shutdown: &CancellationToken) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state.clone());
     // The one route that may be public: guarded apart, by the token or by the rate.
-    let miners = match &state.public_rate {
-        Some(_) => {
-            api::miner_route().route_layer(axum::middleware::from_fn_with_state(state.clone(), public::public_or_token))
-        }
-        None => api::miner_route().route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token)),
+    let miners = if state.public_rate.is_some() {
+        api::miner_route().route_layer(axum::middleware::from_fn_with_state(state.clone(), public::public_or_token))
+    } else {
+        api::miner_route().route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
     };
     Router::new()
         .route("/healthz", get(healthz).with_state(state.clone()))

@@ -5,26 +5,24 @@
 //!
 //! The rate is a token bucket per client ([`PerIpRate`], as for connection
 //! attempts and POSTed jobs): a client may ask as many times at once as its
-//! per-minute rate, then once per 60/rate seconds. At most [`RATED_CLIENTS`]
-//! clients are remembered, the least recently seen forgotten first.
+//! per-minute rate, then once per 60/rate seconds. At most
+//! [`REMEMBERED_CLIENTS`] clients are remembered, the least recently seen
+//! forgotten first.
 //!
 //! Behind a reverse proxy every request comes from the proxy's address: limit
 //! the rate there instead (this layer then only caps the proxy as a whole).
 
 use super::{token_of, unauthorized, AdminState, Token, WRONG_TOKEN};
-use crate::edge::per_ip::{PerIp, PerIpRate};
+use crate::edge::per_ip::{PerIp, PerIpRate, REMEMBERED_CLIENTS};
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Clients whose allowance is remembered.
-pub const RATED_CLIENTS: NonZeroUsize = NonZeroUsize::new(65_536).expect("not zero");
 
 /// The rate of requests without the token, per client.
 pub struct PublicRate {
@@ -35,7 +33,7 @@ pub struct PublicRate {
 impl PublicRate {
     /// `per_minute` requests a minute per client, as many at once.
     pub fn new(per_minute: NonZeroU32) -> Self {
-        let rate = PerIpRate::new(f64::from(per_minute.get()) / 60.0, per_minute.get(), RATED_CLIENTS);
+        let rate = PerIpRate::new(f64::from(per_minute.get()) / 60.0, per_minute.get(), REMEMBERED_CLIENTS);
         PublicRate { rate, per_ip: PerIp::new(&[], 64) }
     }
 

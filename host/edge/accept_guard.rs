@@ -27,12 +27,11 @@
 
 use crate::config::ConnectionLimits;
 use crate::edge::connection_cap::{ConnectionCap, Full, Place};
-use crate::edge::per_ip::{IpGroup, PerIpRate};
+use crate::edge::per_ip::{IpGroup, PerIpRate, REMEMBERED_CLIENTS};
 use axum::http::StatusCode;
 use lru::LruCache;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,11 +46,6 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Refused sockets being answered at once; past that a refused socket is closed
 /// unanswered, so a flood of connections cannot hold file descriptors this way.
 const MAX_ANSWERING: usize = 1024;
-
-/// Clients (IPv4 addresses, IPv6 prefixes) whose attempts, and whose failures,
-/// are remembered, each map growing with the clients seen up to this bound
-/// (about 100 bytes a client: a few MiB at most).
-pub const REMEMBERED_CLIENTS: NonZeroUsize = NonZeroUsize::new(65_536).expect("not zero");
 
 /// The checks of one server (node or worker) on the sockets it accepts.
 pub struct AcceptGuard {

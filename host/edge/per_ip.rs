@@ -19,6 +19,12 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Clients (IPv4 addresses, IPv6 prefixes) a per-IP map remembers at most, the
+/// least recently seen forgotten first: one bound for every such map (connection
+/// attempts and failures, POSTed jobs, public miner stats), each growing with the
+/// clients seen up to it (about 100 bytes a client: a few MiB at most).
+pub const REMEMBERED_CLIENTS: NonZeroUsize = NonZeroUsize::new(65_536).expect("not zero");
+
 /// One client as the per-IP limits count it: an IPv4 address or an IPv6 prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IpGroup {

@@ -2,7 +2,7 @@
 //! rate of POSTs and the answers remembered for idempotency keys, each bounded.
 
 use crate::config::{ConnectionLimits, NodeHttpConfig};
-use crate::edge::per_ip::{PerIp, PerIpRate};
+use crate::edge::per_ip::{PerIp, PerIpRate, REMEMBERED_CLIENTS};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -17,8 +17,6 @@ use utoipa::ToSchema;
 pub const IDEMPOTENCY_KEYS: usize = 16_384;
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Client IPs whose POST rate is tracked at once.
-const RATED_CLIENTS: usize = 65_536;
 /// Why a request was refused.
 #[derive(Serialize, ToSchema)]
 pub struct Refused {
@@ -89,7 +87,7 @@ impl HttpFront {
         let size = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         HttpFront {
             per_ip: PerIp::new(&connections.per_ip_exempt, connections.ipv6_prefix_len),
-            rates: PerIpRate::new(f64::from(http.jobs_per_second), http.jobs_burst, size(RATED_CLIENTS)),
+            rates: PerIpRate::new(f64::from(http.jobs_per_second), http.jobs_burst, REMEMBERED_CLIENTS),
             remembered: Mutex::new(lru::LruCache::new(size(IDEMPOTENCY_KEYS))),
         }
     }
