@@ -65,8 +65,9 @@ pub struct NodeServerSettings {
 
 /// Where a node's solutions go.
 enum Sink {
-    /// A WebSocket connection's outbox.
-    Socket(Outbox),
+    /// A WebSocket connection: its outbox, and the heights of its latest jobs
+    /// (a node over HTTP keeps its own, as it outlives a restart).
+    Socket { outbox: Outbox, heights: VecDeque<i64> },
     /// A node over HTTP: its streams' history, and its webhook.
     Http(Arc<HttpNode>),
 }
@@ -75,7 +76,7 @@ impl Sink {
     /// Frames waiting to be written (none for a node over HTTP).
     fn depth(&self) -> usize {
         match self {
-            Sink::Socket(outbox) => outbox.depth(),
+            Sink::Socket { outbox, .. } => outbox.depth(),
             Sink::Http(_) => 0,
         }
     }
@@ -83,7 +84,7 @@ impl Sink {
     /// How the node is connected, as the API names it.
     fn transport(&self) -> &'static str {
         match self {
-            Sink::Socket(_) => "websocket",
+            Sink::Socket { .. } => "websocket",
             Sink::Http(_) => "http",
         }
     }
@@ -107,9 +108,6 @@ struct NodeConn {
     delivered: RecentKeys,
     remote: SocketAddr,
     connected_at: chrono::DateTime<chrono::Utc>,
-    /// A socket node's latest heights; a node over HTTP keeps its own (it
-    /// outlives a restart), read through [`NodeConn::recent_heights`].
-    socket_heights: VecDeque<i64>,
     jobs_submitted: u64,
     solutions_delivered: u64,
 }
@@ -118,7 +116,7 @@ impl NodeConn {
     /// The heights the node submitted jobs at lately, oldest first.
     fn recent_heights(&self) -> Vec<i64> {
         match &self.sink {
-            Sink::Socket(_) => self.socket_heights.iter().copied().collect(),
+            Sink::Socket { heights, .. } => heights.iter().copied().collect(),
             Sink::Http(node) => {
                 let heights = node.heights();
                 heights[heights.len().saturating_sub(RECENT_HEIGHTS)..].to_vec()
@@ -326,7 +324,7 @@ impl NodeServer {
                 continue;
             }
             match &conn.sink {
-                Sink::Socket(outbox) => {
+                Sink::Socket { outbox, .. } => {
                     if outbox.try_send(recent.frame.clone()).is_err() {
                         crate::metrics::hot().slow_nodes_closed.increment(1);
                         outbox.close(close_code::POLICY, "too slow: the solution queue of this connection is full");
@@ -382,7 +380,7 @@ impl NodeServer {
                 }
                 conn.solutions_delivered += 1;
                 match &conn.sink {
-                    Sink::Socket(outbox) => outbox.clone(),
+                    Sink::Socket { outbox, .. } => outbox.clone(),
                     Sink::Http(node) => {
                         let webhooks = give_http(node, recent);
                         drop(nodes);
@@ -419,11 +417,10 @@ impl NodeServer {
         }
         let conn = NodeConn {
             state: NodeState::default(),
-            sink: Sink::Socket(outbox.clone()),
+            sink: Sink::Socket { outbox: outbox.clone(), heights: VecDeque::new() },
             delivered: RecentKeys::new(REMEMBERED_DELIVERIES),
             remote: handshake.remote,
             connected_at: chrono::Utc::now(),
-            socket_heights: VecDeque::new(),
             jobs_submitted: 0,
             solutions_delivered: 0,
         };
@@ -523,11 +520,11 @@ impl NodeServer {
         crate::metrics::hot().jobs_published.increment(1);
         if let Some(conn) = self.nodes.lock().get_mut(&id) {
             conn.jobs_submitted += 1;
-            if matches!(conn.sink, Sink::Socket(_)) {
-                if conn.socket_heights.len() == RECENT_HEIGHTS {
-                    conn.socket_heights.pop_front();
+            if let Sink::Socket { heights, .. } = &mut conn.sink {
+                if heights.len() == RECENT_HEIGHTS {
+                    heights.pop_front();
                 }
-                conn.socket_heights.push_back(job.block_height);
+                heights.push_back(job.block_height);
             }
         }
         Ok(())
@@ -597,7 +594,6 @@ impl NodeServer {
             delivered: RecentKeys::new(REMEMBERED_DELIVERIES),
             remote: node.remote,
             connected_at: node.created_at,
-            socket_heights: VecDeque::new(),
             jobs_submitted: jobs,
             solutions_delivered: 0,
         };
