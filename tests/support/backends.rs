@@ -8,7 +8,6 @@ use eligo::transport::kafka::{KafkaLog, MockKafka};
 use eligo::transport::sqlite_queue::SqliteQueue;
 use eligo::transport::{EventLog, Stream, WorkQueue};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Which backends a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,12 +132,7 @@ impl Backends {
         // librdkafka's clients let go before the cluster goes: awaited here, where
         // tasks closing them can still run (the cluster's drop would block for it).
         if let Some(kafka) = &kafka {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while eligo::transport::kafka::live_clients(&kafka.bootstrap_servers()) > 0
-                && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            kafka.clients_gone().await;
         }
         drop(kafka);
     }

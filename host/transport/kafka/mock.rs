@@ -125,6 +125,21 @@ impl MockKafka {
     pub fn settings(&self) -> KafkaSettings {
         KafkaSettings::new(self.bootstrap_servers())
     }
+
+    /// Waits, without blocking a thread, until no client of this process uses
+    /// the cluster (at most 10 s); says whether they all went. For async code
+    /// about to drop the cluster: its drop waits the same way, blocking, as a
+    /// backstop, and would hold up the tasks that close the clients.
+    pub async fn clients_gone(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + CLIENTS_GONE;
+        while live_clients(&self.bootstrap_servers) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
 }
 
 /// Longest wait, as the mock cluster goes, for its clients to let go of it.
