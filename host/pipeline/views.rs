@@ -3,8 +3,10 @@
 //! store knows what was persisted; only the servers know this.
 
 use chrono::{DateTime, Utc};
+use lru::LruCache;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use utoipa::ToSchema;
 
@@ -114,71 +116,64 @@ impl KeyDigest {
     }
 }
 
-/// The latest keys seen, at most `capacity`, as digests: the oldest is
-/// forgotten first. Costs about 40 bytes a key, whatever the keys' length.
+/// The latest keys seen, at most `capacity`, as digests: the first seen is
+/// forgotten first (a repeat does not make a key recent again). Costs about 70
+/// bytes a key, whatever the keys' length, and only for the keys seen.
 #[derive(Debug)]
 pub struct RecentKeys {
-    capacity: usize,
-    keys: std::collections::HashSet<KeyDigest>,
-    order: VecDeque<KeyDigest>,
+    keys: LruCache<KeyDigest, ()>,
 }
 
 impl RecentKeys {
     /// Remembers at most `capacity` keys.
     pub fn new(capacity: usize) -> Self {
-        RecentKeys { capacity: capacity.max(1), keys: Default::default(), order: VecDeque::new() }
+        RecentKeys { keys: LruCache::sparse(at_least_one(capacity)) }
     }
 
     /// `true` if `key` is new (and remembers it from now on).
     pub fn first_time(&mut self, key: KeyDigest) -> bool {
-        if !self.keys.insert(key) {
+        // `contains` leaves the order as it is: the oldest key goes first.
+        if self.keys.contains(&key) {
             return false;
         }
-        if self.order.len() == self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.keys.remove(&old);
-            }
-        }
-        self.order.push_back(key);
+        self.keys.push(key, ());
         true
     }
 }
 
 /// How many connections each recent item (a job by task id, a solution by key)
-/// was queued to, in this process. Bounded: the oldest keys are forgotten first.
+/// was queued to, in this process. Bounded: the first key seen is forgotten first.
 pub struct DeliveryCounts {
-    capacity: usize,
-    counts: Mutex<(HashMap<KeyDigest, u64>, VecDeque<KeyDigest>)>,
+    counts: Mutex<LruCache<KeyDigest, u64>>,
 }
 
 impl DeliveryCounts {
     /// Remembers the counts of the latest `capacity` keys.
     pub fn new(capacity: usize) -> Self {
-        DeliveryCounts { capacity: capacity.max(1), counts: Mutex::new((HashMap::new(), VecDeque::new())) }
+        DeliveryCounts { counts: Mutex::new(LruCache::sparse(at_least_one(capacity))) }
     }
 
     /// Adds `n` deliveries of `key`.
     pub fn add(&self, key: &str, n: u64) {
         let key = KeyDigest::of(key);
-        let Ok(mut guard) = self.counts.lock() else { return };
-        let (counts, order) = &mut *guard;
-        if let Some(count) = counts.get_mut(&key) {
-            *count += n;
-            return;
-        }
-        if order.len() == self.capacity {
-            if let Some(old) = order.pop_front() {
-                counts.remove(&old);
+        let Ok(mut counts) = self.counts.lock() else { return };
+        match counts.peek_mut(&key) {
+            Some(count) => *count += n,
+            None => {
+                counts.push(key, n);
             }
         }
-        counts.insert(key, n);
-        order.push_back(key);
     }
 
     /// The deliveries of `key`, if it is recent enough to be remembered.
     pub fn get(&self, key: &str) -> Option<u64> {
-        self.counts.lock().ok().and_then(|c| c.0.get(&KeyDigest::of(key)).copied())
+        self.counts.lock().ok().and_then(|c| c.peek(&KeyDigest::of(key)).copied())
     }
+}
+
+/// A bound of at least one.
+fn at_least_one(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// Solutions per minute over two windows.
