@@ -2,15 +2,19 @@
 //! queue from a background task, so a welcome never waits for the broker or the
 //! database. The presence processor ([`crate::pipeline::processors::presence`]) writes them.
 //!
-//! Events waiting together are published as one message, several messages
+//! Events wait until connections have been quiet for `QUIET` (at most
+//! `MOST_HELD`): in a reconnect storm the broker, the presence processor and the
+//! database would otherwise take CPU from the welcomes, and the rows can come a
+//! moment later. Events waiting together are published as one message, several messages
 //! concurrently (up to [`IN_FLIGHT`] awaiting confirms), retried with backoff while
 //! the queue is unavailable; their order does not matter (each carries its
 //! connection's whole record). While the broker is down, at most
 //! [`MAX_WAITING`] events wait in memory besides those in flight; past that new
 //! events are dropped and counted (`eligo_presence_events_dropped_total`): the
 //! rows they would have written are finished by the instance's next start, as
-//! for a crash. What is still in memory when the
-//! process dies is lost, and the instance's next start finishes what it left open.
+//! for a crash. What is still in memory when the process dies (at most
+//! `MOST_HELD` of events, or what waits for a broker that is down) is lost,
+//! and the instance's next start finishes what it left open.
 
 use crate::pipeline::Backoff;
 use crate::protocol::PresenceEvent;
@@ -19,6 +23,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use tokio::time::{Duration, Instant};
 
 /// Messages awaiting the broker's confirm at once.
 pub const IN_FLIGHT: usize = 64;
@@ -28,6 +33,15 @@ pub const EVENTS_PER_MESSAGE: usize = 256;
 
 /// Most events waiting for the publisher (about 300 bytes each: ~30 MB).
 pub const MAX_WAITING: usize = 100_000;
+
+/// Events are published once connections have been quiet this long...
+const QUIET: Duration = Duration::from_millis(200);
+
+/// ...or once the oldest has waited this long.
+const MOST_HELD: Duration = Duration::from_secs(2);
+
+/// Most events taken from the channel at once.
+const RECEIVED_AT_ONCE: usize = 4096;
 
 /// Hands presence events to the background publisher.
 pub struct PresenceSender {
@@ -72,6 +86,10 @@ impl PresenceSender {
 /// The events waiting at a moment travel as one message (a JSON array of up to
 /// [`EVENTS_PER_MESSAGE`]): a storm of connections costs the broker and the
 /// processor a few hundred messages, not one per worker.
+///
+/// Events wait until connections have been quiet for `QUIET`, or for at most
+/// `MOST_HELD`: in a reconnect storm the welcomes keep the CPU, and the rows
+/// (the broker, the presence processor, the database) come right after it.
 async fn publish_all(
     queue: Arc<dyn WorkQueue>,
     mut events: mpsc::UnboundedReceiver<Vec<u8>>,
@@ -80,15 +98,35 @@ async fn publish_all(
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
     let mut backoff = Backoff::default();
-    let mut waiting = Vec::with_capacity(EVENTS_PER_MESSAGE);
-    while open || !in_flight.is_empty() {
+    let mut waiting: Vec<Vec<u8>> = Vec::new();
+    // When the oldest waiting event came, and the latest.
+    let mut held: Option<(Instant, Instant)> = None;
+    // Events left waiting for a place in flight go as soon as one frees.
+    let mut overdue = false;
+    while open || !waiting.is_empty() || !in_flight.is_empty() {
+        let due = match held {
+            Some((first, last)) if open && !overdue => (last + QUIET).min(first + MOST_HELD),
+            _ => Instant::now(),
+        };
         tokio::select! {
-            taken = events.recv_many(&mut waiting, EVENTS_PER_MESSAGE), if open && in_flight.len() < IN_FLIGHT => {
+            taken = events.recv_many(&mut waiting, RECEIVED_AT_ONCE), if open => {
                 if taken == 0 {
                     open = false;
                 } else {
-                    unpublished.fetch_sub(taken, Ordering::Relaxed);
-                    in_flight.push(publish(queue.clone(), batch(&mut waiting)));
+                    let now = Instant::now();
+                    held = Some((held.map_or(now, |(first, _)| first), now));
+                }
+            }
+            _ = tokio::time::sleep_until(due), if held.is_some() && in_flight.len() < IN_FLIGHT => {
+                while !waiting.is_empty() && in_flight.len() < IN_FLIGHT {
+                    let rest = waiting.split_off(waiting.len().min(EVENTS_PER_MESSAGE));
+                    let message = std::mem::replace(&mut waiting, rest);
+                    unpublished.fetch_sub(message.len(), Ordering::Relaxed);
+                    in_flight.push(publish(queue.clone(), batch(message)));
+                }
+                overdue = !waiting.is_empty();
+                if !overdue {
+                    held = None;
                 }
             }
             Some(result) = in_flight.next() => match result {
@@ -104,11 +142,11 @@ async fn publish_all(
     }
 }
 
-/// The events as one JSON array, emptying `events`.
-fn batch(events: &mut Vec<Vec<u8>>) -> Vec<u8> {
+/// The events as one JSON array.
+fn batch(events: Vec<Vec<u8>>) -> Vec<u8> {
     let mut message = Vec::with_capacity(events.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
     message.push(b'[');
-    for (i, event) in events.drain(..).enumerate() {
+    for (i, event) in events.into_iter().enumerate() {
         if i > 0 {
             message.push(b',');
         }
@@ -129,5 +167,93 @@ async fn publish(queue: Arc<dyn WorkQueue>, bytes: Vec<u8>) -> Result<(), Vec<u8
             tracing::warn!(error = %e, "publishing a presence event failed; retrying");
             Err(bytes)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{Deliveries, TransportError};
+    use async_trait::async_trait;
+
+    /// A queue that records when each message was published and how many events it held.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<(Instant, usize)>>);
+
+    #[async_trait]
+    impl WorkQueue for Recording {
+        async fn declare(&self) -> Result<(), TransportError> {
+            Ok(())
+        }
+        async fn publish(&self, _: Stream, payload: &[u8]) -> Result<(), TransportError> {
+            let events = serde_json::from_slice::<Vec<serde_json::Value>>(payload).map_or(0, |e| e.len());
+            self.0.lock().expect("lock").push((Instant::now(), events));
+            Ok(())
+        }
+        async fn consume(&self, _: Stream, _: u16) -> Result<Deliveries, TransportError> {
+            Err(TransportError::Closed)
+        }
+        async fn ready(&self, _: Stream) -> Result<u64, TransportError> {
+            Ok(0)
+        }
+        async fn check(&self) -> Result<(), TransportError> {
+            Ok(())
+        }
+    }
+
+    fn event(i: usize) -> PresenceEvent {
+        PresenceEvent::Recovered { instance: format!("i{i}"), at: chrono::Utc::now() }
+    }
+
+    fn published(queue: &Recording) -> Vec<(Instant, usize)> {
+        queue.0.lock().expect("lock").clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_waits_until_quiet_then_goes_in_full_messages() {
+        let queue = Arc::new(Recording::default());
+        let (sender, publishing) = PresenceSender::start(queue.clone());
+        let publishing = tokio::spawn(publishing);
+        let started = Instant::now();
+        for i in 0..1000 {
+            sender.send(&event(i));
+        }
+        tokio::time::sleep(QUIET / 2).await;
+        assert!(published(&queue).is_empty(), "nothing goes while the burst may go on");
+        tokio::time::sleep(QUIET).await;
+        let sent = published(&queue);
+        assert_eq!(sent.iter().map(|(_, n)| n).collect::<Vec<_>>(), [&256, &256, &256, &232]);
+        assert!(sent.iter().all(|(at, _)| *at - started >= QUIET), "{sent:?}");
+        sender.close();
+        publishing.await.expect("the publisher ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_that_never_pause_wait_at_most_their_limit() {
+        let queue = Arc::new(Recording::default());
+        let (sender, publishing) = PresenceSender::start(queue.clone());
+        let publishing = tokio::spawn(publishing);
+        let started = Instant::now();
+        for i in 0..500 {
+            sender.send(&event(i));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let first = published(&queue).first().map(|(at, _)| *at - started);
+        assert_eq!(first, Some(MOST_HELD), "the first message goes when the oldest event has waited its most");
+        sender.close();
+        publishing.await.expect("the publisher ends");
+        assert_eq!(published(&queue).iter().map(|(_, n)| n).sum::<usize>(), 500, "every event, once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_publishes_what_waits_at_once() {
+        let queue = Arc::new(Recording::default());
+        let (sender, publishing) = PresenceSender::start(queue.clone());
+        let publishing = tokio::spawn(publishing);
+        let started = Instant::now();
+        sender.send(&event(0));
+        sender.close();
+        publishing.await.expect("the publisher ends");
+        assert_eq!(published(&queue), [(started, 1)]);
     }
 }
