@@ -71,7 +71,11 @@ async fn the_api_follows_a_job_and_its_solutions_through_the_pipeline(kind: Kind
         (nodes["items"][0]["jobs_submitted"].as_u64(), nodes["items"][0]["solutions_delivered"].as_u64()),
         (Some(1), Some(1))
     );
-    let open = get(admin, "/api/v1/workers/connections?open=true&hardware_id=hw-api").await.ok_json();
+    // The row is written after the fact, once the presence processor has the event.
+    let open = until(admin, "/api/v1/workers/connections?open=true&hardware_id=hw-api", |o| {
+        o["items"].as_array().is_some_and(|items| !items.is_empty())
+    })
+    .await;
     assert_eq!(open["items"].as_array().map(Vec::len), Some(1));
     assert_eq!(open["items"][0]["disconnected_at"], Value::Null);
 

@@ -2,19 +2,21 @@
 //! queue from a background task, so a welcome never waits for the broker or the
 //! database. The presence processor ([`crate::pipeline::processors::presence`]) writes them.
 //!
-//! Events wait until connections have been quiet for `QUIET` (at most
-//! `MOST_HELD`): in a reconnect storm the broker, the presence processor and the
-//! database would otherwise take CPU from the welcomes, and the rows can come a
-//! moment later. Events waiting together are published as one message, several messages
+//! In a reconnect storm (`STORM_EVENTS` events within one `QUIET`) events wait
+//! until connections have been quiet for `QUIET` (at most `MOST_HELD`): the
+//! broker, the presence processor and the database would otherwise take CPU from
+//! the welcomes, and the rows can come a moment later. Outside a storm each event
+//! goes as it comes. Events waiting together are published as one message, several messages
 //! concurrently (up to [`IN_FLIGHT`] awaiting confirms), retried with backoff while
 //! the queue is unavailable; their order does not matter (each carries its
 //! connection's whole record). While the broker is down, at most
 //! [`MAX_WAITING`] events wait in memory besides those in flight; past that new
 //! events are dropped and counted (`eligo_presence_events_dropped_total`): the
 //! rows they would have written are finished by the instance's next start, as
-//! for a crash. What is still in memory when the process dies (at most
-//! `MOST_HELD` of events, or what waits for a broker that is down) is lost,
-//! and the instance's next start finishes what it left open.
+//! for a crash. What is still in memory when the process dies (a storm's last
+//! `MOST_HELD` of events at most, or what waits for a broker that is down) is
+//! lost: a connection whose opening was lost has no row, and the instance's next
+//! start finishes the rows it left open.
 
 use crate::pipeline::Backoff;
 use crate::protocol::PresenceEvent;
@@ -34,7 +36,11 @@ pub const EVENTS_PER_MESSAGE: usize = 256;
 /// Most events waiting for the publisher (about 300 bytes each: ~30 MB).
 pub const MAX_WAITING: usize = 100_000;
 
-/// Events are published once connections have been quiet this long...
+/// Connections come in a storm when this many events arrive within one `QUIET`
+/// (500 a second); fewer are published at once, as they come.
+const STORM_EVENTS: usize = 100;
+
+/// A storm's events are published once connections have been quiet this long...
 const QUIET: Duration = Duration::from_millis(200);
 
 /// ...or once the oldest has waited this long.
@@ -87,9 +93,10 @@ impl PresenceSender {
 /// [`EVENTS_PER_MESSAGE`]): a storm of connections costs the broker and the
 /// processor a few hundred messages, not one per worker.
 ///
-/// Events wait until connections have been quiet for `QUIET`, or for at most
-/// `MOST_HELD`: in a reconnect storm the welcomes keep the CPU, and the rows
-/// (the broker, the presence processor, the database) come right after it.
+/// In a storm (`STORM_EVENTS` within one `QUIET`), events wait until connections
+/// have been quiet for `QUIET`, or for at most `MOST_HELD`: the welcomes keep the
+/// CPU, and the rows (the broker, the presence processor, the database) come
+/// right after. Outside a storm each event goes as it comes.
 async fn publish_all(
     queue: Arc<dyn WorkQueue>,
     mut events: mpsc::UnboundedReceiver<Vec<u8>>,
@@ -103,9 +110,12 @@ async fn publish_all(
     let mut held: Option<(Instant, Instant)> = None;
     // Events left waiting for a place in flight go as soon as one frees.
     let mut overdue = false;
+    // Events received since `window.0`, counted for at most one `QUIET`.
+    let mut window = (Instant::now(), 0usize);
+    let mut storm = false;
     while open || !waiting.is_empty() || !in_flight.is_empty() {
         let due = match held {
-            Some((first, last)) if open && !overdue => (last + QUIET).min(first + MOST_HELD),
+            Some((first, last)) if open && storm && !overdue => (last + QUIET).min(first + MOST_HELD),
             _ => Instant::now(),
         };
         tokio::select! {
@@ -114,6 +124,11 @@ async fn publish_all(
                     open = false;
                 } else {
                     let now = Instant::now();
+                    if now.duration_since(window.0) >= QUIET {
+                        window = (now, 0);
+                    }
+                    window.1 += taken;
+                    storm |= window.1 >= STORM_EVENTS;
                     held = Some((held.map_or(now, |(first, _)| first), now));
                 }
             }
@@ -126,7 +141,7 @@ async fn publish_all(
                 }
                 overdue = !waiting.is_empty();
                 if !overdue {
-                    held = None;
+                    (held, storm) = (None, false);
                 }
             }
             Some(result) = in_flight.next() => match result {
@@ -229,20 +244,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn events_that_never_pause_wait_at_most_their_limit() {
+    async fn a_storm_that_never_pauses_waits_at_most_its_limit() {
         let queue = Arc::new(Recording::default());
         let (sender, publishing) = PresenceSender::start(queue.clone());
         let publishing = tokio::spawn(publishing);
         let started = Instant::now();
-        for i in 0..500 {
+        // 1,000 connections a second for five seconds, ten every 10 ms.
+        for i in 0..5000 {
             sender.send(&event(i));
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if i % 10 == 9 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
-        let first = published(&queue).first().map(|(at, _)| *at - started);
-        assert_eq!(first, Some(MOST_HELD), "the first message goes when the oldest event has waited its most");
+        // The 100th event, at 90 ms, makes it a storm; those before went as they came.
+        let storm_from = Duration::from_millis(90);
+        let sent = published(&queue);
+        let before: usize = sent.iter().filter(|(at, _)| *at - started < storm_from).map(|(_, n)| n).sum();
+        assert_eq!(before, 90, "the events before the storm go at once");
+        let held_until = sent.iter().map(|(at, _)| *at - started).find(|at| *at >= storm_from);
+        assert_eq!(held_until, Some(storm_from + MOST_HELD), "then nothing until the oldest held has waited its most");
         sender.close();
         publishing.await.expect("the publisher ends");
-        assert_eq!(published(&queue).iter().map(|(_, n)| n).sum::<usize>(), 500, "every event, once");
+        assert_eq!(published(&queue).iter().map(|(_, n)| n).sum::<usize>(), 5000, "every event, once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_outside_a_storm_go_as_they_come() {
+        let queue = Arc::new(Recording::default());
+        let (sender, publishing) = PresenceSender::start(queue.clone());
+        let publishing = tokio::spawn(publishing);
+        let started = Instant::now();
+        // Ten a second: each goes at once.
+        for i in 0..20 {
+            sender.send(&event(i));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let sent = published(&queue);
+        assert_eq!(sent.len(), 20, "{sent:?}");
+        for (i, (at, events)) in sent.iter().enumerate() {
+            assert_eq!((*at - started, *events), (Duration::from_millis(100) * i as u32, 1));
+        }
+        sender.close();
+        publishing.await.expect("the publisher ends");
     }
 
     #[tokio::test(start_paused = true)]
