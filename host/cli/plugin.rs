@@ -80,7 +80,7 @@ pub enum PluginCommand {
         /// candidate's file stem); a key no active plugin has adds it.
         #[arg(long)]
         against: Option<String>,
-        /// Only what happened in this last stretch: 90s, 30m, 2h, 7d.
+        /// Only what happened in this last stretch: 90s, 30m, 2h, 7d, 2w, "1h 30m".
         #[arg(long, value_name = "DURATION", conflicts_with = "heights")]
         since: Option<String>,
         /// Only the jobs of these heights and their solutions: FROM..TO.
@@ -384,26 +384,17 @@ fn before(now: chrono::DateTime<chrono::Utc>, text: &str) -> Result<chrono::Date
         .with_context(|| format!("{:?} is too long a duration: it reaches back before any date", text.trim()))
 }
 
-/// `90s`, `30m`, `2h`, `7d`; one too long for a date is an error, not a panic
-/// (chrono's `Duration::hours` and the like panic past their range).
+/// A duration as `humantime` reads it (`90s`, `30m`, `2h`, `7d`, `2w`, `1h 30m`);
+/// one too long for a date is an error, not a panic (chrono's `Duration::hours`
+/// and the like panic past their range).
 fn parse_duration(text: &str) -> Result<chrono::Duration> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    if number.is_empty() {
-        anyhow::bail!("{text:?} is not a duration like 90s, 30m, 2h or 7d");
-    }
-    let unit_seconds: i64 = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 60 * 60,
-        "d" => 24 * 60 * 60,
-        _ => anyhow::bail!("{text:?}: the unit is s, m, h or d"),
-    };
     let too_long = || anyhow::anyhow!("{text:?} is too long a duration");
-    // Only digits are left: a number that does not parse is one too large.
-    let n: i64 = number.parse().map_err(|_| too_long())?;
-    n.checked_mul(unit_seconds).and_then(chrono::Duration::try_seconds).ok_or_else(too_long)
+    let parsed = humantime::parse_duration(text).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => too_long(),
+        other => anyhow::anyhow!("{text:?} is not a duration like 90s, 30m, 2h or 7d: {other}"),
+    })?;
+    chrono::Duration::from_std(parsed).map_err(|_| too_long())
 }
 
 /// `FROM..TO`, inclusive.
@@ -432,11 +423,24 @@ mod tests {
     use chrono::{Duration, TimeZone, Utc};
 
     #[test]
-    fn durations_in_seconds_minutes_hours_and_days() {
-        let parsed: Vec<Duration> =
-            ["90s", "30m", "2h", " 7d "].iter().map(|t| parse_duration(t).expect("a duration")).collect();
-        assert_eq!(parsed, [Duration::seconds(90), Duration::minutes(30), Duration::hours(2), Duration::days(7)]);
-        for bad in ["", "h", "2", "2w", "-2h", "2.5h"] {
+    fn durations_in_seconds_minutes_hours_days_and_weeks() {
+        let parsed: Vec<Duration> = ["90s", "30m", "2h", " 7d ", "2w", "1h 30m", "2.5h"]
+            .iter()
+            .map(|t| parse_duration(t).expect("a duration"))
+            .collect();
+        assert_eq!(
+            parsed,
+            [
+                Duration::seconds(90),
+                Duration::minutes(30),
+                Duration::hours(2),
+                Duration::days(7),
+                Duration::weeks(2),
+                Duration::minutes(90),
+                Duration::minutes(150)
+            ]
+        );
+        for bad in ["", "h", "2", "-2h", "2 parsecs"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
