@@ -220,16 +220,20 @@ mod tests {
         PresenceEvent::Recovered { instance: format!("i{i}"), at: chrono::Utc::now() }
     }
 
+    /// A publisher over a recording queue, running, and when it started.
+    fn started() -> (Arc<Recording>, PresenceSender, tokio::task::JoinHandle<()>, Instant) {
+        let queue = Arc::new(Recording::default());
+        let (sender, publishing) = PresenceSender::start(queue.clone());
+        (queue, sender, tokio::spawn(publishing), Instant::now())
+    }
+
     fn published(queue: &Recording) -> Vec<(Instant, usize)> {
         queue.0.lock().expect("lock").clone()
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_waits_until_quiet_then_goes_in_full_messages() {
-        let queue = Arc::new(Recording::default());
-        let (sender, publishing) = PresenceSender::start(queue.clone());
-        let publishing = tokio::spawn(publishing);
-        let started = Instant::now();
+        let (queue, sender, publishing, started) = started();
         for i in 0..1000 {
             sender.send(&event(i));
         }
@@ -245,10 +249,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_storm_that_never_pauses_waits_at_most_its_limit() {
-        let queue = Arc::new(Recording::default());
-        let (sender, publishing) = PresenceSender::start(queue.clone());
-        let publishing = tokio::spawn(publishing);
-        let started = Instant::now();
+        let (queue, sender, publishing, started) = started();
         // 1,000 connections a second for five seconds, ten every 10 ms.
         for i in 0..5000 {
             sender.send(&event(i));
@@ -270,10 +271,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn connections_outside_a_storm_go_as_they_come() {
-        let queue = Arc::new(Recording::default());
-        let (sender, publishing) = PresenceSender::start(queue.clone());
-        let publishing = tokio::spawn(publishing);
-        let started = Instant::now();
+        let (queue, sender, publishing, started) = started();
         // Ten a second: each goes at once.
         for i in 0..20 {
             sender.send(&event(i));
@@ -290,10 +288,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn closing_publishes_what_waits_at_once() {
-        let queue = Arc::new(Recording::default());
-        let (sender, publishing) = PresenceSender::start(queue.clone());
-        let publishing = tokio::spawn(publishing);
-        let started = Instant::now();
+        let (queue, sender, publishing, started) = started();
         sender.send(&event(0));
         sender.close();
         publishing.await.expect("the publisher ends");
