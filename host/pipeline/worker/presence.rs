@@ -43,8 +43,12 @@ const STORM_EVENTS: usize = 100;
 /// A storm's events are published once connections have been quiet this long...
 const QUIET: Duration = Duration::from_millis(200);
 
-/// ...or once the oldest has waited this long.
+/// ...or once the oldest has waited this long...
 const MOST_HELD: Duration = Duration::from_secs(2);
+
+/// ...or once this many wait: a storm's held events stay far below `MAX_WAITING`,
+/// past which new ones would be dropped, however fast a host welcomes.
+const MOST_HELD_EVENTS: usize = 16_384;
 
 /// Most events taken from the channel at once.
 const RECEIVED_AT_ONCE: usize = 4096;
@@ -115,7 +119,9 @@ async fn publish_all(
     let mut storm = false;
     while open || !waiting.is_empty() || !in_flight.is_empty() {
         let due = match held {
-            Some((first, last)) if open && storm && !overdue => (last + QUIET).min(first + MOST_HELD),
+            Some((first, last)) if open && storm && !overdue && waiting.len() < MOST_HELD_EVENTS => {
+                (last + QUIET).min(first + MOST_HELD)
+            }
             _ => Instant::now(),
         };
         tokio::select! {
@@ -284,6 +290,20 @@ mod tests {
         }
         sender.close();
         publishing.await.expect("the publisher ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_storm_larger_than_the_hold_goes_once_the_hold_is_full() {
+        let (queue, sender, publishing, started) = started();
+        for i in 0..20_000 {
+            sender.send(&event(i));
+        }
+        tokio::time::sleep(QUIET / 2).await;
+        let at_once: usize = published(&queue).iter().filter(|(at, _)| *at == started).map(|(_, n)| n).sum();
+        assert!(at_once >= MOST_HELD_EVENTS, "{at_once} went at once");
+        sender.close();
+        publishing.await.expect("the publisher ends");
+        assert_eq!(published(&queue).iter().map(|(_, n)| n).sum::<usize>(), 20_000, "every event, once");
     }
 
     #[tokio::test(start_paused = true)]
