@@ -38,15 +38,19 @@ async fn two_server_processes_each_deliver_to_their_own_connections() {
     // A node on the first process waiting on 500 as node 2 does: once it has the
     // solution, the first process has offered it to node 1 too.
     let mut beside_n1 = Client::connect(first.node).await;
-    beside_n1.send_queued(&json!({ "epoch_challenge": { "e": 1 }, "proof_target": 3, "block_height": 500 }), "500").await;
+    beside_n1
+        .send_queued(&json!({ "epoch_challenge": { "e": 1 }, "proof_target": 3, "block_height": 500 }), "500")
+        .await;
     let task = t1.as_str().expect("task id");
     w1.send(&json!({ "task_id": task, "solution_target": 9, "solution": { "partial_solution": { "nonce": 4242 } } }))
         .await;
     assert_eq!(n2.recv("the solution, on the other process").await["partial_solution"]["nonce"], 4242);
     assert_eq!(beside_n1.recv("the solution, on the first process").await["partial_solution"]["nonce"], 4242);
     // Then a solution for 501, found after: node 1's next frame must be it.
-    w1.send(&json!({ "task_id": task501, "solution_target": 9, "solution": { "partial_solution": { "nonce": 4243 } } }))
-        .await;
+    w1.send(
+        &json!({ "task_id": task501, "solution_target": 9, "solution": { "partial_solution": { "nonce": 4243 } } }),
+    )
+    .await;
     let next = n1.recv("the solution for 501").await;
     assert_eq!(next["partial_solution"]["nonce"], 4243, "a solution for a height node 1 does not wait on came first");
 
@@ -125,7 +129,8 @@ async fn a_processor_killed_mid_batch_loses_and_duplicates_nothing() {
     // error frame came before: every solution was accepted), and the node's next
     // frame is it (nothing came twice: a redelivered batch is ahead of it).
     let marker = SOLUTIONS + 1;
-    let frame = json!({ "task_id": task, "solution_target": 1, "solution": { "partial_solution": { "nonce": marker } } });
+    let frame =
+        json!({ "task_id": task, "solution_target": 1, "solution": { "partial_solution": { "nonce": marker } } });
     worker.send_judged(&frame, "marker").await;
     assert_eq!(node.recv("the marker").await["partial_solution"]["nonce"], marker, "nothing twice");
     let duplicated: u32 = received.values().map(|n| n - 1).sum();
@@ -211,7 +216,8 @@ async fn every_process_killed_mid_load_loses_and_duplicates_nothing(kind: Kind) 
     // One more solution: the node's next solution must be it (an ack of its job
     // may come between), so none came twice ahead of it.
     let marker = next_nonce;
-    let frame = json!({ "task_id": task, "solution_target": 1, "solution": { "partial_solution": { "nonce": marker } } });
+    let frame =
+        json!({ "task_id": task, "solution_target": 1, "solution": { "partial_solution": { "nonce": marker } } });
     worker.send_judged(&frame, "marker").await;
     let next = loop {
         match node.recv("the marker").await {

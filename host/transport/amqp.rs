@@ -128,7 +128,8 @@ impl WorkQueue for AmqpQueue {
         let connection = self.publisher.lock().await.connection().await?;
         let channel = step("open a channel", connection.create_channel()).await?;
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        let queue = step("look at a queue", channel.queue_declare(stream.queue(), passive, FieldTable::default())).await;
+        let queue =
+            step("look at a queue", channel.queue_declare(stream.queue(), passive, FieldTable::default())).await;
         let _ = tokio::time::timeout(TIMEOUT, channel.close(200, "looked")).await;
         Ok(u64::from(queue?.message_count()))
     }
