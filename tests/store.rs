@@ -14,8 +14,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use eligo::store::postgres::PgStore;
 use eligo::store::sqlite::SqliteStore;
 use eligo::store::{
-    Inserted, NewJob, NewSolution, Page, Presence, Recovery, Shares, SolutionFilter, Store, StoredJob, StoredSolution,
-    Tally, WorkerConnection, WorkerFilter,
+    Inserted, NewJob, NewSolution, Page, Presence, Recovery, Settlement, Shares, SolutionFilter, Store, StoredJob,
+    StoredSolution, Tally, Verdict, WorkerConnection, WorkerFilter,
 };
 use futures::FutureExt;
 use sqlx::postgres::PgPool;
@@ -209,6 +209,8 @@ store_tests!(
     concurrent_inserts_of_one_solution_store_one,
     latest_broadcast_job_is_the_highest_broadcast,
     a_solution_is_stored_once_and_keeps_its_verdict,
+    a_batch_of_new_and_stored_solutions_says_which_it_created,
+    one_settlement_records_each_solutions_verdict_and_broadcast,
     broadcast_solutions_at_a_height_come_oldest_first_with_their_job,
     rejected_messages_are_kept,
     reconnecting_finishes_the_open_connection_at_the_latest_solution,
@@ -404,6 +406,65 @@ async fn a_solution_is_stored_once_and_keeps_its_verdict(b: Backend) {
         (true, true, None, true)
     );
     assert_eq!(accepted.created_at, row.created_at);
+}
+
+async fn a_batch_of_new_and_stored_solutions_says_which_it_created(b: Backend) {
+    let store = &*b.store;
+    let old = insert_solution(store, &new_solution("old", "task", "hw", "rig")).await.row;
+    store.set_validation("old", false, true, Some("stale")).await.unwrap();
+    let batch = [
+        new_solution("new", "task", "hw", "rig"),
+        NewSolution { hardware_id: "other".to_owned(), ..new_solution("old", "task", "hw", "rig") },
+        new_solution("new", "task", "hw", "rig"),
+    ];
+    let got = store.insert_solutions(&batch).await.unwrap();
+    let summary: Vec<_> = got
+        .iter()
+        .map(|s| (s.created, &*s.row.unique_key, &*s.row.hardware_id, s.row.checked, s.row.invalid_reason.as_deref()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (true, "new", "hw", false, None),
+            (false, "old", "hw", true, Some("stale")),
+            (false, "new", "hw", false, None)
+        ],
+        "the stored row comes back for a key stored before, created only once for a repeat"
+    );
+    assert_eq!(got[1].row.created_at, old.created_at);
+}
+
+async fn one_settlement_records_each_solutions_verdict_and_broadcast(b: Backend) {
+    let store = &*b.store;
+    for key in ["valid", "invalid", "unchecked", "untouched"] {
+        insert_solution(store, &new_solution(key, "task", "hw", "rig")).await;
+    }
+    let verdict = |key: &str, valid: bool, reason: Option<&str>| Verdict {
+        unique_key: key.to_owned(),
+        valid,
+        checked: true,
+        invalid_reason: reason.map(str::to_owned),
+    };
+    let verdicts = [verdict("valid", true, None), verdict("invalid", false, Some("below target"))];
+    let broadcast = ["valid".to_owned(), "unchecked".to_owned(), "no-such-key".to_owned()];
+    store
+        .settle(&Settlement { verdicts: &verdicts, solutions_broadcast: &broadcast, ..Default::default() })
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for key in ["valid", "invalid", "unchecked", "untouched"] {
+        let row = insert_solution(store, &new_solution(key, "task", "hw", "rig")).await.row;
+        seen.push((key, row.valid, row.checked, row.invalid_reason, row.broadcast));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("valid", true, true, None, true),
+            ("invalid", false, true, Some("below target".to_owned()), false),
+            ("unchecked", false, false, None, true),
+            ("untouched", false, false, None, false),
+        ]
+    );
 }
 
 async fn broadcast_solutions_at_a_height_come_oldest_first_with_their_job(b: Backend) {

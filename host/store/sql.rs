@@ -5,6 +5,7 @@
 //! `id` and `block_height` are read through `CAST(… AS bigint)` because a PostgreSQL
 //! database taken over from the original system may hold them as `integer`.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,7 +15,7 @@ use tokio::sync::Semaphore;
 use super::dialect::{Column, Dialect, Exec, Query, Sql};
 use super::{
     in_input_order, Inserted, MinerActivity, NewJob, NewSolution, Page, Paged, Presence, Recovery, Settlement, Shares,
-    SolutionFilter, Store, StoreError, StoredJob, StoredSolution, Tally, WorkerActivity, WorkerConnection,
+    SolutionFilter, Store, StoreError, StoredJob, StoredSolution, Tally, Verdict, WorkerActivity, WorkerConnection,
     WorkerFilter, WorkerRow,
 };
 
@@ -259,6 +260,49 @@ fn worker_in(
     })
 }
 
+/// A batch's writes to solution rows, one row each: its verdict (if `judged`) and
+/// whether it was broadcast (`sent`).
+#[derive(Default)]
+struct SolutionChanges {
+    keys: Vec<String>,
+    judged: Vec<bool>,
+    valid: Vec<bool>,
+    checked: Vec<bool>,
+    reasons: Vec<Option<String>>,
+    sent: Vec<bool>,
+}
+
+impl SolutionChanges {
+    fn of(verdicts: &[Verdict], broadcast: &[String]) -> Self {
+        let mut changes = SolutionChanges::default();
+        let mut at: HashMap<&str, usize> = HashMap::with_capacity(verdicts.len() + broadcast.len());
+        for v in verdicts {
+            if at.insert(&v.unique_key, changes.keys.len()).is_none() {
+                changes.push(&v.unique_key, Some(v), false);
+            }
+        }
+        for key in broadcast {
+            match at.get(key.as_str()) {
+                Some(&i) => changes.sent[i] = true,
+                None => {
+                    at.insert(key, changes.keys.len());
+                    changes.push(key, None, true);
+                }
+            }
+        }
+        changes
+    }
+
+    fn push(&mut self, key: &str, verdict: Option<&Verdict>, sent: bool) {
+        self.keys.push(key.to_string());
+        self.judged.push(verdict.is_some());
+        self.valid.push(verdict.is_some_and(|v| v.valid));
+        self.checked.push(verdict.is_some_and(|v| v.checked));
+        self.reasons.push(verdict.and_then(|v| v.invalid_reason.clone()));
+        self.sent.push(sent);
+    }
+}
+
 /// Texts of a batch, one per input.
 fn texts<T>(items: &[T], field: impl Fn(&T) -> &str) -> Column {
     Column::Texts(items.iter().map(|i| field(i).to_string()).collect())
@@ -331,7 +375,7 @@ impl<D: Dialect> Store for SqlStore<D> {
             "INSERT INTO solution (unique_key, hardware_id, caption, task_id, solution, solution_target, address, \
              created_at) \
              SELECT b.k, b.h, b.c, b.t, b.s, b.st, b.a, {now} FROM {rows} WHERE true ORDER BY b.k \
-             ON CONFLICT (unique_key) DO NOTHING RETURNING unique_key",
+             ON CONFLICT (unique_key) DO NOTHING RETURNING {SOLUTION_COLUMNS}",
             rows = q.rows(
                 "b",
                 vec![
@@ -346,15 +390,22 @@ impl<D: Dialect> Store for SqlStore<D> {
             ),
             now = q.now(),
         );
-        let created: Vec<(String,)> = D::fetch(Exec::Tx(&mut tx), q.finish(sql)).await?;
-        let mut q = Sql::<D>::default();
-        let sql = format!(
-            "SELECT {SOLUTION_COLUMNS} FROM solution WHERE {}",
-            q.is_in("unique_key", Column::Texts(keys.clone()))
-        );
-        let rows: Vec<SolutionRow> = D::fetch(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        let mut rows: Vec<SolutionRow> = D::fetch(Exec::Tx(&mut tx), q.finish(sql)).await?;
+        let created: Vec<String> = rows.iter().map(|r| r.unique_key.clone()).collect();
+        // Only a key stored before (a repeat, a redelivered batch) needs reading back:
+        // in the usual batch every row came back from the insert.
+        let new: HashSet<&str> = created.iter().map(String::as_str).collect();
+        let before: Vec<String> = keys.iter().filter(|k| !new.contains(k.as_str())).cloned().collect();
+        if !before.is_empty() {
+            let mut q = Sql::<D>::default();
+            let sql = format!(
+                "SELECT {SOLUTION_COLUMNS} FROM solution WHERE {}",
+                q.is_in("unique_key", Column::Texts(before))
+            );
+            rows.extend(D::fetch::<SolutionRow>(Exec::Tx(&mut tx), q.finish(sql)).await?);
+        }
         D::commit(tx).await?;
-        in_input_order(keys, rows, |r| r.unique_key.clone(), created.into_iter().map(|(k,)| k).collect())
+        in_input_order(keys, rows, |r| r.unique_key.clone(), created)
     }
 
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<(), StoreError> {
@@ -362,37 +413,42 @@ impl<D: Dialect> Store for SqlStore<D> {
             return Ok(());
         }
         let mut tx = D::begin(&self.pool).await?;
-        let verdicts = settlement.verdicts;
-        if !verdicts.is_empty() {
+        let changes = SolutionChanges::of(settlement.verdicts, settlement.solutions_broadcast);
+        if !changes.keys.is_empty() {
+            // A verdict and a broadcast of one solution are one write of its row, not
+            // two: most rows of a batch get both. A broadcast keeps its first time.
             let mut q = Sql::<D>::default();
             let sql = format!(
-                "UPDATE solution SET valid = v.valid, checked = v.checked, invalid_reason = v.reason \
-                 FROM {} WHERE solution.unique_key = v.k",
-                q.rows(
+                "UPDATE solution SET \
+                 valid = CASE WHEN v.judged THEN v.valid ELSE solution.valid END, \
+                 checked = CASE WHEN v.judged THEN v.checked ELSE solution.checked END, \
+                 invalid_reason = CASE WHEN v.judged THEN v.reason ELSE solution.invalid_reason END, \
+                 broadcast_at = CASE WHEN v.sent THEN coalesce(solution.broadcast_at, {now}) \
+                                ELSE solution.broadcast_at END \
+                 FROM {rows} WHERE solution.unique_key = v.k AND (v.judged OR solution.broadcast_at IS NULL)",
+                now = q.now(),
+                rows = q.rows(
                     "v",
                     vec![
-                        ("k", texts(verdicts, |v| &v.unique_key)),
-                        ("valid", Column::Bools(verdicts.iter().map(|v| v.valid).collect())),
-                        ("checked", Column::Bools(verdicts.iter().map(|v| v.checked).collect())),
-                        ("reason", Column::OptionalTexts(verdicts.iter().map(|v| v.invalid_reason.clone()).collect())),
+                        ("k", Column::Texts(changes.keys)),
+                        ("judged", Column::Bools(changes.judged)),
+                        ("valid", Column::Bools(changes.valid)),
+                        ("checked", Column::Bools(changes.checked)),
+                        ("reason", Column::OptionalTexts(changes.reasons)),
+                        ("sent", Column::Bools(changes.sent)),
                     ],
-                )
+                ),
             );
             D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
         }
-        // A broadcast keeps its first time.
-        for (table, key, keys) in
-            [("job", "task_id", settlement.jobs_broadcast), ("solution", "unique_key", settlement.solutions_broadcast)]
-        {
-            if !keys.is_empty() {
-                let mut q = Sql::<D>::default();
-                let sql = format!(
-                    "UPDATE {table} SET broadcast_at = {} WHERE {} AND broadcast_at IS NULL",
-                    q.now(),
-                    q.is_in(key, Column::Texts(keys.to_vec()))
-                );
-                D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
-            }
+        if !settlement.jobs_broadcast.is_empty() {
+            let mut q = Sql::<D>::default();
+            let sql = format!(
+                "UPDATE job SET broadcast_at = {} WHERE {} AND broadcast_at IS NULL",
+                q.now(),
+                q.is_in("task_id", Column::Texts(settlement.jobs_broadcast.to_vec()))
+            );
+            D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
         }
         let rejected = settlement.rejected;
         if !rejected.is_empty() {
