@@ -128,6 +128,11 @@ impl NodeConn {
 /// Solutions whose delivery counts the server remembers.
 const REMEMBERED_SOLUTIONS: usize = 4096;
 
+/// Most solutions offered in one decision: what the log had ready, up to this. One
+/// trip to a decision thread per solution cost more than the policy; a bound keeps
+/// a slow policy's batch from holding a decision thread for long.
+const OFFER_BATCH: usize = 64;
+
 /// Solution events read from the log that a node's catch-up also looks at.
 /// The store marks a solution broadcast only after the log confirmed it, so a
 /// node that starts waiting between the delivery and that mark would find it in
@@ -276,13 +281,18 @@ impl NodeServer {
     /// policies offer it to, until shutdown. Reconnects with backoff.
     pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
-        crate::pipeline::fanout::tail_forever(log, Topic::Solution, shutdown, ready, |event: SolutionEvent| {
-            let recent = Arc::new(Recent::new(event));
-            // Remembered before it is delivered: a node that starts waiting after this
-            // delivery finds it in its catch-up.
-            self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(recent.clone());
+        crate::pipeline::fanout::tail_forever(log, Topic::Solution, shutdown, ready, OFFER_BATCH, |events| {
+            let recents: Vec<Arc<Recent>> =
+                events.into_iter().map(|e: SolutionEvent| Arc::new(Recent::new(e))).collect();
+            // Remembered before they are delivered: a node that starts waiting after
+            // this delivery finds them in its catch-up.
+            let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for r in &recents {
+                recent.push(r.clone());
+            }
+            drop(recent);
             let server = self.clone();
-            async move { server.deliver(&recent).await }
+            async move { server.deliver(&recents).await }
         })
         .await
     }
@@ -290,57 +300,73 @@ impl NodeServer {
     /// Which of the nodes whose `states` were copied out the policies offer the
     /// solution to, as indices into `states`; none when the decision fails.
     async fn offer_solution(&self, recent: &Arc<Recent>, states: Vec<NodeState>) -> Vec<usize> {
-        let event = recent.event.clone();
+        self.offer_solutions(std::slice::from_ref(recent), states).await.pop().unwrap_or_default()
+    }
+
+    /// [`Self::offer_solution`] for each of `recents`, asked in one decision: one
+    /// trip to a decision thread for what the log had ready, not one per solution.
+    async fn offer_solutions(&self, recents: &[Arc<Recent>], states: Vec<NodeState>) -> Vec<Vec<usize>> {
+        let events: Vec<Arc<Recent>> = recents.to_vec();
         let decided = self
             .services
             .decide(Lane::Urgent, Hook::OfferSolution, move |policies| {
-                let (job, solution) = offered(&event);
                 let states: Vec<&NodeState> = states.iter().collect();
-                policies.offer_solution(&job, &solution, &states, now_ms())
+                events
+                    .iter()
+                    .map(|recent| {
+                        let (job, solution) = offered(&recent.event);
+                        policies.offer_solution(&job, &solution, &states, now_ms())
+                    })
+                    .collect::<Vec<_>>()
             })
             .await;
         decided.unwrap_or_else(|e| {
-            tracing::warn!(task_id = %recent.event.task_id, error = %e, "offer-solution failed closed: solution goes to no node now");
-            Vec::new()
+            tracing::warn!(solutions = recents.len(), error = %e, "offer-solution failed closed: these solutions go to no node now");
+            vec![Vec::new(); recents.len()]
         })
     }
 
-    /// Offers a solution to every node and queues it to those chosen that did not
-    /// get it yet; a node whose queue is full is closed as too slow.
-    async fn deliver(&self, recent: &Arc<Recent>) {
+    /// Offers solutions to every node and queues each to those chosen that did not
+    /// get it yet, in order; a node whose queue is full is closed as too slow.
+    async fn deliver(&self, recents: &[Arc<Recent>]) {
         let (ids, states): (Vec<u64>, Vec<NodeState>) =
             self.nodes.lock().iter().map(|(id, conn)| (*id, conn.state.clone())).unzip();
         if ids.is_empty() {
             return;
         }
-        let chosen = self.offer_solution(recent, states).await;
-        let (mut queued, mut to_http) = (0, 0);
-        let mut webhooks = Vec::new();
+        let chosen = self.offer_solutions(recents, states).await;
+        let (mut webhooks, mut counts) = (Vec::new(), Vec::with_capacity(recents.len()));
         let mut nodes = self.nodes.lock();
-        for i in chosen {
-            // A node gone meanwhile is skipped.
-            let Some(conn) = ids.get(i).and_then(|id| nodes.get_mut(id)) else { continue };
-            if !conn.delivered.first_time(recent.key) {
-                continue;
-            }
-            match &conn.sink {
-                Sink::Socket { outbox, .. } => {
-                    if outbox.try_send(recent.frame.clone()).is_err() {
-                        crate::metrics::hot().slow_nodes_closed.increment(1);
-                        outbox.close(close_code::POLICY, "too slow: the solution queue of this connection is full");
-                        continue;
+        for (recent, chosen) in recents.iter().zip(chosen) {
+            let (mut queued, mut to_http) = (0, 0);
+            for i in chosen {
+                // A node gone meanwhile is skipped.
+                let Some(conn) = ids.get(i).and_then(|id| nodes.get_mut(id)) else { continue };
+                if !conn.delivered.first_time(recent.key) {
+                    continue;
+                }
+                match &conn.sink {
+                    Sink::Socket { outbox, .. } => {
+                        if outbox.try_send(recent.frame.clone()).is_err() {
+                            crate::metrics::hot().slow_nodes_closed.increment(1);
+                            outbox.close(close_code::POLICY, "too slow: the solution queue of this connection is full");
+                            continue;
+                        }
+                    }
+                    Sink::Http(node) => {
+                        webhooks.extend(give_http(node, recent));
+                        to_http += 1;
                     }
                 }
-                Sink::Http(node) => {
-                    webhooks.extend(give_http(node, recent));
-                    to_http += 1;
-                }
+                conn.solutions_delivered += 1;
+                queued += 1;
             }
-            conn.solutions_delivered += 1;
-            queued += 1;
+            counts.push((recent, queued, to_http));
         }
         drop(nodes);
-        self.count_deliveries(recent, queued, to_http);
+        for (recent, queued, to_http) in counts {
+            self.count_deliveries(recent, queued, to_http);
+        }
         self.queue_webhooks(webhooks);
     }
 

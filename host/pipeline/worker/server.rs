@@ -293,8 +293,9 @@ impl WorkerServer {
     /// Reads the `job` log and offers each job to every worker, until shutdown.
     pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
-        crate::pipeline::fanout::tail_forever(log, Topic::Job, shutdown, ready, |event: JobEvent| {
-            self.on_job(event);
+        // One job at a time: each is handled on the spot.
+        crate::pipeline::fanout::tail_forever(log, Topic::Job, shutdown, ready, 1, |events: Vec<JobEvent>| {
+            events.into_iter().for_each(|event| self.on_job(event));
             std::future::ready(())
         })
         .await
@@ -323,10 +324,14 @@ impl WorkerServer {
             Topic::Verdict,
             shutdown,
             Some(ready_tx),
-            |event: VerdictTopicEvent| {
-                match event {
-                    VerdictTopicEvent::Verdict(verdict) => server.on_verdict(verdict),
-                    VerdictTopicEvent::Tally(tally) => server.on_tally(tally),
+            // Each is handled on the spot: taking several at once would save nothing.
+            1,
+            |events: Vec<VerdictTopicEvent>| {
+                for event in events {
+                    match event {
+                        VerdictTopicEvent::Verdict(verdict) => server.on_verdict(verdict),
+                        VerdictTopicEvent::Tally(tally) => server.on_tally(tally),
+                    }
                 }
                 std::future::ready(())
             },
