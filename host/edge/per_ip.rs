@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 /// clients seen up to it (about 100 bytes a client: a few MiB at most).
 pub const REMEMBERED_CLIENTS: NonZeroUsize = NonZeroUsize::new(65_536).expect("not zero");
 
+/// A cache bound of at least one entry: a configured zero still remembers one.
+pub fn at_least_one(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
 /// One client as the per-IP limits count it: an IPv4 address or an IPv6 prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IpGroup {

@@ -2,11 +2,11 @@
 //! now, and how many connections recent jobs and solutions were queued to. The
 //! store knows what was persisted; only the servers know this.
 
+use crate::edge::per_ip::at_least_one;
 use chrono::{DateTime, Utc};
 use lru::LruCache;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use utoipa::ToSchema;
 
@@ -169,11 +169,6 @@ impl DeliveryCounts {
     pub fn get(&self, key: &str) -> Option<u64> {
         self.counts.lock().ok().and_then(|c| c.peek(&KeyDigest::of(key)).copied())
     }
-}
-
-/// A bound of at least one.
-fn at_least_one(n: usize) -> NonZeroUsize {
-    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// Solutions per minute over two windows.

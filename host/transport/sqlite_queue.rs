@@ -68,6 +68,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// The ids out with a consumer, as the JSON list `json_each` reads.
+    fn out_list(&self) -> String {
+        self.out.lock().map(|o| id_list(o.iter().copied())).unwrap_or_else(|_| "[]".into())
+    }
+
     /// Puts delivered messages back (they stay in the table) and wakes consumers.
     fn release(&self, ids: &[i64], stream: Stream) {
         if let Ok(mut out) = self.out.lock() {
@@ -196,7 +201,7 @@ impl Ledger {
 
 /// Takes up to `n` of the oldest messages of `stream` that no consumer has out.
 async fn take(shared: &Shared, stream: Stream, n: usize) -> Result<Vec<(i64, Vec<u8>, bool)>, TransportError> {
-    let out = shared.out.lock().map(|o| id_list(o.iter().copied())).unwrap_or_else(|_| "[]".into());
+    let out = shared.out_list();
     let rows = sqlx::query(
         "UPDATE queue_message SET deliveries = deliveries + 1 WHERE id IN (
              SELECT id FROM queue_message
@@ -368,7 +373,7 @@ impl WorkQueue for SqliteQueue {
 
     /// The stream's rows no consumer has out.
     async fn ready(&self, stream: Stream) -> Result<u64, TransportError> {
-        let out = self.shared.out.lock().map(|o| id_list(o.iter().copied())).unwrap_or_else(|_| "[]".into());
+        let out = self.shared.out_list();
         let row = sqlx::query(
             "SELECT count(*) AS n FROM queue_message
              WHERE stream = ?1 AND id NOT IN (SELECT value FROM json_each(?2))",

@@ -2,12 +2,11 @@
 //! rate of POSTs and the answers remembered for idempotency keys, each bounded.
 
 use crate::config::{ConnectionLimits, NodeHttpConfig};
-use crate::edge::per_ip::{PerIp, PerIpRate, REMEMBERED_CLIENTS};
+use crate::edge::per_ip::{at_least_one, PerIp, PerIpRate, REMEMBERED_CLIENTS};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
@@ -84,11 +83,10 @@ impl HttpFront {
     /// The front of a node listener whose clients are grouped by `connections`
     /// and whose POSTs are held to `http`'s rate.
     pub fn new(connections: &ConnectionLimits, http: &NodeHttpConfig) -> Self {
-        let size = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         HttpFront {
             per_ip: PerIp::new(&connections.per_ip_exempt, connections.ipv6_prefix_len),
             rates: PerIpRate::new(f64::from(http.jobs_per_second), http.jobs_burst, REMEMBERED_CLIENTS),
-            remembered: Mutex::new(lru::LruCache::new(size(IDEMPOTENCY_KEYS))),
+            remembered: Mutex::new(lru::LruCache::new(at_least_one(IDEMPOTENCY_KEYS))),
         }
     }
 
