@@ -237,6 +237,18 @@ mod tests {
         queue.0.lock().expect("lock").clone()
     }
 
+    /// Closes the sender, waits for the publisher to end, and counts the events
+    /// it published in all.
+    async fn all_published(
+        queue: &Recording,
+        sender: PresenceSender,
+        publishing: tokio::task::JoinHandle<()>,
+    ) -> usize {
+        sender.close();
+        publishing.await.expect("the publisher ends");
+        published(queue).iter().map(|(_, n)| n).sum()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_burst_waits_until_quiet_then_goes_in_full_messages() {
         let (queue, sender, publishing, started) = started();
@@ -270,9 +282,7 @@ mod tests {
         assert_eq!(before, 90, "the events before the storm go at once");
         let held_until = sent.iter().map(|(at, _)| *at - started).find(|at| *at >= storm_from);
         assert_eq!(held_until, Some(storm_from + MOST_HELD), "then nothing until the oldest held has waited its most");
-        sender.close();
-        publishing.await.expect("the publisher ends");
-        assert_eq!(published(&queue).iter().map(|(_, n)| n).sum::<usize>(), 5000, "every event, once");
+        assert_eq!(all_published(&queue, sender, publishing).await, 5000, "every event, once");
     }
 
     #[tokio::test(start_paused = true)]
@@ -301,9 +311,7 @@ mod tests {
         tokio::time::sleep(QUIET / 2).await;
         let at_once: usize = published(&queue).iter().filter(|(at, _)| *at == started).map(|(_, n)| n).sum();
         assert!(at_once >= MOST_HELD_EVENTS, "{at_once} went at once");
-        sender.close();
-        publishing.await.expect("the publisher ends");
-        assert_eq!(published(&queue).iter().map(|(_, n)| n).sum::<usize>(), 20_000, "every event, once");
+        assert_eq!(all_published(&queue, sender, publishing).await, 20_000, "every event, once");
     }
 
     #[tokio::test(start_paused = true)]
