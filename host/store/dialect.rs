@@ -258,6 +258,13 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     fn begin(pool: &Self::Pool) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
     /// Commits the transaction.
     fn commit(tx: Self::Tx) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Makes the rest of the transaction plan each statement against the tables as
+    /// they are now, not reuse a plan cached when they were smaller. A database
+    /// without cached plans (or without the risk) does nothing.
+    fn plan_afresh(tx: &mut Self::Tx) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = tx;
+        std::future::ready(Ok(()))
+    }
     /// The rows the statement returns.
     fn fetch<R: StoreRow>(
         exec: Exec<'_, Self>,

@@ -117,6 +117,17 @@ impl Dialect for PgDialect {
         Ok(pool.begin().await?)
     }
 
+    /// A prepared statement switches to a generic plan after five runs, planned
+    /// with the statistics of that moment. A table young enough to have none
+    /// (a fresh database in its first reconnect storm) looks empty, and the plan
+    /// then scans it once per row of each batch: with the storm's rows in it, one
+    /// batch's statement ran for over 40 s. Planned on each run, the plan sees the
+    /// table's real size.
+    async fn plan_afresh(tx: &mut Self::Tx) -> Result<(), StoreError> {
+        sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan").execute(&mut **tx).await?;
+        Ok(())
+    }
+
     run_on_sqlx!();
 }
 

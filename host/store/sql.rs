@@ -593,6 +593,9 @@ impl<D: Dialect> Store for SqlStore<D> {
             }
         }
         let mut tx = D::begin(&self.pool).await?;
+        // The `worker` table grows by every connection of a storm, faster than its
+        // statistics follow: a plan cached while it was small scans it for each key.
+        D::plan_afresh(&mut tx).await?;
         if !merged.is_empty() {
             let w = |field: fn(&Presence) -> &str| texts(&merged, field);
             let mut q = Sql::<D>::default();
