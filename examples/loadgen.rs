@@ -133,6 +133,11 @@ struct Args {
     /// server, or a job an earlier loadgen sent with the same `--run`).
     #[arg(long)]
     no_job: bool,
+    /// The number of the first worker: worker `w` welcomes as hardware id
+    /// `load-{first_worker + w}`. Loadgens storming side by side give each its own
+    /// range, so that 100,000 workers are 100,000 rigs, not one rig connected six times.
+    #[arg(long, default_value_t = 0)]
+    first_worker: usize,
     /// Storm mode: while the workers storm, time what must not wait for the
     /// policies: `/healthz` and `/api/v1/workers` every 50 ms, and a node's
     /// acknowledged jobs every 200 ms (jobs of this run, so the storm's workers
@@ -249,7 +254,7 @@ async fn connect(url: &str, n: usize, spread: u8) -> Result<Socket> {
     Ok(socket)
 }
 
-fn welcome(w: usize) -> Value {
+fn welcome(w: impl std::fmt::Display) -> Value {
     json!({ "ip": "127.0.0.1", "address": "load", "hardware": "cpu",
             "hardware_id": format!("load-{w}"), "caption": "loadgen" })
 }
@@ -755,7 +760,7 @@ async fn worker(
     go: CancellationToken,
 ) {
     let (mut tx, mut rx) = socket.split();
-    if tx.send(Message::text(welcome(w).to_string())).await.is_err() {
+    if tx.send(Message::text(welcome(args.first_worker + w).to_string())).await.is_err() {
         tally.error();
         return;
     }
@@ -826,6 +831,8 @@ struct Storm {
     spread: u8,
     /// The run whose job counts as held; `None`: the first job frame.
     wanted: Option<String>,
+    /// Added to a worker's number for its hardware id (`--first-worker`).
+    first_worker: usize,
     /// Connections being opened at once: the TCP and WebSocket handshakes only,
     /// so every worker is connected as fast as the client can, and stays.
     connecting: Semaphore,
@@ -882,6 +889,7 @@ async fn storm(args: &Args, base: i64, wanted: Option<String>) -> Result<()> {
         url: args.worker_url.clone(),
         spread: args.source_ips,
         wanted,
+        first_worker: args.first_worker,
         connecting: Semaphore::new(args.connect_parallelism.clamp(1, Semaphore::MAX_PERMITS)),
         release: CancellationToken::new(),
         tally: Tally::default(),
@@ -987,9 +995,9 @@ async fn probe(args: &Args, wanted: Option<&str>) -> Result<()> {
 }
 
 async fn probe_once(args: &Args, wanted: Option<&str>) -> Result<()> {
-    // Its own number, so its welcome is not one of the storm's.
+    // A name of its own, so its welcome is not one of this storm's, nor of one beside it.
     let mut socket = connect(&args.worker_url, args.workers, args.source_ips).await?;
-    socket.send(Message::text(welcome(args.workers).to_string())).await?;
+    socket.send(Message::text(welcome(format!("probe-{}", args.first_worker)).to_string())).await?;
     // An earlier job may come first; the wanted one follows when it reaches the server.
     while let Some(message) = socket.next().await {
         if let Message::Text(text) = message? {
@@ -1014,7 +1022,7 @@ async fn storm_worker(w: usize, storm: Arc<Storm>) {
     };
     storm.connected();
     let welcomed = Instant::now();
-    if let Err(e) = socket.send(Message::text(welcome(w).to_string())).await {
+    if let Err(e) = socket.send(Message::text(welcome(storm.first_worker + w).to_string())).await {
         return storm.failed(e.into());
     }
     let mut held = false;
