@@ -250,6 +250,14 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     fn is_in(sql: &mut Sql<Self>, expr: &str, values: Column) -> String;
     /// A batch passed as parameters, as a table `alias(columns…)`.
     fn rows(sql: &mut Sql<Self>, alias: &str, columns: Vec<(&str, Column)>) -> String;
+    /// Joins `table AS alias` to the rows before it in a `FROM`, looked up once per
+    /// row by `on` (which names both): an index probe each, whatever the table's
+    /// statistics say. A planner free to choose may hash every row of `table`
+    /// instead, and PostgreSQL does when the table has grown since it was analysed.
+    fn join_each(table: &str, alias: &str, on: &str) -> String;
+    /// A test of `expr` against the values `subquery` returns, each looked up on its
+    /// own (by `expr`'s index, where it has one) rather than joined.
+    fn is_any_of(expr: &str, subquery: &str) -> String;
 
     /// Applies the migrations of this database's schema.
     fn migrate(pool: &Self::Pool) -> impl Future<Output = Result<(), StoreError>> + Send;

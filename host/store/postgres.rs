@@ -96,6 +96,15 @@ impl Dialect for PgDialect {
         format!("{expr} = ANY({})", sql.arg(Arg::List(values)))
     }
 
+    fn join_each(table: &str, alias: &str, on: &str) -> String {
+        format!("CROSS JOIN LATERAL (SELECT * FROM {table} AS {alias} WHERE {on}) AS {alias}")
+    }
+
+    /// An array: `IN (subquery)` would be planned as a join, free to scan.
+    fn is_any_of(expr: &str, subquery: &str) -> String {
+        format!("{expr} = ANY(ARRAY({subquery}))")
+    }
+
     fn rows(sql: &mut Sql<Self>, alias: &str, columns: Vec<(&str, Column)>) -> String {
         let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
         let arrays: Vec<String> = columns

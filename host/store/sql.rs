@@ -621,15 +621,19 @@ impl<D: Dialect> Store for SqlStore<D> {
                 )
             );
             D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
-            // Earlier connections of these workers left open are finished.
+            // Earlier connections of these workers left open are finished: looked up
+            // worker by worker, so a batch costs its own size, not the open rows'.
             let mut q = Sql::<D>::default();
-            let sql = format!(
-                "UPDATE worker SET disconnected_at = {FINISHED_AT} WHERE disconnected_at IS NULL \
-                 AND (hardware_id, caption) IN (SELECT p.h, p.c FROM {}) \
-                 AND EXISTS (SELECT 1 FROM worker n WHERE n.hardware_id = worker.hardware_id \
-                             AND n.caption = worker.caption AND n.connected_at > worker.connected_at)",
-                q.rows("p", vec![("h", w(|p| &p.worker.hardware_id)), ("c", w(|p| &p.worker.caption))])
+            let batch = q.rows("p", vec![("h", w(|p| &p.worker.hardware_id)), ("c", w(|p| &p.worker.caption))]);
+            let open = D::join_each(
+                "worker",
+                "o",
+                "o.hardware_id = p.h AND o.caption = p.c AND o.disconnected_at IS NULL \
+                 AND EXISTS (SELECT 1 FROM worker n WHERE n.hardware_id = o.hardware_id \
+                             AND n.caption = o.caption AND n.connected_at > o.connected_at)",
             );
+            let earlier = D::is_any_of("id", &format!("SELECT o.id FROM {batch} {open}"));
+            let sql = format!("UPDATE worker SET disconnected_at = {FINISHED_AT} WHERE {earlier}");
             D::execute(Exec::Tx(&mut tx), q.finish(sql)).await?;
         }
         for recovery in recoveries {

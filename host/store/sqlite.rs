@@ -109,6 +109,15 @@ impl Dialect for SqliteDialect {
         format!("{expr} IN (SELECT value FROM json_each({}))", sql.arg(Arg::List(values)))
     }
 
+    /// SQLite has no `LATERAL`; its joins are nested loops, probing by index.
+    fn join_each(table: &str, alias: &str, on: &str) -> String {
+        format!("JOIN {table} AS {alias} ON {on}")
+    }
+
+    fn is_any_of(expr: &str, subquery: &str) -> String {
+        format!("{expr} IN ({subquery})")
+    }
+
     fn rows(sql: &mut Sql<Self>, alias: &str, columns: Vec<(&str, Column)>) -> String {
         let count = columns.first().map_or(0, |(_, c)| c.len());
         let batch: Vec<serde_json::Value> =
