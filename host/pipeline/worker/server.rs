@@ -621,7 +621,7 @@ impl WorkerServer {
             connected_at,
             disconnected_at: None,
         };
-        self.presence.send(&PresenceEvent::Connection(record.clone()));
+        self.presence.send(PresenceEvent::Connection(record.clone()));
         let capacity = self.settings.publishes_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let in_flight = Arc::new(Semaphore::new(capacity));
         let budget =
@@ -635,7 +635,7 @@ impl WorkerServer {
         // What the worker sent before it went is confirmed (or refused) before its end is recorded.
         let _ = in_flight.acquire_many(capacity as u32).await;
         record.disconnected_at = Some(chrono::Utc::now());
-        self.presence.send(&PresenceEvent::Connection(record));
+        self.presence.send(PresenceEvent::Connection(record));
         tracing::debug!(connection = id, "worker disconnected");
     }
 
