@@ -7,7 +7,8 @@
 //! `MOST_HELD_EVENTS`): the broker, the presence processor and the database would
 //! otherwise take CPU from the welcomes, and the rows can come a moment later.
 //! Events wait as values and are serialised when they go, so a welcome in a storm
-//! does not pay for that either. Outside a storm each event goes as it comes. Events waiting together are published as one message, several messages
+//! does not pay for that either. Outside a storm each event goes as it comes.
+//! Events waiting together are published as one message, several messages
 //! concurrently (up to [`IN_FLIGHT`] awaiting confirms), retried with backoff while
 //! the queue is unavailable; their order does not matter (each carries its
 //! connection's whole record). While the broker is down, at most
