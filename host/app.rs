@@ -393,13 +393,12 @@ async fn start_worker_server(
     );
     let presence_publisher = tokio::spawn(presence);
     server.recover().await.context("recovering worker connections")?;
+    // No worker may be welcomed before the reader of the job and verdict logs is
+    // in place: a job could pass unseen, or a solution's tally (its connection's
+    // counters).
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tasks.spawn(server.clone().run_fanout(Some(ready_tx)));
+    tasks.spawn(server.clone().run_logs(Some(ready_tx)));
     let _ = tokio::time::timeout(READER_IN_PLACE, ready_rx).await;
-    tasks.spawn(server.clone().run_verdicts());
-    // Nor may a worker's solution be judged before the verdict reader is in
-    // place, or its tally (its connection's counters) could pass unseen.
-    server.verdict_reader_in_place(READER_IN_PLACE).await;
     tasks.spawn(server.clone().run_gauges());
     let listen = Listen {
         addr: config.worker.listen,

@@ -13,7 +13,7 @@ use eligo::transport::amqp::AmqpQueue;
 use eligo::transport::embedded::EmbeddedLog;
 use eligo::transport::kafka::{KafkaLog, MockKafka};
 use eligo::transport::sqlite_queue::SqliteQueue;
-use eligo::transport::{Deliveries, Delivery, EventLog, Stream, Tail, Topic, TransportError, WorkQueue};
+use eligo::transport::{Deliveries, Delivery, EventLog, Stream, Tail, Tails, Topic, TransportError, WorkQueue};
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
@@ -191,6 +191,7 @@ async fn log_suite(log: Arc<dyn EventLog>) {
     tail_sees_only_later_messages_in_order(&*log).await;
     two_tails_see_everything(&*log).await;
     tail_reads_every_key(&*log).await;
+    one_tail_reads_several_topics(&*log).await;
 }
 
 async fn produce(log: &dyn EventLog, topic: Topic, key: &str, body: &str) {
@@ -250,6 +251,39 @@ async fn tail_reads_every_key(log: &dyn EventLog) {
     got.sort();
     sent.sort();
     assert_eq!(got, sent, "a tail sees the messages of every partition");
+}
+
+/// One reader of two topics: every message of each, with its topic, in order
+/// per topic, and nothing of a third.
+async fn one_tail_reads_several_topics(log: &dyn EventLog) {
+    let mut reader = tails(log, &[Topic::Job, Topic::Verdict]).await;
+    produce(log, Topic::Solution, "k", &payload("not-read")).await;
+    let sent: Vec<(Topic, String)> = (0..20)
+        .map(|i| {
+            let topic = if i % 3 == 0 { Topic::Verdict } else { Topic::Job };
+            (topic, payload(&format!("{}{i}", topic.name())))
+        })
+        .collect();
+    for (topic, body) in &sent {
+        produce(log, *topic, "k", body).await;
+    }
+    let mut got = Vec::new();
+    for i in 0..sent.len() {
+        match tokio::time::timeout(ARRIVES, reader.next()).await {
+            Ok(Some(Ok((topic, payload)))) => got.push((topic, String::from_utf8(payload).expect("UTF-8"))),
+            other => panic!("two topics: read {i} of {}, then {other:?}", sent.len()),
+        }
+    }
+    for topic in [Topic::Job, Topic::Verdict] {
+        let of = |messages: &[(Topic, String)]| {
+            messages.iter().filter(|(t, _)| *t == topic).map(|(_, body)| body.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(of(&got), of(&sent), "the reader of two topics reads `{}` whole, in order", topic.name());
+    }
+}
+
+async fn tails(log: &dyn EventLog, topics: &[Topic]) -> Tails {
+    log.tail_topics(topics).await.unwrap_or_else(|e| panic!("tailing {topics:?}: {e}"))
 }
 
 // ---------------------------------------------------------------- RabbitMQ
@@ -412,10 +446,25 @@ async fn kafka_mock_cluster() {
 /// Three restarts, so that one run covers several reconnect orders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_tail_reads_everything_once_across_broker_restarts() {
+    reads_everything_once_across_broker_restarts(&[Topic::Solution]).await;
+}
+
+/// The same with one reader of two topics (how a worker server reads jobs and verdicts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_reader_of_two_topics_reads_everything_once_across_broker_restarts() {
+    reads_everything_once_across_broker_restarts(&[Topic::Job, Topic::Verdict]).await;
+}
+
+/// Message `i` of a round goes to `topics[i % topics.len()]` under key `key-{i}`.
+async fn reads_everything_once_across_broker_restarts(topics: &'static [Topic]) {
     let mock = MockKafka::start().expect("starting librdkafka's mock Kafka cluster");
     {
         let log = Arc::new(KafkaLog::connect(mock.settings()).await.expect("connecting to the mock cluster"));
-        let mut reader = tail(&*log, Topic::Solution).await;
+        let mut reader: futures::stream::BoxStream<'static, Result<Vec<u8>, TransportError>> = match topics {
+            [topic] => tail(&*log, *topic).await,
+            _ => tails(&*log, topics).await.map(|m| m.map(|(_, payload)| payload)).boxed(),
+        };
+        let topic_of = |i: usize| topics[i % topics.len()];
         for round in 0..3 {
             mock.broker_down().expect("broker down");
             let sent: Vec<String> = (0..16).map(|i| payload(&format!("r{round}k{i}"))).collect();
@@ -424,8 +473,8 @@ async fn a_kafka_tail_reads_everything_once_across_broker_restarts() {
                 .iter()
                 .enumerate()
                 .map(|(i, body)| {
-                    let (log, body) = (log.clone(), body.clone());
-                    tokio::spawn(async move { produce(&*log, Topic::Solution, &format!("key-{i}"), &body).await })
+                    let (log, body, topic) = (log.clone(), body.clone(), topic_of(i));
+                    tokio::spawn(async move { produce(&*log, topic, &format!("key-{i}"), &body).await })
                 })
                 .collect();
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -444,7 +493,7 @@ async fn a_kafka_tail_reads_everything_once_across_broker_restarts() {
             // to the same partition as that key's first, behind any repeat of it.
             let markers: Vec<String> = (0..16).map(|i| payload(&format!("r{round}m{i}"))).collect();
             for (i, body) in markers.iter().enumerate() {
-                produce(&*log, Topic::Solution, &format!("key-{i}"), body).await;
+                produce(&*log, topic_of(i), &format!("key-{i}"), body).await;
             }
             let mut marked = 0;
             while marked < markers.len() {

@@ -17,6 +17,7 @@ pub mod sqlite_queue;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 
 /// Why a transport operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +155,10 @@ pub trait WorkQueue: Send + Sync {
 /// Messages appended to a topic after the reader started.
 pub type Tail = BoxStream<'static, Result<Vec<u8>, TransportError>>;
 
+/// Messages appended to any of several topics after the reader started, each
+/// with its topic.
+pub type Tails = BoxStream<'static, Result<(Topic, Vec<u8>), TransportError>>;
+
 /// An append-only log with broadcast readers.
 #[async_trait]
 pub trait EventLog: Send + Sync {
@@ -164,6 +169,17 @@ pub trait EventLog: Send + Sync {
     /// Reads every message appended to `topic` from now on, in order per key. No
     /// consumer group: each reader sees everything.
     async fn tail(&self, topic: Topic) -> Result<Tail, TransportError>;
+    /// Reads every message appended to any of `topics` from now on, each with its
+    /// topic, in order per key within a topic: one reader for several topics. By
+    /// default the topics' own tails, merged; where a reader costs by itself
+    /// (Kafka: a consumer fetches every `fetch.wait.max.ms`), one reader.
+    async fn tail_topics(&self, topics: &[Topic]) -> Result<Tails, TransportError> {
+        let mut tails = Vec::with_capacity(topics.len());
+        for &topic in topics {
+            tails.push(self.tail(topic).await?.map(move |m| m.map(|payload| (topic, payload))));
+        }
+        Ok(futures::stream::select_all(tails).boxed())
+    }
     /// Whether the cluster answers now (what `/readyz` asks), within seconds.
     async fn check(&self) -> Result<(), TransportError>;
 }

@@ -85,6 +85,14 @@ struct WorkerConn {
     considered: u64,
 }
 
+/// An event of the logs a worker server reads.
+enum Logged {
+    /// A job to offer.
+    Job(JobEvent),
+    /// A verdict or a batch's tally.
+    Verdict(VerdictTopicEvent),
+}
+
 /// What the offering task is asked to do.
 enum Offer {
     /// Offer a job read from the log to every worker.
@@ -131,10 +139,9 @@ pub struct WorkerServer {
     presence: PresenceSender,
     /// This process among worker servers, for verdicts to find their way back.
     server_id: String,
-    /// Whether the verdict reader should run: from the start, since every
-    /// connection's counters take the batches' tallies from the `verdict` topic.
-    verdicts_wanted: tokio::sync::watch::Sender<bool>,
-    /// Whether the verdict reader is in place (no verdict produced from then on is missed).
+    /// Whether the reader of the `verdict` log is in place (no verdict produced
+    /// from then on is missed). It reads from the start, since every connection's
+    /// counters take the batches' tallies from that log.
     verdicts_ready: tokio::sync::watch::Sender<bool>,
     shutdown: CancellationToken,
 }
@@ -173,8 +180,6 @@ impl WorkerServer {
             deliveries,
             presence,
             server_id: uuid::Uuid::new_v4().to_string(),
-            // Every connection's counters need the batches' tallies: read from the start.
-            verdicts_wanted: tokio::sync::watch::Sender::new(true),
             verdicts_ready: tokio::sync::watch::Sender::new(false),
             shutdown,
         };
@@ -290,52 +295,38 @@ impl WorkerServer {
         }
     }
 
-    /// Reads the `job` log and offers each job to every worker, until shutdown.
-    pub async fn run_fanout(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
-        let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
-        // One job at a time: each is handled on the spot.
-        crate::pipeline::fanout::tail_forever(log, Topic::Job, shutdown, ready, 1, |events: Vec<JobEvent>| {
-            events.into_iter().for_each(|event| self.on_job(event));
-            std::future::ready(())
-        })
-        .await
-    }
-
-    /// Reads the `verdict` log and hands this process's connections the verdicts
-    /// on the solutions they asked about, until shutdown.
-    /// Waits for the first solution that asks for one before it starts reading.
-    pub async fn run_verdicts(self: Arc<Self>) {
-        let mut wanted = self.verdicts_wanted.subscribe();
-        tokio::select! {
-            _ = wanted.wait_for(|w| *w) => {}
-            _ = self.shutdown.cancelled() => return,
-        }
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let ready = self.verdicts_ready.clone();
+    /// Reads the `job` and `verdict` logs, with one reader, until shutdown:
+    /// offers each job to every worker, and hands this process's connections the
+    /// verdicts on the solutions they asked about and the tallies of their
+    /// batches. `ready` fires, and the solutions that ask for a verdict go on,
+    /// once the reader is in place.
+    pub async fn run_logs(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
+        let (in_place, reader_ready) = tokio::sync::oneshot::channel();
+        let verdicts_ready = self.verdicts_ready.clone();
         tokio::spawn(async move {
-            if ready_rx.await.is_ok() {
-                ready.send_replace(true);
+            if reader_ready.await.is_ok() {
+                verdicts_ready.send_replace(true);
+                if let Some(ready) = ready {
+                    let _ = ready.send(());
+                }
             }
         });
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
-        let server = self.clone();
-        crate::pipeline::fanout::tail_forever(
-            log,
-            Topic::Verdict,
-            shutdown,
-            Some(ready_tx),
-            // Each is handled on the spot: taking several at once would save nothing.
-            1,
-            |events: Vec<VerdictTopicEvent>| {
-                for event in events {
-                    match event {
-                        VerdictTopicEvent::Verdict(verdict) => server.on_verdict(verdict),
-                        VerdictTopicEvent::Tally(tally) => server.on_tally(tally),
-                    }
+        let decode = |topic: Topic, payload: &[u8]| match topic {
+            Topic::Job => serde_json::from_slice(payload).map(Logged::Job),
+            _ => serde_json::from_slice(payload).map(Logged::Verdict),
+        };
+        let topics = [Topic::Job, Topic::Verdict];
+        crate::pipeline::fanout::tail_topics_forever(log, &topics, shutdown, Some(in_place), decode, |events| {
+            for event in events {
+                match event {
+                    Logged::Job(job) => self.on_job(job),
+                    Logged::Verdict(VerdictTopicEvent::Verdict(verdict)) => self.on_verdict(verdict),
+                    Logged::Verdict(VerdictTopicEvent::Tally(tally)) => self.on_tally(tally),
                 }
-                std::future::ready(())
-            },
-        )
+            }
+            std::future::ready(())
+        })
         .await
     }
 
@@ -374,19 +365,11 @@ impl WorkerServer {
         }
     }
 
-    /// Waits, at most `wait`, until the verdict reader is in place.
-    pub async fn verdict_reader_in_place(&self, wait: Duration) {
-        let mut ready = self.verdicts_ready.subscribe();
-        let _ = tokio::time::timeout(wait, ready.wait_for(|r| *r)).await;
-    }
-
-    /// Starts the verdict reader if it is not running, and waits (bounded) until
-    /// it is in place.
+    /// Waits (bounded) until the reader of the `verdict` log is in place.
     async fn verdict_reader(&self) {
         if *self.verdicts_ready.borrow() {
             return;
         }
-        self.verdicts_wanted.send_replace(true);
         let mut ready = self.verdicts_ready.subscribe();
         let _ = tokio::time::timeout(VERDICT_READER_START, ready.wait_for(|r| *r)).await;
     }

@@ -3,7 +3,7 @@
 //!
 //! - [`settings`]: where and how to reach the cluster, and the clients' shared context.
 //! - `producer`: the shared producer and its recovery from a cluster that lost its state.
-//! - `tail`: one topic's reader, with stall detection and reopening at its offsets.
+//! - `tail`: the reader of one or more topics, with stall detection and reopening at its offsets.
 //! - `topics`: creating the topics the cluster lacks.
 //! - `mock`: the mock cluster ([`MockKafka`]).
 
@@ -31,7 +31,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
-use super::{EventLog, Tail, Topic, TransportError};
+use super::{EventLog, Tail, Tails, Topic, TransportError};
 
 const BROKER: &str = "Kafka";
 
@@ -44,8 +44,10 @@ const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 /// An [`EventLog`] on Kafka.
 ///
 /// One idempotent producer (`acks=all`) is shared by all `produce` calls. Each
-/// [`EventLog::tail`] creates a whole librdkafka consumer (threads and connections
-/// to every broker): tail each topic once per process and fan out in memory.
+/// [`EventLog::tail`] or [`EventLog::tail_topics`] creates a whole librdkafka
+/// consumer (threads and connections to every broker, and a fetch every
+/// `fetch.wait.max.ms` while the topics are quiet): tail each topic once per
+/// process, several topics with one `tail_topics`, and fan out in memory.
 ///
 /// librdkafka reconnects by itself; what it does not survive is a broker that
 /// lost its state (memory storage, a reset cluster, a deleted topic). So a produce
@@ -120,15 +122,21 @@ impl EventLog for KafkaLog {
     }
 
     async fn tail(&self, topic: Topic) -> Result<Tail, TransportError> {
-        let name = topic.name();
-        let settings = self.shared.settings.clone();
+        Ok(self.tail_topics(&[topic]).await?.map(|m| m.map(|(_, payload)| payload)).boxed())
+    }
+
+    /// One consumer for all of `topics`.
+    async fn tail_topics(&self, topics: &[Topic]) -> Result<Tails, TransportError> {
+        let names: Vec<&'static str> = topics.iter().map(|t| t.name()).collect();
+        let (settings, opening) = (self.shared.settings.clone(), names.clone());
         // Metadata, watermarks and assign are blocking librdkafka calls.
-        let opened = blocking(move || open_tail(&settings, name, &Positions::new())).await?;
+        let opened = blocking(move || open_tail(&settings, &opening, &Positions::new())).await?;
         let (consumer, positions) = opened.map_err(TransportError::from)?;
         let reader = TailReader {
             consumer: Some(consumer),
             positions,
-            name,
+            topics: topics.to_vec(),
+            name: names.join("+"),
             shared: self.shared.clone(),
             behind: None,
             check_every: STALL_CHECK,
@@ -136,7 +144,7 @@ impl EventLog for KafkaLog {
         let stream = futures::stream::unfold(Some(reader), |reader| async move {
             let mut reader = reader?;
             match reader.next().await {
-                Ok(payload) => Some((Ok(payload), Some(reader))),
+                Ok(message) => Some((Ok(message), Some(reader))),
                 Err(error) => Some((Err(error), None)),
             }
         });

@@ -1,5 +1,6 @@
-//! One topic's reader: where it is in each partition, and reopening there when
-//! the cluster was lost or a quiet reader finds it fell behind.
+//! The reader of one or more topics: where it is in each partition, and
+//! reopening there when the cluster was lost or a quiet reader finds it fell
+//! behind. One consumer for several topics sends one fetch per wait for them all.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::transport::log_throttle::{self};
-use crate::transport::TransportError;
+use crate::transport::{Topic, TransportError};
 
 use super::producer::Shared;
 use super::settings::{KafkaSettings, QuietContext};
@@ -30,9 +31,10 @@ const STALL_CHECK_MAX: Duration = Duration::from_secs(300);
 /// (it then finishes closing in the background).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) type Positions = BTreeMap<i32, i64>;
+/// The next offset to read, by topic and partition.
+pub(super) type Positions = BTreeMap<(&'static str, i32), i64>;
 
-/// One topic's reader. It remembers where it is in each partition, so that when
+/// The reader of one or more topics. It remembers where it is in each partition, so that when
 /// it lost the cluster (every broker down: a restart) it opens a new consumer at
 /// exactly those offsets once the cluster answers again: a librdkafka consumer
 /// left to reconnect by itself was seen never to fetch again. The same reopen
@@ -41,7 +43,10 @@ pub(super) type Positions = BTreeMap<i32, i64>;
 pub(super) struct TailReader {
     pub(super) consumer: Option<StreamConsumer<QuietContext>>,
     pub(super) positions: Positions,
-    pub(super) name: &'static str,
+    /// The topics it reads.
+    pub(super) topics: Vec<Topic>,
+    /// Their names joined by `+`, for logs and metrics.
+    pub(super) name: String,
     pub(super) shared: Arc<Shared>,
     /// High watermarks of the last stall check, if the reader was behind them.
     pub(super) behind: Option<Positions>,
@@ -50,8 +55,8 @@ pub(super) struct TailReader {
 }
 
 impl TailReader {
-    /// The next message's payload; an error only if the stream must end.
-    pub(super) async fn next(&mut self) -> Result<Vec<u8>, TransportError> {
+    /// The next message's topic and payload; an error only if the stream must end.
+    pub(super) async fn next(&mut self) -> Result<(Topic, Vec<u8>), TransportError> {
         loop {
             let Some(consumer) = &self.consumer else {
                 self.reopen().await;
@@ -61,10 +66,14 @@ impl TailReader {
             // when it is returned.
             let error = match tokio::time::timeout(self.check_every, consumer.recv()).await {
                 Ok(Ok(message)) => {
-                    self.positions.insert(message.partition(), message.offset() + 1);
+                    // Only the assigned topics are fetched.
+                    let Some(topic) = self.topics.iter().copied().find(|t| t.name() == message.topic()) else {
+                        continue;
+                    };
+                    self.positions.insert((topic.name(), message.partition()), message.offset() + 1);
                     self.behind = None;
                     self.check_every = STALL_CHECK;
-                    return Ok(message.payload().unwrap_or_default().to_vec());
+                    return Ok((topic, message.payload().unwrap_or_default().to_vec()));
                 }
                 Ok(Err(error)) => Some(error),
                 Err(_quiet) => None,
@@ -99,12 +108,12 @@ impl TailReader {
     /// concludes nothing.
     async fn stalled(&mut self) -> bool {
         let producer = self.shared.producer.load_full();
-        let (name, partitions): (&'static str, Vec<i32>) = (self.name, self.positions.keys().copied().collect());
+        let partitions: Vec<(&'static str, i32)> = self.positions.keys().copied().collect();
         let highs = blocking(move || {
             let client = producer.producer.client();
             partitions
                 .into_iter()
-                .map(|p| client.fetch_watermarks(name, p, WATERMARK_TIMEOUT).map(|(_, high)| (p, high)))
+                .map(|(t, p)| client.fetch_watermarks(t, p, WATERMARK_TIMEOUT).map(|(_, high)| ((t, p), high)))
                 .collect::<Result<Positions, KafkaError>>()
         })
         .await;
@@ -113,12 +122,12 @@ impl TailReader {
             return false;
         };
         let positions = &self.positions;
-        if let Some((&partition, &high)) =
+        if let Some((&(topic, partition), &high)) =
             highs.iter().find(|&(p, &high)| positions.get(p).is_some_and(|&at| at > high))
         {
-            let at = positions.get(&partition).copied().unwrap_or_default();
+            let at = positions.get(&(topic, partition)).copied().unwrap_or_default();
             let line = format!(
-                "partition {partition} of `{name}` ends at {high}, before the reader's offset {at}: \
+                "partition {partition} of `{topic}` ends at {high}, before the reader's offset {at}: \
                  the broker made it anew; reading it from its beginning"
             );
             log_throttle::librdkafka().log(tracing::Level::WARN, "tail", &line);
@@ -131,15 +140,16 @@ impl TailReader {
         let stalled = self.behind.as_ref().and_then(first_behind);
         let behind_now = first_behind(&highs).is_some();
         self.behind = behind_now.then_some(highs);
-        if let Some((partition, high)) = stalled {
-            let at = self.positions.get(&partition).copied().unwrap_or_default();
+        if let Some(((topic, partition), high)) = stalled {
+            let at = self.positions.get(&(topic, partition)).copied().unwrap_or_default();
             let quiet = 2 * self.check_every.as_secs();
             log_throttle::librdkafka().log(
                 tracing::Level::WARN,
                 "tail",
                 &format!(
-                    "the reader of `{name}` read nothing for {quiet}s while partition {partition} held \
-                     offsets {at}..{high}; reopening it there"
+                    "the reader of `{}` read nothing for {quiet}s while partition {partition} of `{topic}` held \
+                     offsets {at}..{high}; reopening it there",
+                    self.name
                 ),
             );
         }
@@ -151,7 +161,7 @@ impl TailReader {
     /// librdkafka may make wait on an unreachable broker: past [`CLOSE_TIMEOUT`]
     /// the reader goes on and the old consumer finishes closing in the background.
     pub(super) async fn restart(&mut self, reason: &'static str) {
-        crate::metrics::add("eligo_kafka_tail_reopens_total", &[("topic", self.name), ("reason", reason)], 1);
+        crate::metrics::add("eligo_kafka_tail_reopens_total", &[("topic", &self.name), ("reason", reason)], 1);
         self.behind = None;
         if let Some(old) = self.consumer.take() {
             let closing = tokio::task::spawn_blocking(move || drop(old));
@@ -167,14 +177,15 @@ impl TailReader {
     async fn reopen(&mut self) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            let (settings, name, positions) = (self.shared.settings.clone(), self.name, self.positions.clone());
-            match blocking(move || open_tail(&settings, name, &positions))
+            let (settings, positions) = (self.shared.settings.clone(), self.positions.clone());
+            let topics: Vec<&'static str> = self.topics.iter().map(|t| t.name()).collect();
+            match blocking(move || open_tail(&settings, &topics, &positions))
                 .await
                 .map_err(OpenError::from)
                 .and_then(|o| o)
             {
                 Ok((consumer, positions)) => {
-                    tracing::info!(topic = self.name, "Kafka reader reopened at the offsets it had reached");
+                    tracing::info!(topic = %self.name, "Kafka reader reopened at the offsets it had reached");
                     self.consumer = Some(consumer);
                     // Keeps the offsets of partitions this metadata did not list.
                     self.positions.extend(positions);
@@ -182,7 +193,8 @@ impl TailReader {
                 }
                 Err(error) => {
                     let throttle = log_throttle::librdkafka();
-                    throttle.log(tracing::Level::WARN, "tail", &format!("reopening the reader of `{name}`: {error}"));
+                    let line = format!("reopening the reader of `{}`: {error}", self.name);
+                    throttle.log(tracing::Level::WARN, "tail", &line);
                     // A broker that came back empty lacks the topic: nobody else
                     // declares it while no produce reaches it.
                     if let OpenError::MissingTopic(_) = error {
@@ -196,7 +208,7 @@ impl TailReader {
     }
 }
 
-/// A consumer assigned every partition of `topic`: at `positions` where known
+/// A consumer assigned every partition of `topics`: at `positions` where known
 /// (from its beginning where a known position is past its end), else at the
 /// partition's current end. Returns the offsets it starts from.
 ///
@@ -205,11 +217,39 @@ impl TailReader {
 /// `tail` returning and that lookup would be skipped.
 pub(super) fn open_tail(
     settings: &KafkaSettings,
-    topic: &str,
+    topics: &[&'static str],
     positions: &Positions,
 ) -> Result<(StreamConsumer<QuietContext>, Positions), OpenError> {
     let consumer: StreamConsumer<QuietContext> =
         settings.tail_config().create_with_context(QuietContext::of(settings)).map_err(|e| config_error(&e))?;
+    let mut assignment = TopicPartitionList::new();
+    let mut starts = Positions::new();
+    for &topic in topics {
+        for partition in partitions_of(&consumer, topic)? {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+                .map_err(|e| unavailable(format!("end of `{topic}` partition {partition}: {e}")))?;
+            let offset = match positions.get(&(topic, partition)) {
+                Some(&known) if known <= high => known,
+                // Past the end: the partition was made anew (a broker that lost its
+                // state). Everything in it was produced since: read it all. Not every
+                // broker answers such a fetch with "out of range" for
+                // `auto.offset.reset` to apply.
+                Some(_) => low,
+                None => high,
+            };
+            starts.insert((topic, partition), offset);
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(offset))
+                .map_err(|e| refused(format!("assigning `{topic}` partition {partition}: {e}")))?;
+        }
+    }
+    consumer.assign(&assignment).map_err(|e| refused(format!("assigning {topics:?}: {e}")))?;
+    Ok((consumer, starts))
+}
+
+/// The partitions of `topic`, as the cluster's metadata lists them.
+fn partitions_of(consumer: &StreamConsumer<QuietContext>, topic: &str) -> Result<Vec<i32>, OpenError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|e| unavailable(format!("metadata of topic `{topic}`: {e}")))?;
@@ -224,28 +264,7 @@ pub(super) fn open_tail(
     if partitions.is_empty() {
         return Err(OpenError::MissingTopic(unavailable(format!("topic `{topic}` has no partitions yet"))));
     }
-    let mut assignment = TopicPartitionList::new();
-    let mut starts = Positions::new();
-    for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-            .map_err(|e| unavailable(format!("end of `{topic}` partition {partition}: {e}")))?;
-        let offset = match positions.get(&partition) {
-            Some(&known) if known <= high => known,
-            // Past the end: the partition was made anew (a broker that lost its
-            // state). Everything in it was produced since: read it all. Not every
-            // broker answers such a fetch with "out of range" for
-            // `auto.offset.reset` to apply.
-            Some(_) => low,
-            None => high,
-        };
-        starts.insert(partition, offset);
-        assignment
-            .add_partition_offset(topic, partition, Offset::Offset(offset))
-            .map_err(|e| refused(format!("assigning `{topic}` partition {partition}: {e}")))?;
-    }
-    consumer.assign(&assignment).map_err(|e| refused(format!("assigning `{topic}`: {e}")))?;
-    Ok((consumer, starts))
+    Ok(partitions)
 }
 
 /// Why a tail could not be opened.
