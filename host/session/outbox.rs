@@ -1,5 +1,6 @@
-//! The sending half of a connection: a bounded outbox drained by one writer
-//! task, which also pings the peer and sends the close frame.
+//! The sending half of a connection: a bounded outbox drained by its writer,
+//! which also pings the peer and sends the close frame. The writer runs in the
+//! connection's own task, beside its reads ([`Writer::beside`]).
 
 use super::close::{close_code, CloseReason};
 use super::token_bucket::TokenBucket;
@@ -9,8 +10,11 @@ use crate::transport::TransportError;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use tokio::sync::{mpsc, watch};
 
 /// The sending half of a connection, shared with the fan-out stages. Frames are
@@ -178,14 +182,51 @@ impl Outbox {
     }
 }
 
+/// The writer of a connection: drains its outbox into the socket, pings the
+/// peer, and sends the close frame. It is not a task of its own: it runs in the
+/// connection's task, beside what the connection reads and does (see
+/// [`Writer::beside`]), so a storm of connections spawns one task per
+/// connection, not two, and a frame queued to a connection wakes that one task.
+pub struct Writer {
+    future: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The socket failed or the close frame went: nothing more to write.
+    done: bool,
+}
+
+impl Writer {
+    /// Runs `work` to its end, writing meanwhile: frames queued while `work` waits
+    /// (for room in this very outbox, say) still go out.
+    pub async fn beside<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+            if !self.done && self.future.as_mut().poll(cx).is_ready() {
+                self.done = true;
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Writes what is queued and the close frame, for at most `within`.
+    async fn drain(self, within: std::time::Duration) {
+        if !self.done {
+            let _ = tokio::time::timeout(within, self.future).await;
+        }
+    }
+}
+
 /// Starts the writer of a connection: frames from the outbox go out in order; a
 /// close request sends the close frame and ends it. `socket` sets how many error
-/// frames [`Outbox::send_refusal`] writes and how often the peer is pinged.
+/// frames [`Outbox::send_refusal`] writes and how often the peer is pinged. The
+/// writer writes only while [`Writer::beside`] or [`finish`] runs it.
 pub fn start_writer(
     mut sink: SplitSink<WebSocket, Message>,
     capacity: usize,
     socket: &SocketConfig,
-) -> (Outbox, tokio::task::JoinHandle<()>) {
+) -> (Outbox, Writer) {
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(capacity.max(1));
     let (close, mut close_rx) = watch::channel::<Option<CloseReason>>(None);
     let latest = Arc::new(Latest::default());
@@ -194,7 +235,7 @@ pub fn start_writer(
     let pinger = ping.clone();
     let pinging = socket.ping_interval_seconds > 0;
     let interval = std::time::Duration::from_secs(socket.ping_interval_seconds.max(1));
-    let writer = tokio::spawn(async move {
+    let writer = Box::pin(async move {
         // The first ping one to two intervals after the welcome, at random: the
         // workers of a reconnect storm are not pinged all at once ever after.
         let first = interval + interval.mul_f64(rand::random::<f64>());
@@ -249,7 +290,8 @@ pub fn start_writer(
             }
         }
     });
-    (Outbox { tx, close, latest, errors: ErrorAllowance::new(socket.error_frames_per_second), ping }, writer)
+    let outbox = Outbox { tx, close, latest, errors: ErrorAllowance::new(socket.error_frames_per_second), ping };
+    (outbox, Writer { future: writer, done: false })
 }
 
 /// Ends a connection: lets the writer send what is queued and the close frame.
@@ -257,11 +299,11 @@ pub fn start_writer(
 /// message), the peer is likely still sending: what it sends is then read and
 /// discarded until it answers the close, since a socket dropped with unread data is
 /// reset and the peer would lose the close frame and its reason. Both bounded.
-pub async fn finish(stream: &mut SplitStream<WebSocket>, outbox: Outbox, writer: tokio::task::JoinHandle<()>) {
+pub async fn finish(stream: &mut SplitStream<WebSocket>, outbox: Outbox, writer: Writer) {
     let peer_still_sending =
         outbox.close.borrow().as_ref().is_some_and(|r| matches!(r.code, close_code::POLICY | close_code::TOO_BIG));
     drop(outbox);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    writer.drain(std::time::Duration::from_secs(5)).await;
     if peer_still_sending {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
             while let Some(Ok(_)) = stream.next().await {}

@@ -21,7 +21,7 @@
 
 use crate::config::{ConnectionLimits, NodeHttpConfig, SocketConfig, WebhookConfig};
 use crate::edge::accept_guard::{AcceptGuard, Peer};
-use crate::edge::admission::{admit_connection, run_challenge, Admitted};
+use crate::edge::admission::{admit_connection, run_challenge, Admitted, Challenge, Handshake};
 use crate::edge::connection_cap::ConnectionCap;
 use crate::pipeline::node::front::HttpFront;
 use crate::pipeline::node::http_node::{HttpNode, NodeRecord};
@@ -432,13 +432,28 @@ impl NodeServer {
     async fn serve(&self, socket: WebSocket, admitted: Admitted) {
         let Admitted { handshake, place: _place, challenge } = admitted;
         let (sink, mut stream) = socket.split();
-        let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity, &self.settings.socket);
-        if let Some(challenge) = &challenge {
-            if !run_challenge(challenge, self.services.deciding(), &handshake.request(Role::Node), &mut stream, &outbox)
-                .await
+        let (outbox, mut writer) = start_writer(sink, self.settings.outbox_capacity, &self.settings.socket);
+        let id = writer.beside(self.converse(&mut stream, &outbox, challenge.as_ref(), &handshake)).await;
+        finish(&mut stream, outbox, writer).await;
+        if let Some(id) = id {
+            crate::metrics::hot().node_connections.decrement(1.0);
+            tracing::info!(connection = id, "node disconnected");
+        }
+    }
+
+    /// The connection from its first frame to its last: the challenge if the
+    /// client asked for one, then its jobs. The node's id, if it got that far.
+    async fn converse(
+        &self,
+        stream: &mut futures::stream::SplitStream<WebSocket>,
+        outbox: &Outbox,
+        challenge: Option<&Challenge>,
+        handshake: &Handshake,
+    ) -> Option<u64> {
+        if let Some(challenge) = challenge {
+            if !run_challenge(challenge, self.services.deciding(), &handshake.request(Role::Node), stream, outbox).await
             {
-                finish(&mut stream, outbox, writer).await;
-                return;
+                return None;
             }
         }
         let conn = NodeConn {
@@ -455,12 +470,9 @@ impl NodeServer {
         tracing::info!(connection = id, remote = %handshake.remote, "node connected");
         let budget =
             (FrameBudget::for_socket(&self.settings.socket), FrameBudget::control_for_socket(&self.settings.socket));
-        read_frames(&mut stream, &outbox, &self.shutdown, "node", budget, |frame| self.on_frame(id, &outbox, frame))
-            .await;
+        read_frames(stream, outbox, &self.shutdown, "node", budget, |frame| self.on_frame(id, outbox, frame)).await;
         self.nodes.remove(id);
-        finish(&mut stream, outbox, writer).await;
-        crate::metrics::hot().node_connections.decrement(1.0);
-        tracing::info!(connection = id, "node disconnected");
+        Some(id)
     }
 
     async fn on_frame(&self, id: u64, outbox: &Outbox, bytes: Vec<u8>) {

@@ -18,7 +18,7 @@
 
 use crate::config::{ConnectionLimits, SocketConfig};
 use crate::edge::accept_guard::{AcceptGuard, Peer};
-use crate::edge::admission::{admit_connection, run_challenge, Admitted, Handshake};
+use crate::edge::admission::{admit_connection, run_challenge, Admitted, Challenge, Handshake};
 use crate::edge::connection_cap::ConnectionCap;
 use crate::pipeline::processors::solution::job_view;
 use crate::pipeline::views::{DeliveryCounts, KeyDigest, WorkerPolicyView, WorkerView};
@@ -491,25 +491,29 @@ impl WorkerServer {
     async fn serve(&self, socket: WebSocket, admitted: Admitted) {
         let Admitted { handshake, place: _place, challenge } = admitted;
         let (sink, mut stream) = socket.split();
-        let (outbox, writer) = start_writer(sink, self.settings.outbox_capacity, &self.settings.socket);
-        if let Some(challenge) = &challenge {
-            if !run_challenge(
-                challenge,
-                self.services.deciding(),
-                &handshake.request(Role::Worker),
-                &mut stream,
-                &outbox,
-            )
-            .await
-            {
-                finish(&mut stream, outbox, writer).await;
+        let (outbox, mut writer) = start_writer(sink, self.settings.outbox_capacity, &self.settings.socket);
+        writer.beside(self.converse(&mut stream, &outbox, challenge.as_ref(), &handshake)).await;
+        finish(&mut stream, outbox, writer).await;
+    }
+
+    /// The connection from its first frame to its last: the challenge if the
+    /// client asked for one, the welcome, then its solutions.
+    async fn converse(
+        &self,
+        stream: &mut futures::stream::SplitStream<WebSocket>,
+        outbox: &Outbox,
+        challenge: Option<&Challenge>,
+        handshake: &Handshake,
+    ) {
+        if let Some(challenge) = challenge {
+            let request = handshake.request(Role::Worker);
+            if !run_challenge(challenge, self.services.deciding(), &request, stream, outbox).await {
                 return;
             }
         }
-        if let Some((welcome, state)) = self.welcome(&mut stream, &outbox).await {
-            self.session(&mut stream, &outbox, welcome, state, &handshake).await;
+        if let Some((welcome, state)) = self.welcome(stream, outbox).await {
+            self.session(stream, outbox, welcome, state, handshake).await;
         }
-        finish(&mut stream, outbox, writer).await;
     }
 
     /// Reads and admits the welcome; on failure the connection is being closed.
