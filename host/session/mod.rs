@@ -13,6 +13,6 @@ pub mod token_bucket;
 
 pub use budget::{FrameBudget, FrameVerdict};
 pub use close::{close_code, CloseReason};
-pub use outbox::{close_for_publish_error, count_publish_failure, finish, start_writer, Full, Outbox, Writer};
+pub use outbox::{close_for_publish_error, count_publish_failure, finish, start_writer, Beside, Full, Outbox, Writer};
 pub use reader::{close_for_read_error, read_frames, sized};
 pub use registry::Registry;

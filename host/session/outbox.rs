@@ -196,18 +196,8 @@ pub struct Writer {
 impl Writer {
     /// Runs `work` to its end, writing meanwhile: frames queued while `work` waits
     /// (for room in this very outbox, say) still go out.
-    pub async fn beside<T>(&mut self, work: impl Future<Output = T>) -> T {
-        let mut work = std::pin::pin!(work);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = work.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
-            if !self.done && self.future.as_mut().poll(cx).is_ready() {
-                self.done = true;
-            }
-            Poll::Pending
-        })
-        .await
+    pub fn beside<F: Future>(&mut self, work: F) -> Beside<'_, F> {
+        Beside { writer: self, work }
     }
 
     /// Writes what is queued and the close frame, for at most `within`.
@@ -215,6 +205,34 @@ impl Writer {
         if !self.done {
             let _ = tokio::time::timeout(within, self.future).await;
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's work run beside its writer ([`Writer::beside`]). A struct,
+    /// not an `async fn`: an `async fn` would hold the work it is given twice (as
+    /// its argument and as the pinned local it polls), and it is the largest part
+    /// of a connection's task.
+    pub struct Beside<'a, F> {
+        writer: &'a mut Writer,
+        #[pin]
+        work: F,
+    }
+}
+
+impl<F: Future> Future for Beside<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.work.poll(cx) {
+            return Poll::Ready(out);
+        }
+        let writer = this.writer;
+        if !writer.done && writer.future.as_mut().poll(cx).is_ready() {
+            writer.done = true;
+        }
+        Poll::Pending
     }
 }
 
