@@ -26,16 +26,22 @@ pub async fn tail_forever<T: serde::de::DeserializeOwned, Fut>(
 {
     let open = || log.tail(topic);
     let decode = |payload: Vec<u8>| serde_json::from_slice::<T>(&payload);
+    let ready = move || {
+        if let Some(ready) = ready {
+            let _ = ready.send(());
+        }
+    };
     read_forever(open, topic.name(), (shutdown, ready), max_batch, decode, deliver).await
 }
 
 /// As [`tail_forever`], for several topics with one reader
-/// ([`EventLog::tail_topics`]): `decode` reads a message of any of them.
+/// ([`EventLog::tail_topics`]): `decode` reads a message of any of them;
+/// `ready` is called once the first reader is in place.
 pub async fn tail_topics_forever<T, Fut>(
     log: Arc<dyn EventLog>,
     topics: &[Topic],
     shutdown: CancellationToken,
-    ready: Option<tokio::sync::oneshot::Sender<()>>,
+    ready: impl FnOnce(),
     decode: impl Fn(Topic, &[u8]) -> serde_json::Result<T>,
     deliver: impl FnMut(Vec<T>) -> Fut,
 ) where
@@ -56,7 +62,7 @@ type Reader<I> = BoxStream<'static, Result<I, TransportError>>;
 async fn read_forever<I, T, Open, Opening, Fut>(
     mut open: Open,
     name: &str,
-    (shutdown, mut ready): (CancellationToken, Option<tokio::sync::oneshot::Sender<()>>),
+    (shutdown, ready): (CancellationToken, impl FnOnce()),
     max_batch: usize,
     decode: impl Fn(I) -> serde_json::Result<T>,
     mut deliver: impl FnMut(Vec<T>) -> Fut,
@@ -66,6 +72,7 @@ async fn read_forever<I, T, Open, Opening, Fut>(
     Fut: Future<Output = ()>,
 {
     let mut backoff = Backoff::default();
+    let mut ready = Some(ready);
     while !shutdown.is_cancelled() {
         let mut reader = match open().await {
             Ok(r) => r,
@@ -75,7 +82,7 @@ async fn read_forever<I, T, Open, Opening, Fut>(
             }
         };
         if let Some(ready) = ready.take() {
-            let _ = ready.send(());
+            ready();
         }
         loop {
             let first = tokio::select! { _ = shutdown.cancelled() => return, item = reader.next() => item };

@@ -301,23 +301,20 @@ impl WorkerServer {
     /// batches. `ready` fires, and the solutions that ask for a verdict go on,
     /// once the reader is in place.
     pub async fn run_logs(self: Arc<Self>, ready: Option<tokio::sync::oneshot::Sender<()>>) {
-        let (in_place, reader_ready) = tokio::sync::oneshot::channel();
-        let verdicts_ready = self.verdicts_ready.clone();
-        tokio::spawn(async move {
-            if reader_ready.await.is_ok() {
-                verdicts_ready.send_replace(true);
-                if let Some(ready) = ready {
-                    let _ = ready.send(());
-                }
+        let in_place = || {
+            self.verdicts_ready.send_replace(true);
+            if let Some(ready) = ready {
+                let _ = ready.send(());
             }
-        });
+        };
         let (log, shutdown) = (self.services.log.clone(), self.shutdown.clone());
         let decode = |topic: Topic, payload: &[u8]| match topic {
             Topic::Job => serde_json::from_slice(payload).map(Logged::Job),
-            _ => serde_json::from_slice(payload).map(Logged::Verdict),
+            Topic::Verdict => serde_json::from_slice(payload).map(Logged::Verdict),
+            other => Err(serde::de::Error::custom(format!("`{}` is not read here", other.name()))),
         };
         let topics = [Topic::Job, Topic::Verdict];
-        crate::pipeline::fanout::tail_topics_forever(log, &topics, shutdown, Some(in_place), decode, |events| {
+        crate::pipeline::fanout::tail_topics_forever(log, &topics, shutdown, in_place, decode, |events| {
             for event in events {
                 match event {
                     Logged::Job(job) => self.on_job(job),

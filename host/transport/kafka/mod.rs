@@ -122,17 +122,24 @@ impl EventLog for KafkaLog {
     }
 
     async fn tail(&self, topic: Topic) -> Result<Tail, TransportError> {
-        Ok(self.tail_topics(&[topic]).await?.map(|m| m.map(|(_, payload)| payload)).boxed())
+        Ok(reading(self.tail_reader(&[topic]).await?, |(_, payload)| payload))
     }
 
     /// One consumer for all of `topics`.
     async fn tail_topics(&self, topics: &[Topic]) -> Result<Tails, TransportError> {
+        Ok(reading(self.tail_reader(topics).await?, |message| message))
+    }
+}
+
+impl KafkaLog {
+    /// A reader of `topics` from their ends.
+    async fn tail_reader(&self, topics: &[Topic]) -> Result<TailReader, TransportError> {
         let names: Vec<&'static str> = topics.iter().map(|t| t.name()).collect();
         let (settings, opening) = (self.shared.settings.clone(), names.clone());
         // Metadata, watermarks and assign are blocking librdkafka calls.
         let opened = blocking(move || open_tail(&settings, &opening, &Positions::new())).await?;
         let (consumer, positions) = opened.map_err(TransportError::from)?;
-        let reader = TailReader {
+        Ok(TailReader {
             consumer: Some(consumer),
             positions,
             topics: topics.to_vec(),
@@ -140,16 +147,23 @@ impl EventLog for KafkaLog {
             shared: self.shared.clone(),
             behind: None,
             check_every: STALL_CHECK,
-        };
-        let stream = futures::stream::unfold(Some(reader), |reader| async move {
-            let mut reader = reader?;
-            match reader.next().await {
-                Ok(message) => Some((Ok(message), Some(reader))),
-                Err(error) => Some((Err(error), None)),
-            }
-        });
-        Ok(stream.boxed())
+        })
     }
+}
+
+/// `reader`'s messages as `pick` makes them, until its first error.
+fn reading<T: Send + 'static>(
+    reader: TailReader,
+    pick: fn((Topic, Vec<u8>)) -> T,
+) -> futures::stream::BoxStream<'static, Result<T, TransportError>> {
+    let stream = futures::stream::unfold(Some(reader), move |reader| async move {
+        let mut reader = reader?;
+        match reader.next().await {
+            Ok(message) => Some((Ok(pick(message)), Some(reader))),
+            Err(error) => Some((Err(error), None)),
+        }
+    });
+    stream.boxed()
 }
 
 /// Runs a blocking librdkafka call off the async workers.
