@@ -35,7 +35,7 @@ pub use limits::Limits;
 pub use native::{NativeSeedRules, BUILTIN_KEY, NOTHING_SENT, WAIT_MS};
 pub use policy::{check_indices, check_job_offer};
 pub use policy::{Decision, Policy, PolicyError, Reason, Verdict};
-pub use pool::{Deciding, DecisionPool, Lane, PoolError};
+pub use pool::{Batched, Deciding, DecisionPool, Lane, PoolError};
 pub use report::PluginReport;
 pub use set::{hook_names, LoadedPolicy, NodeState, PluginKey, PolicySet, Refusal, Validation, WorkerState};
 pub use shadow::{Disagreement, Shadow, ShadowReport};

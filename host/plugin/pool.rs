@@ -43,6 +43,10 @@ struct Queues {
     urgent: VecDeque<Task>,
     bulk: VecDeque<Task>,
     stopped: bool,
+    /// Threads waiting for a task: a task queued while none waits needs no
+    /// wake-up call (a system call each), since every thread looks at the queues
+    /// before it waits again.
+    idle: usize,
 }
 
 #[derive(Default)]
@@ -67,8 +71,36 @@ impl Shared {
             if queues.stopped {
                 return None;
             }
+            queues.idle += 1;
             queues = self.ready.wait(queues).unwrap_or_else(PoisonError::into_inner);
+            queues.idle -= 1;
         }
+    }
+
+    /// Queues `task` in `lane` (at the front of it with `first`), waking a thread
+    /// if one waits.
+    fn push(&self, lane: Lane, first: bool, task: Task) {
+        let wake = {
+            let mut queues = self.lock();
+            let queue = match lane {
+                Lane::Urgent => &mut queues.urgent,
+                Lane::Bulk => &mut queues.bulk,
+            };
+            if first {
+                queue.push_front(task);
+            } else {
+                queue.push_back(task);
+            }
+            queues.idle > 0
+        };
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Whether an urgent decision waits for a thread.
+    fn urgent_waiting(&self) -> bool {
+        !self.lock().urgent.is_empty()
     }
 }
 
@@ -131,34 +163,122 @@ impl DecisionPool {
         F: FnOnce() -> R + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let queued = self.queued.clone();
-        queued.fetch_add(1, Ordering::Relaxed);
+        self.asked();
+        let pool = self.clone();
+        self.shared.push(
+            lane,
+            false,
+            Box::new(move || {
+                let answer = caught(decide);
+                pool.answered();
+                // The asker may have gone (its connection closed): nobody to tell.
+                let _ = tx.send(answer);
+            }),
+        );
+        rx.await.unwrap_or(Err(PoolError::Stopped))
+    }
+
+    /// One more decision waits for its answer.
+    fn asked(&self) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
         // Counted up and down, not set: several pools in one process add up.
         crate::metrics::hot().decisions_queued.increment(1.0);
-        let task: Task = Box::new(move || {
-            let answer = std::panic::catch_unwind(AssertUnwindSafe(decide)).map_err(|panic| {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".into());
-                tracing::error!(panic = %text, "a decision panicked; it fails closed");
-                PoolError::Panicked(text)
-            });
-            queued.fetch_sub(1, Ordering::Relaxed);
-            crate::metrics::hot().decisions_queued.decrement(1.0);
-            // The asker may have gone (its connection closed): nobody to tell.
-            let _ = tx.send(answer);
-        });
-        {
-            let mut queues = self.shared.lock();
-            match lane {
-                Lane::Urgent => queues.urgent.push_back(task),
-                Lane::Bulk => queues.bulk.push_back(task),
-            }
+    }
+
+    /// One decision fewer waits.
+    fn answered(&self) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::hot().decisions_queued.decrement(1.0);
+    }
+}
+
+/// Runs `decide`, catching a panic as [`PoolError::Panicked`] (the pool's
+/// thread survives it, and the decision fails closed).
+fn caught<R>(decide: impl FnOnce() -> R) -> Result<R, PoolError> {
+    std::panic::catch_unwind(AssertUnwindSafe(decide)).map_err(|panic| {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        tracing::error!(panic = %text, "a decision panicked; it fails closed");
+        PoolError::Panicked(text)
+    })
+}
+
+/// A decision asked, with where its answer goes.
+type Asked<I, O> = (I, tokio::sync::oneshot::Sender<Result<O, PoolError>>);
+
+/// Bulk decisions of one kind that many ask at once (a storm's welcomes, one
+/// `admit-worker` each). Those asked while none of them runs wait together and
+/// run as one task on the pool, one after another in the order asked: a storm
+/// of thousands wakes a pool thread a few times, not once per decision (waking
+/// a thread cost more than a small policy's call). Between two of them the task
+/// steps aside for any urgent decision, which so still waits for one call at most.
+///
+/// `C` is what every decision reads (the active policies).
+pub struct Batched<I, O, C = PolicySet> {
+    waiting: Arc<Mutex<Vec<Asked<I, O>>>>,
+    decide: fn(&C, I) -> O,
+}
+
+impl<I: Send + 'static, O: Send + 'static, C: Send + Sync + 'static> Batched<I, O, C> {
+    /// Decisions made by `decide`, batched.
+    pub fn new(decide: fn(&C, I) -> O) -> Self {
+        Batched { waiting: Arc::default(), decide }
+    }
+}
+
+impl DecisionPool {
+    /// Decides `item` with `batch`'s function and `context`, in the bulk lane,
+    /// beside the decisions of `batch` asked meanwhile. The first asked while
+    /// none waits starts a task; it takes every decision asked by the time it
+    /// runs, with the context of the first.
+    pub async fn run_batched<I, O, C>(&self, batch: &Batched<I, O, C>, context: Arc<C>, item: I) -> Result<O, PoolError>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        C: Send + Sync + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.asked();
+        let first = {
+            let mut waiting = batch.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            waiting.push((item, tx));
+            waiting.len() == 1
+        };
+        if first {
+            let (pool, waiting, decide) = (self.clone(), batch.waiting.clone(), batch.decide);
+            self.shared.push(
+                Lane::Bulk,
+                false,
+                Box::new(move || {
+                    let asked = std::mem::take(&mut *waiting.lock().unwrap_or_else(PoisonError::into_inner));
+                    decide_in_turn(pool, asked.into_iter(), decide, context);
+                }),
+            );
         }
-        self.shared.ready.notify_one();
         rx.await.unwrap_or(Err(PoolError::Stopped))
+    }
+}
+
+/// Decides `asked` in order on a pool thread; steps aside for an urgent
+/// decision by queueing the rest at the front of the bulk lane.
+fn decide_in_turn<I: Send + 'static, O: Send + 'static, C: Send + Sync + 'static>(
+    pool: DecisionPool,
+    mut asked: std::vec::IntoIter<Asked<I, O>>,
+    decide: fn(&C, I) -> O,
+    context: Arc<C>,
+) {
+    while let Some((item, tx)) = asked.next() {
+        let answer = caught(|| decide(&context, item));
+        pool.answered();
+        let _ = tx.send(answer);
+        if asked.len() > 0 && pool.shared.urgent_waiting() {
+            let shared = pool.shared.clone();
+            shared.push(Lane::Bulk, true, Box::new(move || decide_in_turn(pool, asked, decide, context)));
+            return;
+        }
     }
 }
 
@@ -188,6 +308,21 @@ impl Deciding<'_> {
         } else {
             Ok(decide(&policies))
         }
+    }
+
+    /// As [`decide`](Self::decide) in the bulk lane, with `item` decided in
+    /// `batch` beside the others asked meanwhile ([`DecisionPool::run_batched`]).
+    /// A batch decides with the policies active when its first decision was asked.
+    pub async fn decide_batched<I, O>(self, batch: &Batched<I, O>, hook: Hook, item: I) -> Result<O, PoolError>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        let policies = self.plugins.current();
+        if !policies.calls_plugins(hook) {
+            return Ok((batch.decide)(&policies, item));
+        }
+        self.pool.run_batched(batch, policies, item).await
     }
 }
 
@@ -252,5 +387,97 @@ mod tests {
             task.await.expect("task").expect("answer");
         }
         assert_eq!(*order.lock().expect("order"), ["urgent", "bulk 1", "bulk 2"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_decisions_run_together_in_order_and_a_panic_fails_only_its_own() {
+        let pool = DecisionPool::new(1).expect("pool");
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        // The only thread is held, so the decisions asked meanwhile wait together.
+        let blocker = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Bulk, move || held.recv().is_ok()).await }
+        });
+        while pool.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let batch: Arc<Batched<u32, u32, Mutex<Vec<u32>>>> = Arc::new(Batched::new(|order, i| {
+            assert_ne!(i, 3, "three is refused loudly");
+            order.lock().expect("order").push(i);
+            i * 10
+        }));
+        let mut asked = Vec::new();
+        for i in 0..6 {
+            let (asker, batch, order) = (pool.clone(), batch.clone(), order.clone());
+            asked.push(tokio::spawn(async move { asker.run_batched(&batch, order, i).await }));
+            while pool.queued() < 2 + i as usize {
+                tokio::task::yield_now().await;
+            }
+        }
+        release.send(()).expect("release");
+        assert_eq!(blocker.await.expect("blocker"), Ok(true));
+        let mut answers = Vec::new();
+        for task in asked {
+            answers.push(task.await.expect("task"));
+        }
+        assert_eq!(answers[..3], [Ok(0), Ok(10), Ok(20)]);
+        assert!(matches!(answers[3], Err(PoolError::Panicked(_))), "{:?}", answers[3]);
+        assert_eq!(answers[4..], [Ok(40), Ok(50)]);
+        assert_eq!(*order.lock().expect("order"), [0, 1, 2, 4, 5], "one task, in the order asked");
+        assert_eq!(pool.queued(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_urgent_decision_waits_for_one_batched_decision_not_the_batch() {
+        let pool = DecisionPool::new(1).expect("pool");
+        let order = Arc::new(Mutex::new(Vec::<String>::new()));
+        // The first batched decision holds the only thread until released.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        type Context = (Arc<Mutex<Vec<String>>>, Mutex<Option<std::sync::mpsc::Receiver<()>>>);
+        let context: Arc<Context> = Arc::new((order.clone(), Mutex::new(Some(held))));
+        let batch: Arc<Batched<u32, (), Context>> = Arc::new(Batched::new(|(order, held), i| {
+            order.lock().expect("order").push(format!("bulk {i}"));
+            if let Some(held) = held.lock().expect("held").take() {
+                let _ = held.recv();
+            }
+        }));
+        // Three asked while a bulk decision holds the thread: one batch.
+        let (unblock, blocked) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Bulk, move || blocked.recv().is_ok()).await }
+        });
+        while pool.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let mut asked = Vec::new();
+        for i in 0..3 {
+            let (asker, batch, context) = (pool.clone(), batch.clone(), context.clone());
+            asked.push(tokio::spawn(async move { asker.run_batched(&batch, context, i).await }));
+            while pool.queued() < 2 + i as usize {
+                tokio::task::yield_now().await;
+            }
+        }
+        unblock.send(()).expect("unblock");
+        assert_eq!(blocker.await.expect("blocker"), Ok(true));
+        while order.lock().expect("order").is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // The batch is in its first decision: an urgent one comes next, not after the batch.
+        let urgent = tokio::spawn({
+            let (pool, order) = (pool.clone(), order.clone());
+            async move { pool.run(Lane::Urgent, move || order.lock().expect("order").push("urgent".into())).await }
+        });
+        while pool.queued() < 4 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).expect("release");
+        urgent.await.expect("urgent").expect("answer");
+        for task in asked {
+            task.await.expect("task").expect("answer");
+        }
+        assert_eq!(*order.lock().expect("order"), ["bulk 0", "urgent", "bulk 1", "bulk 2"]);
+        assert_eq!(pool.queued(), 0);
     }
 }

@@ -234,8 +234,13 @@ impl PolicySet {
 
     /// Admits a worker: every policy must; each derives its own profile and state.
     pub fn admit_worker(&self, welcome: &Welcome, now_ms: u64) -> Result<WorkerState, Refusal> {
-        let mut state =
-            WorkerState { welcome: Arc::new(welcome.clone()), slots: Vec::with_capacity(self.policies.len()) };
+        self.admit_shared_worker(&Arc::new(welcome.clone()), now_ms)
+    }
+
+    /// As [`admit_worker`](Self::admit_worker), for a welcome the caller keeps
+    /// too: the state shares it rather than holding a copy.
+    pub fn admit_shared_worker(&self, welcome: &Arc<Welcome>, now_ms: u64) -> Result<WorkerState, Refusal> {
+        let mut state = WorkerState { welcome: welcome.clone(), slots: Vec::with_capacity(self.policies.len()) };
         for p in &self.policies {
             let slot = self.admit_worker_with(p, welcome, now_ms)?;
             state.slots.push(slot);

@@ -25,7 +25,7 @@ use crate::pipeline::views::{DeliveryCounts, KeyDigest, WorkerPolicyView, Worker
 use crate::pipeline::worker::presence::PresenceSender;
 use crate::pipeline::worker::stats::{Refused, WorkerStats};
 use crate::pipeline::Services;
-use crate::plugin::{now_ms, Hook, Job, Lane, Role, Welcome, WorkerState};
+use crate::plugin::{now_ms, Batched, Hook, Job, Lane, Refusal, Role, Welcome, WorkerState};
 use crate::protocol::{
     ack_frame, canonical_json, refusal, verdict_frame, ConnectionRecord, JobEvent, Origin, PresenceEvent, Reply,
     SolutionFrame, SolutionMessage, TallyEvent, VerdictEvent, VerdictTopicEvent, WelcomeFrame, WorkFrame,
@@ -139,6 +139,8 @@ pub struct WorkerServer {
     presence: PresenceSender,
     /// This process among worker servers, for verdicts to find their way back.
     server_id: String,
+    /// The welcomes' `admit-worker` decisions, asked together in a storm.
+    admissions: Batched<Arc<Welcome>, Result<WorkerState, Refusal>>,
     /// Whether the reader of the `verdict` log is in place (no verdict produced
     /// from then on is missed). It reads from the start, since every connection's
     /// counters take the batches' tallies from that log.
@@ -180,6 +182,7 @@ impl WorkerServer {
             deliveries,
             presence,
             server_id: uuid::Uuid::new_v4().to_string(),
+            admissions: Batched::new(|policies, welcome| policies.admit_shared_worker(&welcome, now_ms())),
             verdicts_ready: tokio::sync::watch::Sender::new(false),
             shutdown,
         };
@@ -518,7 +521,7 @@ impl WorkerServer {
         &self,
         stream: &mut futures::stream::SplitStream<WebSocket>,
         outbox: &Outbox,
-    ) -> Option<(WelcomeFrame, WorkerState)> {
+    ) -> Option<(Arc<Welcome>, WorkerState)> {
         let first = tokio::select! {
             m = tokio::time::timeout(self.settings.welcome_timeout, stream.next()) => m,
             _ = self.shutdown.cancelled() => return None,
@@ -548,15 +551,10 @@ impl WorkerServer {
                 return None;
             }
         };
-        let view = Welcome {
-            ip: welcome.ip.clone(),
-            address: welcome.address.clone(),
-            hardware: welcome.hardware.clone(),
-            hardware_id: welcome.hardware_id.clone(),
-            caption: welcome.caption.clone(),
-        };
-        let admitted =
-            self.services.decide(Lane::Bulk, Hook::AdmitWorker, move |policies| policies.admit_worker(&view, now_ms()));
+        let WelcomeFrame { ip, address, hardware, hardware_id, caption } = welcome;
+        // One copy, shared by the session and the policies' state.
+        let welcome = Arc::new(Welcome { ip, address, hardware, hardware_id, caption });
+        let admitted = self.services.deciding().decide_batched(&self.admissions, Hook::AdmitWorker, welcome.clone());
         match admitted.await.unwrap_or_else(|e| Err(e.into())) {
             Ok(state) => Some((welcome, state)),
             Err(refusal) => {
@@ -571,7 +569,7 @@ impl WorkerServer {
         &self,
         stream: &mut futures::stream::SplitStream<WebSocket>,
         outbox: &Outbox,
-        welcome: WelcomeFrame,
+        welcome: Arc<Welcome>,
         state: WorkerState,
         handshake: &Handshake,
     ) {
@@ -593,9 +591,43 @@ impl WorkerServer {
         tracing::debug!(connection = id, remote = %handshake.remote, hardware_id = %welcome.hardware_id, "worker connected");
         // The offering task offers it the job current by the time it gets there.
         let _ = self.offers.send(Offer::Welcomed(id));
-        // Recorded after the fact: the welcome never waits for the database.
-        let mut record = ConnectionRecord {
-            connection: uuid::Uuid::new_v4().to_string(),
+        // Recorded after the fact: the welcome never waits for the database. The
+        // record is made again for the end, not kept: a connection holds its
+        // welcome once.
+        // A version-4 id from the thread's generator: `new_v4` asks the kernel for
+        // its bytes, a system call per welcome in a storm.
+        let connection = uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string();
+        self.presence.send(self.presence_event(&connection, &welcome, connected_at, None));
+        let capacity = self.settings.publishes_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        let in_flight = Arc::new(Semaphore::new(capacity));
+        let budget =
+            (FrameBudget::for_socket(&self.settings.socket), FrameBudget::control_for_socket(&self.settings.socket));
+        // Boxed: held inline, a solution's work would make every connection's task
+        // larger by its size, solutions or not.
+        read_frames(stream, outbox, &self.shutdown, "worker", budget, |frame| {
+            Box::pin(self.on_solution(id, outbox, &welcome, frame, (&in_flight, &stats)))
+        })
+        .await;
+        self.workers.remove(id);
+        crate::metrics::hot().worker_connections.decrement(1.0);
+        // What the worker sent before it went is confirmed (or refused) before its end is recorded.
+        let _ = in_flight.acquire_many(capacity as u32).await;
+        let ended = Some(chrono::Utc::now());
+        self.presence.send(self.presence_event(&connection, &welcome, connected_at, ended));
+        tracing::debug!(connection = id, "worker disconnected");
+    }
+
+    /// The record of connection `connection` of this instance, opened at
+    /// `connected_at` and ended at `ended`, for the presence processor.
+    fn presence_event(
+        &self,
+        connection: &str,
+        welcome: &Welcome,
+        connected_at: chrono::DateTime<chrono::Utc>,
+        ended: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> PresenceEvent {
+        PresenceEvent::Connection(ConnectionRecord {
+            connection: connection.to_string(),
             instance: self.settings.instance.clone(),
             ip: welcome.ip.clone(),
             address: welcome.address.clone(),
@@ -603,24 +635,8 @@ impl WorkerServer {
             hardware_id: welcome.hardware_id.clone(),
             caption: welcome.caption.clone(),
             connected_at,
-            disconnected_at: None,
-        };
-        self.presence.send(PresenceEvent::Connection(record.clone()));
-        let capacity = self.settings.publishes_in_flight.clamp(1, Semaphore::MAX_PERMITS);
-        let in_flight = Arc::new(Semaphore::new(capacity));
-        let budget =
-            (FrameBudget::for_socket(&self.settings.socket), FrameBudget::control_for_socket(&self.settings.socket));
-        read_frames(stream, outbox, &self.shutdown, "worker", budget, |frame| {
-            self.on_solution(id, outbox, &welcome, frame, (&in_flight, &stats))
+            disconnected_at: ended,
         })
-        .await;
-        self.workers.remove(id);
-        crate::metrics::hot().worker_connections.decrement(1.0);
-        // What the worker sent before it went is confirmed (or refused) before its end is recorded.
-        let _ = in_flight.acquire_many(capacity as u32).await;
-        record.disconnected_at = Some(chrono::Utc::now());
-        self.presence.send(PresenceEvent::Connection(record));
-        tracing::debug!(connection = id, "worker disconnected");
     }
 
     /// Publishes a solution without waiting for the broker's confirm: up to
@@ -632,7 +648,7 @@ impl WorkerServer {
         &self,
         id: u64,
         outbox: &Outbox,
-        welcome: &WelcomeFrame,
+        welcome: &Welcome,
         bytes: Vec<u8>,
         (in_flight, stats): (&Arc<Semaphore>, &Arc<WorkerStats>),
     ) {
