@@ -13,19 +13,56 @@ use futures::{SinkExt, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::Notify;
 
 /// The sending half of a connection, shared with the fan-out stages. Frames are
 /// reference-counted text: one job frame is shared by every worker it goes to.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Utf8Bytes>,
-    close: watch::Sender<Option<CloseReason>>,
-    latest: Arc<Latest>,
-    errors: ErrorAllowance,
-    ping: Arc<PingClock>,
+    /// `flume`'s bounded channel, not tokio's: tokio's allocates a block of 32
+    /// frames up front (1.7 KiB a connection, before its first frame), flume's
+    /// holds only what is queued (0.2 KiB).
+    tx: flume::Sender<Utf8Bytes>,
+    /// The rest, in one allocation: a connection holds thousands of bytes less
+    /// than with a channel per concern.
+    shared: Arc<Shared>,
+}
+
+/// What a connection's outbox and its writer share besides the queue.
+struct Shared {
+    latest: Latest,
+    /// Why the connection is to close, once someone asked; the first reason wins.
+    close: Mutex<Option<CloseReason>>,
+    /// Wakes whoever waits for a close reason.
+    closing: Notify,
+    ping: PingClock,
+    /// How many error frames are written: every refusal costs the server a frame
+    /// the client chose to cause, so past this allowance refusals are only
+    /// counted (`eligo_error_frames_unsent_total`).
+    errors: Mutex<TokenBucket>,
+}
+
+impl Shared {
+    fn close_reason(&self) -> MutexGuard<'_, Option<CloseReason>> {
+        // Only plain values are written under the lock: nothing is half-done if it poisons.
+        self.close.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Resolves with the close reason once someone gave one.
+    async fn closed(&self) -> CloseReason {
+        loop {
+            let notified = self.closing.notified();
+            tokio::pin!(notified);
+            // Registered before the reason is read, so a close between the two still wakes it.
+            notified.as_mut().enable();
+            if let Some(reason) = self.close_reason().clone() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// The server's pings of one connection: when the last one left and how long
@@ -102,41 +139,43 @@ impl Outbox {
     pub fn send_latest(&self, text: Utf8Bytes) -> bool {
         // While a frame waits in the slot, newer ones go there too, to stay behind
         // every queued frame and in order.
-        let text = if self.latest.waiting.load(Ordering::Acquire) {
+        let latest = &self.shared.latest;
+        let text = if latest.waiting.load(Ordering::Acquire) {
             text
         } else {
             match self.tx.try_send(text) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                Err(mpsc::error::TrySendError::Full(text)) => text,
+                Ok(()) | Err(flume::TrySendError::Disconnected(_)) => return false,
+                Err(flume::TrySendError::Full(text)) => text,
             }
         };
-        let mut waiting = self.latest.frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut waiting = latest.frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let replaced = waiting.replace(text).is_some();
-        self.latest.waiting.store(true, Ordering::Release);
+        latest.waiting.store(true, Ordering::Release);
         drop(waiting);
-        self.latest.ready.notify_one();
+        latest.ready.notify_one();
         replaced
     }
 
     /// Whether someone asked to close the connection.
     pub fn is_closing(&self) -> bool {
-        self.close.borrow().is_some() || self.tx.is_closed()
+        self.shared.close_reason().is_some() || self.tx.is_disconnected()
     }
 
     /// Frames queued and not yet written.
     pub fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.tx.len()
     }
 
     /// Queues a text frame, waiting for room.
     pub async fn send(&self, text: impl Into<Utf8Bytes>) -> bool {
-        self.tx.send(text.into()).await.is_ok()
+        self.tx.send_async(text.into()).await.is_ok()
     }
 
     /// Queues an error frame or a refusal, within the connection's allowance of
     /// them; past it the frame is counted and not written. Says whether it was queued.
     pub async fn send_refusal(&self, text: impl Into<Utf8Bytes>) -> bool {
-        if !self.errors.take() {
+        let allowed = self.shared.errors.lock().unwrap_or_else(PoisonError::into_inner).take(std::time::Instant::now());
+        if !allowed {
             crate::metrics::hot().error_frames_unsent.increment(1);
             return false;
         }
@@ -147,38 +186,29 @@ impl Outbox {
     pub fn close(&self, code: u16, reason: &str) {
         // Close frames carry at most 123 bytes of reason.
         let reason = host_truncate(reason, 123).to_string();
-        self.close.send_if_modified(|current| {
-            if current.is_some() {
-                return false;
-            }
+        let mut current = self.shared.close_reason();
+        if current.is_none() {
             *current = Some(CloseReason { code, reason });
-            true
-        });
+            drop(current);
+            self.shared.closing.notify_waiters();
+        }
     }
 
     /// The round trip of the latest ping the peer answered, if any (see
     /// `socket.ping_interval_seconds`).
     pub fn last_ping(&self) -> Option<std::time::Duration> {
-        let us = self.ping.round_trip_us.load(Ordering::Relaxed);
+        let us = self.shared.ping.round_trip_us.load(Ordering::Relaxed);
         (us > 0).then(|| std::time::Duration::from_micros(us))
     }
 
     /// A pong arrived now with `payload`: a round trip if it answers the last ping.
     pub(super) fn pong(&self, payload: &[u8]) {
-        self.ping.answered(payload);
+        self.shared.ping.answered(payload);
     }
 
     /// Resolves once someone asked to close the connection.
     pub async fn closing(&self) -> CloseReason {
-        let mut rx = self.close.subscribe();
-        loop {
-            if let Some(reason) = rx.borrow_and_update().clone() {
-                return reason;
-            }
-            if rx.changed().await.is_err() {
-                return CloseReason { code: close_code::NORMAL, reason: String::new() };
-            }
-        }
+        self.shared.closed().await
     }
 }
 
@@ -245,12 +275,15 @@ pub fn start_writer(
     capacity: usize,
     socket: &SocketConfig,
 ) -> (Outbox, Writer) {
-    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(capacity.max(1));
-    let (close, mut close_rx) = watch::channel::<Option<CloseReason>>(None);
-    let latest = Arc::new(Latest::default());
-    let waiting = latest.clone();
-    let ping = Arc::new(PingClock::default());
-    let pinger = ping.clone();
+    let (tx, rx) = flume::bounded::<Utf8Bytes>(capacity.max(1));
+    let shared = Arc::new(Shared {
+        latest: Latest::default(),
+        close: Mutex::new(None),
+        closing: Notify::new(),
+        ping: PingClock::default(),
+        errors: Mutex::new(TokenBucket::new(socket.error_frames_per_second, socket.error_frames_per_second)),
+    });
+    let writing = shared.clone();
     let pinging = socket.ping_interval_seconds > 0;
     let interval = std::time::Duration::from_secs(socket.ping_interval_seconds.max(1));
     let writer = Box::pin(async move {
@@ -265,19 +298,19 @@ pub fn start_writer(
                 // First: one ping per interval cannot starve the frames, and a
                 // busy outbox must not starve the pings.
                 _ = ticks.tick(), if pinging => {
-                    if sink.send(Message::Ping(pinger.sent().into())).await.is_err() {
+                    if sink.send(Message::Ping(writing.ping.sent().into())).await.is_err() {
                         return;
                     }
                 }
-                frame = rx.recv() => match frame {
-                    Some(text) => {
+                frame = rx.recv_async() => match frame {
+                    Ok(text) => {
                         if sink.send(Message::Text(text)).await.is_err() {
                             return;
                         }
                     }
                     // Every sender is gone: the connection is over; say why if someone did.
-                    None => {
-                        let reason = close_rx.borrow().clone();
+                    Err(flume::RecvError::Disconnected) => {
+                        let reason = writing.close_reason().clone();
                         if let Some(reason) = reason {
                             send_close(&mut sink, reason).await;
                         }
@@ -285,18 +318,16 @@ pub fn start_writer(
                     }
                 },
                 // Only once the queue is empty (biased): the slot holds the newest.
-                _ = waiting.ready.notified() => {
-                    if let Some(text) = waiting.take() {
+                _ = writing.latest.ready.notified() => {
+                    if let Some(text) = writing.latest.take() {
                         if sink.send(Message::Text(text)).await.is_err() {
                             return;
                         }
                     }
                 }
-                changed = close_rx.changed() => {
-                    let reason = if changed.is_ok() { close_rx.borrow().clone() } else { None };
-                    let Some(reason) = reason else { return };
+                reason = writing.closed() => {
                     // Frames queued before the close still go out.
-                    let queued = std::iter::from_fn(|| rx.try_recv().ok()).chain(waiting.take());
+                    let queued = std::iter::from_fn(|| rx.try_recv().ok()).chain(writing.latest.take());
                     for text in queued.collect::<Vec<_>>() {
                         if sink.send(Message::Text(text)).await.is_err() {
                             return;
@@ -308,7 +339,7 @@ pub fn start_writer(
             }
         }
     });
-    let outbox = Outbox { tx, close, latest, errors: ErrorAllowance::new(socket.error_frames_per_second), ping };
+    let outbox = Outbox { tx, shared };
     (outbox, Writer { future: writer, done: false })
 }
 
@@ -318,8 +349,11 @@ pub fn start_writer(
 /// discarded until it answers the close, since a socket dropped with unread data is
 /// reset and the peer would lose the close frame and its reason. Both bounded.
 pub async fn finish(stream: &mut SplitStream<WebSocket>, outbox: Outbox, writer: Writer) {
-    let peer_still_sending =
-        outbox.close.borrow().as_ref().is_some_and(|r| matches!(r.code, close_code::POLICY | close_code::TOO_BIG));
+    let peer_still_sending = outbox
+        .shared
+        .close_reason()
+        .as_ref()
+        .is_some_and(|r| matches!(r.code, close_code::POLICY | close_code::TOO_BIG));
     drop(outbox);
     writer.drain(std::time::Duration::from_secs(5)).await;
     if peer_still_sending {
@@ -334,22 +368,6 @@ async fn send_close(sink: &mut SplitSink<WebSocket, Message>, reason: CloseReaso
     let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(reason.reason) };
     let _ = sink.send(Message::Close(Some(frame))).await;
     let _ = sink.close().await;
-}
-
-/// How many error frames a connection is written: every refusal costs the server
-/// a frame the client chose to cause, so past this allowance refusals are only
-/// counted (`eligo_error_frames_unsent_total`).
-#[derive(Clone)]
-struct ErrorAllowance(Arc<Mutex<TokenBucket>>);
-
-impl ErrorAllowance {
-    fn new(per_second: u32) -> Self {
-        ErrorAllowance(Arc::new(Mutex::new(TokenBucket::new(per_second, per_second))))
-    }
-
-    fn take(&self) -> bool {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take(std::time::Instant::now())
-    }
 }
 
 /// Counts a frame of `what` the broker did not take, whichever edge took it (a
