@@ -78,10 +78,12 @@ impl Shared {
     }
 
     /// Queues `task` in `lane` (at the front of it with `first`), waking a thread
-    /// if one waits.
-    fn push(&self, lane: Lane, first: bool, task: Task) {
+    /// if one waits. `queueing` runs under the queues' lock, before any thread
+    /// can take the task.
+    fn push(&self, lane: Lane, first: bool, task: Task, queueing: impl FnOnce()) {
         let wake = {
             let mut queues = self.lock();
+            queueing();
             let queue = match lane {
                 Lane::Urgent => &mut queues.urgent,
                 Lane::Bulk => &mut queues.bulk,
@@ -163,18 +165,15 @@ impl DecisionPool {
         F: FnOnce() -> R + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.asked();
         let pool = self.clone();
-        self.shared.push(
-            lane,
-            false,
-            Box::new(move || {
-                let answer = caught(decide);
-                pool.answered();
-                // The asker may have gone (its connection closed): nobody to tell.
-                let _ = tx.send(answer);
-            }),
-        );
+        let task: Task = Box::new(move || {
+            let answer = caught(decide);
+            pool.answered();
+            // The asker may have gone (its connection closed): nobody to tell.
+            let _ = tx.send(answer);
+        });
+        // Counted as it is queued: decisions counted are queued in that order.
+        self.shared.push(lane, false, task, || self.asked());
         rx.await.unwrap_or(Err(PoolError::Stopped))
     }
 
@@ -241,9 +240,9 @@ impl DecisionPool {
         C: Send + Sync + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.asked();
         let first = {
             let mut waiting = batch.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            self.asked();
             waiting.push((item, tx));
             waiting.len() == 1
         };
@@ -256,6 +255,7 @@ impl DecisionPool {
                     let asked = std::mem::take(&mut *waiting.lock().unwrap_or_else(PoisonError::into_inner));
                     decide_in_turn(pool, asked.into_iter(), decide, context);
                 }),
+                || (),
             );
         }
         rx.await.unwrap_or(Err(PoolError::Stopped))
@@ -276,7 +276,7 @@ fn decide_in_turn<I: Send + 'static, O: Send + 'static, C: Send + Sync + 'static
         let _ = tx.send(answer);
         if asked.len() > 0 && pool.shared.urgent_waiting() {
             let shared = pool.shared.clone();
-            shared.push(Lane::Bulk, true, Box::new(move || decide_in_turn(pool, asked, decide, context)));
+            shared.push(Lane::Bulk, true, Box::new(move || decide_in_turn(pool, asked, decide, context)), || ());
             return;
         }
     }
