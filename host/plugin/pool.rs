@@ -389,32 +389,54 @@ mod tests {
         assert_eq!(*order.lock().expect("order"), ["urgent", "bulk 1", "bulk 2"]);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn batched_decisions_run_together_in_order_and_a_panic_fails_only_its_own() {
-        let pool = DecisionPool::new(1).expect("pool");
+    type Answer<T> = tokio::task::JoinHandle<Result<T, PoolError>>;
+
+    /// Holds `pool`'s only thread with a bulk decision until the returned sender
+    /// sends; returns once that decision is queued.
+    async fn hold_the_thread(pool: &DecisionPool) -> (Answer<bool>, std::sync::mpsc::Sender<()>) {
         let (release, held) = std::sync::mpsc::channel::<()>();
-        // The only thread is held, so the decisions asked meanwhile wait together.
+        let before = pool.queued();
         let blocker = tokio::spawn({
             let pool = pool.clone();
             async move { pool.run(Lane::Bulk, move || held.recv().is_ok()).await }
         });
-        while pool.queued() < 1 {
+        while pool.queued() <= before {
             tokio::task::yield_now().await;
         }
+        (blocker, release)
+    }
+
+    /// Asks `batch` about each of `items`, each queued before the next is asked.
+    async fn ask_in_order<O: Send + 'static, C: Send + Sync + 'static>(
+        pool: &DecisionPool,
+        batch: &Arc<Batched<u32, O, C>>,
+        context: &Arc<C>,
+        items: std::ops::Range<u32>,
+    ) -> Vec<Answer<O>> {
+        let mut asked = Vec::new();
+        for i in items {
+            let (asker, batch, context) = (pool.clone(), batch.clone(), context.clone());
+            let before = pool.queued();
+            asked.push(tokio::spawn(async move { asker.run_batched(&batch, context, i).await }));
+            while pool.queued() <= before {
+                tokio::task::yield_now().await;
+            }
+        }
+        asked
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_decisions_run_together_in_order_and_a_panic_fails_only_its_own() {
+        let pool = DecisionPool::new(1).expect("pool");
+        // The only thread is held, so the decisions asked meanwhile wait together.
+        let (blocker, release) = hold_the_thread(&pool).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let batch: Arc<Batched<u32, u32, Mutex<Vec<u32>>>> = Arc::new(Batched::new(|order, i| {
             assert_ne!(i, 3, "three is refused loudly");
             order.lock().expect("order").push(i);
             i * 10
         }));
-        let mut asked = Vec::new();
-        for i in 0..6 {
-            let (asker, batch, order) = (pool.clone(), batch.clone(), order.clone());
-            asked.push(tokio::spawn(async move { asker.run_batched(&batch, order, i).await }));
-            while pool.queued() < 2 + i as usize {
-                tokio::task::yield_now().await;
-            }
-        }
+        let asked = ask_in_order(&pool, &batch, &order, 0..6).await;
         release.send(()).expect("release");
         assert_eq!(blocker.await.expect("blocker"), Ok(true));
         let mut answers = Vec::new();
@@ -443,22 +465,8 @@ mod tests {
             }
         }));
         // Three asked while a bulk decision holds the thread: one batch.
-        let (unblock, blocked) = std::sync::mpsc::channel::<()>();
-        let blocker = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.run(Lane::Bulk, move || blocked.recv().is_ok()).await }
-        });
-        while pool.queued() < 1 {
-            tokio::task::yield_now().await;
-        }
-        let mut asked = Vec::new();
-        for i in 0..3 {
-            let (asker, batch, context) = (pool.clone(), batch.clone(), context.clone());
-            asked.push(tokio::spawn(async move { asker.run_batched(&batch, context, i).await }));
-            while pool.queued() < 2 + i as usize {
-                tokio::task::yield_now().await;
-            }
-        }
+        let (blocker, unblock) = hold_the_thread(&pool).await;
+        let asked = ask_in_order(&pool, &batch, &context, 0..3).await;
         unblock.send(()).expect("unblock");
         assert_eq!(blocker.await.expect("blocker"), Ok(true));
         while order.lock().expect("order").is_empty() {
