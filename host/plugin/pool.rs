@@ -210,10 +210,11 @@ type Asked<I, O> = (I, tokio::sync::oneshot::Sender<Result<O, PoolError>>);
 
 /// Bulk decisions of one kind that many ask at once (a storm's welcomes, one
 /// `admit-worker` each). Those asked while none of them runs wait together and
-/// run as one task on the pool, one after another in the order asked: a storm
-/// of thousands wakes a pool thread a few times, not once per decision (waking
-/// a thread cost more than a small policy's call). Between two of them the task
-/// steps aside for any urgent decision, which so still waits for one call at most.
+/// run as one task on the pool (a task per thread when there are several), one
+/// after another in the order asked: a storm of thousands wakes a pool thread a
+/// few times, not once per decision (waking a thread cost more than a small
+/// policy's call). Between two of them the task steps aside for any urgent
+/// decision, which so still waits for one call at most.
 ///
 /// `C` is what every decision reads (the active policies).
 pub struct Batched<I, O, C = PolicySet> {
@@ -232,7 +233,8 @@ impl DecisionPool {
     /// Decides `item` with `batch`'s function and `context`, in the bulk lane,
     /// beside the decisions of `batch` asked meanwhile. The first asked while
     /// none waits starts a task; it takes every decision asked by the time it
-    /// runs, with the context of the first.
+    /// runs (its thread's share of them, with several threads), with the
+    /// context of the first.
     pub async fn run_batched<I, O, C>(&self, batch: &Batched<I, O, C>, context: Arc<C>, item: I) -> Result<O, PoolError>
     where
         I: Send + 'static,
@@ -247,19 +249,37 @@ impl DecisionPool {
             waiting.len() == 1
         };
         if first {
-            let (pool, waiting, decide) = (self.clone(), batch.waiting.clone(), batch.decide);
-            self.shared.push(
-                Lane::Bulk,
-                false,
-                Box::new(move || {
-                    let asked = std::mem::take(&mut *waiting.lock().unwrap_or_else(PoisonError::into_inner));
-                    decide_in_turn(pool, asked.into_iter(), decide, context);
-                }),
-                || (),
-            );
+            let task = batch_task(self.clone(), batch.waiting.clone(), batch.decide, context);
+            self.shared.push(Lane::Bulk, false, task, || ());
         }
         rx.await.unwrap_or(Err(PoolError::Stopped))
     }
+}
+
+/// A task that takes its thread's share of the decisions waiting in a batch
+/// (all of them, with one thread) and decides them; the rest, if any, are left
+/// to another such task, queued first: a backlog of slow decisions keeps every
+/// thread busy rather than one. While decisions wait, one such task is queued
+/// or about to take them.
+fn batch_task<I: Send + 'static, O: Send + 'static, C: Send + Sync + 'static>(
+    pool: DecisionPool,
+    waiting: Arc<Mutex<Vec<Asked<I, O>>>>,
+    decide: fn(&C, I) -> O,
+    context: Arc<C>,
+) -> Task {
+    Box::new(move || {
+        let share = {
+            let mut asked = waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            let share = asked.len().div_ceil(pool.threads);
+            let share: Vec<_> = asked.drain(..share).collect();
+            if !asked.is_empty() {
+                let rest = batch_task(pool.clone(), waiting.clone(), decide, context.clone());
+                pool.shared.push(Lane::Bulk, false, rest, || ());
+            }
+            share
+        };
+        decide_in_turn(pool, share.into_iter(), decide, context);
+    })
 }
 
 /// Decides `asked` in order on a pool thread; steps aside for an urgent
@@ -487,5 +507,31 @@ mod tests {
         }
         assert_eq!(*order.lock().expect("order"), ["bulk 0", "urgent", "bulk 1", "bulk 2"]);
         assert_eq!(pool.queued(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_of_batched_decisions_keeps_every_thread_busy() {
+        let pool = DecisionPool::new(2).expect("pool");
+        let (blocker_a, release_a) = hold_the_thread(&pool).await;
+        let (blocker_b, release_b) = hold_the_thread(&pool).await;
+        // Each decision waits (10 s at most) until two have started: only two
+        // threads deciding at once get there.
+        type Meeting = (Mutex<usize>, std::sync::Condvar);
+        let meeting: Arc<Meeting> = Arc::new((Mutex::new(0), std::sync::Condvar::new()));
+        let batch: Arc<Batched<u32, bool, Meeting>> = Arc::new(Batched::new(|(started, met), _| {
+            let mut started = started.lock().expect("started");
+            *started += 1;
+            met.notify_all();
+            let wait = met.wait_timeout_while(started, std::time::Duration::from_secs(10), |n| *n < 2);
+            !wait.expect("meeting").1.timed_out()
+        }));
+        let asked = ask_in_order(&pool, &batch, &meeting, 0..4).await;
+        release_a.send(()).expect("release");
+        release_b.send(()).expect("release");
+        assert_eq!(blocker_a.await.expect("blocker"), Ok(true));
+        assert_eq!(blocker_b.await.expect("blocker"), Ok(true));
+        for task in asked {
+            assert_eq!(task.await.expect("task"), Ok(true), "the batch ran on one thread only");
+        }
     }
 }
