@@ -411,8 +411,9 @@ mod tests {
 
     type Answer<T> = tokio::task::JoinHandle<Result<T, PoolError>>;
 
-    /// Holds `pool`'s only thread with a bulk decision until the returned sender
-    /// sends; returns once that decision is queued.
+    /// Holds one of `pool`'s threads with a bulk decision until the returned
+    /// sender sends (all of them, called once per thread); returns once that
+    /// decision is queued.
     async fn hold_the_thread(pool: &DecisionPool) -> (Answer<bool>, std::sync::mpsc::Sender<()>) {
         let (release, held) = std::sync::mpsc::channel::<()>();
         let before = pool.queued();
